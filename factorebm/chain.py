@@ -1,0 +1,1 @@
+"""Placeholder until issue 3 ([chain]) lands: batched linear-chain kernels."""
