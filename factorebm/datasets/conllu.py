@@ -1,0 +1,614 @@
+"""CoNLL-U reading and writing.
+
+CoNLL-U (https://universaldependencies.org/format.html) stores one token per line in ten
+tab-separated columns ``ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC``; sentences are
+separated by blank lines and may be preceded by ``#`` comment lines. Besides ordinary word lines
+(integer ID) a sentence may hold multiword-token ranges (ID ``1-2``) and empty nodes (ID ``1.1``);
+neither is a word that gets a part-of-speech tag.
+
+Two readers serve two jobs:
+
+* :func:`load_conllu` is the fast path for training and evaluation: it returns only the word
+  forms and their UPOS tags, as plain lists of strings.
+* :func:`read_conllu` keeps everything (all ten columns, comments, multiword ranges, empty nodes,
+  blank lines and line endings) in :class:`Sentence` objects, so that :func:`write_conllu`
+  writes a file back byte for byte, optionally with the UPOS column replaced. This is what
+  ``factorebm tag`` uses to fill in tags while leaving the rest of a user's file untouched.
+
+Both accept plain or gzip-compressed input; compression is recognised by the gzip magic bytes,
+not by the file name. Input must be UTF-8 (a leading byte-order mark is allowed).
+"""
+import contextlib
+import errno
+import gc
+import gzip
+import io
+import itertools
+import os
+import zlib
+
+__all__ = [
+    "Sentence", "load_conllu", "read_conllu", "write_conllu", "sentences_from_text",
+    "read_sentences", "looks_like_conllu",
+]
+
+N_COLUMNS = 10
+UPOS_COLUMN = 3
+_GZIP_MAGIC = b"\x1f\x8b"
+_BOM = "\ufeff"
+# Word IDs as strings, so the "IDs are 1, 2, 3, ..." check is a string comparison, not an int().
+_ID_STRINGS = [str(i) for i in range(512)]
+
+
+# --------------------------------------------------------------------------------------------
+# Input
+
+
+def _source_name(source):
+    if isinstance(source, (str, bytes, os.PathLike)):
+        return os.fsdecode(source)
+    return str(getattr(source, "name", "<stream>"))
+
+
+def _read_text(source, keep_bom=False):
+    """Read a path or an open file (text or binary, plain or gzipped) into ``(text, name)``.
+
+    A leading UTF-8 byte-order mark is removed unless ``keep_bom``.
+
+    Errors name the file: a missing path raises FileNotFoundError, undecodable bytes or a broken
+    gzip stream raise ValueError with the line number where decoding failed.
+    """
+    name = _source_name(source)
+    if isinstance(source, (str, bytes, os.PathLike)):
+        try:
+            with open(source, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, "CoNLL-U file not found", name) from None
+        except IsADirectoryError:
+            raise IsADirectoryError(errno.EISDIR, "expected a CoNLL-U file, got a directory",
+                                    name) from None
+    else:
+        data = source.read()
+        if isinstance(data, str):
+            return (data[1:] if data.startswith(_BOM) and not keep_bom else data), name
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ValueError(f"{name}: read() returned {type(data).__name__}, "
+                             "expected str or bytes")
+        data = bytes(data)
+    if data[:2] == _GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ValueError(f"{name}: corrupt gzip data ({exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{name}:{line}: not valid UTF-8 ({exc.reason} at byte "
+                         f"{exc.start})") from None
+    if text.startswith(_BOM) and not keep_bom:
+        text = text[1:]
+    return text, name
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause the cyclic garbage collector while building many small lists.
+
+    The parsers create hundreds of thousands of lists that can never form reference cycles;
+    left on, the collector rescans them over and over and triples the reading time.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _error(name, lineno, message):
+    return ValueError(f"{name}:{lineno}: {message}")
+
+
+def _check_non_word_id(name, lineno, token_id):
+    """Validate a multiword range ``a-b`` or an empty node ``a.b``; raise on anything else."""
+    for sep in ("-", "."):
+        if sep in token_id:
+            left, _, right = token_id.partition(sep)
+            if left.isdecimal() and right.isdecimal() and left.isascii() and right.isascii():
+                return
+            break
+    raise _error(name, lineno, f"bad token ID {token_id!r} (expected an integer, a range "
+                               "such as 1-2 or an empty node such as 1.1)")
+
+
+def _check_word_id(name, lineno, token_id, n_words):
+    expected = n_words + 1
+    if token_id.isdecimal() and token_id.isascii():
+        raise _error(name, lineno, f"word ID {token_id} out of sequence: expected {expected} "
+                                   "(missing blank line between sentences?)")
+    _check_non_word_id(name, lineno, token_id)
+
+
+def _column_count_error(name, lineno, cols):
+    return _error(name, lineno, f"expected {N_COLUMNS} tab-separated columns, found "
+                                f"{len(cols)}")
+
+
+def load_conllu(path):
+    """Read word forms and UPOS tags from a CoNLL-U file.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or file object
+        A ``.conllu`` file, plain or gzip-compressed (recognised by its magic bytes), or an open
+        file (text or binary).
+
+    Returns
+    -------
+    sents : list of list of str
+        ``sents[i][t]`` is the FORM of word ``t`` of sentence ``i``.
+    tags : list of list of str
+        ``tags[i][t]`` is its UPOS tag (``"_"`` where the file leaves it unspecified).
+
+    Comments, multiword-token ranges (``1-2``) and empty nodes (``1.1``) are skipped; a
+    sentence without words is dropped. CRLF line endings and a missing final blank line are
+    accepted.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        On a malformed line, naming the file and the 1-based line number: a column count other
+        than 10, a bad or out-of-sequence ID, an empty FORM or UPOS, or bytes that are not UTF-8.
+    """
+    text, name = _read_text(path)
+    with _gc_paused():
+        return _parse_forms_and_upos(text, name)
+
+
+def _parse_forms_and_upos(text, name):
+    sents = []
+    tags = []
+    forms = []
+    upos = []
+    ids = _ID_STRINGS
+    n_ids = len(ids)
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line or line == "\r":
+            if forms:
+                sents.append(forms)
+                tags.append(upos)
+                forms = []
+                upos = []
+            continue
+        if line[0] == "#":
+            continue
+        # Split off the first four columns only; counting the rest's tabs is cheaper than
+        # building six more strings per line.
+        cols = line.split("\t", UPOS_COLUMN + 1)
+        if len(cols) != UPOS_COLUMN + 2 or cols[-1].count("\t") != N_COLUMNS - UPOS_COLUMN - 2:
+            if line.isspace():
+                if forms:
+                    sents.append(forms)
+                    tags.append(upos)
+                    forms = []
+                    upos = []
+                continue
+            raise _column_count_error(name, lineno, line.split("\t"))
+        token_id = cols[0]
+        n = len(forms) + 1
+        if token_id == (ids[n] if n < n_ids else str(n)):
+            form = cols[1]
+            tag = cols[3]
+            if not form or not tag:
+                raise _error(name, lineno, "empty FORM" if not form else "empty UPOS")
+            forms.append(form)
+            upos.append(tag)
+        else:
+            _check_word_id(name, lineno, token_id, len(forms))
+    if forms:
+        sents.append(forms)
+        tags.append(upos)
+    return sents, tags
+
+
+# --------------------------------------------------------------------------------------------
+# Full sentences, written back byte-identically
+
+
+class Sentence:
+    """One CoNLL-U sentence, kept verbatim so that it can be written back unchanged.
+
+    Attributes
+    ----------
+    lines : list of str
+        The sentence's lines in file order, exactly as read but without line terminators:
+        comment lines (starting with ``#``) and token lines (10 tab-separated columns: words,
+        multiword ranges and empty nodes).
+    newline : str
+        The line terminator of the sentence's lines, ``"\\n"`` or ``"\\r\\n"``.
+    blank_before : list of str
+        Blank (empty or whitespace-only) lines before the sentence; only the first sentence
+        of a file can have them.
+    blank_after : list of str
+        Blank lines after the sentence, normally ``[""]``; empty when the file ends right after
+        the sentence's last line.
+    final_newline : bool
+        False only when the file ends without a terminator after this sentence's last line.
+    bom : bool
+        True when the file started with a UTF-8 byte-order mark (first sentence only).
+
+    Word lines are the token lines with an integer ID; multiword ranges and empty nodes carry
+    no UPOS to predict. Columns are split on demand, so reading and writing stay cheap.
+    """
+
+    __slots__ = ("lines", "newline", "blank_before", "blank_after", "final_newline", "bom")
+
+    def __init__(self, lines=None, newline="\n", blank_before=None, blank_after=None,
+                 final_newline=True, bom=False):
+        self.lines = [] if lines is None else lines
+        self.newline = newline
+        self.blank_before = [] if blank_before is None else blank_before
+        self.blank_after = [""] if blank_after is None else blank_after
+        self.final_newline = final_newline
+        self.bom = bom
+
+    @classmethod
+    def from_tokens(cls, tokens, sent_id=None, text=None):
+        """A new sentence with one word line per token and every other column ``_``.
+
+        Parameters
+        ----------
+        tokens : sequence of str
+            The word forms; each must be non-empty and free of tabs and line breaks.
+        sent_id, text : str, optional
+            Written as ``# sent_id = ...`` and ``# text = ...`` comments when given.
+        """
+        lines = []
+        if sent_id is not None:
+            lines.append(f"# sent_id = {sent_id}")
+        if text is not None:
+            lines.append(f"# text = {text}")
+        for i, tok in enumerate(tokens, 1):
+            if not isinstance(tok, str) or not tok or any(c in tok for c in "\t\n\r"):
+                raise ValueError(f"token {i} ({tok!r}): a CoNLL-U FORM must be a non-empty "
+                                 "string without tabs or line breaks")
+            lines.append(f"{i}\t{tok}\t_\t_\t_\t_\t_\t_\t_\t_")
+        return cls(lines)
+
+    def _word_positions(self):
+        """Indices into ``lines`` of the word lines."""
+        return [i for i, line in enumerate(self.lines)
+                if line[:1] != "#" and line.partition("\t")[0].isdecimal()]
+
+    @property
+    def comments(self):
+        """list of str: the comment lines, in order (with their leading ``#``)."""
+        return [line for line in self.lines if line[:1] == "#"]
+
+    @property
+    def tokens(self):
+        """list of list of str: the 10 columns of every token line (words, ranges, empty nodes)."""
+        return [line.split("\t") for line in self.lines if line[:1] != "#"]
+
+    @property
+    def words(self):
+        """list of list of str: the 10 columns of every word line (integer ID), in order."""
+        lines = self.lines
+        return [lines[i].split("\t") for i in self._word_positions()]
+
+    @property
+    def forms(self):
+        """list of str: FORM of every word line."""
+        out = []
+        for line in self.lines:
+            if line[:1] != "#":
+                cols = line.split("\t", 2)
+                if cols[0].isdecimal():
+                    out.append(cols[1])
+        return out
+
+    @property
+    def upos(self):
+        """list of str: UPOS of every word line."""
+        lines = self.lines
+        return [lines[i].split("\t", UPOS_COLUMN + 1)[UPOS_COLUMN]
+                for i in self._word_positions()]
+
+    def __len__(self):
+        """Number of words (word lines)."""
+        return len(self._word_positions())
+
+    def set_upos(self, tags):
+        """Replace the UPOS column of the word lines, in place.
+
+        Parameters
+        ----------
+        tags : sequence of str
+            One tag per word line, in order; non-empty, without tabs or line breaks.
+        """
+        positions = self._word_positions()
+        _check_tags(tags, len(positions), "sentence")
+        lines = self.lines
+        for i, tag in zip(positions, tags):
+            lines[i] = _with_upos(lines[i], tag)
+
+    def to_string(self, upos=None):
+        """The sentence as CoNLL-U text, exactly as it was read (optionally with new UPOS tags).
+
+        Parameters
+        ----------
+        upos : sequence of str, optional
+            Tags to write in the UPOS column of the word lines instead of the stored ones.
+        """
+        if upos is not None:
+            _check_tags(upos, len(self), "sentence")
+        parts = []
+        _render(self, upos, parts)
+        return "".join(parts)
+
+    def __repr__(self):
+        return f"Sentence({' '.join(self.forms)!r})"
+
+
+def _with_upos(line, tag):
+    cols = line.split("\t", UPOS_COLUMN + 1)
+    cols[UPOS_COLUMN] = tag
+    return "\t".join(cols)
+
+
+def _check_tags(tags, n_words, where):
+    if isinstance(tags, str) or len(tags) != n_words:
+        got = "a string" if isinstance(tags, str) else f"{len(tags)} tags"
+        raise ValueError(f"{where}: expected {n_words} UPOS tags, one per word, got {got}")
+    _check_tag_values(tags, where)
+
+
+def _check_tag_values(tags, where):
+    """Each distinct tag once: a non-empty str without tabs or line breaks."""
+    try:
+        distinct = set(tags)
+    except TypeError:
+        distinct = tags
+    for tag in distinct:
+        if not isinstance(tag, str) or not tag or "\t" in tag or "\n" in tag or "\r" in tag:
+            raise ValueError(f"{where}: bad UPOS tag {tag!r} (must be a non-empty string "
+                             "without tabs or line breaks)")
+
+
+def _render(sent, upos, parts, where="sentence"):
+    """Append the text of ``sent`` to ``parts`` (a list of str).
+
+    ``upos``: tags for the word lines (their values already checked); a count that does not
+    match the word lines raises ValueError mentioning ``where``.
+    """
+    nl = sent.newline
+    if sent.bom:
+        parts.append(_BOM)
+    for blank in sent.blank_before:
+        parts.append(blank)
+        parts.append(nl)
+    if upos is None:
+        for line in sent.lines:
+            parts.append(line)
+            parts.append(nl)
+    else:
+        if isinstance(upos, str):
+            raise ValueError(f"{where}: expected a sequence of UPOS tags, got a string")
+        tags = iter(upos)
+        for line in sent.lines:
+            if line[:1] != "#":
+                # Splitting off only the columns up to UPOS is the cheapest way to swap it.
+                cols = line.split("\t", UPOS_COLUMN + 1)
+                if cols[0].isdecimal():
+                    cols[UPOS_COLUMN] = tag = next(tags, None)
+                    if tag is None:     # fewer tags than words
+                        _check_tags(upos, len(sent), where)
+                    line = "\t".join(cols)
+            parts.append(line)
+            parts.append(nl)
+        if next(tags, None) is not None:    # more tags than words
+            _check_tags(upos, len(sent), where)
+    for blank in sent.blank_after:
+        parts.append(blank)
+        parts.append(nl)
+    if not sent.final_newline and parts and parts[-1] == nl:
+        parts.pop()
+
+
+def read_conllu(path_or_file):
+    """Read a CoNLL-U file into :class:`Sentence` objects that keep every byte of it.
+
+    Parameters
+    ----------
+    path_or_file : str, os.PathLike or file object
+        Plain or gzip-compressed CoNLL-U; an open file may be text or binary (a file opened in
+        text mode has already had its CRLF line endings translated by Python, so open it in
+        binary mode to keep them).
+
+    Returns
+    -------
+    list of Sentence
+        In file order. ``write_conllu(read_conllu(f), out)`` reproduces ``f`` byte for byte
+        (after decompression), provided each sentence uses one line-ending style.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the path does not exist.
+    ValueError
+        On a malformed line (column count other than 10, bad or out-of-sequence ID, empty FORM),
+        naming the file and the 1-based line number. UPOS may be ``_`` or anything non-tab:
+        this reader also serves untagged input.
+    """
+    text, name = _read_text(path_or_file, keep_bom=True)
+    with _gc_paused():
+        return _parse_sentences(text, name)
+
+
+def _parse_sentences(text, name):
+    bom = text.startswith(_BOM)
+    if bom:
+        text = text[1:]
+    sentences = []
+    raw_lines = text.split("\n")
+    # A terminated last line leaves one empty string after the final "\n".
+    ends_with_newline = raw_lines[-1] == ""
+    if ends_with_newline:
+        raw_lines.pop()
+    has_cr = "\r" in text
+    # Blank lines go to the list of the previous sentence's blank_after, or to the first
+    # sentence's blank_before at the start of the file.
+    blanks = []
+    lines = None            # the current sentence's lines; None between sentences
+    n_words = 0
+    ids = _ID_STRINGS
+    n_ids = len(ids)
+    for lineno, line in enumerate(raw_lines, 1):
+        newline = "\n"
+        if has_cr and line and line[-1] == "\r":
+            line = line[:-1]
+            newline = "\r\n"
+        is_comment = line[:1] == "#"
+        if not is_comment and line.count("\t") != N_COLUMNS - 1:
+            if line and not line.isspace():
+                raise _column_count_error(name, lineno, line.split("\t"))
+            if lines is not None:
+                blanks = sentences[-1].blank_after
+                lines = None
+            blanks.append(line)
+            continue
+        if lines is None:
+            lines = []
+            sent = Sentence(lines, newline=newline, blank_after=[])
+            if not sentences:
+                sent.blank_before = blanks
+            sentences.append(sent)
+            n_words = 0
+        lines.append(line)
+        if is_comment:
+            continue
+        token_id, _, rest = line.partition("\t")
+        n = n_words + 1
+        if token_id == (ids[n] if n < n_ids else str(n)):
+            if rest[0] == "\t":
+                raise _error(name, lineno, "empty FORM")
+            n_words = n
+        else:
+            _check_word_id(name, lineno, token_id, n_words)
+    if not sentences and (blanks or bom):
+        # A file of blank lines only: keep them so that writing reproduces the file.
+        sentences.append(Sentence([], blank_before=blanks, blank_after=[]))
+    if sentences:
+        sentences[-1].final_newline = ends_with_newline
+        sentences[0].bom = bom
+    return sentences
+
+
+def write_conllu(sentences, file, upos=None):
+    """Write sentences as CoNLL-U, byte-identical to what :func:`read_conllu` read.
+
+    Parameters
+    ----------
+    sentences : iterable of Sentence
+    file : str, os.PathLike or file object
+        A path (written as UTF-8; gzip-compressed when the name ends in ``.gz``), or an open
+        text or binary file.
+    upos : sequence of sequence of str, optional
+        ``upos[i]`` replaces the UPOS column of the word lines of sentence ``i`` (one tag per
+        word line); the sentences themselves are not modified.
+    """
+    sentences = list(sentences)
+    if upos is not None:
+        if len(upos) != len(sentences):
+            raise ValueError(f"upos: expected tags for {len(sentences)} sentences, got "
+                             f"{len(upos)}")
+        if any(isinstance(tags, str) for tags in upos):
+            raise ValueError("upos: expected one sequence of tags per sentence, got a string")
+        _check_tag_values(itertools.chain.from_iterable(upos), "upos")
+    parts = []
+    for i, sent in enumerate(sentences):
+        if not isinstance(sent, Sentence):
+            raise ValueError(f"sentences[{i}]: expected a Sentence, got {type(sent).__name__}")
+        _render(sent, None if upos is None else upos[i], parts, f"upos[{i}]")
+    text = "".join(parts)
+    if isinstance(file, (str, bytes, os.PathLike)):
+        data = text.encode("utf-8")
+        if os.fsdecode(file).endswith(".gz"):
+            data = gzip.compress(data)
+        with open(file, "wb") as fh:
+            fh.write(data)
+    elif isinstance(file, (io.RawIOBase, io.BufferedIOBase)) or "b" in getattr(file, "mode", ""):
+        file.write(text.encode("utf-8"))
+    else:
+        file.write(text)
+
+
+# --------------------------------------------------------------------------------------------
+# Plain text and format detection
+
+
+def sentences_from_text(text):
+    """Turn plain text, one whitespace-tokenized sentence per line, into :class:`Sentence` objects.
+
+    Parameters
+    ----------
+    text : str or iterable of str
+        The whole text, or its lines. Blank lines are skipped.
+
+    Returns
+    -------
+    list of Sentence
+        Sentence ``i`` has comments ``# sent_id = i`` (1-based) and ``# text = <the line>``,
+        and one word line per token with every column but ID and FORM set to ``_``.
+    """
+    lines = text.splitlines() if isinstance(text, str) else text
+    out = []
+    for line in lines:
+        tokens = line.split()
+        if tokens:
+            out.append(Sentence.from_tokens(tokens, sent_id=len(out) + 1,
+                                            text=" ".join(tokens)))
+    return out
+
+
+def looks_like_conllu(text):
+    """True when the first non-blank line of ``text`` is a comment or a 10-column token line."""
+    if text.startswith(_BOM):
+        text = text[1:]
+    for line in text.split("\n", 64)[:64]:
+        line = line.rstrip("\r")
+        if not line or line.isspace():
+            continue
+        if line[0] == "#":
+            return True
+        cols = line.split("\t")
+        return len(cols) == N_COLUMNS and cols[0][:1].isdecimal()
+    return False
+
+
+def read_sentences(path_or_file, format="auto"):
+    """Read CoNLL-U or plain text (one whitespace-tokenized sentence per line) into Sentences.
+
+    Parameters
+    ----------
+    path_or_file : str, os.PathLike or file object
+        Plain or gzip-compressed.
+    format : {"auto", "conllu", "text"}
+        ``"auto"`` picks CoNLL-U when :func:`looks_like_conllu` says so, plain text otherwise.
+
+    Returns
+    -------
+    list of Sentence
+    """
+    if format not in ("auto", "conllu", "text"):
+        raise ValueError(f"format must be 'auto', 'conllu' or 'text', got {format!r}")
+    text, name = _read_text(path_or_file, keep_bom=True)
+    if format == "conllu" or (format == "auto" and looks_like_conllu(text)):
+        with _gc_paused():
+            return _parse_sentences(text, name)
+    return sentences_from_text(text[1:] if text.startswith(_BOM) else text)

@@ -1,0 +1,862 @@
+"""Token features for sequence tagging: string templates mapped once to CSR column ids.
+
+A tagger's emission energies are ``U = X @ W`` (DESIGN.md), with ``X`` the sparse
+token x feature matrix built here. Features are the classic ones of feature-based taggers
+(Ratnaparkhi 1996; Collins 2002; Toutanova et al. 2003): the word and its lowercase form,
+prefixes and suffixes, the word's shape and a few orthographic flags, and the lowercase words
+(and some of their suffixes and shapes) in a window around the token.
+
+Why it is fast
+--------------
+Each feature of a token is a feature of the word *type* found at some window offset from it:
+``suffix3=ing`` of the token's own word (offset 0), ``lower[-1]=the`` of the word before it
+(offset -1), and so on. So the strings are built and looked up once per (word type, offset
+group), not once per token: a word type's column ids per group are cached in flat integer
+arrays, a token costs one dict lookup (word -> type id), and the whole batch's CSR matrix is
+assembled by one compiled pass over (token, group) pairs (``factorebm._features``). Positions
+outside the sentence are two boundary pseudo-types, whose features (``BOS[-1]``, ``EOS[+1]``,
+...) are the begin- and end-of-sentence indicators.
+
+Column ids are numbered group by group in increasing offset order, and each type's ids within
+a group are sorted, so every row of ``X`` comes out with sorted, distinct column indices.
+
+The training types' ids are saved with the model, so a loaded extractor starts warm. Types
+first seen later have their strings looked up in a compiled hash table over the saved name
+buffer, which spares building a Python dict of every feature name at each model load.
+
+Templates
+---------
+``templates`` maps a window offset to the names of the templates applied to the word at that
+offset. Valued templates give ``name=value`` (``name[+1]=value`` away from offset 0); flags give
+``name`` when they hold.
+
+========================  ==================================================================
+``bias``                  always on (the per-label bias)
+``word``                  the word as written
+``lower``                 the lowercased word
+``prefixN``, ``suffixN``  first / last N characters of the lowercased word (when it has >= N)
+``shape``                 character classes: ``X`` upper, ``x`` lower, ``d`` digit, other
+                          characters as themselves, runs cut at 4 (``Xxxxx``, ``dd.dd``)
+``short_shape``           the same with every run cut to one (``Xx``, ``d.d``)
+``has_digit``             flag: some character is a digit
+``has_hyphen``            flag: contains ``-``
+``all_caps``              flag: all cased characters are upper case (``str.isupper``)
+``title``                 flag: ``str.istitle`` (``Paris``, ``New-York``)
+``init_cap``              flag: the first character is upper case
+``punct``                 flag: every character is Unicode punctuation or a symbol
+========================  ==================================================================
+"""
+import itertools
+import re
+import string
+import unicodedata
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["FeatureExtractor", "default_templates", "TEMPLATE_NAMES"]
+
+# Version of the layout of get_config() / to_arrays(); from_config_and_arrays refuses newer.
+_FORMAT_VERSION = 1
+_N_PSEUDO = 2            # type 0: before the sentence start, type 1: after its end
+_SEP = "\x1f"            # ASCII unit separator between strings in a saved buffer
+
+
+# --------------------------------------------------------------------------------------------
+# Templates, evaluated once per word type (never per token) by _word_values.
+
+def _char_class(c):
+    if c.isupper():
+        return "X"
+    if c.islower() or c.isalpha():
+        return "x"
+    if c.isdigit():
+        return "d"
+    return c
+
+
+_ASCII_CLASSES = str.maketrans(string.ascii_uppercase + string.ascii_lowercase + string.digits,
+                               "X" * 26 + "x" * 26 + "d" * 10)
+_LONG_RUN = re.compile(r"(.)\1{4,}", re.DOTALL)
+_ANY_RUN = re.compile(r"(.)\1+", re.DOTALL)
+
+
+def _classes(word):
+    """The word with every character replaced by its class (see ``shape``)."""
+    if word.isascii():
+        return word.translate(_ASCII_CLASSES)
+    return "".join(map(_char_class, word))
+
+
+# Callables, not r"\1" templates: re re-parses a template string on every call.
+def _keep_four(match):
+    return match.group(1) * 4
+
+
+def _keep_one(match):
+    return match.group(1)
+
+
+def _is_punct(word):
+    return bool(word) and all(unicodedata.category(c)[0] in "PS" for c in word)
+
+
+_FIXED_TEMPLATES = ("bias", "word", "lower", "shape", "short_shape", "has_digit",
+                    "has_hyphen", "all_caps", "title", "init_cap", "punct")
+_FLAGS = frozenset(["bias", "has_digit", "has_hyphen", "all_caps", "title", "init_cap",
+                    "punct"])
+_AFFIX_RE = re.compile(r"(prefix|suffix)([1-9][0-9]?)\Z")
+TEMPLATE_NAMES = _FIXED_TEMPLATES + ("prefixN", "suffixN")
+_ASCII_PUNCT = string.punctuation    # every printable ASCII character that is not alnum/space
+
+
+def _parse_template(name):
+    """None for a fixed template; (n, is_prefix) for prefixN / suffixN; ValueError otherwise."""
+    if name in _FIXED_TEMPLATES:
+        return None
+    m = _AFFIX_RE.match(name) if isinstance(name, str) else None
+    if m is None:
+        raise ValueError(f"unknown feature template {name!r}; known: "
+                         f"{', '.join(TEMPLATE_NAMES)} (N = 1..99)")
+    return int(m.group(2)), m.group(1) == "prefix"
+
+
+def _word_values(word, affixes):
+    """Every template's value for one word type: a string, "" for a flag that holds, None
+    when the feature is absent. ``affixes``: (name, n, is_prefix) of the affix templates."""
+    lower = word.lower()
+    classes = _classes(word)
+    if word.isascii():
+        punct = bool(word) and not word.strip(_ASCII_PUNCT)
+    else:
+        punct = _is_punct(word)
+    values = {
+        "bias": "",
+        "word": word,
+        "lower": lower,
+        "shape": _LONG_RUN.sub(_keep_four, classes),
+        "short_shape": _ANY_RUN.sub(_keep_one, classes),
+        # A digit is the only source of "d" and an upper-case letter of "X" in `classes`.
+        "has_digit": "" if "d" in classes else None,
+        "has_hyphen": "" if "-" in word else None,
+        "all_caps": "" if word.isupper() else None,
+        "title": "" if word.istitle() else None,
+        "init_cap": "" if classes[:1] == "X" else None,
+        "punct": "" if punct else None,
+    }
+    n = len(lower)
+    for name, k, is_prefix in affixes:
+        values[name] = None if n < k else (lower[:k] if is_prefix else lower[n - k:])
+    return values
+
+
+_WORD_TEMPLATES = ("bias", "word", "lower", "prefix1", "prefix2", "prefix3", "prefix4",
+                   "suffix1", "suffix2", "suffix3", "suffix4", "shape", "short_shape",
+                   "has_digit", "has_hyphen", "all_caps", "title", "init_cap", "punct")
+_NEAR_TEMPLATES = ("lower", "suffix1", "suffix2", "suffix3", "short_shape")
+_FAR_TEMPLATES = ("lower",)
+
+
+def default_templates(window=2):
+    """The default templates for English part-of-speech tagging.
+
+    Parameters
+    ----------
+    window : int
+        Neighbours at offsets ``-window .. +window`` contribute their lowercase form; the
+        neighbours at +-1 also their suffixes 1-3 and short shape.
+
+    Returns
+    -------
+    dict
+        Offset (int) -> tuple of template names.
+    """
+    window = int(window)
+    if window < 0:
+        raise ValueError(f"window must be >= 0, got {window}")
+    templates = {0: _WORD_TEMPLATES}
+    for o in range(1, window + 1):
+        near = _NEAR_TEMPLATES if o == 1 else _FAR_TEMPLATES
+        templates[-o] = near
+        templates[o] = near
+    return dict(sorted(templates.items()))
+
+
+def _normalize_templates(templates):
+    """Validate templates (a dict or a list of [offset, names] pairs) -> sorted dict."""
+    if templates is None:
+        return default_templates()
+    items = templates.items() if isinstance(templates, dict) else templates
+    out = {}
+    try:
+        items = list(items)
+    except TypeError:
+        raise ValueError("templates must be a dict {offset: [names]} or a list of "
+                         "[offset, names] pairs") from None
+    for item in items:
+        try:
+            offset, names = item
+        except (TypeError, ValueError):
+            raise ValueError(f"templates: bad entry {item!r}, expected (offset, names)") from None
+        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
+            raise ValueError(f"templates: offset {offset!r} is not an integer")
+        offset = int(offset)
+        if offset in out:
+            raise ValueError(f"templates: offset {offset} given twice")
+        if isinstance(names, str):
+            raise ValueError(f"templates[{offset}]: expected a list of template names, got "
+                             f"the string {names!r}")
+        names = tuple(names)
+        if not names:
+            raise ValueError(f"templates[{offset}]: no template names")
+        if len(set(names)) != len(names):
+            raise ValueError(f"templates[{offset}]: duplicate template names in {names}")
+        for name in names:
+            _parse_template(name)
+        out[offset] = names
+    if not out:
+        raise ValueError("templates: at least one offset group is needed")
+    return dict(sorted(out.items()))
+
+
+def _offset_tag(offset):
+    return "" if offset == 0 else f"[{offset:+d}]"
+
+
+# --------------------------------------------------------------------------------------------
+# Saving string lists as plain arrays (no object dtype, so no pickle)
+
+def _encode_strings(strings):
+    """list of str -> (uint8 UTF-8 buffer of the strings joined by \\x1f, int64 char lengths)."""
+    buf = np.frombuffer(_SEP.join(strings).encode("utf-8"), dtype=np.uint8).copy()
+    lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
+    return buf, lengths
+
+
+def _decode_strings(buf, lengths, what):
+    n = lengths.shape[0]
+    try:
+        text = buf.tobytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what}: buffer is not valid UTF-8") from None
+    if n == 0:
+        if text:
+            raise ValueError(f"{what}: buffer holds text but no lengths")
+        return []
+    parts = text.split(_SEP)
+    if len(parts) == n:
+        # No string holds the separator (each one that did would add a part).
+        return parts
+    # Some string contains the separator itself: fall back to the stored lengths.
+    if np.any(lengths < 0) or int(lengths.sum()) + n - 1 != len(text):
+        raise ValueError(f"{what}: string lengths do not match the buffer")
+    parts = []
+    pos = 0
+    for length in lengths.tolist():
+        parts.append(text[pos:pos + length])
+        pos += length + 1
+    return parts
+
+
+class _AutoIndex(dict):
+    """key -> consecutive id in order of first lookup."""
+
+    __slots__ = ()
+
+    def __missing__(self, key):
+        i = self[key] = len(self)
+        return i
+
+
+class _TypeIndex(dict):
+    """word -> type id (>= 2); a missing word gets the next id and is queued in ``new``."""
+
+    __slots__ = ("new",)
+
+    def __init__(self):
+        super().__init__()
+        self.new = []
+
+    def __missing__(self, word):
+        ty = len(self) + _N_PSEUDO
+        self[word] = ty
+        self.new.append(word)
+        return ty
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class FeatureExtractor:
+    """Map tokenized sentences to a sparse token x feature matrix.
+
+    Parameters
+    ----------
+    templates : dict or list, optional
+        Offset (int) -> sequence of template names (see the module docstring), or the same as
+        a list of ``[offset, names]`` pairs. Default: :func:`default_templates` ``(window)``.
+    window : int, optional
+        Width of the default templates' neighbour window (default 2: offsets -2..+2); only
+        with ``templates=None``.
+    cache_size : int
+        Word types first seen after ``fit`` are cached too (their features cannot change, as
+        the vocabulary is frozen); when more than ``cache_size`` of them accumulate, the cache
+        is cut back to the training types before the next batch.
+
+    Attributes
+    ----------
+    n_features_ : int
+        Number of columns of ``X``: the features seen at least ``min_count`` times in training.
+    vocabulary_ : dict
+        Feature string -> column id.
+    feature_names_ : list of str
+        Feature strings in column order.
+    min_count_ : int
+        The ``min_count`` used by ``fit``.
+
+    Notes
+    -----
+    ``transform`` updates the word-type cache, so one extractor must not be used from several
+    threads at once.
+    """
+
+    def __init__(self, templates=None, window=None, cache_size=500_000):
+        if templates is not None and window is not None:
+            raise ValueError("give either templates or window, not both")
+        if templates is None:
+            templates = default_templates(2 if window is None else window)
+        self.templates = _normalize_templates(templates)
+        cache_size = int(cache_size)
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        self.cache_size = cache_size
+        self._shift = np.array(list(self.templates), dtype=np.int64)
+        # Per group: (template name, feature-string prefix) pairs.
+        self._groups = []
+        for offset, names in self.templates.items():
+            tag = _offset_tag(offset)
+            self._groups.append(tuple(
+                (name, name + tag if name in _FLAGS else name + tag + "=") for name in names))
+        affixes = {}
+        for names in self.templates.values():
+            for name in names:
+                parsed = _parse_template(name)
+                if parsed is not None:
+                    affixes[name] = (name,) + parsed
+        self._affixes = tuple(affixes.values())
+        self._fitted = False
+
+    # ---------------------------------------------------------------- fitted state
+
+    def _reset(self):
+        n_groups = len(self._groups)
+        self._fitted = False
+        self._index = _TypeIndex()
+        self._seg = np.zeros((64, n_groups + 1), dtype=np.int64)
+        self._ids = np.zeros(1024, dtype=np.int32)
+        self._n_types = _N_PSEUDO
+        self._n_ids = 0
+        self._names = None          # list of str, decoded from _names_buf on first need
+        self._names_buf = None      # uint8: UTF-8 feature names joined by _SEP
+        self._names_len = None      # (n_features_,) int64: their lengths in characters
+        self._table = None          # (start, stop, table) of the compiled string lookup
+        self._vocab = None          # dict, built on first need
+
+    @property
+    def vocabulary_(self):
+        self._check_fitted()
+        if self._vocab is None:
+            names = self.feature_names_
+            self._vocab = dict(zip(names, range(len(names))))
+        return self._vocab
+
+    @property
+    def feature_names_(self):
+        self._check_fitted()
+        if self._names is None:
+            self._names = _decode_strings(self._names_buf, self._names_len, "feature_names")
+        return self._names
+
+    def _string_table(self):
+        """The compiled lookup table over the feature names (built on first need)."""
+        if self._table is None:
+            from . import _features
+            buf = self._names_buf
+            n = self.n_features_
+            sep = np.flatnonzero(buf == ord(_SEP))
+            if sep.shape[0] == n - 1:
+                start = np.concatenate([[0], sep + 1]).astype(np.int64)
+                stop = np.concatenate([sep, [buf.shape[0]]]).astype(np.int64)
+            else:   # some name holds the separator, or there are none: use real byte lengths
+                nbytes = np.fromiter((len(f.encode("utf-8")) for f in self.feature_names_),
+                                     dtype=np.int64, count=n)
+                start = np.zeros(n, dtype=np.int64)
+                np.cumsum(nbytes[:-1] + 1, out=start[1:])
+                stop = start + nbytes
+            size = 1 << max(2, int(2 * n + 1).bit_length())
+            table = np.full(size, -1, dtype=np.int32)
+            _features.build_string_table(buf, start, stop, table)
+            self._table = (start, stop, table)
+        return self._table
+
+    def _lookup(self, strings):
+        """Column ids of feature strings (a list of str), -1 for those not in the vocabulary.
+
+        Returns
+        -------
+        (len(strings),) int64
+        """
+        m = len(strings)
+        if m == 0:
+            return np.zeros(0, dtype=np.int64)
+        query = np.frombuffer(_SEP.join(strings).encode("utf-8"), dtype=np.uint8)
+        sep = np.flatnonzero(query == ord(_SEP))
+        if sep.shape[0] != m - 1:   # a word holding the separator: rare, take the dict path
+            return np.fromiter(map(self.vocabulary_.get, strings, itertools.repeat(-1)),
+                               dtype=np.int64, count=m)
+        from . import _features
+        q_start = np.concatenate([[0], sep + 1]).astype(np.int64)
+        q_stop = np.concatenate([sep, [query.shape[0]]]).astype(np.int64)
+        start, stop, table = self._string_table()
+        out = np.empty(m, dtype=np.int64)
+        _features.lookup_strings(self._names_buf, start, stop, table, query, q_start, q_stop,
+                                 out)
+        return out
+
+    def _check_fitted(self):
+        if not self._fitted:
+            raise ValueError("this FeatureExtractor is not fitted yet: call fit(sents) first")
+
+    # ---------------------------------------------------------------- per word type
+
+    def _pseudo_strings(self):
+        """Feature strings of the two boundary pseudo-types, per group."""
+        before, after = [], []
+        for offset in self.templates:
+            tag = _offset_tag(offset)
+            before.append([f"BOS{tag}"] if offset < 0 else [])
+            after.append([f"EOS{tag}"] if offset > 0 else [])
+        return [before, after]
+
+    def _type_strings(self, word):
+        """Feature strings of one word type, per group (a list of G lists)."""
+        values = _word_values(word, self._affixes)
+        return [[prefix + v for name, prefix in group if (v := values[name]) is not None]
+                for group in self._groups]
+
+    def _flat_strings(self, per_type):
+        """Flatten per-type, per-group string lists.
+
+        Returns
+        -------
+        flat : list of str
+            All strings, type by type, group by group.
+        lengths : (n_types * G,) int64
+            Number of strings of each (type, group), row-major.
+        """
+        flat = []
+        extend = flat.extend
+        lengths = []
+        append = lengths.append
+        for groups in per_type:
+            for feats in groups:
+                extend(feats)
+                append(len(feats))
+        return flat, np.array(lengths, dtype=np.int64)
+
+    def _append_types(self, ids, lengths):
+        """Append new word types to the cache.
+
+        Parameters
+        ----------
+        ids : (M,) int64
+            Column id of each feature string of the new types, flat as ``_flat_strings``
+            orders them, -1 for a string outside the vocabulary (dropped).
+        lengths : (n_new * G,) int64
+            Number of strings per (type, group), row-major.
+        """
+        n_groups = len(self._groups)
+        n_new = lengths.shape[0] // n_groups
+        if n_new == 0:
+            return
+        key = np.repeat(np.arange(lengths.shape[0], dtype=np.int64), lengths)
+        keep = ids >= 0
+        ids = ids[keep]
+        key = key[keep]
+        # Sort ids within each (type, group) segment: key is non-decreasing and dominates the
+        # combined value, so sorting the combination never moves an id to another segment.
+        combined = key * max(self.n_features_, 1) + ids
+        combined.sort()
+        flat = (combined - key * max(self.n_features_, 1)).astype(np.int32)
+        counts = np.bincount(key, minlength=lengths.shape[0])
+        bounds = np.empty(n_new * n_groups + 1, dtype=np.int64)
+        bounds[0] = self._n_ids
+        np.cumsum(counts, out=bounds[1:])
+        bounds[1:] += self._n_ids
+        rows = (np.arange(n_new)[:, None] * n_groups + np.arange(n_groups + 1)[None, :])
+        seg = bounds[rows]
+        t0, t1 = self._n_types, self._n_types + n_new
+        i0, i1 = self._n_ids, self._n_ids + flat.shape[0]
+        if t1 > self._seg.shape[0]:
+            grown = np.zeros((max(t1, 2 * self._seg.shape[0]), n_groups + 1), dtype=np.int64)
+            grown[:t0] = self._seg[:t0]
+            self._seg = grown
+        if i1 > self._ids.shape[0]:
+            grown = np.zeros(max(i1, 2 * self._ids.shape[0]), dtype=np.int32)
+            grown[:i0] = self._ids[:i0]
+            self._ids = grown
+        self._seg[t0:t1] = seg
+        self._ids[i0:i1] = flat
+        self._n_types = t1
+        self._n_ids = i1
+
+    def _add_new_types(self, words):
+        """Cache the column ids of word types first seen after fit."""
+        flat, lengths = self._flat_strings(map(self._type_strings, words))
+        self._append_types(self._lookup(flat), lengths)
+
+    def _trim_cache(self):
+        """Forget the word types first seen after fit (they are recomputed when seen again)."""
+        n_extra = self._n_types - self._n_fit_types
+        for _ in range(n_extra):
+            self._index.popitem()   # dicts pop the most recently inserted key first
+        self._n_types = self._n_fit_types
+        self._n_ids = int(self._seg[self._n_types - 1, -1])
+
+    # ---------------------------------------------------------------- batches
+
+    @staticmethod
+    def _check_sents(sents):
+        if isinstance(sents, (str, bytes)):
+            raise ValueError("sents must be a list of sentences (lists of token strings), "
+                             "got a single string")
+        if not isinstance(sents, (list, tuple)):
+            sents = list(sents)
+        kinds = set(map(type, sents))
+        if any(issubclass(k, (str, bytes)) for k in kinds):
+            raise ValueError("sents must be a list of sentences (lists of token strings), "
+                             "not a list of strings: wrap a single sentence as [tokens]")
+        return sents
+
+    def _map_tokens(self, sents):
+        """Token -> type id for a batch, queueing unseen words in ``self._index.new``.
+
+        Returns
+        -------
+        tok_type : (N,) int32
+        offsets : (n+1,) int64
+        """
+        n = len(sents)
+        try:
+            lengths = np.fromiter(map(len, sents), dtype=np.int64, count=n)
+        except TypeError:
+            raise ValueError("every sentence must be a sequence of token strings (with a "
+                             "length)") from None
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        n_tokens = int(offsets[-1])
+        index = self._index
+        try:
+            tok_type = np.fromiter(map(index.__getitem__, itertools.chain.from_iterable(sents)),
+                                   dtype=np.int32, count=n_tokens)
+        except TypeError:
+            self._forget_new()
+            bad = next(w for s in sents for w in s if not _hashable(w))
+            raise ValueError(f"tokens must be strings, found {type(bad).__name__} "
+                             f"{bad!r}") from None
+        for word in index.new:
+            if not isinstance(word, str):
+                self._forget_new()
+                raise ValueError(f"tokens must be strings, found {type(word).__name__} "
+                                 f"{word!r}")
+        return tok_type, offsets
+
+    def _forget_new(self):
+        for word in self._index.new:
+            del self._index[word]
+        self._index.new = []
+
+    def _assemble(self, tok_type, offsets):
+        from . import _features
+        n_tokens = tok_type.shape[0]
+        seg = self._seg[:self._n_types]
+        indptr = np.empty(n_tokens + 1, dtype=np.int64)
+        _features.row_lengths(tok_type, offsets, self._shift, seg, indptr)
+        nnz = int(indptr[-1])
+        indices = np.empty(nnz, dtype=np.int32)
+        _features.fill_indices(tok_type, offsets, self._shift, seg, self._ids, indptr, indices)
+        if nnz <= np.iinfo(np.int32).max:
+            indptr = indptr.astype(np.int32)
+        else:   # scipy keeps indices and indptr in one dtype
+            indices = indices.astype(np.int64)
+        X = sp.csr_matrix((np.ones(nnz), indices, indptr), shape=(n_tokens, self.n_features_),
+                          copy=False)
+        X.has_sorted_indices = True
+        return X
+
+    # ---------------------------------------------------------------- public API
+
+    def fit(self, sents, min_count=1):
+        """Build the feature vocabulary from training sentences.
+
+        Parameters
+        ----------
+        sents : list of list of str
+            Tokenized sentences.
+        min_count : int
+            Keep the features occurring on at least this many training tokens.
+
+        Returns
+        -------
+        self
+        """
+        self._fit(sents, min_count)
+        return self
+
+    def _fit(self, sents, min_count):
+        if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) \
+                or min_count < 1:
+            raise ValueError(f"min_count must be an integer >= 1, got {min_count!r}")
+        sents = self._check_sents(sents)
+        self._reset()
+        tok_type, offsets = self._map_tokens(sents)
+        words = self._index.new
+        self._index.new = []
+        n_tokens = tok_type.shape[0]
+        if n_tokens == 0:
+            raise ValueError("fit: the training sentences hold no tokens")
+        n_types = len(words) + _N_PSEUDO
+        n_groups = len(self._groups)
+        counts = self._neighbour_counts(tok_type, offsets, n_types)
+        flat, lengths = self._flat_strings(
+            itertools.chain(self._pseudo_strings(), map(self._type_strings, words)))
+        # Provisional ids in order of first appearance, one C-level dict lookup per string.
+        provisional = _AutoIndex()
+        prov_ids = np.fromiter(map(provisional.__getitem__, flat), dtype=np.int64,
+                               count=len(flat))
+        n_prov = len(provisional)
+        key = np.repeat(np.arange(n_types * n_groups, dtype=np.int64), lengths)
+        entry_group = key % n_groups
+        # A feature's token count: the tokens having, at its group's offset, a type that has it.
+        feature_count = np.bincount(prov_ids, weights=counts[entry_group, key // n_groups],
+                                    minlength=n_prov)
+        # Every string belongs to one group (its name carries the offset); number the kept
+        # ones group by group, so that rows assembled in group order come out sorted.
+        feature_group = np.empty(n_prov, dtype=np.int64)
+        feature_group[prov_ids] = entry_group
+        kept = np.flatnonzero(feature_count >= min_count)
+        kept = kept[np.argsort(feature_group[kept], kind="stable")]
+        self._group_bounds = np.zeros(n_groups + 1, dtype=np.int64)
+        np.cumsum(np.bincount(feature_group[kept], minlength=n_groups),
+                  out=self._group_bounds[1:])
+        remap = np.full(n_prov, -1, dtype=np.int64)
+        remap[kept] = np.arange(kept.shape[0])
+        prov_names = list(provisional)
+        self._names = [prov_names[p] for p in kept.tolist()]
+        self._names_buf, self._names_len = _encode_strings(self._names)
+        self.n_features_ = len(self._names)
+        self.min_count_ = int(min_count)
+        self._fitted = True
+        self._n_types = 0
+        self._append_types(remap[prov_ids], lengths)
+        self._n_fit_types = self._n_types
+        return tok_type, offsets
+
+    def _neighbour_counts(self, tok_type, offsets, n_types):
+        """counts[g, ty]: how many tokens have type ``ty`` at their group-``g`` offset."""
+        n_tokens = tok_type.shape[0]
+        lengths = np.diff(offsets)
+        sent_of = np.repeat(np.arange(lengths.shape[0]), lengths)
+        start = offsets[sent_of]
+        stop = offsets[sent_of + 1]
+        positions = np.arange(n_tokens, dtype=np.int64)
+        counts = np.zeros((len(self._groups), n_types), dtype=np.int64)
+        for g, shift in enumerate(self._shift.tolist()):
+            j = positions + shift
+            inside = (j >= start) & (j < stop)
+            neighbour = np.where(inside, tok_type[np.clip(j, 0, n_tokens - 1)],
+                                 0 if shift < 0 else 1)
+            counts[g] = np.bincount(neighbour, minlength=n_types)
+        return counts
+
+    def transform(self, sents):
+        """The feature matrix of a batch of sentences.
+
+        Parameters
+        ----------
+        sents : list of list of str
+            Tokenized sentences; empty sentences are allowed.
+
+        Returns
+        -------
+        X : scipy.sparse.csr_matrix, shape (N, n_features_), float64
+            N = total number of tokens; row ``offsets[i] + t`` holds the features of token ``t``
+            of sentence ``i`` as 1.0 entries, with sorted int32 column indices. Features not
+            in the training vocabulary are dropped; an unseen word still gets its affix, shape,
+            flag and neighbour features.
+        offsets : ndarray, shape (n+1,), int64
+            Sentence ``i`` is rows ``offsets[i]:offsets[i+1]``.
+        """
+        self._check_fitted()
+        sents = self._check_sents(sents)
+        if self._n_types - self._n_fit_types > self.cache_size:
+            self._trim_cache()
+        tok_type, offsets = self._map_tokens(sents)
+        new = self._index.new
+        if new:
+            self._index.new = []
+            self._add_new_types(new)
+        return self._assemble(tok_type, offsets), offsets
+
+    def fit_transform(self, sents, min_count=1):
+        """``fit(sents, min_count)`` then ``transform(sents)``, sharing the token mapping."""
+        tok_type, offsets = self._fit(sents, min_count)
+        return self._assemble(tok_type, offsets), offsets
+
+    # ---------------------------------------------------------------- saving
+
+    def get_config(self):
+        """JSON-serializable settings: ``FeatureExtractor(**...)`` minus fitted state.
+
+        Returns
+        -------
+        dict
+            ``{"format_version", "templates": [[offset, [names]], ...], "cache_size",
+            "min_count"}`` (``min_count`` is None before fit).
+        """
+        return {
+            "format_version": _FORMAT_VERSION,
+            "templates": [[o, list(names)] for o, names in self.templates.items()],
+            "cache_size": self.cache_size,
+            "min_count": self.min_count_ if self._fitted else None,
+        }
+
+    def to_arrays(self):
+        """The fitted state as plain numpy arrays (no object dtype, so no pickle needed).
+
+        Returns
+        -------
+        dict of str -> ndarray
+            ``feature_names`` (uint8): the feature strings in column order, UTF-8, joined by
+            ``\\x1f``; ``feature_name_lengths`` (n_features_,) int64: their lengths in
+            characters; ``group_bounds`` (G+1,) int64: the columns of offset group ``g`` are
+            ``group_bounds[g]:group_bounds[g+1]``. ``type_words`` (uint8) and ``type_word_lengths`` (int64): the training
+            word types in type-id order (ids 2, 3, ...); ``type_seg`` (n_types, G+1) int64 and
+            ``type_ids`` int32: their cached column ids per offset group (types 0 and 1 are
+            the sentence-boundary pseudo-types), so a loaded extractor starts with a warm cache.
+        """
+        self._check_fitted()
+        n_words = self._n_fit_types - _N_PSEUDO
+        words, word_lengths = _encode_strings(list(itertools.islice(self._index, n_words)))
+        n_ids = int(self._seg[self._n_fit_types - 1, -1])
+        return {
+            "feature_names": self._names_buf.copy(),
+            "feature_name_lengths": self._names_len.copy(),
+            "type_words": words,
+            "type_word_lengths": word_lengths,
+            "group_bounds": self._group_bounds.copy(),
+            "type_seg": self._seg[:self._n_fit_types].copy(),
+            "type_ids": self._ids[:n_ids].copy(),
+        }
+
+    @classmethod
+    def from_config_and_arrays(cls, config, arrays):
+        """Rebuild a fitted extractor from :meth:`get_config` and :meth:`to_arrays` output.
+
+        Every array is checked (dtypes, shapes, bounds), since it may come from an untrusted
+        file: a bad one raises ValueError rather than reaching the compiled assembly loop.
+        """
+        if not isinstance(config, dict):
+            raise ValueError("feature extractor config must be a dict")
+        version = config.get("format_version")
+        if not isinstance(version, int) or version < 1:
+            raise ValueError(f"feature extractor config: bad format_version {version!r}")
+        if version > _FORMAT_VERSION:
+            raise ValueError(f"feature extractor config: format_version {version} is newer "
+                             f"than this factorebm supports ({_FORMAT_VERSION})")
+        for key in ("templates", "min_count"):
+            if key not in config:
+                raise ValueError(f"feature extractor config: missing key {key!r}")
+        fx = cls(templates=config["templates"], cache_size=config.get("cache_size", 500_000))
+        n_groups = len(fx._groups)
+
+        def get(key, dtype, ndim):
+            if key not in arrays:
+                raise ValueError(f"feature extractor arrays: missing {key!r}")
+            a = np.asarray(arrays[key])
+            if a.dtype != dtype or a.ndim != ndim:
+                raise ValueError(f"feature extractor arrays: {key!r} must be {ndim}-D "
+                                 f"{np.dtype(dtype).name}, got {a.ndim}-D {a.dtype}")
+            return np.ascontiguousarray(a)
+
+        names_buf = get("feature_names", np.uint8, 1)
+        names_len = get("feature_name_lengths", np.int64, 1)
+        n_features = names_len.shape[0]
+        try:
+            n_chars = len(names_buf.tobytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError("feature extractor arrays: feature_names is not valid UTF-8") \
+                from None
+        if np.any(names_len < 0) or int(names_len.sum()) + max(n_features - 1, 0) != n_chars:
+            raise ValueError("feature extractor arrays: feature_name_lengths do not match "
+                             "the feature_names buffer")
+        words = _decode_strings(get("type_words", np.uint8, 1),
+                                get("type_word_lengths", np.int64, 1), "type_words")
+        seg = get("type_seg", np.int64, 2)
+        ids = get("type_ids", np.int32, 1)
+        n_types = len(words) + _N_PSEUDO
+        if seg.shape != (n_types, n_groups + 1):
+            raise ValueError(f"feature extractor arrays: type_seg has shape {seg.shape}, "
+                             f"expected {(n_types, n_groups + 1)}")
+        flat = np.concatenate([seg[:, :-1].ravel(), seg[-1:, -1]])
+        if (flat[0] != 0 or np.any(np.diff(flat) < 0) or flat[-1] != ids.shape[0]
+                or not np.array_equal(seg[:-1, -1], seg[1:, 0])):
+            raise ValueError("feature extractor arrays: type_seg is not a valid segment table "
+                             "for type_ids")
+        bounds = get("group_bounds", np.int64, 1)
+        if (bounds.shape[0] != n_groups + 1 or bounds[0] != 0 or bounds[-1] != n_features
+                or np.any(np.diff(bounds) < 0)):
+            raise ValueError("feature extractor arrays: group_bounds does not split the "
+                             f"{n_features} features into {n_groups} groups")
+        # Every id must lie in its group's column range and increase within its segment:
+        # that is what makes the assembled rows sorted.
+        lengths = np.diff(flat)
+        entry_group = np.repeat(np.tile(np.arange(n_groups), n_types), lengths)
+        starts = np.zeros(ids.shape[0], dtype=bool)
+        starts[flat[:-1][lengths > 0]] = True
+        if ids.size and (np.any(ids < bounds[entry_group])
+                         or np.any(ids >= bounds[entry_group + 1])
+                         or np.any((np.diff(ids) <= 0) & ~starts[1:])):
+            raise ValueError("feature extractor arrays: type_ids holds column ids outside "
+                             "their group's range or out of order")
+        fx._reset()
+        fx._index.update(zip(words, range(_N_PSEUDO, n_types)))
+        if len(fx._index) != len(words):
+            raise ValueError("feature extractor arrays: duplicate word types")
+        # Feature names are decoded, and their lookup table built, on first need.
+        fx._names_buf = names_buf.copy()
+        fx._names_len = names_len.copy()
+        fx.n_features_ = n_features
+        min_count = config["min_count"]
+        if not isinstance(min_count, int) or min_count < 1:
+            raise ValueError(f"feature extractor config: bad min_count {min_count!r}")
+        fx.min_count_ = min_count
+        fx._group_bounds = bounds.copy()
+        fx._seg = seg.copy()
+        fx._ids = ids.copy()
+        fx._n_types = fx._n_fit_types = n_types
+        fx._n_ids = ids.shape[0]
+        fx._fitted = True
+        return fx
+
+    def __repr__(self):
+        state = f"n_features_={self.n_features_}" if self._fitted else "not fitted"
+        return f"FeatureExtractor({len(self.templates)} offset groups, {state})"
+
+
+def _hashable(x):
+    try:
+        hash(x)
+    except TypeError:
+        return False
+    return True

@@ -1,0 +1,195 @@
+"""Model files: atomic writes, round trips, and refusal of anything that is not a clean model."""
+import io
+import json
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+from factorebm import modelio
+from factorebm.modelio import FORMAT_VERSION, load_arrays, save_arrays
+
+UNPICKLED = []
+
+
+def _record_unpickling(tag):
+    """Called only if an object array is ever unpickled."""
+    UNPICKLED.append(tag)
+    return tag
+
+
+class _Trap:
+    def __reduce__(self):
+        return (_record_unpickling, ("trap",))
+
+
+def _arrays():
+    return {
+        "weights": np.arange(12, dtype=np.float64).reshape(3, 4) / 7,
+        "ids": np.array([3, -1, 7], dtype=np.int32),
+        "buffer": np.frombuffer("héllo\x1fwörld".encode(), dtype=np.uint8),
+        "labels": np.array(["NOUN", "VERB", "X"]),          # fixed-width unicode, not object
+        "mask": np.array([True, False]),
+        "empty": np.zeros((0, 5)),
+        "inf": np.array([np.inf, -np.inf, 0.0]),
+    }
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "model.npz"
+    meta = {"loss": "nll", "c2": 0.01, "templates": [[0, ["word"]]], "nested": {"a": [1, 2]}}
+    save_arrays(path, _arrays(), meta, kind="SequenceTagger")
+    arrays, loaded = load_arrays(path, kind="SequenceTagger")
+    expected = _arrays()
+    assert set(arrays) == set(expected)
+    for k, v in expected.items():
+        assert arrays[k].dtype == v.dtype and arrays[k].shape == v.shape
+        assert np.array_equal(arrays[k], v)
+    for k, v in meta.items():
+        assert loaded[k] == v
+    assert loaded["format_version"] == FORMAT_VERSION and loaded["kind"] == "SequenceTagger"
+    assert loaded["arrays"] == sorted(expected)
+
+
+def test_written_exactly_at_path_with_no_temp_files_left(tmp_path):
+    path = tmp_path / "model.bin"                  # no .npz appended
+    save_arrays(path, _arrays(), {}, kind="K")
+    save_arrays(path, {"x": np.ones(3)}, {"v": 2}, kind="K")    # overwrite
+    assert sorted(os.listdir(tmp_path)) == ["model.bin"]
+    arrays, meta = load_arrays(path, kind="K")
+    assert list(arrays) == ["x"] and meta["v"] == 2
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "model.npz"
+    save_arrays(path, {"x": np.ones(3)}, {"v": 1}, kind="K")
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(modelio.np, "savez", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_arrays(path, {"x": np.zeros(3)}, {"v": 2}, kind="K")
+    assert sorted(os.listdir(tmp_path)) == ["model.npz"]
+    assert path.read_bytes() == before
+
+
+def test_object_arrays_refused_on_save(tmp_path):
+    with pytest.raises(ValueError, match="'bad'.*object"):
+        save_arrays(tmp_path / "m.npz", {"bad": np.array([{"a": 1}], dtype=object)}, {}, "K")
+    assert os.listdir(tmp_path) == []
+
+
+def test_pickled_object_array_refused_without_running_code(tmp_path):
+    path = tmp_path / "evil.npz"
+    meta = json.dumps({"format_version": 1, "kind": "K", "arrays": ["x"]}).encode()
+    np.savez(path, __metadata__=np.frombuffer(meta, dtype=np.uint8),
+             x=np.array([_Trap()], dtype=object))
+    UNPICKLED.clear()
+    with pytest.raises(ValueError, match=r"evil\.npz.*'x'.*pickle"):
+        load_arrays(path, kind="K")
+    assert UNPICKLED == []
+    # The same file loaded with pickle allowed really would run the code: the trap is armed.
+    with np.load(path, allow_pickle=True) as npz:
+        npz["x"]
+    assert UNPICKLED == ["trap"]
+
+
+def test_whole_file_pickle_refused(tmp_path):
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps({"x": _Trap()}))
+    UNPICKLED.clear()
+    with pytest.raises(ValueError, match=r"model\.pkl: not a factorebm model file"):
+        load_arrays(path, kind="K")
+    assert UNPICKLED == []
+
+
+def test_wrong_kind_refused(tmp_path):
+    path = tmp_path / "m.npz"
+    save_arrays(path, {"x": np.ones(2)}, {}, kind="ChainCRF")
+    with pytest.raises(ValueError, match=r"m\.npz: holds a 'ChainCRF' model, expected "
+                                         r"'SequenceTagger'"):
+        load_arrays(path, kind="SequenceTagger")
+
+
+def _raw_model(path, meta, **arrays):
+    np.savez(path, __metadata__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+             **arrays)
+
+
+def test_newer_format_version_refused(tmp_path):
+    path = tmp_path / "m.npz"
+    _raw_model(path, {"format_version": FORMAT_VERSION + 1, "kind": "K", "arrays": []})
+    with pytest.raises(ValueError, match=r"m\.npz: written by a newer factorebm"):
+        load_arrays(path, kind="K")
+
+
+def test_missing_arrays_refused(tmp_path):
+    path = tmp_path / "m.npz"
+    _raw_model(path, {"format_version": 1, "kind": "K", "arrays": ["w", "b"]}, w=np.ones(2))
+    with pytest.raises(ValueError, match=r"m\.npz: model file is missing array\(s\) b"):
+        load_arrays(path, kind="K")
+    save_arrays(path, {"w": np.ones(2)}, {}, kind="K")
+    with pytest.raises(ValueError, match=r"missing array\(s\) labels"):
+        load_arrays(path, kind="K", required=["w", "labels"])
+
+
+@pytest.mark.parametrize("content", [
+    b"",
+    b"hello, I am a text file\n",
+    b"PK\x03\x04 but not really a zip file",
+])
+def test_not_a_model_file(tmp_path, content):
+    path = tmp_path / "junk.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"junk\.npz: (not a factorebm model|corrupt)"):
+        load_arrays(path, kind="K")
+
+
+def test_npz_without_metadata_npy_file_and_non_npy_member(tmp_path):
+    np.savez(tmp_path / "plain.npz", x=np.ones(3))
+    with pytest.raises(ValueError, match=r"plain\.npz: not a factorebm model file"):
+        load_arrays(tmp_path / "plain.npz", kind="K")
+    np.save(tmp_path / "one.npy", np.ones(3))
+    with pytest.raises(ValueError, match=r"one\.npy: not a factorebm model file"):
+        load_arrays(tmp_path / "one.npy", kind="K")
+    path = tmp_path / "odd.npz"
+    meta = json.dumps({"format_version": 1, "kind": "K", "arrays": ["x"]}).encode()
+    with zipfile.ZipFile(path, "w") as zf:
+        buf = io.BytesIO()
+        np.save(buf, np.frombuffer(meta, dtype=np.uint8))
+        zf.writestr("__metadata__.npy", buf.getvalue())
+        zf.writestr("x.npy", b"not npy data")
+    with pytest.raises(ValueError, match=r"odd\.npz: .*'x'"):
+        load_arrays(path, kind="K")
+
+
+def test_truncated_file_refused(tmp_path):
+    path = tmp_path / "m.npz"
+    save_arrays(path, {"w": np.random.default_rng(0).normal(size=(200, 50))}, {}, kind="K")
+    data = path.read_bytes()
+    for cut in (len(data) // 2, len(data) - 10, 100):
+        path.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=r"m\.npz: "):
+            load_arrays(path, kind="K")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.npz"):
+        load_arrays(tmp_path / "nope.npz", kind="K")
+
+
+def test_bad_save_arguments(tmp_path):
+    path = tmp_path / "m.npz"
+    with pytest.raises(ValueError, match="reserved"):
+        save_arrays(path, {}, {"kind": "X"}, kind="K")
+    with pytest.raises(ValueError, match="JSON"):
+        save_arrays(path, {}, {"f": object()}, kind="K")
+    with pytest.raises(ValueError, match="array name"):
+        save_arrays(path, {"__metadata__": np.ones(1)}, {}, kind="K")
+    with pytest.raises(ValueError, match="kind"):
+        save_arrays(path, {}, {}, kind="")
+    assert os.listdir(tmp_path) == []
