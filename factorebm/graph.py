@@ -1,6 +1,414 @@
-"""Placeholder until issue 2 ([engine]) lands: FactorGraph builder."""
+"""The factor graph: named discrete variables and energy tables over them.
+
+A :class:`FactorGraph` describes an energy function over discrete variables
+(LeCun et al. 2006, section 3)::
+
+    E(y) = sum_f  T_f[y_scope(f)]
+
+Each factor ``f`` holds an energy table ``T_f`` indexed by the states of the
+variables in its scope (row-major, in scope order). Lower energy is better;
+``+inf`` marks a forbidden combination. Variables flagged ``latent`` are the
+tutorial's hidden variables Z: never observed and never reported as an answer;
+min-sum minimizes them out and sum-product sums them out.
+
+The graph validates everything on entry, so the compiled kernels never see bad
+input. Inference (:mod:`factorebm.inference`) works on the flat arrays of
+:class:`factorebm.compiled.CompiledGraph`, built by :meth:`FactorGraph.compile`
+and cached until the graph changes.
+"""
+from numbers import Integral
+
+import numpy as np
+
+__all__ = ["FactorGraph"]
+
+
+def _is_int(value):
+    return isinstance(value, (Integral, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 class FactorGraph:
+    """An energy function over named discrete variables, as a sum of factor tables.
+
+    Examples
+    --------
+    >>> import numpy as np, factorebm as fe
+    >>> g = fe.FactorGraph()
+    >>> g.add_variable("a", 3)
+    >>> g.add_variable("b", ["NOUN", "VERB"])
+    >>> g.add_variable("z", 2, latent=True)
+    >>> g.add_factor(["a"], np.array([0.0, 1.0, 2.0]))
+    0
+    >>> g.add_factor(["a", "b", "z"], np.zeros((3, 2, 2)))
+    1
+    >>> g.energy({"a": 2, "b": "VERB", "z": 0})
+    2.0
+    """
+
     def __init__(self):
-        raise NotImplementedError("FactorGraph is being built under issue [engine]")
+        self._names = []          # variable names in insertion order
+        self._index = {}          # name -> variable index
+        self._n_states = []       # cardinality of each variable
+        self._labels = []         # tuple of label names, or None for 0..K-1
+        self._label_index = []    # dict label -> state, or None
+        self._latent = []         # bool per variable
+        self._scopes = []         # tuple of variable indices per factor
+        self._tables = []         # float64 C-contiguous array per factor, shape = scope cardinalities
+        self._structure_version = 0
+        self._tables_version = 0
+        self._compiled = None
+
+    # ------------------------------------------------------------------ building
+    def add_variable(self, name, states, latent=False):
+        """Add a discrete variable.
+
+        Parameters
+        ----------
+        name : hashable
+            Unique variable name (usually a str).
+        states : int or sequence
+            The cardinality (labels are then ``0 .. states-1``), or a sequence of
+            distinct label names.
+        latent : bool, default False
+            A latent variable (the tutorial's Z) is never observed and never part of
+            an answer: min-sum minimizes it out, sum-product sums it out.
+        """
+        try:
+            hash(name)
+        except TypeError:
+            raise ValueError(f"variable name {name!r} is not hashable") from None
+        if name in self._index:
+            raise ValueError(f"duplicate variable name {name!r}")
+        if _is_int(states):
+            n_states = int(states)
+            if n_states < 1:
+                raise ValueError(f"variable {name!r}: the number of states must be >= 1, got {n_states}")
+            labels = None
+            label_index = None
+        elif isinstance(states, (str, bytes)) or not hasattr(states, "__iter__"):
+            raise ValueError(f"variable {name!r}: states must be an int or a sequence of label names, "
+                             f"got {states!r}")
+        else:
+            labels = tuple(states)
+            if len(labels) == 0:
+                raise ValueError(f"variable {name!r}: needs at least one label")
+            label_index = {}
+            for k, lab in enumerate(labels):
+                try:
+                    if lab in label_index:
+                        raise ValueError(f"variable {name!r}: duplicate label {lab!r}")
+                except TypeError:
+                    raise ValueError(f"variable {name!r}: label {lab!r} is not hashable") from None
+                label_index[lab] = k
+            n_states = len(labels)
+        self._index[name] = len(self._names)
+        self._names.append(name)
+        self._n_states.append(n_states)
+        self._labels.append(labels)
+        self._label_index.append(label_index)
+        self._latent.append(bool(latent))
+        self._structure_changed()
+
+    def add_factor(self, scope, energies):
+        """Add a factor over ``scope`` with an energy table; returns its index.
+
+        Parameters
+        ----------
+        scope : sequence of variable names (or one name)
+            Distinct variables, in the order of the table's axes.
+        energies : array_like of float, shape = cardinalities of ``scope``
+            ``energies[k_1, ..., k_a]`` is the energy when the scope variables take
+            states ``k_1 .. k_a``. ``+inf`` forbids a combination; NaN and ``-inf``
+            are rejected.
+
+        Returns
+        -------
+        int
+            The factor's index (factors are numbered in insertion order).
+        """
+        if isinstance(scope, (str, bytes)) or not hasattr(scope, "__iter__"):
+            scope = [scope]
+        scope = list(scope)
+        if len(scope) == 0:
+            raise ValueError(f"factor {len(self._scopes)}: the scope is empty")
+        idx = []
+        for name in scope:
+            if name not in self._index:
+                raise KeyError(f"factor {len(self._scopes)} over {tuple(scope)!r}: unknown variable {name!r}")
+            idx.append(self._index[name])
+        if len(set(idx)) != len(idx):
+            raise ValueError(f"factor {len(self._scopes)} over {tuple(scope)!r}: a variable appears twice")
+        table = self._check_table(len(self._scopes), tuple(idx), energies)
+        self._scopes.append(tuple(idx))
+        self._tables.append(table)
+        self._structure_changed()
+        return len(self._scopes) - 1
+
+    def set_factor_energies(self, factor, energies):
+        """Replace the energy table of factor ``factor`` in place (same shape).
+
+        Cheap for learners: the compiled structure is kept and only the cached
+        tables are refreshed on the next inference call.
+        """
+        f = self._factor_index(factor)
+        self._tables[f] = self._check_table(f, self._scopes[f], energies)
+        self._tables_version += 1
+
+    def _check_table(self, f, scope_idx, energies):
+        shape = tuple(self._n_states[v] for v in scope_idx)
+        names = tuple(self._names[v] for v in scope_idx)
+        try:
+            table = np.array(energies, dtype=np.float64, order="C", copy=True)
+        except (TypeError, ValueError):
+            raise ValueError(f"factor {f} over {names!r}: energies are not an array of numbers") from None
+        if table.shape != shape:
+            raise ValueError(f"factor {f} over {names!r}: energies have shape {table.shape}, "
+                             f"expected {shape} (the cardinalities of the scope)")
+        if np.isnan(table).any():
+            raise ValueError(f"factor {f} over {names!r}: energies contain NaN")
+        if np.isneginf(table).any():
+            raise ValueError(f"factor {f} over {names!r}: energies contain -inf "
+                             f"(only +inf, meaning forbidden, is allowed)")
+        table.setflags(write=False)
+        return table
+
+    def _factor_index(self, factor):
+        if not _is_int(factor) or not 0 <= int(factor) < len(self._scopes):
+            raise ValueError(f"factor {factor!r} does not exist (the graph has {len(self._scopes)} factors)")
+        return int(factor)
+
+    def _structure_changed(self):
+        self._structure_version += 1
+        self._compiled = None
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def variables(self):
+        """list: variable names in insertion order (latent ones included)."""
+        return list(self._names)
+
+    @property
+    def visible_variables(self):
+        """list: names of the non-latent variables, in insertion order."""
+        return [n for n, lat in zip(self._names, self._latent) if not lat]
+
+    @property
+    def latent_variables(self):
+        """list: names of the latent variables, in insertion order."""
+        return [n for n, lat in zip(self._names, self._latent) if lat]
+
+    @property
+    def factors(self):
+        """list of (scope, energies): scope a tuple of names, energies a read-only float64 array."""
+        return [(tuple(self._names[v] for v in s), t) for s, t in zip(self._scopes, self._tables)]
+
+    @property
+    def n_variables(self):
+        return len(self._names)
+
+    @property
+    def n_factors(self):
+        return len(self._scopes)
+
+    def __len__(self):
+        return len(self._names)
+
+    def __contains__(self, name):
+        return name in self._index
+
+    def cardinality(self, name):
+        """int: number of states of variable ``name``."""
+        return self._n_states[self._var(name)]
+
+    def labels(self, name):
+        """tuple: label names of variable ``name`` (``0 .. K-1`` when it has none)."""
+        v = self._var(name)
+        return self._labels[v] if self._labels[v] is not None else tuple(range(self._n_states[v]))
+
+    def is_latent(self, name):
+        return self._latent[self._var(name)]
+
+    def factor_scope(self, factor):
+        """tuple of names: the scope of factor ``factor``."""
+        return tuple(self._names[v] for v in self._scopes[self._factor_index(factor)])
+
+    def factor_energies(self, factor):
+        """ndarray: the (read-only) energy table of factor ``factor``."""
+        return self._tables[self._factor_index(factor)]
+
+    def copy(self):
+        """An independent copy (tables are immutable, so they are shared)."""
+        g = FactorGraph()
+        g._names = list(self._names)
+        g._index = dict(self._index)
+        g._n_states = list(self._n_states)
+        g._labels = list(self._labels)
+        g._label_index = list(self._label_index)
+        g._latent = list(self._latent)
+        g._scopes = list(self._scopes)
+        g._tables = list(self._tables)
+        return g
+
+    def __repr__(self):
+        n_lat = sum(self._latent)
+        arity = max((len(s) for s in self._scopes), default=0)
+        return (f"FactorGraph({len(self._names)} variables ({n_lat} latent), "
+                f"{len(self._scopes)} factors, max arity {arity})")
+
+    # ------------------------------------------------------------------ assignments
+    def _var(self, name):
+        try:
+            return self._index[name]
+        except (KeyError, TypeError):
+            raise KeyError(f"unknown variable {name!r}") from None
+
+    def _state(self, v, value, what="assignment"):
+        """State index of ``value`` (a label name or an index) for variable index v."""
+        # integers are always state indices; anything else is looked up as a label name
+        label_index = self._label_index[v]
+        if label_index is not None and not _is_int(value):
+            try:
+                return label_index[value]
+            except (KeyError, TypeError):
+                raise ValueError(f"{what}: {value!r} is not a label of variable {self._names[v]!r} "
+                                 f"(labels {self._labels[v]!r})") from None
+        if not _is_int(value):
+            raise ValueError(f"{what}: value {value!r} of variable {self._names[v]!r} is not a state index")
+        k = int(value)
+        if not 0 <= k < self._n_states[v]:
+            raise ValueError(f"{what}: value {k} of variable {self._names[v]!r} is out of range "
+                             f"0..{self._n_states[v] - 1}")
+        return k
+
+    def _resolve(self, assignment, what="assignment"):
+        """dict name -> value  ->  dict variable index -> state index (validated)."""
+        if assignment is None:
+            return {}
+        if not hasattr(assignment, "items"):
+            raise ValueError(f"{what} must be a dict from variable name to label, got {type(assignment).__name__}")
+        out = {}
+        for name, value in assignment.items():
+            v = self._var(name)
+            out[v] = self._state(v, value, what)
+        return out
+
+    def _states_array(self, assignment, what="assignment"):
+        """A full assignment as an int64 array of state indices, shape (n_variables,)."""
+        resolved = self._resolve(assignment, what)
+        if len(resolved) != len(self._names):
+            missing = [n for v, n in enumerate(self._names) if v not in resolved]
+            raise ValueError(f"{what} lacks variable {missing[0]!r} ({len(missing)} missing)")
+        states = np.empty(len(self._names), dtype=np.int64)
+        for v, k in resolved.items():
+            states[v] = k
+        return states
+
+    def label_of(self, name, state):
+        """The label name of ``state`` of variable ``name`` (the index when it has none)."""
+        v = self._var(name)
+        return self._labels[v][state] if self._labels[v] is not None else int(state)
+
+    def energy(self, assignment):
+        """Energy of a full assignment (every variable, latent ones included).
+
+        Parameters
+        ----------
+        assignment : dict
+            Variable name -> label name or state index, for every variable
+            (an integer is always read as a state index).
+
+        Returns
+        -------
+        float
+            ``sum_f T_f[assignment]``; ``+inf`` if a forbidden combination is used.
+        """
+        states = self._states_array(assignment)
+        return float(sum(t[tuple(states[list(s)])] for s, t in zip(self._scopes, self._tables)))
+
+    # ------------------------------------------------------------------ compilation
+    def compile(self):
+        """The :class:`~factorebm.compiled.CompiledGraph` of this graph (cached until it changes)."""
+        from .compiled import CompiledGraph
+        cg = self._compiled
+        if cg is None or cg.structure_version != self._structure_version:
+            cg = CompiledGraph(self)
+            self._compiled = cg
+        elif cg.tables_version != self._tables_version:
+            cg.refresh_tables(self)
+        return cg
+
+    # ------------------------------------------------------------------ networkx
+    @classmethod
+    def from_networkx(cls, G, node_energy="energy", edge_energy="energy", latent="latent"):
+        """Build a pairwise MRF from a networkx graph (or read back :meth:`to_networkx`).
+
+        Parameters
+        ----------
+        G : networkx.Graph
+            Every node is a variable. Its attribute ``node_energy`` holds its unary
+            energies, shape (K,) (a unary factor is added); a node without one needs
+            an ``n_states`` (int) or ``labels`` (sequence) attribute. Every edge
+            ``(u, v)``, in the order ``G.edges`` yields it, holds a (K_u, K_v) table
+            under ``edge_energy``: entry ``[i, j]`` is the energy of u = i, v = j.
+            A true ``latent`` node attribute marks a latent variable.
+            A bipartite graph made by :meth:`to_networkx` (every node has
+            ``kind`` "variable" or "factor") is read back as the same factor graph.
+        """
+        g = cls()
+        nodes = list(G.nodes(data=True))
+        if nodes and all(d.get("kind") in ("variable", "factor") for _, d in nodes):
+            factor_nodes = []
+            for n, d in nodes:
+                if d["kind"] == "variable":
+                    g.add_variable(n, list(d["labels"]) if d.get("labels") is not None else d["n_states"],
+                                   latent=d.get("latent", False))
+                else:
+                    factor_nodes.append((d["index"], d))
+            for _, d in sorted(factor_nodes, key=lambda x: x[0]):
+                g.add_factor(list(d["scope"]), d["energy"])
+            return g
+        for n, d in nodes:
+            if d.get("labels") is not None:
+                states = list(d["labels"])
+            elif d.get("n_states") is not None:
+                states = d["n_states"]
+            elif d.get(node_energy) is not None:
+                states = int(np.shape(d[node_energy])[0]) if np.ndim(d[node_energy]) == 1 else -1
+                if states < 1:
+                    raise ValueError(f"node {n!r}: {node_energy!r} must be a non-empty 1-D array")
+            else:
+                raise ValueError(f"node {n!r} has no {node_energy!r}, 'n_states' or 'labels' attribute")
+            g.add_variable(n, states, latent=bool(d.get(latent, False)))
+        for n, d in nodes:
+            if d.get(node_energy) is not None:
+                g.add_factor([n], d[node_energy])
+        for u, v, d in G.edges(data=True):
+            if u == v:
+                raise ValueError(f"edge ({u!r}, {v!r}) is a self-loop")
+            if d.get(edge_energy) is None:
+                raise ValueError(f"edge ({u!r}, {v!r}) has no {edge_energy!r} attribute")
+            g.add_factor([u, v], d[edge_energy])
+        return g
+
+    def to_networkx(self):
+        """The bipartite variable/factor graph as a ``networkx.Graph``.
+
+        Variable nodes are keyed by name (attributes ``kind="variable"``,
+        ``bipartite=0``, ``n_states``, ``labels``, ``latent``); factor node i is
+        keyed ``("factor", i)`` (attributes ``kind="factor"``, ``bipartite=1``,
+        ``index``, ``scope``, ``energy``). Edges join a factor to its variables.
+        """
+        import networkx as nx
+        G = nx.Graph()
+        for v, name in enumerate(self._names):
+            G.add_node(name, kind="variable", bipartite=0, n_states=self._n_states[v],
+                       labels=self._labels[v], latent=self._latent[v])
+        for f, (scope, table) in enumerate(zip(self._scopes, self._tables)):
+            key = ("factor", f)
+            if key in self._index:
+                raise ValueError(f"variable name {key!r} collides with the key of factor {f}")
+            names = tuple(self._names[v] for v in scope)
+            G.add_node(key, kind="factor", bipartite=1, index=f, scope=names, energy=table)
+            for name in names:
+                G.add_edge(key, name)
+        return G

@@ -1,0 +1,300 @@
+"""A factor graph compiled to flat contiguous arrays for the Cython kernel.
+
+:class:`CompiledGraph` is built once per graph structure (and cached on the
+:class:`~factorebm.graph.FactorGraph` until a variable or factor is added; a
+table replaced with ``set_factor_energies`` refreshes only the tables). Layout
+(CSR style, every ``*_offset`` array has length n + 1):
+
+=====================  ===========  ==================================================
+field                  shape        meaning
+=====================  ===========  ==================================================
+``var_n_states``       (V,)         cardinality of variable v
+``var_state_offset``   (V+1,)       states of v are ``[off[v], off[v+1])`` in every
+                                    per-state vector (unary energies, mask, beliefs)
+``unary``              (S,)         sum of the unary factors' energies of each state
+``fac_index``          (F,)         original index of compiled (non-unary) factor f
+``fac_edge_offset``    (F+1,)       the (factor, variable) edges of f, in scope order
+``edge_var``           (E,)         the variable of edge e
+``edge_stride``        (E,)         row-major stride of that variable in f's table
+``edge_msg_offset``    (E+1,)       message slots of edge e in ``v2f`` / ``f2v``
+``var_edge_offset``    (V+1,)       the edges incident to v are
+``var_edges``          (E,)         ``var_edges[var_edge_offset[v]:var_edge_offset[v+1]]``
+``fac_table_offset``   (F+1,)       f's flat energy table in ``tables``
+``tables``             (T,)         every non-unary table, row-major over its scope
+=====================  ===========  ==================================================
+
+Unary factors are folded into ``unary``; evidence is a mask added to it (+inf on
+the states a clamped variable does not take). Clamping cuts the graph: a
+clamped variable sends the same indicator message on each of its edges whatever
+it receives, so it is split into one leaf per edge. The graph is a forest after
+clamping when the bipartite graph of unclamped variables and non-unary factors
+has no cycle; then :meth:`CompiledGraph.plan` returns the exact two-pass
+schedule (leaves to roots, then roots to leaves).
+"""
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import breadth_first_order, connected_components
+
+from . import _bp
+
+__all__ = ["CompiledGraph", "Plan"]
+
+_I = np.int64
+
+
+def _padded(a, dtype):
+    """The kernel reads element 0 of every array: give empty arrays one dummy slot."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.size else np.zeros(1, dtype=dtype)
+
+
+class Plan:
+    """The message schedule for one set of clamped variables.
+
+    Attributes
+    ----------
+    is_forest : bool
+        True when the graph is a forest once the clamped variables are cut out.
+    schedule : int64 (n_steps,)
+        For a forest, the two-pass sweep: step ``s`` updates edge ``s // 2``,
+        its v2f message when ``s % 2 == 0``, else its f2v message. ``[-1]`` for
+        flooding.
+    order : int64 (n_unclamped,)
+        Breadth-first order of the unclamped variables (the decoding order).
+    """
+
+    def __init__(self, is_forest, schedule, order):
+        self.is_forest = is_forest
+        self.schedule = schedule
+        self.order = order
+
+
+class CompiledGraph:
+    """Flat arrays of a :class:`~factorebm.graph.FactorGraph` (see the module docstring)."""
+
+    def __init__(self, graph):
+        self.structure_version = graph._structure_version
+        n_states = np.asarray(graph._n_states, dtype=_I)
+        V = len(n_states)
+        self.n_vars = V
+        self.var_n_states = n_states
+        self.var_state_offset = np.zeros(V + 1, dtype=_I)
+        np.cumsum(n_states, out=self.var_state_offset[1:])
+        self.n_states_total = int(self.var_state_offset[-1])
+        self.max_card = int(n_states.max()) if V else 1
+        self.latent = np.asarray(graph._latent, dtype=bool)
+
+        scopes = graph._scopes
+        self.unary_factors = [f for f, s in enumerate(scopes) if len(s) == 1]
+        self.fac_index = np.asarray([f for f, s in enumerate(scopes) if len(s) > 1], dtype=_I)
+        # position of each original factor: ("unary", variable) or ("table", compiled index)
+        self.factor_place = [None] * len(scopes)
+        for f in self.unary_factors:
+            self.factor_place[f] = ("unary", scopes[f][0])
+        for i, f in enumerate(self.fac_index):
+            self.factor_place[f] = ("table", i)
+        F = len(self.fac_index)
+        self.n_facs = F
+        arity = np.asarray([len(scopes[f]) for f in self.fac_index], dtype=_I)
+        self.fac_edge_offset = np.zeros(F + 1, dtype=_I)
+        np.cumsum(arity, out=self.fac_edge_offset[1:])
+        E = int(self.fac_edge_offset[-1])
+        self.n_edges = E
+        self.edge_var = np.fromiter((v for f in self.fac_index for v in scopes[f]), dtype=_I, count=E)
+        self.edge_fac = np.repeat(np.arange(F, dtype=_I), arity)
+        edge_card = n_states[self.edge_var] if E else np.zeros(0, dtype=_I)
+        # row-major stride: product of the cardinalities after this axis in the scope
+        # (vectorized over factors: walk the scope positions from the last one back)
+        stride = np.ones(E, dtype=_I)
+        pos_from_end = np.repeat(self.fac_edge_offset[1:], arity) - 1 - np.arange(E)
+        for j in range(1, int(arity.max()) if F else 0):
+            e = np.flatnonzero(pos_from_end == j)
+            stride[e] = stride[e + 1] * edge_card[e + 1]
+        self.edge_stride = stride
+        self.edge_msg_offset = np.zeros(E + 1, dtype=_I)
+        np.cumsum(edge_card, out=self.edge_msg_offset[1:])
+        self.n_msg = int(self.edge_msg_offset[-1])
+        self.var_edges = np.argsort(self.edge_var, kind="stable").astype(_I)
+        self.var_degree = np.bincount(self.edge_var, minlength=V).astype(_I)
+        self.var_edge_offset = np.zeros(V + 1, dtype=_I)
+        np.cumsum(self.var_degree, out=self.var_edge_offset[1:])
+        sizes = np.asarray([graph._tables[f].size for f in self.fac_index], dtype=_I)
+        self.fac_table_offset = np.zeros(F + 1, dtype=_I)
+        np.cumsum(sizes, out=self.fac_table_offset[1:])
+        self.q_size = int(np.add.reduceat(edge_card, self.fac_edge_offset[:-1]).max()) if F else 1
+        self._plans = {}
+        self.refresh_tables(graph)
+
+    def refresh_tables(self, graph):
+        """Re-read the energy tables (the structure is unchanged)."""
+        self.tables_version = graph._tables_version
+        unary = np.zeros(self.n_states_total)
+        if self.unary_factors:
+            uv = np.asarray([graph._scopes[f][0] for f in self.unary_factors], dtype=_I)
+            cards = self.var_n_states[uv]
+            idx = (np.repeat(self.var_state_offset[uv], cards) + np.arange(cards.sum())
+                   - np.repeat(np.cumsum(cards) - cards, cards))
+            np.add.at(unary, idx, np.concatenate([graph._tables[f] for f in self.unary_factors]))
+        self.unary = unary
+        if self.n_facs:
+            self.tables = np.concatenate([graph._tables[f].ravel() for f in self.fac_index])
+            finite = np.where(np.isfinite(self.tables), self.tables, np.inf)
+            tmin = np.minimum.reduceat(finite, self.fac_table_offset[:-1])
+            self.table_min = np.where(np.isfinite(tmin), tmin, 0.0)
+        else:
+            self.tables = np.zeros(0)
+            self.table_min = np.zeros(0)
+        self._exp_cache = (None, None)
+
+    def exp_tables(self, beta):
+        """exp(-beta (T - min T)) per table, cached for the last beta (sum-product)."""
+        b, cached = self._exp_cache
+        if b != beta:
+            if self.n_facs:
+                shift = np.repeat(self.table_min, np.diff(self.fac_table_offset))
+                with np.errstate(over="ignore", under="ignore"):
+                    cached = np.exp(-beta * (self.tables - shift))
+            else:
+                cached = np.zeros(0)
+            self._exp_cache = (beta, cached)
+        return cached
+
+    # ------------------------------------------------------------------ evidence
+    def mask(self, clamped):
+        """Evidence mask (S,): 0 where allowed, +inf on the states clamped variables do not take.
+
+        clamped : dict variable index -> state index.
+        """
+        mask = np.zeros(self.n_states_total)
+        for v, k in clamped.items():
+            lo, hi = self.var_state_offset[v], self.var_state_offset[v + 1]
+            mask[lo:hi] = np.inf
+            mask[lo + k] = 0.0
+        return mask
+
+    def plan(self, clamped_vars):
+        """The :class:`Plan` for this set of clamped variable indices (cached)."""
+        key = tuple(sorted(clamped_vars))
+        p = self._plans.get(key)
+        if p is None:
+            if len(self._plans) > 64:
+                self._plans.clear()
+            p = self._make_plan(np.asarray(key, dtype=_I))
+            self._plans[key] = p
+        return p
+
+    def _make_plan(self, clamped):
+        V, F, E = self.n_vars, self.n_facs, self.n_edges
+        is_clamped = np.zeros(V, dtype=bool)
+        is_clamped[clamped] = True
+        live = ~is_clamped[self.edge_var]         # edges of unclamped variables
+        live_e = np.flatnonzero(live)
+        # bipartite graph: nodes 0..V-1 variables, V..V+F-1 factors, V+F a super-root
+        # joined to one node of every component, so that one BFS orders the forest
+        n_nodes = V + F
+        rows = self.edge_var[live_e]
+        cols = V + self.edge_fac[live_e]
+        A = sp.coo_matrix((np.ones(len(live_e)), (rows, cols)), shape=(n_nodes, n_nodes)).tocsr()
+        A = A + A.T
+        n_comp, labels = connected_components(A, directed=False)
+        is_forest = len(live_e) == n_nodes - n_comp
+        # component roots: prefer an unclamped variable (nodes are sorted, variables first)
+        node_ok = np.ones(n_nodes, dtype=bool)
+        node_ok[:V] = ~is_clamped
+        cand = np.flatnonzero(node_ok)
+        _, first = np.unique(labels[cand], return_index=True)
+        roots = cand[first]
+        R = n_nodes
+        B = sp.coo_matrix((np.ones(len(live_e) + len(roots)),
+                           (np.concatenate([rows, np.full(len(roots), R)]),
+                            np.concatenate([cols, roots]))), shape=(R + 1, R + 1)).tocsr()
+        B = B + B.T
+        bfs, pred = breadth_first_order(B, R, directed=False, return_predecessors=True)
+        bfs = bfs[1:].astype(_I)                   # drop the super-root (scipy gives int32)
+        pred = pred.astype(_I)
+        order = bfs[bfs < V]
+        order = order[~is_clamped[order]].astype(_I)
+        if not is_forest:
+            return Plan(False, np.full(1, -1, dtype=_I), order)
+        parent = pred[bfs]
+        child = bfs[parent != R]
+        parent = parent[parent != R]
+        # edge id of each (child, parent) tree link: look up (variable, factor) pairs
+        is_var = child < V
+        var_n = np.where(is_var, child, parent)
+        fac_n = np.where(is_var, parent, child) - V
+        keys = self.edge_var[live_e] * (F + 1) + self.edge_fac[live_e]
+        srt = np.argsort(keys)
+        pos = np.searchsorted(keys[srt], var_n * (F + 1) + fac_n)
+        tree_e = live_e[srt[pos]]
+        # upward (reverse BFS): a variable sends v2f to its parent factor, a factor f2v
+        up = (2 * tree_e + np.where(is_var, 0, 1))[::-1]
+        # downward (BFS): a factor sends f2v to a child variable, a variable v2f to a child factor
+        down = 2 * tree_e + np.where(is_var, 1, 0)
+        dead_e = np.flatnonzero(~live)
+        schedule = np.concatenate([2 * dead_e, up, down, 2 * dead_e + 1]).astype(_I)
+        if schedule.size == 0:
+            schedule = np.full(1, -1, dtype=_I)
+        return Plan(True, schedule, order)
+
+    # ------------------------------------------------------------------ kernel calls
+    def run_bp(self, unary, plan, beta, min_sum, max_iter=200, damping=0.0, tol=1e-9,
+               n_threads=1):
+        """Run the message-passing kernel; returns (v2f, f2v, iterations, delta, exact).
+
+        Parameters
+        ----------
+        unary : float64 (S,)
+            Unary energies plus the evidence mask.
+        plan : Plan
+        beta : float
+            Inverse temperature (ignored by min-sum).
+        min_sum : bool
+            The min-sum semiring (beta = inf) instead of sum-product.
+        """
+        v2f = np.zeros(max(self.n_msg, 1))
+        f2v = np.zeros(max(self.n_msg, 1))
+        if self.n_facs == 0:
+            return v2f, f2v, 0, 0.0, True
+        exact = plan.is_forest
+        schedule = plan.schedule if exact else np.full(1, -1, dtype=_I)
+        exp_tables = self.tables if min_sum else self.exp_tables(beta)
+        it, delta = _bp.run(
+            self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
+            self.fac_edge_offset, self.edge_var, self.edge_stride, self.edge_msg_offset,
+            self.fac_table_offset, self.tables, exp_tables, self.table_min,
+            _padded(unary, np.float64), schedule, v2f, f2v,
+            float(beta), bool(min_sum), int(max_iter), float(damping), float(tol),
+            int(n_threads), self.q_size, self.max_card, np.zeros(self.n_facs),
+            np.empty(3 * len(v2f) + self.n_vars + 1))
+        return v2f, f2v, it, delta, exact
+
+    def beliefs(self, unary, v2f, f2v):
+        """Energy-space beliefs: (var (S,), fac (T,)); lower is more probable."""
+        var_out = np.empty(max(self.n_states_total, 1))
+        fac_out = np.empty(max(self.tables.size, 1))
+        if self.n_vars:
+            _bp.beliefs(self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
+                        _padded(self.fac_edge_offset, _I), _padded(self.edge_var, _I),
+                        _padded(self.edge_stride, _I), _padded(self.edge_msg_offset, _I),
+                        _padded(self.fac_table_offset, _I), _padded(self.tables, np.float64),
+                        _padded(unary, np.float64), v2f, f2v, var_out, fac_out)
+        return var_out[:self.n_states_total], fac_out[:self.tables.size]
+
+    def decode(self, unary, plan, v2f, f2v, states):
+        """Consistent MAP decoding of the unclamped variables into ``states`` (V,) in place."""
+        _bp.decode(self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
+                   _padded(self.fac_edge_offset, _I), _padded(self.edge_var, _I),
+                   _padded(self.edge_stride, _I), _padded(self.edge_msg_offset, _I),
+                   _padded(self.fac_table_offset, _I), _padded(self.tables, np.float64),
+                   _padded(self.table_min, np.float64), _padded(unary, np.float64),
+                   _padded(plan.order, _I) if plan.order.size else np.full(1, -1, dtype=_I),
+                   v2f, f2v, self.max_card, states)
+
+    def energies_of(self, states):
+        """Energy of full assignments: states int64 (V,) -> float (sum of all factors)."""
+        e = float(self.unary[self.var_state_offset[:-1] + states].sum()) if self.n_vars else 0.0
+        if self.n_facs:
+            idx = np.add.reduceat(self.edge_stride * states[self.edge_var], self.fac_edge_offset[:-1])
+            e += float(self.tables[self.fac_table_offset[:-1] + idx].sum())
+        return e
