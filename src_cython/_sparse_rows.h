@@ -1,0 +1,43 @@
+/* One output row of a CSR x dense product, out = sum_p val[p] * dense[idx[p], :].
+ *
+ * Kept in C so that GCC can compile it twice (function multiversioning): an AVX2/FMA clone
+ * chosen at load time on CPUs that have it, and a portable default. The build flags stay
+ * portable (no -march); only this K-long multiply-add loop is specialized. Plain IEEE
+ * arithmetic: no fast-math, so +inf and NaN propagate as usual.
+ */
+#ifndef FACTOREBM_SPARSE_ROWS_H
+#define FACTOREBM_SPARSE_ROWS_H
+#include <stdint.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FEBM_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define FEBM_CLONES
+#endif
+
+#define FEBM_ROW_BODY                                                                     \
+    int64_t p = 0, k;                                                                     \
+    for (k = 0; k < K; k++) out[k] = 0.0;                                                 \
+    /* four nonzeros per pass: out is loaded/stored a quarter as often */                 \
+    for (; p + 4 <= nnz; p += 4) {                                                        \
+        const double v0 = val[p], v1 = val[p + 1], v2 = val[p + 2], v3 = val[p + 3];      \
+        const double *d0 = dense + (int64_t)idx[p] * K, *d1 = dense + (int64_t)idx[p + 1] * K; \
+        const double *d2 = dense + (int64_t)idx[p + 2] * K, *d3 = dense + (int64_t)idx[p + 3] * K; \
+        for (k = 0; k < K; k++)                                                           \
+            out[k] += (v0 * d0[k] + v1 * d1[k]) + (v2 * d2[k] + v3 * d3[k]);              \
+    }                                                                                     \
+    for (; p < nnz; p++) {                                                                \
+        const double v = val[p];                                                          \
+        const double *d = dense + (int64_t)idx[p] * K;                                    \
+        for (k = 0; k < K; k++) out[k] += v * d[k];                                       \
+    }
+
+FEBM_CLONES
+static void febm_csr_row_i32(const int32_t *idx, const double *val, int64_t nnz,
+                             const double *dense, int64_t K, double *out) { FEBM_ROW_BODY }
+
+FEBM_CLONES
+static void febm_csr_row_i64(const int64_t *idx, const double *val, int64_t nnz,
+                             const double *dense, int64_t K, double *out) { FEBM_ROW_BODY }
+
+#endif

@@ -1,0 +1,242 @@
+"""Optimizers: lazy sparse updates equal dense ones, training lowers the objective, L1, warm
+start, progress reporting, errors."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import factorebm as fe
+from factorebm.learning import LinearChainEnergy, chain_objective
+from factorebm.optimize import _prox_catch_up, default_optimizer, fit_chain
+
+
+def _corpus(seed=0, F=60, K=4, n=40, max_len=8, density=0.08):
+    """A learnable corpus: labels are the Viterbi answers of a random 'true' model."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, max_len + 1, n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    N = int(offsets[-1])
+    X = sp.random(N, F, density=density, random_state=seed, format="csr",
+                  data_rvs=lambda k: np.ones(k))
+    model = LinearChainEnergy(F, K)
+    w_true = 2.0 * rng.standard_normal(model.n_weights)
+    W, T, S, E = model.unpack(w_true)
+    y, _ = fe.chain.viterbi(model.unary(w_true, X), T, offsets, S, E)
+    return model, X, offsets, y
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(-5, 5), st.floats(1e-3, 2.0), st.integers(0, 12), st.floats(0, 1.0),
+       st.floats(0, 1.0))
+def test_prox_catch_up_equals_k_single_steps(w, lr, k, l1, l2):
+    W = np.array([[w, -w]])
+    _prox_catch_up(W, lr, np.array([k]), l1, l2)
+    ref = np.array([w, -w])
+    for _ in range(k):
+        ref = np.sign(ref) * np.maximum(0.0, np.abs(ref) - lr * l1) / (1.0 + lr * l2)
+    np.testing.assert_allclose(W[0], ref, rtol=1e-10, atol=1e-12)
+
+
+def _dense_reference(model, X, offsets, y, optimizer, loss, l1, l2, epochs, batch_size, eta,
+                     seed, w0):
+    """The same algorithm with dense updates of every coordinate at every step."""
+    rng = np.random.default_rng(seed)
+    n = len(offsets) - 1
+    lengths = np.diff(offsets)
+    w = w0.copy()
+    acc = np.zeros_like(w)
+    u = np.zeros_like(w)
+    step = 0
+    for epoch in range(1, epochs + 1):
+        lr_epoch = eta / epoch if optimizer == "sgd" else eta
+        perm = rng.permutation(n)
+        for s0 in range(0, n, batch_size):
+            seqs = perm[s0:s0 + batch_size]
+            tok = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in seqs])
+            off_b = np.concatenate([[0], np.cumsum(lengths[seqs])])
+            _, g = chain_objective(w, model, X[tok.astype(np.int64)], off_b, y[tok], loss=loss)
+            if optimizer == "perceptron":
+                upd = -eta * g * len(seqs)
+                w += upd
+                u += (step + 1) * upd
+            else:
+                if optimizer == "adagrad":
+                    acc += g * g
+                    lr = np.where(acc > 0, eta / (1e-8 + np.sqrt(acc)), 0.0)
+                else:
+                    lr = lr_epoch
+                w = w - lr * g
+                w = np.sign(w) * np.maximum(0.0, np.abs(w) - lr * l1) / (1.0 + lr * l2)
+            step += 1
+    return w - u / step if optimizer == "perceptron" else w
+
+
+@pytest.mark.parametrize("optimizer,loss,l1,l2", [
+    ("adagrad", "hinge", 0.01, 0.05), ("adagrad", "nll", 0.0, 0.1), ("sgd", "log", 0.02, 0.0),
+    ("sgd", "hinge", 0.01, 0.1), ("perceptron", "perceptron", 0.0, 0.0)])
+def test_lazy_sparse_updates_equal_dense_updates(optimizer, loss, l1, l2):
+    model, X, offsets, y = _corpus(1)
+    rng = np.random.default_rng(5)
+    w0 = 0.1 * rng.standard_normal(model.n_weights)   # warm start: lazy shrinkage matters
+    kw = dict(loss=loss, optimizer=optimizer, l1=l1, l2=l2, max_iter=3, batch_size=3,
+              learning_rate=0.3, random_state=7, verbose=False)
+    w, hist = fit_chain(model, X, offsets, y, w0=w0, **kw)
+    ref = _dense_reference(model, X, offsets, y, optimizer, loss, l1, l2, 3, 3, 0.3, 7, w0)
+    np.testing.assert_allclose(w, ref, rtol=1e-9, atol=1e-11)
+    assert len(hist) == 3
+
+
+@pytest.mark.parametrize("optimizer,loss", [
+    ("lbfgs", "nll"), ("adagrad", "nll"), ("sgd", "nll"), ("adagrad", "hinge"),
+    ("sgd", "hinge"), ("adagrad", "log"), ("adagrad", "mce"), ("perceptron", "perceptron")])
+def test_training_lowers_the_objective(optimizer, loss):
+    model, X, offsets, y = _corpus(2)
+    l2 = 0.0 if optimizer == "perceptron" else 1e-3
+    # the perceptron loss is homogeneous in w: measure it with the hinge instead
+    measure = "hinge" if loss == "perceptron" else loss
+    w0 = np.zeros(model.n_weights)
+    v0, _ = chain_objective(w0, model, X, offsets, y, loss=measure, l2=l2)
+    w, hist = fit_chain(model, X, offsets, y, loss=loss, optimizer=optimizer, l2=l2,
+                        max_iter=15, verbose=False, random_state=0,
+                        learning_rate=1.0 if optimizer == "sgd" else None)
+    v1, _ = chain_objective(w, model, X, offsets, y, loss=measure, l2=l2)
+    assert v1 < 0.7 * v0
+    U = model.unary(w, X)
+    _, T, S, E = model.unpack(w)
+    pred, _ = fe.chain.viterbi(U, T, offsets, S, E)
+    assert np.mean(pred == y) > 0.8
+
+
+def test_lbfgs_l1_gives_exact_zeros_and_a_lower_penalized_objective():
+    model, X, offsets, y = _corpus(3)
+    w_l2, _ = fit_chain(model, X, offsets, y, loss="nll", l2=1e-3, max_iter=60,
+                        verbose=False)
+    w_l1, _ = fit_chain(model, X, offsets, y, loss="nll", l1=0.02, l2=1e-3, max_iter=60,
+                        verbose=False)
+
+    def penalized(wv):
+        return chain_objective(wv, model, X, offsets, y, loss="nll", l2=1e-3)[0] \
+            + 0.02 * np.abs(wv).sum()
+    assert np.sum(w_l1 == 0) > np.sum(w_l2 == 0) + 10
+    assert penalized(w_l1) < penalized(w_l2)
+    assert penalized(w_l1) < penalized(np.zeros(model.n_weights))
+
+
+def test_adagrad_l1_makes_weights_sparse():
+    model, X, offsets, y = _corpus(4)
+    w0, _ = fit_chain(model, X, offsets, y, loss="hinge", l1=0.0, l2=0.0, max_iter=5,
+                      verbose=False, random_state=0)
+    w1, _ = fit_chain(model, X, offsets, y, loss="hinge", l1=0.05, l2=0.0, max_iter=5,
+                      verbose=False, random_state=0)
+    assert np.sum(w1 == 0) > np.sum(w0 == 0) + 10
+
+
+def test_warm_start_and_progress_reporting(capsys):
+    model, X, offsets, y = _corpus(5)
+    w0 = np.random.default_rng(0).standard_normal(model.n_weights)
+    w_same, hist = fit_chain(model, X, offsets, y, loss="hinge", max_iter=0, w0=w0,
+                             verbose=False)
+    np.testing.assert_array_equal(w_same, w0)
+    assert hist == []
+    w1, _ = fit_chain(model, X, offsets, y, loss="nll", max_iter=5, verbose=False)
+    calls = []
+
+    def callback(w, epoch):
+        calls.append(epoch)
+        return {"dev_accuracy": 0.5}
+
+    w2, hist = fit_chain(model, X, offsets, y, loss="nll", max_iter=5, w0=w1,
+                         callback=callback, verbose=True)
+    out = capsys.readouterr().out
+    v1, _ = chain_objective(w1, model, X, offsets, y, loss="nll", l2=1e-4)
+    v2, _ = chain_objective(w2, model, X, offsets, y, loss="nll", l2=1e-4)
+    assert v2 < v1
+    assert calls == list(range(1, len(hist) + 1))
+    assert all(row["dev_accuracy"] == 0.5 for row in hist)
+    assert out.count("dev_accuracy 0.5000") == len(hist)
+    assert "fit_chain: loss nll, optimizer lbfgs" in out
+    fit_chain(model, X, offsets, y, loss="hinge", max_iter=2, verbose=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_default_optimizers():
+    assert default_optimizer("nll") == "lbfgs"
+    assert default_optimizer("perceptron") == "perceptron"
+    for name in ("hinge", "log", "mce", "lvq2", "square_square", "square_exp"):
+        assert default_optimizer(name) == "adagrad"
+
+
+def test_bad_arguments_raise_clear_errors():
+    model, X, offsets, y = _corpus(6)
+    with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
+        fit_chain(model, X, offsets, y, optimizer="adam", verbose=False)
+    with pytest.raises(ValueError, match="no regularization"):
+        fit_chain(model, X, offsets, y, loss="perceptron", l2=0.1, verbose=False)
+    with pytest.raises(ValueError, match="l1 and l2 must be >= 0"):
+        fit_chain(model, X, offsets, y, l1=-1.0, verbose=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        fit_chain(model, X, offsets, y, loss="hinge", batch_size=0, verbose=False)
+    with pytest.raises(ValueError, match="learning_rate"):
+        fit_chain(model, X, offsets, y, loss="hinge", learning_rate=-1.0, verbose=False)
+    with pytest.raises(ValueError, match="unknown loss"):
+        fit_chain(model, X, offsets, y, loss="squared", verbose=False)
+    with pytest.raises(ValueError, match="weight vector must have shape"):
+        fit_chain(model, X, offsets, y, w0=np.zeros(3), verbose=False)
+    with pytest.raises(ValueError, match="LinearChainEnergy"):
+        fit_chain(None, X, offsets, y, verbose=False)
+
+
+def test_latent_substates_train_with_every_optimizer_family():
+    model, X, offsets, y = _corpus(7)
+    sub = LinearChainEnergy(model.n_features, model.n_labels, n_substates=2)
+    for loss, optimizer in (("nll", "lbfgs"), ("hinge", "adagrad"), ("perceptron", None)):
+        w0 = sub.init_weights(0)
+        measure = "hinge" if loss == "perceptron" else loss
+        v0, _ = chain_objective(w0, sub, X, offsets, y, loss=measure)
+        w, _ = fit_chain(sub, X, offsets, y, loss=loss, optimizer=optimizer, max_iter=10,
+                         verbose=False, random_state=0)
+        v1, _ = chain_objective(w, sub, X, offsets, y, loss=measure)
+        assert v1 < 0.8 * v0, loss
+        assert np.mean(sub.predict(w, X, offsets) == y) > 0.7, loss
+
+
+def test_fused_vector_kernels_match_numpy():
+    from factorebm import _sparse
+    rng = np.random.default_rng(0)
+    x, y, z = rng.standard_normal((3, 10_001))
+    for nt in (1, 2):
+        assert _sparse.vec_dot(x, y, nt) == pytest.approx(x @ y, rel=1e-12)
+        y2 = y.copy()
+        got = _sparse.vec_axpy_dot(y2, 0.7, x, z, nt)
+        np.testing.assert_allclose(y2, y + 0.7 * x, rtol=1e-15)
+        assert got == pytest.approx(z @ (y + 0.7 * x), rel=1e-12)
+        y3 = y.copy()
+        got = _sparse.vec_scale_dot(y3, -2.5, z, nt)
+        np.testing.assert_allclose(y3, -2.5 * y, rtol=1e-15)
+        assert got == pytest.approx(z @ (-2.5 * y), rel=1e-12)
+        out = np.empty_like(x)
+        _sparse.vec_lincomb(out, x, 0.3, y, nt)
+        np.testing.assert_allclose(out, x + 0.3 * y, rtol=1e-15)
+        sy, yy = _sparse.vec_sub_dots(out, x, y, z, nt)
+        np.testing.assert_allclose(out, x - y, rtol=1e-15)
+        assert (sy, yy) == pytest.approx((z @ (x - y), (x - y) @ (x - y)), rel=1e-12)
+        g = y.copy()
+        _sparse.scale_add(g, 0.5, x, 0.1, nt)
+        np.testing.assert_allclose(g, 0.5 * y + 0.1 * x, rtol=1e-15)
+
+
+def test_lbfgs_matches_scipy_on_a_quadratic():
+    # Independent: the minimizer of 0.5 (w - b)^T D (w - b) is b; scipy's L-BFGS-B agrees.
+    from factorebm.optimize import _lbfgs_smooth, _Reporter
+    rng = np.random.default_rng(1)
+    dvec = rng.uniform(0.1, 10.0, 300)
+    b = rng.standard_normal(300)
+
+    def fun(w):
+        r = w - b
+        return 0.5 * float(r @ (dvec * r)), dvec * r
+    rep = _Reporter("lbfgs", None, False)
+    w = _lbfgs_smooth(fun, np.zeros(300), 500, 0.0, rep)
+    np.testing.assert_allclose(w, b, atol=1e-7)
+    assert all(a["loss"] >= c["loss"] for a, c in zip(rep.history, rep.history[1:]))
