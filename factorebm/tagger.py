@@ -1,6 +1,280 @@
-"""Placeholder until issue 5 ([pos]) lands: SequenceTagger."""
+"""Sequence labeling with a linear-chain energy model: the scikit-learn-style ``SequenceTagger``.
+
+The architecture is the tutorial's linear-chain energy over tags ``y_1..y_T`` of a sentence ``x``::
+
+    E(W, Y, X) = sum_t (phi(x, t) @ W_emit)[y_t] + sum_t W_trans[y_{t-1}, y_t]
+                 + W_start[y_1] + W_end[y_T]
+
+with sparse string-template features ``phi`` (:mod:`factorebm.features`). Inference is
+``argmin_Y E`` (Viterbi, :func:`factorebm.chain.viterbi`) or the Gibbs distribution
+(:func:`factorebm.chain.forward_backward`); learning minimizes one of the tutorial's losses
+(:mod:`factorebm.losses`) with :func:`factorebm.optimize.fit_chain`.
+
+References
+----------
+LeCun et al., "A Tutorial on Energy-Based Learning", 2006, sections 2-3 and 6.
+Lafferty et al., "Conditional Random Fields", 2001 (the NLL loss on this architecture).
+Collins, "Discriminative Training Methods for Hidden Markov Models", 2002 (the perceptron).
+"""
+import time
+
+import numpy as np
+
+from . import chain, losses
+from .features import FeatureExtractor
+from .learning import LinearChainEnergy
+from .modelio import load_arrays, save_arrays
+from .optimize import fit_chain
+
+MODEL_KIND = "SequenceTagger"
+
+# Losses that make sense on a log-linear chain whose energies can be negative. The others
+# (square-square, square-exponential, LVQ2) assume non-negative energies (tutorial, section 2.2).
+TAGGER_LOSSES = ("nll", "hinge", "perceptron", "log", "mce")
+
+
+def _check_corpus(sents, tags=None, what="sentences"):
+    """Validate ``sents`` (and ``tags``) as lists of lists of strings; return the token count."""
+    if isinstance(sents, (str, bytes)) or not hasattr(sents, "__len__"):
+        raise ValueError(f"{what} must be a list of sentences, each a list of token strings")
+    if tags is not None and len(tags) != len(sents):
+        raise ValueError(f"got {len(sents)} sentences but {len(tags)} tag sequences")
+    n_tokens = 0
+    for i, s in enumerate(sents):
+        if isinstance(s, (str, bytes)):
+            raise ValueError(f"sentence {i} is a string; expected a list of tokens")
+        if tags is not None and len(tags[i]) != len(s):
+            raise ValueError(f"sentence {i} has {len(s)} tokens but {len(tags[i])} tags")
+        n_tokens += len(s)
+    return n_tokens
+
+
+def _split(flat, offsets):
+    """Cut a flat per-token list into per-sentence lists along ``offsets`` (n+1,)."""
+    bounds = offsets.tolist()
+    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 class SequenceTagger:
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("SequenceTagger is being built under issue [pos]")
+    """Part-of-speech (or any sequence) tagger trained by shaping a linear-chain energy.
+
+    Parameters
+    ----------
+    loss : str, default "nll"
+        A loss of :mod:`factorebm.losses` suited to a log-linear model: "nll" (a CRF), "hinge",
+        "perceptron", "log" or "mce". Losses that need non-negative energies are refused.
+    optimizer : str or None
+        "lbfgs", "sgd", "adagrad" or "perceptron" (averaged); None picks the usual one for the loss.
+    l1, l2 : float
+        Regularization strengths (``l2=None`` means the loss's default).
+    max_iter : int or None
+        Iterations (L-BFGS) or epochs (stochastic optimizers); None means the optimizer's default.
+    features : dict or None
+        Keyword arguments of :class:`factorebm.features.FeatureExtractor` (templates, window).
+    min_count : int
+        Keep features seen at least this many times in training.
+    n_threads : int or None
+        Threads for the kernels; None uses every core.
+    random_state : int
+        Seed of the stochastic optimizers.
+    verbose : bool
+        Print one progress line per iteration (loss and, with ``dev=``, dev accuracy).
+    **loss_params
+        Passed to the loss (e.g. ``margin=`` for hinge).
+
+    Attributes
+    ----------
+    labels_ : ndarray of str, shape (K,)
+        The tag set, sorted; columns of :meth:`predict_marginals` follow this order.
+    coef_ : ndarray of float64, shape (n_weights,)
+        The flat weight vector of :class:`factorebm.learning.LinearChainEnergy`.
+    feature_extractor_ : FeatureExtractor
+    history_ : list
+        Per-iteration progress records of the optimizer.
+    """
+
+    def __init__(self, loss="nll", *, optimizer=None, l1=0.0, l2=None, max_iter=None,
+                 features=None, min_count=1, n_threads=None, random_state=0, verbose=True,
+                 **loss_params):
+        self.loss = loss
+        self.optimizer = optimizer
+        self.l1 = l1
+        self.l2 = l2
+        self.max_iter = max_iter
+        self.features = features
+        self.min_count = min_count
+        self.n_threads = n_threads
+        self.random_state = random_state
+        self.verbose = verbose
+        self.loss_params = dict(loss_params)
+
+    # ------------------------------------------------------------------ parameters
+    def get_params(self, deep=True):
+        params = {k: getattr(self, k) for k in
+                  ("loss", "optimizer", "l1", "l2", "max_iter", "features", "min_count",
+                   "n_threads", "random_state", "verbose")}
+        params.update(self.loss_params)
+        return params
+
+    def _check_loss(self):
+        if self.loss not in TAGGER_LOSSES:
+            try:
+                spec = losses.get(self.loss)
+            except (KeyError, ValueError):
+                raise ValueError(f"unknown loss {self.loss!r}; the tagger takes one of "
+                                 f"{', '.join(TAGGER_LOSSES)}") from None
+            why = ("it needs non-negative energies, which a log-linear chain does not have"
+                   if getattr(spec, "needs_nonnegative", False) else
+                   "it does not train a log-linear chain (see the tutorial, section 2.2)")
+            raise ValueError(f"loss {self.loss!r} cannot train a SequenceTagger: {why}; "
+                             f"use one of {', '.join(TAGGER_LOSSES)}")
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, sents, tags, dev=None):
+        """Learn the tagger from tokenized sentences and their tags.
+
+        Parameters
+        ----------
+        sents : list of list of str
+        tags : list of list of str, same shape as ``sents``
+        dev : (sents, tags) or None
+            Held-out data whose token accuracy is reported with the progress lines.
+        """
+        self._check_loss()
+        n_tokens = _check_corpus(sents, tags)
+        if n_tokens == 0:
+            raise ValueError("cannot fit a tagger on zero tokens")
+        t0 = time.perf_counter()
+        self.labels_ = np.array(sorted({t for ts in tags for t in ts}))
+        index = {t: i for i, t in enumerate(self.labels_.tolist())}
+        y = np.fromiter((index[t] for ts in tags for t in ts), dtype=np.int64, count=n_tokens)
+
+        fx = FeatureExtractor(**(self.features or {}))
+        X, offsets = fx.fit_transform(sents, min_count=self.min_count)
+        self.feature_extractor_ = fx
+        model = LinearChainEnergy(fx.n_features_, len(self.labels_))
+        self.model_ = model
+        if self.verbose:
+            print(f"factorebm: {len(sents)} sentences, {n_tokens} tokens, "
+                  f"{fx.n_features_} features, {len(self.labels_)} tags "
+                  f"(features in {time.perf_counter() - t0:.1f} s)", flush=True)
+
+        callback = None
+        if dev is not None:
+            dev_sents, dev_tags = dev
+            _check_corpus(dev_sents, dev_tags, what="dev sentences")
+            Xd, od = fx.transform(dev_sents)
+            yd = np.array([index.get(t, -1) for ts in dev_tags for t in ts], dtype=np.int64)
+
+            def callback(w, epoch):
+                pred = self._decode(w, Xd, od)
+                return {"dev_accuracy": float(np.mean(pred == yd)) if len(yd) else float("nan")}
+
+        kwargs = dict(self.loss_params)
+        for name in ("optimizer", "max_iter", "l2"):
+            if getattr(self, name) is not None:
+                kwargs[name] = getattr(self, name)
+        w, history = fit_chain(model, X, offsets, y, loss=self.loss, l1=self.l1,
+                               callback=callback, verbose=self.verbose,
+                               n_threads=self.n_threads, random_state=self.random_state,
+                               **kwargs)
+        self.coef_ = np.ascontiguousarray(w, dtype=np.float64)
+        self.history_ = history
+        self.fit_time_ = time.perf_counter() - t0
+        return self
+
+    # ------------------------------------------------------------------ inference
+    def _check_fitted(self):
+        if not hasattr(self, "coef_"):
+            raise ValueError("this SequenceTagger is not fitted yet: call fit() or load()")
+
+    def energies(self, sents):
+        """The chain energies of ``sents``.
+
+        Returns
+        -------
+        unary : (N, K) float64, energy of each tag at each token
+        transition : (K, K) float64, energy of tag i followed by tag j
+        start, end : (K,) float64
+        offsets : (n+1,) int64, sentence i is rows offsets[i]:offsets[i+1]
+        """
+        self._check_fitted()
+        _check_corpus(sents)
+        X, offsets = self.feature_extractor_.transform(sents)
+        unary = self.model_.unary(self.coef_, X, n_threads=self.n_threads)
+        _, transition, start, end = self.model_.unpack(self.coef_)
+        return unary, transition, start, end, offsets
+
+    def _decode(self, w, X, offsets):
+        unary = self.model_.unary(w, X, n_threads=self.n_threads)
+        _, transition, start, end = self.model_.unpack(w)
+        labels, _ = chain.viterbi(unary, transition, offsets, start, end, n_threads=self.n_threads)
+        return labels
+
+    def predict(self, sents):
+        """Tag each sentence with its minimum-energy tag sequence: list of list of str."""
+        unary, transition, start, end, offsets = self.energies(sents)
+        labels, _ = chain.viterbi(unary, transition, offsets, start, end, n_threads=self.n_threads)
+        return _split(self.labels_[labels].tolist(), offsets)
+
+    def predict_marginals(self, sents, beta=1.0):
+        """Per-token tag probabilities under the Gibbs distribution at inverse temperature beta.
+
+        Returns a list of (T_i, K) float64 arrays, columns in ``labels_`` order.
+        """
+        unary, transition, start, end, offsets = self.energies(sents)
+        marginals, _ = chain.forward_backward(unary, transition, offsets, beta, start, end,
+                                              n_threads=self.n_threads)
+        return np.split(marginals, offsets[1:-1])
+
+    def score(self, sents, tags):
+        """Token accuracy in [0, 1] of :meth:`predict` against ``tags``."""
+        n_tokens = _check_corpus(sents, tags)
+        if n_tokens == 0:
+            raise ValueError("cannot score zero tokens")
+        unary, transition, start, end, offsets = self.energies(sents)
+        labels, _ = chain.viterbi(unary, transition, offsets, start, end, n_threads=self.n_threads)
+        index = {t: i for i, t in enumerate(self.labels_.tolist())}
+        gold = np.fromiter((index.get(t, -1) for ts in tags for t in ts), dtype=np.int64,
+                           count=n_tokens)
+        return float(np.mean(labels == gold))
+
+    # ------------------------------------------------------------------ model files
+    def save(self, path):
+        """Write the fitted tagger to ``path`` (numpy .npz + JSON metadata; no pickle, atomic)."""
+        self._check_fitted()
+        arrays = {"coef": self.coef_, "labels": self.labels_.astype(str)}
+        for key, value in self.feature_extractor_.to_arrays().items():
+            arrays["features." + key] = value
+        params = self.get_params()
+        params["verbose"] = bool(params["verbose"])
+        metadata = {"params": params, "feature_config": self.feature_extractor_.get_config()}
+        save_arrays(path, arrays, metadata, kind=MODEL_KIND)
+
+    @classmethod
+    def load(cls, path):
+        """Read a tagger written by :meth:`save`. Never unpickles: an untrusted file runs no code."""
+        arrays, metadata = load_arrays(path, kind=MODEL_KIND)
+        try:
+            params = dict(metadata["params"])
+            loss_params = {k: params.pop(k) for k in list(params)
+                           if k not in ("loss", "optimizer", "l1", "l2", "max_iter", "features",
+                                        "min_count", "n_threads", "random_state", "verbose")}
+            tagger = cls(**params, **loss_params)
+            feature_arrays = {k[len("features."):]: v for k, v in arrays.items()
+                              if k.startswith("features.")}
+            tagger.feature_extractor_ = FeatureExtractor.from_config_and_arrays(
+                metadata["feature_config"], feature_arrays)
+            tagger.labels_ = np.asarray(arrays["labels"]).astype(str)
+            tagger.coef_ = np.ascontiguousarray(arrays["coef"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: not a valid SequenceTagger model ({exc})") from None
+        tagger.model_ = LinearChainEnergy(tagger.feature_extractor_.n_features_,
+                                          len(tagger.labels_))
+        if tagger.coef_.shape != (tagger.model_.n_weights,):
+            raise ValueError(f"{path}: weight vector has shape {tagger.coef_.shape}, expected "
+                             f"({tagger.model_.n_weights},) for {len(tagger.labels_)} tags")
+        return tagger
+
+    def __repr__(self):
+        return f"SequenceTagger(loss={self.loss!r})"

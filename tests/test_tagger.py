@@ -1,0 +1,118 @@
+"""SequenceTagger: learning beats a baseline, model files round-trip and refuse pickles."""
+import collections
+
+import numpy as np
+import pytest
+
+import factorebm as fe
+
+
+@pytest.fixture(scope="module")
+def small_ewt():
+    train_s, train_t = fe.datasets.load_ud_english_ewt("train")
+    dev_s, dev_t = fe.datasets.load_ud_english_ewt("dev")
+    return (train_s[:400], train_t[:400]), (dev_s[:300], dev_t[:300])
+
+
+@pytest.fixture(scope="module")
+def nll_tagger(small_ewt):
+    (s, t), _ = small_ewt
+    return fe.SequenceTagger(loss="nll", max_iter=40, verbose=False).fit(s, t)
+
+
+def most_frequent_tag_accuracy(train_s, train_t, test_s, test_t):
+    """Per-word most frequent tag, falling back to the most frequent tag overall."""
+    by_word = collections.defaultdict(collections.Counter)
+    overall = collections.Counter()
+    for s, ts in zip(train_s, train_t):
+        for w, t in zip(s, ts):
+            by_word[w][t] += 1
+            overall[t] += 1
+    fallback = overall.most_common(1)[0][0]
+    hits = total = 0
+    for s, ts in zip(test_s, test_t):
+        for w, t in zip(s, ts):
+            guess = by_word[w].most_common(1)[0][0] if w in by_word else fallback
+            hits += guess == t
+            total += 1
+    return hits / total
+
+
+def test_nll_tagger_beats_most_frequent_tag_baseline(small_ewt, nll_tagger):
+    (s, t), (ds, dt) = small_ewt
+    baseline = most_frequent_tag_accuracy(s, t, ds, dt)
+    acc = nll_tagger.score(ds, dt)
+    assert acc > baseline + 0.03, (acc, baseline)
+
+
+@pytest.mark.parametrize("loss", ["hinge", "perceptron", "log", "mce"])
+def test_other_losses_learn(small_ewt, loss):
+    (s, t), (ds, dt) = small_ewt
+    baseline = most_frequent_tag_accuracy(s, t, ds, dt)
+    tagger = fe.SequenceTagger(loss=loss, max_iter=10, verbose=False).fit(s, t)
+    assert tagger.score(ds, dt) > baseline, loss
+
+
+def test_predict_shapes_and_labels(small_ewt, nll_tagger):
+    _, (ds, _) = small_ewt
+    pred = nll_tagger.predict(ds[:20] + [[]])
+    assert [len(p) for p in pred] == [len(s) for s in ds[:20]] + [0]
+    assert set(t for p in pred for t in p) <= set(nll_tagger.labels_)
+
+
+def test_marginals_are_distributions_consistent_with_predict(small_ewt, nll_tagger):
+    _, (ds, _) = small_ewt
+    margs = nll_tagger.predict_marginals(ds[:30])
+    pred = nll_tagger.predict(ds[:30])
+    agree = total = 0
+    for m, p, s in zip(margs, pred, ds[:30]):
+        assert m.shape == (len(s), len(nll_tagger.labels_))
+        np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-9)
+        agree += np.sum(nll_tagger.labels_[m.argmax(axis=1)] == np.array(p))
+        total += len(s)
+    assert agree / total > 0.95
+
+
+def test_save_load_round_trip(tmp_path, small_ewt, nll_tagger):
+    _, (ds, _) = small_ewt
+    path = tmp_path / "model.npz"
+    nll_tagger.save(path)
+    loaded = fe.SequenceTagger.load(path)
+    assert loaded.predict(ds) == nll_tagger.predict(ds)
+    for a, b in zip(loaded.predict_marginals(ds[:10]), nll_tagger.predict_marginals(ds[:10])):
+        np.testing.assert_array_equal(a, b)
+    assert not [p for p in tmp_path.iterdir() if p.name != "model.npz"]
+
+
+def test_pickled_model_file_is_refused(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, coef=np.array([{"x": 1}], dtype=object), labels=np.array(["A"]))
+    with pytest.raises(ValueError, match="evil.npz"):
+        fe.SequenceTagger.load(path)
+
+
+def test_not_a_model_is_refused(tmp_path):
+    path = tmp_path / "junk.npz"
+    path.write_bytes(b"this is not a zip file")
+    with pytest.raises(ValueError, match="junk.npz"):
+        fe.SequenceTagger.load(path)
+
+
+def test_losses_needing_nonnegative_energies_are_refused():
+    with pytest.raises(ValueError, match="non-negative"):
+        fe.SequenceTagger(loss="square_square").fit([["a"]], [["X"]])
+    with pytest.raises(ValueError, match="unknown loss"):
+        fe.SequenceTagger(loss="nonsense").fit([["a"]], [["X"]])
+
+
+def test_mismatched_corpus_is_refused():
+    with pytest.raises(ValueError, match="sentence 1"):
+        fe.SequenceTagger(verbose=False).fit([["a"], ["b", "c"]], [["X"], ["Y"]])
+    with pytest.raises(ValueError, match="not fitted"):
+        fe.SequenceTagger().predict([["a"]])
+
+
+def test_verbose_false_is_silent(capsys, small_ewt):
+    (s, t), _ = small_ewt
+    fe.SequenceTagger(max_iter=3, verbose=False).fit(s[:50], t[:50])
+    assert capsys.readouterr().out == ""
