@@ -29,7 +29,7 @@ def _cmd_train(args):
     sents, tags = _load(train_path)
     dev = _load(dev_path) if dev_path else None
     params = {"loss": args.loss, "verbose": not args.quiet, "n_threads": args.threads}
-    for name in ("optimizer", "l1", "l2", "max_iter", "min_count"):
+    for name in ("optimizer", "l1", "l2", "max_iter", "batch_size", "learning_rate", "min_count"):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
@@ -94,7 +94,9 @@ def build_parser():
     t.add_argument("--optimizer", choices=["lbfgs", "sgd", "adagrad", "perceptron"])
     t.add_argument("--l1", type=float)
     t.add_argument("--l2", type=float)
-    t.add_argument("--max-iter", type=int, dest="max_iter")
+    t.add_argument("--max-iter", type=int, dest="max_iter", help="L-BFGS iterations or epochs")
+    t.add_argument("--batch-size", type=int, dest="batch_size")
+    t.add_argument("--learning-rate", type=float, dest="learning_rate")
     t.add_argument("--min-count", type=int, dest="min_count")
     t.add_argument("--threads", type=int, help="kernel threads (default: all cores)")
     t.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -32,6 +32,9 @@ MODEL_KIND = "SequenceTagger"
 # (square-square, square-exponential, LVQ2) assume non-negative energies (tutorial, section 2.2).
 TAGGER_LOSSES = ("nll", "hinge", "perceptron", "log", "mce")
 
+_PARAM_NAMES = ("loss", "optimizer", "l1", "l2", "max_iter", "batch_size", "learning_rate",
+                "features", "min_count", "n_threads", "random_state", "verbose")
+
 
 def _check_corpus(sents, tags=None, what="sentences"):
     """Validate ``sents`` (and ``tags``) as lists of lists of strings; return the token count."""
@@ -64,11 +67,19 @@ class SequenceTagger:
         A loss of :mod:`factorebm.losses` suited to a log-linear model: "nll" (a CRF), "hinge",
         "perceptron", "log" or "mce". Losses that need non-negative energies are refused.
     optimizer : str or None
-        "lbfgs", "sgd", "adagrad" or "perceptron" (averaged); None picks the usual one for the loss.
+        "lbfgs", "sgd", "adagrad" or "perceptron" (averaged). None picks the averaged perceptron
+        for the perceptron loss and mini-batch AdaGrad for the others: on EWT it reaches the
+        accuracy of 100 L-BFGS iterations in a few epochs, in a fraction of the time.
     l1, l2 : float
-        Regularization strengths (``l2=None`` means the loss's default).
+        Regularization strengths (``l2=None`` means the optimizer's default).
     max_iter : int or None
-        Iterations (L-BFGS) or epochs (stochastic optimizers); None means the optimizer's default.
+        Iterations (L-BFGS) or epochs (stochastic optimizers); None means 6 epochs for the
+        stochastic optimizers and 100 L-BFGS iterations.
+    batch_size : int or None
+        Sentences per mini-batch of the stochastic optimizers (None: 32).
+    learning_rate : float or None
+        Step size of the stochastic optimizers (None: 0.2 for AdaGrad, the optimizer's default
+        otherwise).
     features : dict or None
         Keyword arguments of :class:`factorebm.features.FeatureExtractor` (templates, window).
     min_count : int
@@ -94,13 +105,15 @@ class SequenceTagger:
     """
 
     def __init__(self, loss="nll", *, optimizer=None, l1=0.0, l2=None, max_iter=None,
-                 features=None, min_count=1, n_threads=None, random_state=0, verbose=True,
-                 **loss_params):
+                 batch_size=None, learning_rate=None, features=None, min_count=1,
+                 n_threads=None, random_state=0, verbose=True, **loss_params):
         self.loss = loss
         self.optimizer = optimizer
         self.l1 = l1
         self.l2 = l2
         self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
         self.features = features
         self.min_count = min_count
         self.n_threads = n_threads
@@ -110,9 +123,7 @@ class SequenceTagger:
 
     # ------------------------------------------------------------------ parameters
     def get_params(self, deep=True):
-        params = {k: getattr(self, k) for k in
-                  ("loss", "optimizer", "l1", "l2", "max_iter", "features", "min_count",
-                   "n_threads", "random_state", "verbose")}
+        params = {k: getattr(self, k) for k in _PARAM_NAMES}
         params.update(self.loss_params)
         return params
 
@@ -128,6 +139,20 @@ class SequenceTagger:
                    "it does not train a log-linear chain (see the tutorial, section 2.2)")
             raise ValueError(f"loss {self.loss!r} cannot train a SequenceTagger: {why}; "
                              f"use one of {', '.join(TAGGER_LOSSES)}")
+
+    def _training_schedule(self):
+        """Optimizer settings for fit_chain: the user's, else the tagger's measured defaults."""
+        optimizer = self.optimizer or ("perceptron" if self.loss == "perceptron" else "adagrad")
+        stochastic = optimizer != "lbfgs"
+        schedule = {
+            "optimizer": optimizer,
+            "max_iter": self.max_iter if self.max_iter is not None else (6 if stochastic else 100),
+            "l2": self.l2,
+            "batch_size": self.batch_size if self.batch_size is not None else (32 if stochastic else None),
+            "learning_rate": self.learning_rate if self.learning_rate is not None else (
+                0.2 if optimizer == "adagrad" else None),
+        }
+        return {k: v for k, v in schedule.items() if v is not None}
 
     # ------------------------------------------------------------------ fitting
     def fit(self, sents, tags, dev=None):
@@ -171,9 +196,7 @@ class SequenceTagger:
                 return {"dev_accuracy": float(np.mean(pred == yd)) if len(yd) else float("nan")}
 
         kwargs = dict(self.loss_params)
-        for name in ("optimizer", "max_iter", "l2"):
-            if getattr(self, name) is not None:
-                kwargs[name] = getattr(self, name)
+        kwargs.update(self._training_schedule())
         w, history = fit_chain(model, X, offsets, y, loss=self.loss, l1=self.l1,
                                callback=callback, verbose=self.verbose,
                                n_threads=self.n_threads, random_state=self.random_state,
@@ -257,9 +280,7 @@ class SequenceTagger:
         arrays, metadata = load_arrays(path, kind=MODEL_KIND)
         try:
             params = dict(metadata["params"])
-            loss_params = {k: params.pop(k) for k in list(params)
-                           if k not in ("loss", "optimizer", "l1", "l2", "max_iter", "features",
-                                        "min_count", "n_threads", "random_state", "verbose")}
+            loss_params = {k: params.pop(k) for k in list(params) if k not in _PARAM_NAMES}
             tagger = cls(**params, **loss_params)
             feature_arrays = {k[len("features."):]: v for k, v in arrays.items()
                               if k.startswith("features.")}

@@ -35,7 +35,7 @@ def files(tmp_path_factory):
     dev = slice_conllu(fe.datasets.ud_english_ewt_path("dev"), d / "dev.conllu", 100)
     model = d / "m.npz"
     r = run_cli("train", "--model", model, "--train", train, "--dev", dev, "--test", dev,
-                "--max-iter", 30)
+                "--max-iter", 6)
     assert r.returncode == 0, r.stderr
     return {"dir": d, "train": train, "dev": dev, "model": model, "train_out": r.stdout}
 

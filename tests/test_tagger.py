@@ -17,7 +17,7 @@ def small_ewt():
 @pytest.fixture(scope="module")
 def nll_tagger(small_ewt):
     (s, t), _ = small_ewt
-    return fe.SequenceTagger(loss="nll", max_iter=40, verbose=False).fit(s, t)
+    return fe.SequenceTagger(loss="nll", max_iter=8, verbose=False).fit(s, t)
 
 
 def most_frequent_tag_accuracy(train_s, train_t, test_s, test_t):
@@ -49,7 +49,7 @@ def test_nll_tagger_beats_most_frequent_tag_baseline(small_ewt, nll_tagger):
 def test_other_losses_learn(small_ewt, loss):
     (s, t), (ds, dt) = small_ewt
     baseline = most_frequent_tag_accuracy(s, t, ds, dt)
-    tagger = fe.SequenceTagger(loss=loss, max_iter=10, verbose=False).fit(s, t)
+    tagger = fe.SequenceTagger(loss=loss, max_iter=5, verbose=False).fit(s, t)
     assert tagger.score(ds, dt) > baseline, loss
 
 
@@ -116,3 +116,10 @@ def test_verbose_false_is_silent(capsys, small_ewt):
     (s, t), _ = small_ewt
     fe.SequenceTagger(max_iter=3, verbose=False).fit(s[:50], t[:50])
     assert capsys.readouterr().out == ""
+
+
+def test_lbfgs_training_also_works(small_ewt):
+    (s, t), (ds, dt) = small_ewt
+    baseline = most_frequent_tag_accuracy(s, t, ds, dt)
+    tagger = fe.SequenceTagger(optimizer="lbfgs", max_iter=30, verbose=False).fit(s, t)
+    assert tagger.score(ds, dt) > baseline + 0.03
