@@ -267,7 +267,7 @@ class ChainCorpus:
     Attributes
     ----------
     X : (N, n_features) CSR float64
-    XT : (n_features, N) CSR float64, the transpose of X
+    XT : (n_features, N) CSR float64, the transpose of X (built on first use)
     offsets : (n+1,) int64
     y : (N,) int64 gold labels
     lengths : (n,) int64
@@ -282,10 +282,7 @@ class ChainCorpus:
         N = X.shape[0]
         self.model_shape = (model.n_features, model.n_labels)
         self.X = X
-        self.XT = X.T.tocsr()
-        if self.XT.indices.dtype != self.XT.indptr.dtype:
-            self.XT = sp.csr_matrix((self.XT.data, self.XT.indices.astype(np.int64),
-                                     self.XT.indptr.astype(np.int64)), shape=self.XT.shape)
+        self._XT = None
         self.offsets = _check_offsets(offsets, N)
         self.y = _check_labels(y, N, model.n_labels)
         self.n_sequences = self.offsets.size - 1
@@ -300,6 +297,18 @@ class ChainCorpus:
         is_first[self.first] = True
         self.inner = np.flatnonzero(~is_first)
         self._buffers = {}
+
+    @property
+    def XT(self):
+        """(n_features, N) CSR float64, the transpose of X, built on first use: only full-batch
+        gradients need it, and it is as large as X itself."""
+        if self._XT is None:
+            XT = self.X.T.tocsr()
+            if XT.indices.dtype != XT.indptr.dtype:
+                XT = sp.csr_matrix((XT.data, XT.indices.astype(np.int64),
+                                    XT.indptr.astype(np.int64)), shape=XT.shape)
+            self._XT = XT
+        return self._XT
 
     def _workspace(self, name, shape):
         """A float64 scratch array owned by this corpus (contents undefined)."""

@@ -1,0 +1,367 @@
+# Per-mini-batch kernels of the stochastic chain optimizers (issue [learn], factorebm.optimize).
+#
+# A chain mini-batch touches only the emission-weight rows of the features that occur in it.
+# Done with numpy, every batch built a sorted copy of its feature ids (np.unique), a renumbered
+# CSR matrix, and half a dozen (n_cols, K) temporaries for the lazy proximal catch-up, the
+# AdaGrad rates and the step -- several times the cost of the batch's gradient itself. Here:
+#
+# * batch_csr        -- the batch's token features with columns renumbered to local ids, in one
+#                       pass over its nonzeros, through a reusable (n_features,) map;
+# * catch_up_rows    -- the proximal steps a row still owes since it was last used, in closed
+#                       form, and the copy of the caught-up rows the gradient is evaluated at;
+# * adagrad_step, sgd_step, perceptron_step
+#                    -- one fused pass per touched row: accumulator, step, proximal step (or
+#                       the perceptron update and its averaging sum), writing W in place;
+# * catch_up_all     -- the end-of-epoch catch-up of every row.
+#
+# All state (W, accumulators, the last step of each row, scratch buffers) is allocated and
+# validated by the Python side (``_ChainStochastic``); the kernels never raise and hold no
+# Python objects. Plain IEEE arithmetic: the build has no fast-math.
+#
+# The proximal step of rate lr is the soft-threshold by lr * l1 followed by the scaling
+# 1 / (1 + lr * l2) (composite mirror descent). k such steps have the closed form
+#     |w| -> max(0, c^k |w| - lr * l1 * (c + c^2 + ... + c^k)),   c = 1 / (1 + lr * l2),
+# because the map is monotone in |w| and stays at 0 once it gets there.
+from _typedefs cimport float64_t, intp_t
+from libc.math cimport fabs, sqrt
+from libc.stdint cimport int32_t, int64_t
+
+ctypedef fused index_t:          # the index dtype of the corpus' CSR matrix
+    int32_t
+    int64_t
+
+ctypedef fused out_index_t:      # the index dtype of the batch's CSR matrix
+    int32_t
+    int64_t
+
+
+# ---------------------------------------------------------------------------------------------
+# Scalar helpers
+# ---------------------------------------------------------------------------------------------
+cdef inline float64_t _adagrad_rate(float64_t eta, float64_t acc, float64_t eps) noexcept nogil:
+    # Zero while the coordinate has seen no gradient, so that its regularization starts with
+    # its first gradient (as optimize._adagrad_rate).
+    if acc > 0:
+        return eta / (eps + sqrt(acc))
+    return 0.0
+
+
+cdef inline void _power_and_sum(float64_t c, intp_t k, float64_t* ck,
+                                float64_t* geo) noexcept nogil:
+    # ck = c^k and geo = c + c^2 + ... + c^k by binary powering: O(log k) products and sums
+    # of positive terms only, so no cancellation when c is close to 1 (lr * l2 tiny, where
+    # (1 - c^k) / (lr * l2) would lose every digit), and no exp/log per coordinate.
+    # Invariant: p = c^m, s = c + ... + c^m for the bits of k consumed so far (m of them
+    # summed), bp = c^(2^i), bs = c + ... + c^(2^i); appending: s_(m+n) = s_m + c^m s_n.
+    cdef float64_t p = 1.0, s = 0.0, bp = c, bs = c
+    while k > 0:
+        if k & 1:
+            s = s + p * bs
+            p = p * bp
+        k >>= 1
+        if k:
+            bs = bs + bp * bs
+            bp = bp * bp
+    ck[0] = p
+    geo[0] = s
+
+
+cdef inline float64_t _prox_closed_form(float64_t w, float64_t ck, float64_t geo,
+                                        float64_t thr) noexcept nogil:
+    # k proximal steps given ck = c^k, geo = c + ... + c^k and the per-step soft-threshold
+    # thr = lr * l1 (see the header).
+    cdef float64_t a
+    if thr > 0:
+        a = ck * fabs(w) - thr * geo
+        if not a > 0:
+            return 0.0
+        return a if w > 0 else -a
+    return w * ck
+
+
+cdef inline float64_t _soft_threshold(float64_t v, float64_t t) noexcept nogil:
+    # sign(v) * max(0, |v| - t), t >= 0
+    cdef float64_t a = fabs(v) - t
+    if not a > 0:
+        return 0.0
+    return a if v > 0 else -a
+
+
+cdef inline float64_t _prox_one(float64_t w, float64_t lr, float64_t l1,
+                                float64_t l2) noexcept nogil:
+    # One proximal step, written as its definition: soft-threshold, then scale.
+    cdef float64_t a
+    if l1 > 0:
+        a = fabs(w) - lr * l1
+        if not a > 0:
+            return 0.0
+        w = a if w > 0 else -a
+    if l2 > 0:
+        w = w / (1.0 + lr * l2)
+    return w
+
+
+cdef inline void _catch_up_row(float64_t* w, const float64_t* acc, intp_t K, intp_t k,
+                               bint adagrad, float64_t rate, float64_t eps, float64_t l1,
+                               float64_t l2) noexcept nogil:
+    # Apply k >= 1 owed proximal steps to the K weights of one row.
+    # SGD: every coordinate at the scalar rate ``rate``: one power and sum for the row.
+    # AdaGrad: coordinate j at its own rate lr = rate / d, d = eps + sqrt(acc[j]) (acc has not
+    # changed since the row was last used, so all the owed steps had that rate; lr = 0, i.e.
+    # the identity, while acc[j] = 0). Written with d, c = 1 / (1 + lr * l2) = d / (d + rate
+    # * l2) costs one division instead of two.
+    cdef intp_t j
+    cdef float64_t a, d, thr, ck = 1.0, geo = <float64_t>k
+    if adagrad:
+        for j in range(K):
+            a = acc[j]
+            if not a > 0:
+                continue
+            d = eps + sqrt(a)
+            ck = 1.0
+            geo = <float64_t>k
+            if l2 > 0:
+                _power_and_sum(d / (d + rate * l2), k, &ck, &geo)
+            thr = rate * l1 / d if l1 > 0 else 0.0
+            w[j] = _prox_closed_form(w[j], ck, geo, thr)
+    elif rate > 0:
+        if l2 > 0:
+            _power_and_sum(1.0 / (1.0 + rate * l2), k, &ck, &geo)
+        for j in range(K):
+            w[j] = _prox_closed_form(w[j], ck, geo, rate * l1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+def batch_csr(const index_t[::1] indptr, const index_t[::1] indices,
+              const float64_t[::1] data, const intp_t[::1] offsets, const intp_t[::1] y,
+              const intp_t[::1] seqs, intp_t[::1] local_of, out_index_t[::1] b_indptr,
+              out_index_t[::1] b_indices, float64_t[::1] b_data, intp_t[::1] b_y,
+              intp_t[::1] b_offsets, intp_t[::1] cols):
+    """Gather a mini-batch of sequences with its feature columns renumbered 0, 1, 2, ...
+
+    Local ids are given in order of first occurrence, so the batch's CSR matrix indexes the
+    rows ``W[cols]``; per local row the nonzeros keep the corpus order, so sums over tokens
+    come out as with any other numbering.
+
+    Parameters
+    ----------
+    indptr, indices, data : the corpus' CSR matrix X (N, n_features), int32 or int64 indices
+    offsets : (n+1,) int64
+        Sequence i is tokens ``offsets[i]:offsets[i+1]`` of X.
+    y : (N,) int64
+        Gold labels.
+    seqs : (n_b,) int64
+        The batch's sequence ids, in batch order.
+    local_of : (n_features,) int64 scratch
+        Must be all -1 on entry; it is all -1 again on return (only the batch's entries are
+        touched, so a batch costs its own size, not n_features).
+    b_indptr : (>= N_b + 1,) int32 or int64, b_indices : (>= nnz_b,) same dtype,
+    b_data : (>= nnz_b,) float64
+        Out: the batch's CSR matrix (N_b, n_cols) with local column ids.
+    b_y : (>= N_b,) int64, b_offsets : (>= n_b + 1,) int64
+        Out: the batch's labels and sequence offsets (from 0).
+    cols : (>= n_cols,) int64
+        Out: ``cols[l]`` is the feature of local column l.
+
+    The caller sizes the outputs for the batch (N_b tokens, nnz_b nonzeros, n_cols <=
+    min(nnz_b, n_features) distinct features) and checks the ids.
+
+    Returns
+    -------
+    (N_b, nnz_b, n_cols) : tuple of int
+    """
+    cdef intp_t n_b = seqs.shape[0]
+    cdef intp_t i, s, t, f, loc
+    cdef intp_t n_tok = 0, nnz = 0, n_cols = 0
+    cdef index_t p
+    with nogil:
+        b_indptr[0] = 0
+        b_offsets[0] = 0
+        for i in range(n_b):
+            s = seqs[i]
+            for t in range(offsets[s], offsets[s + 1]):
+                b_y[n_tok] = y[t]
+                for p in range(indptr[t], indptr[t + 1]):
+                    f = indices[p]
+                    loc = local_of[f]
+                    if loc < 0:
+                        loc = n_cols
+                        local_of[f] = loc
+                        cols[n_cols] = f
+                        n_cols += 1
+                    b_indices[nnz] = <out_index_t>loc
+                    b_data[nnz] = data[p]
+                    nnz += 1
+                n_tok += 1
+                b_indptr[n_tok] = <out_index_t>nnz
+            b_offsets[i + 1] = n_tok
+        for i in range(n_cols):
+            local_of[cols[i]] = -1
+    return n_tok, nnz, n_cols
+
+
+def catch_up_rows(float64_t[:, ::1] W, const intp_t[::1] cols, intp_t[::1] last, intp_t upto,
+                  const float64_t[:, ::1] acc, bint adagrad, float64_t rate, float64_t eps,
+                  float64_t l1, float64_t l2, float64_t[:, ::1] out_rows):
+    """Bring the rows ``cols`` of W up to date as of step ``upto`` and copy them out.
+
+    Row r was last updated at step ``last[r]``; the ``upto - last[r]`` proximal steps it has
+    missed since (steps whose gradient did not involve it) are applied in closed form, in
+    place, and ``last[r]`` becomes ``upto``. Nothing is owed without regularization
+    (l1 = l2 = 0): then this is the gather ``out_rows = W[cols]``.
+
+    Parameters
+    ----------
+    W : (n_rows, K) float64, updated in place
+    cols : (R,) int64
+        Distinct row ids.
+    last : (n_rows,) int64, updated in place
+    upto : int
+        The last step already taken (the current step - 1).
+    acc : (n_rows, K) float64
+        AdaGrad's sums of squared gradients (read only when ``adagrad``; any (0, K) array
+        otherwise).
+    adagrad : bool
+        Per-coordinate rates ``rate / (eps + sqrt(acc))`` (0 where acc = 0) instead of the
+        scalar rate ``rate``.
+    rate, eps, l1, l2 : float
+    out_rows : (>= R, K) float64
+        Out: the caught-up rows, ``out_rows[i] = W[cols[i]]``.
+    """
+    cdef intp_t R = cols.shape[0]
+    cdef intp_t K = W.shape[1]
+    cdef intp_t i, j, r, k
+    cdef bint regularized = l1 > 0 or l2 > 0
+    with nogil:
+        for i in range(R):
+            r = cols[i]
+            k = upto - last[r]
+            if regularized and k > 0:
+                _catch_up_row(&W[r, 0], &acc[r, 0] if adagrad else NULL, K, k, adagrad,
+                              rate, eps, l1, l2)
+            last[r] = upto
+            for j in range(K):
+                out_rows[i, j] = W[r, j]
+
+
+def catch_up_all(float64_t[:, ::1] W, intp_t[::1] last, intp_t upto,
+                 const float64_t[:, ::1] acc, bint adagrad, float64_t rate, float64_t eps,
+                 float64_t l1, float64_t l2):
+    """Bring every row of W up to date as of step ``upto`` (end of an epoch).
+
+    As :func:`catch_up_rows` over all rows, without the copy: afterwards W is the true
+    iterate and ``last[:] == upto``. ``W`` (n_rows, K), ``last`` (n_rows,), ``acc``
+    (n_rows, K) or (0, K) when not ``adagrad``.
+    """
+    cdef intp_t n_rows = W.shape[0]
+    cdef intp_t K = W.shape[1]
+    cdef intp_t r, k
+    cdef bint regularized = l1 > 0 or l2 > 0
+    with nogil:
+        for r in range(n_rows):
+            k = upto - last[r]
+            if regularized and k > 0:
+                _catch_up_row(&W[r, 0], &acc[r, 0] if adagrad else NULL, K, k, adagrad,
+                              rate, eps, l1, l2)
+            last[r] = upto
+
+
+def adagrad_step(float64_t[:, ::1] W, float64_t[:, ::1] acc, const float64_t[:, ::1] G,
+                 const intp_t[::1] cols, intp_t[::1] last, intp_t step, float64_t eta,
+                 float64_t eps, float64_t n_b, float64_t l1, float64_t l2):
+    """One AdaGrad step with a proximal step on the rows ``cols``, in one pass.
+
+    Per coordinate of row r = cols[i]: g = G[i] / n_b (the batch mean), acc[r] += g^2,
+    lr = eta / (eps + sqrt(acc[r])) (0 where acc[r] = 0), W[r] -= lr * g, then the proximal
+    step of rate lr. ``last[r]`` becomes ``step``.
+
+    Parameters
+    ----------
+    W, acc : (n_rows, K) float64, updated in place
+    G : (>= R, K) float64
+        Gradient of the batch's summed loss with respect to the rows ``W[cols]``.
+    cols : (R,) int64, distinct row ids
+    last : (n_rows,) int64, updated in place
+    step : int
+    eta, eps, n_b, l1, l2 : float
+        Base rate, AdaGrad's epsilon, the number of sequences in the batch, regularization.
+    """
+    cdef intp_t R = cols.shape[0]
+    cdef intp_t K = W.shape[1]
+    cdef intp_t i, j, r
+    cdef float64_t g, a, d, v
+    cdef float64_t* w
+    cdef float64_t* ac
+    with nogil:
+        for i in range(R):
+            r = cols[i]
+            w = &W[r, 0]
+            ac = &acc[r, 0]
+            for j in range(K):
+                g = G[i, j] / n_b
+                a = ac[j] + g * g
+                ac[j] = a
+                if not a > 0:       # rate 0 (and g = 0): nothing moves
+                    continue
+                # With d = eps + sqrt(acc) the rate is lr = eta / d, and the step, the
+                # soft-threshold by lr * l1 and the scaling 1 / (1 + lr * l2) multiply out to
+                # (soft(w d - eta g, eta l1)) / (d + eta l2): one division per coordinate.
+                d = eps + sqrt(a)
+                v = w[j] * d - eta * g
+                if l1 > 0:
+                    v = _soft_threshold(v, eta * l1)
+                w[j] = v / (d + eta * l2)
+            last[r] = step
+
+
+def sgd_step(float64_t[:, ::1] W, const float64_t[:, ::1] G, const intp_t[::1] cols,
+             intp_t[::1] last, intp_t step, float64_t lr, float64_t n_b, float64_t l1,
+             float64_t l2):
+    """One SGD step of rate ``lr`` with a proximal step on the rows ``cols``, in one pass.
+
+    ``W[r] = prox(W[r] - lr * G[i] / n_b)`` for r = cols[i]; ``last[r]`` becomes ``step``.
+    Shapes as in :func:`adagrad_step`.
+    """
+    cdef intp_t R = cols.shape[0]
+    cdef intp_t K = W.shape[1]
+    cdef intp_t i, j, r
+    cdef float64_t* w
+    with nogil:
+        for i in range(R):
+            r = cols[i]
+            w = &W[r, 0]
+            for j in range(K):
+                w[j] = _prox_one(w[j] - lr * (G[i, j] / n_b), lr, l1, l2)
+            last[r] = step
+
+
+def perceptron_step(float64_t[:, ::1] W, float64_t[:, ::1] U, const float64_t[:, ::1] G,
+                    const intp_t[::1] cols, float64_t lr, float64_t weight):
+    """The averaged perceptron's step on the rows ``cols``, with its averaging sum.
+
+    ``d = -lr * G[i]``, ``W[r] += d`` and ``U[r] += weight * d`` for r = cols[i], where
+    ``weight`` is the 1-based step index: the average of the iterates over T steps is then
+    ``W - U / T`` (the lazy averaging trick), so untouched rows cost nothing.
+
+    Parameters
+    ----------
+    W, U : (n_rows, K) float64, updated in place
+    G : (>= R, K) float64
+        Gradient of the batch's summed loss with respect to ``W[cols]``.
+    cols : (R,) int64, distinct row ids
+    lr, weight : float
+    """
+    cdef intp_t R = cols.shape[0]
+    cdef intp_t K = W.shape[1]
+    cdef intp_t i, j, r
+    cdef float64_t d
+    cdef float64_t neg_lr = -lr
+    with nogil:
+        for i in range(R):
+            r = cols[i]
+            for j in range(K):
+                d = neg_lr * G[i, j]
+                W[r, j] += d
+                U[r, j] += weight * d
