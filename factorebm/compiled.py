@@ -21,7 +21,18 @@ field                  shape        meaning
 ``var_edges``          (E,)         ``var_edges[var_edge_offset[v]:var_edge_offset[v+1]]``
 ``fac_table_offset``   (F+1,)       f's flat energy table in ``tables``
 ``tables``             (T,)         every non-unary table, row-major over its scope
+``fac_table``          (F,)         offset of f's table in ``unique_tables``
+``unique_tables``      (T_u,)       each distinct table once: factors whose tables
+                                    are equal share one copy (what the kernel reads)
+``table_min``          (F,)         the finite minimum of f's table (0 if none)
 =====================  ===========  ==================================================
+
+Sharing identical tables matters for speed: a Potts grid has one K x K table
+for every pairwise factor, and reading it once instead of once per factor
+removes most of the memory traffic of a flooding sweep. Tables are compared
+by value whenever they are re-read, so replacing one factor's table
+with ``set_factor_energies`` gives that factor its own copy and leaves the
+others unchanged.
 
 Unary factors are folded into ``unary``; evidence is a mask added to it (+inf on
 the states a clamped variable does not take). Clamping cuts the graph: a
@@ -138,22 +149,64 @@ class CompiledGraph:
         self.unary = unary
         if self.n_facs:
             self.tables = np.concatenate([graph._tables[f].ravel() for f in self.fac_index])
-            finite = np.where(np.isfinite(self.tables), self.tables, np.inf)
-            tmin = np.minimum.reduceat(finite, self.fac_table_offset[:-1])
-            self.table_min = np.where(np.isfinite(tmin), tmin, 0.0)
+            self._share_tables()
+            finite = np.where(np.isfinite(self.unique_tables), self.unique_tables, np.inf)
+            tmin = np.minimum.reduceat(finite, self._unique_offset[:-1])
+            self._unique_min = np.where(np.isfinite(tmin), tmin, 0.0)
+            self.table_min = self._unique_min[self._fac_unique]
         else:
             self.tables = np.zeros(0)
+            self.unique_tables = np.zeros(0)
+            self.fac_table = np.zeros(0, dtype=_I)
+            self._unique_offset = np.zeros(1, dtype=_I)
+            self._unique_min = np.zeros(0)
             self.table_min = np.zeros(0)
+        self.has_inf = bool(np.isinf(self.unary).any() or np.isinf(self.unique_tables).any())
         self._exp_cache = (None, None)
+
+    def _share_tables(self):
+        """Store every distinct table once: sets unique_tables and fac_table.
+
+        Tables of one size are compared by value (as raw bytes once -0.0 is
+        made 0.0; +inf equals +inf); unique tables are numbered in order of
+        first use.
+        """
+        F = self.n_facs
+        sizes = np.diff(self.fac_table_offset)
+        uid = np.empty(F, dtype=_I)
+        first = []                       # first factor using each unique table
+        for size in np.unique(sizes):
+            fs = np.flatnonzero(sizes == size)
+            rows = self.tables[self.fac_table_offset[fs][:, None] + np.arange(size)]
+            if (rows == rows[0]).all():  # the common case (e.g. one Potts table), no sort
+                local, firsts = np.zeros(len(fs), dtype=_I), np.zeros(1, dtype=_I)
+            else:
+                rows += 0.0              # -0.0 -> 0.0, so that equal values have equal bytes
+                keys = np.ascontiguousarray(rows).view(np.dtype((np.void, 8 * int(size)))).ravel()
+                _, firsts, local = np.unique(keys, return_index=True, return_inverse=True)
+            uid[fs] = np.asarray(local, dtype=_I).ravel() + len(first)
+            first.extend(fs[firsts].tolist())
+        first = np.asarray(first, dtype=_I)
+        rank = np.empty(len(first), dtype=_I)
+        order = np.argsort(first, kind="stable")
+        rank[order] = np.arange(len(first))
+        first = first[order]
+        self._fac_unique = rank[uid]
+        usize = sizes[first]
+        self._unique_offset = np.zeros(len(first) + 1, dtype=_I)
+        np.cumsum(usize, out=self._unique_offset[1:])
+        start = np.repeat(self.fac_table_offset[first] - self._unique_offset[:-1], usize)
+        self.unique_tables = self.tables[start + np.arange(int(self._unique_offset[-1]))]
+        self.fac_table = self._unique_offset[self._fac_unique]
 
     def exp_tables(self, beta):
         """exp(-beta (T - min T)) per table, cached for the last beta (sum-product)."""
         b, cached = self._exp_cache
         if b != beta:
             if self.n_facs:
-                shift = np.repeat(self.table_min, np.diff(self.fac_table_offset))
+                shift = np.repeat(self._unique_min, np.diff(self._unique_offset))
                 with np.errstate(over="ignore", under="ignore"):
-                    cached = np.exp(-beta * (self.tables - shift))
+                    cached = np.exp(-beta * (self.unique_tables - shift))
             else:
                 cached = np.zeros(0)
             self._exp_cache = (beta, cached)
@@ -258,15 +311,16 @@ class CompiledGraph:
             return v2f, f2v, 0, 0.0, True
         exact = plan.is_forest
         schedule = plan.schedule if exact else np.full(1, -1, dtype=_I)
-        exp_tables = self.tables if min_sum else self.exp_tables(beta)
+        exp_tables = self.unique_tables if min_sum else self.exp_tables(beta)
+        track_inf = self.has_inf or (unary is not self.unary and bool(np.isinf(unary).any()))
         it, delta = _bp.run(
             self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
             self.fac_edge_offset, self.edge_var, self.edge_stride, self.edge_msg_offset,
-            self.fac_table_offset, self.tables, exp_tables, self.table_min,
+            self.fac_table, self.unique_tables, exp_tables, self.table_min,
             _padded(unary, np.float64), schedule, v2f, f2v,
             float(beta), bool(min_sum), int(max_iter), float(damping), float(tol),
-            int(n_threads), self.q_size, self.max_card, np.zeros(self.n_facs),
-            np.empty(3 * len(v2f) + self.n_vars + 1))
+            int(n_threads), self.q_size, self.max_card, track_inf, np.zeros(self.n_facs),
+            np.empty(2 * self.n_states_total + 1))
         return v2f, f2v, it, delta, exact
 
     def beliefs(self, unary, v2f, f2v):
@@ -286,7 +340,7 @@ class CompiledGraph:
         _bp.decode(self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
                    _padded(self.fac_edge_offset, _I), _padded(self.edge_var, _I),
                    _padded(self.edge_stride, _I), _padded(self.edge_msg_offset, _I),
-                   _padded(self.fac_table_offset, _I), _padded(self.tables, np.float64),
+                   _padded(self.fac_table, _I), _padded(self.unique_tables, np.float64),
                    _padded(self.table_min, np.float64), _padded(unary, np.float64),
                    _padded(plan.order, _I) if plan.order.size else np.full(1, -1, dtype=_I),
                    v2f, f2v, self.max_card, states)

@@ -21,16 +21,19 @@
 # any energy scale, and the fast path is taken whenever it is accurate.
 #
 # Schedules. On a forest the caller passes the exact two-pass sweep (one message
-# per step, leaves to roots then back). Otherwise flooding: every v2f from the
-# current f2v (v2f_e = total - f2v_e, the total computed once per variable),
-# then every f2v, damped, until the largest f2v change is at most tol. For
-# sum-product the factor step runs as flat passes so that exp and log are
-# batched and vectorized: q = exp(-beta v2f) over all slots, the scaled sums
-# per factor (pairwise factors do both directions in one sweep of the table),
-# -log(sums)/beta over all slots, then each variable damps, normalizes and
-# stores its incoming f2v and computes its outgoing v2f. (The forest sweep uses
-# exact exclusive sums instead of total - f2v_e.) Loops over variables, factors
-# and slot chunks run under OpenMP prange (n_threads).
+# per step, leaves to roots then back). Otherwise flooding, which never stores
+# v2f during the sweeps: each variable keeps its total U_v + sum of incoming f2v
+# (and, when +inf can occur, the number of +inf terms, so that a factor can
+# take its own f2v back out exactly), and each factor computes its v2f as
+# total - f2v_e on the fly. A sweep runs over blocks of consecutive factors
+# (their message slots are contiguous): v2f into a small buffer, one batched
+# exp per (edge, state) for sum-product, the contraction (pairwise factors do
+# both directions in one pass over the table), one batched log per (edge,
+# state), then damping, normalization and the store; then every variable's
+# total is recomputed. The sweeps stop when the largest f2v change is at most
+# tol; v2f is then set from the final f2v. Loops over blocks and variables run
+# under OpenMP prange (n_threads). Factors with identical tables share one
+# stored table (and one exp table), so a Potts grid reads a single K x K table.
 #
 # Layout (see factorebm/compiled.py): variables v own the global states
 # [var_state_offset[v], var_state_offset[v+1]); non-unary factors f own the edges
@@ -44,6 +47,9 @@ from libc.stdlib cimport malloc, free
 from _typedefs cimport float64_t, intp_t
 
 cdef double _TINY = 1e-290
+# message slots per block of factors in a flooding sweep (the per-thread unit of
+# work; its four buffers, 32 KiB, stay in the core's cache)
+cdef intp_t _BLOCK = 1024
 
 # Batched exp and log for the flooding sum-product sweeps. Every message state
 # needs one exp (q = exp(-beta v2f)) and one log (the output energy); libm's
@@ -101,6 +107,7 @@ cdef extern from *:
     static void bp_neg_log(const double* x, double* out, Py_ssize_t n, double beta, double tiny) {
         const double ln2hi = 0.6931471805599453, ln2lo = 2.3190468138462996e-17;
         const double sqrt2 = 1.4142135623730951;
+        const double scale = -1.0 / beta;   /* a multiply, not a divide, per element */
         for (Py_ssize_t i = 0; i < n; i++) {
             double xi = x[i];
             double xs = xi >= tiny ? xi : 1.0;
@@ -124,12 +131,125 @@ cdef extern from *:
             p = p * s2 + 1.0 / 3.0;
             double logm = 2.0 * s + 2.0 * s * s2 * p;
             double lg = e * ln2hi + (e * ln2lo + logm);
-            out[i] = xi >= tiny ? -lg / beta : NAN;
+            out[i] = xi >= tiny ? lg * scale : NAN;
         }
+    }
+
+    /* Flat loops of the pairwise block update (_flood_pairwise_block), over
+       buffers laid out [state][factor] (nf factors): kept here, next to exp and
+       log, so that they are cloned for the wider vector ISAs as well. */
+
+    /* Rows r0..r1-1 of x: subtract each column's minimum (left alone if +inf). lo: nf scratch. */
+    BP_CLONES
+    static void bp_shift_columns(double* restrict x, Py_ssize_t nf, Py_ssize_t r0, Py_ssize_t r1,
+                                 double* restrict lo) {
+        for (Py_ssize_t f = 0; f < nf; f++) lo[f] = x[r0 * nf + f];
+        for (Py_ssize_t r = r0 + 1; r < r1; r++) {
+            const double* row = x + r * nf;
+            for (Py_ssize_t f = 0; f < nf; f++) lo[f] = row[f] < lo[f] ? row[f] : lo[f];
+        }
+        for (Py_ssize_t f = 0; f < nf; f++) lo[f] = lo[f] != INFINITY ? lo[f] : 0.0;
+        for (Py_ssize_t r = r0; r < r1; r++) {
+            double* row = x + r * nf;
+            for (Py_ssize_t f = 0; f < nf; f++) row[f] -= lo[f];
+        }
+    }
+
+    /* Both directions of nf pairwise factors sharing the K0 x K1 table T: the
+       semiring's sum over the other variable, min-plus on energies (min_sum) or
+       multiply-add on scaled probabilities. ya (K0 rows), yb (K1 rows). */
+    BP_CLONES
+    static void bp_pair_shared(const double* restrict xa, const double* restrict xb,
+                               double* restrict ya, double* restrict yb, const double* T,
+                               Py_ssize_t nf, Py_ssize_t K0, Py_ssize_t K1, int min_sum) {
+        if (min_sum) {
+            for (Py_ssize_t j = 0; j < K1; j++) {
+                double* y = yb + j * nf;
+                for (Py_ssize_t f = 0; f < nf; f++) y[f] = INFINITY;
+                for (Py_ssize_t i = 0; i < K0; i++) {
+                    const double w = T[i * K1 + j];
+                    const double* x = xa + i * nf;
+                    for (Py_ssize_t f = 0; f < nf; f++) { double v = x[f] + w; y[f] = v < y[f] ? v : y[f]; }
+                }
+            }
+            for (Py_ssize_t i = 0; i < K0; i++) {
+                double* y = ya + i * nf;
+                for (Py_ssize_t f = 0; f < nf; f++) y[f] = INFINITY;
+                for (Py_ssize_t j = 0; j < K1; j++) {
+                    const double w = T[i * K1 + j];
+                    const double* x = xb + j * nf;
+                    for (Py_ssize_t f = 0; f < nf; f++) { double v = x[f] + w; y[f] = v < y[f] ? v : y[f]; }
+                }
+            }
+        } else {
+            for (Py_ssize_t j = 0; j < K1; j++) {
+                double* y = yb + j * nf;
+                for (Py_ssize_t f = 0; f < nf; f++) y[f] = 0.0;
+                for (Py_ssize_t i = 0; i < K0; i++) {
+                    const double w = T[i * K1 + j];
+                    const double* x = xa + i * nf;
+                    for (Py_ssize_t f = 0; f < nf; f++) y[f] += x[f] * w;
+                }
+            }
+            for (Py_ssize_t i = 0; i < K0; i++) {
+                double* y = ya + i * nf;
+                for (Py_ssize_t f = 0; f < nf; f++) y[f] = 0.0;
+                for (Py_ssize_t j = 0; j < K1; j++) {
+                    const double w = T[i * K1 + j];
+                    const double* x = xb + j * nf;
+                    for (Py_ssize_t f = 0; f < nf; f++) y[f] += x[f] * w;
+                }
+            }
+        }
+    }
+
+    /* acc[i] = (1 - damping) * new + damping * old[i], new = acc[i] or, where acc
+       is NaN (the underflow flag), fb[i]; no damping term when damping == 0
+       (0 * inf would be NaN). */
+    BP_CLONES
+    static void bp_damp(double* restrict acc, const double* restrict old, const double* restrict fb,
+                        Py_ssize_t n, double damping) {
+        const double keep = 1.0 - damping;
+        if (damping > 0.0) {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                double y = acc[i] == acc[i] ? acc[i] : fb[i];
+                acc[i] = keep * y + damping * old[i];
+            }
+        } else {
+            for (Py_ssize_t i = 0; i < n; i++) acc[i] = acc[i] == acc[i] ? acc[i] : fb[i];
+        }
+    }
+
+    /* max_i |x[i] - old[i]| (0 where equal, also both +inf). The values are >= 0
+       and never NaN, so the maximum is taken on their bit patterns as integers,
+       which order like the doubles and vectorize without fast-math. */
+    BP_CLONES
+    static double bp_max_change(const double* restrict x, const double* restrict old, Py_ssize_t n) {
+        uint64_t m = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint64_t u = bp_asuint(x[i] - old[i]) & 0x7FFFFFFFFFFFFFFFULL;   /* fabs */
+            u &= (uint64_t)0 - (uint64_t)(x[i] != old[i]);                  /* 0 if equal */
+            m = u > m ? u : m;
+        }
+        return bp_asdouble(m);
+    }
+
+    /* Whether some x[i] < tiny (a scaled sum that needs the exact fallback). */
+    BP_CLONES
+    static int bp_any_below(const double* restrict x, Py_ssize_t n, double tiny) {
+        int any = 0;
+        for (Py_ssize_t i = 0; i < n; i++) any |= x[i] < tiny;
+        return any;
     }
     """
     void bp_exp_neg(const double* x, double* out, Py_ssize_t n, double beta) noexcept nogil
     void bp_neg_log(const double* x, double* out, Py_ssize_t n, double beta, double tiny) noexcept nogil
+    void bp_shift_columns(double* x, Py_ssize_t nf, Py_ssize_t r0, Py_ssize_t r1, double* lo) noexcept nogil
+    void bp_pair_shared(const double* xa, const double* xb, double* ya, double* yb, const double* T,
+                        Py_ssize_t nf, Py_ssize_t K0, Py_ssize_t K1, int min_sum) noexcept nogil
+    void bp_damp(double* acc, const double* old, const double* fb, Py_ssize_t n, double damping) noexcept nogil
+    double bp_max_change(const double* x, const double* old, Py_ssize_t n) noexcept nogil
+    int bp_any_below(const double* x, Py_ssize_t n, double tiny) noexcept nogil
 
 
 def _test_exp_log(const float64_t[::1] x, float64_t[::1] out_exp, float64_t[::1] out_log, double beta):
@@ -149,10 +269,10 @@ cdef struct Graph:
     const intp_t* edge_var           # (E,)
     const intp_t* edge_stride        # (E,)
     const intp_t* edge_msg_offset    # (E+1,)
-    const intp_t* fac_table_offset   # (F+1,)
-    const float64_t* tables          # (sum of table sizes,) energies
+    const intp_t* fac_table          # (F,) offset of factor f's table in tables / exp_tables
+    const float64_t* tables          # energy tables, each stored once (factors may share one)
     const float64_t* exp_tables      # same shape: exp(-beta (T - table_min)), sum-product only
-    const float64_t* table_min       # (F,) finite minimum of each table (0 if none)
+    const float64_t* table_min       # (F,) finite minimum of factor f's table (0 if none)
     const float64_t* unary           # (S,) folded unary energies + evidence mask
     float64_t* v2f                   # (M,) messages variable -> factor
     float64_t* f2v                   # (M,) messages factor -> variable
@@ -163,7 +283,7 @@ cdef struct Graph:
 cdef Graph _make_graph(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
                        const intp_t[::1] var_edges, const intp_t[::1] fac_edge_offset,
                        const intp_t[::1] edge_var, const intp_t[::1] edge_stride,
-                       const intp_t[::1] edge_msg_offset, const intp_t[::1] fac_table_offset,
+                       const intp_t[::1] edge_msg_offset, const intp_t[::1] fac_table,
                        const float64_t[::1] tables, const float64_t[::1] exp_tables,
                        const float64_t[::1] table_min, const float64_t[::1] unary,
                        float64_t[::1] v2f, float64_t[::1] f2v, double beta, bint min_sum):
@@ -178,7 +298,7 @@ cdef Graph _make_graph(const intp_t[::1] var_state_offset, const intp_t[::1] var
     g.edge_var = &edge_var[0]
     g.edge_stride = &edge_stride[0]
     g.edge_msg_offset = &edge_msg_offset[0]
-    g.fac_table_offset = &fac_table_offset[0]
+    g.fac_table = &fac_table[0]
     g.tables = &tables[0]
     g.exp_tables = &exp_tables[0]
     g.table_min = &table_min[0]
@@ -188,6 +308,13 @@ cdef Graph _make_graph(const intp_t[::1] var_state_offset, const intp_t[::1] var
     g.beta = beta
     g.min_sum = min_sum
     return g
+
+
+cdef inline intp_t _table_size(Graph* g, intp_t f) noexcept nogil:
+    """Number of entries of factor f's table: its first axis' stride times its cardinality."""
+    cdef intp_t e0 = g.fac_edge_offset[f]
+    cdef intp_t v = g.edge_var[e0]
+    return g.edge_stride[e0] * (g.var_state_offset[v + 1] - g.var_state_offset[v])
 
 
 cdef inline void _normalize(double* m, intp_t n) noexcept nogil:
@@ -234,8 +361,8 @@ cdef void _contract_energy(Graph* g, intp_t f, intp_t t, intp_t only, double* ou
     cdef intp_t e0 = g.fac_edge_offset[f]
     cdef intp_t a = g.fac_edge_offset[f + 1] - e0
     cdef intp_t Kt = g.var_state_offset[g.edge_var[e0 + t] + 1] - g.var_state_offset[g.edge_var[e0 + t]]
-    cdef const double* T = g.tables + g.fac_table_offset[f]
-    cdef intp_t N = g.fac_table_offset[f + 1] - g.fac_table_offset[f]
+    cdef const double* T = g.tables + g.fac_table[f]
+    cdef intp_t N = _table_size(g, f)
     cdef intp_t n, i, k, K_i
     cdef double x, lo
     cdef int npass, p
@@ -279,13 +406,13 @@ cdef inline void _fac_to_var(Graph* g, intp_t f, intp_t t, double* q, double* ou
 
     q: scratch holding exp(-beta v2f_e) for every edge of f (filled here unless
     have_q), laid out edge after edge. out: 3 * K_t scratch slots. Sum-product
-    with finish=False stops at the scaled sums (see _fac_sums).
+    with finish=False stops at the scaled sums (see _flood_block).
     """
     cdef intp_t e0 = g.fac_edge_offset[f]
     cdef intp_t a = g.fac_edge_offset[f + 1] - e0
     cdef intp_t vt = g.edge_var[e0 + t]
     cdef intp_t Kt = g.var_state_offset[vt + 1] - g.var_state_offset[vt]
-    cdef intp_t tab = g.fac_table_offset[f]
+    cdef intp_t tab = g.fac_table[f]
     cdef const double* T
     cdef const double* m
     cdef double* qi
@@ -354,7 +481,7 @@ cdef inline void _fac_to_var(Graph* g, intp_t f, intp_t t, double* q, double* ou
     else:
         # higher arity: one pass over the table with an odometer; the product of
         # the other edges' q is rebuilt per entry (arity is small)
-        N = g.fac_table_offset[f + 1] - tab
+        N = _table_size(g, f)
         for i in range(a):
             cnt[i] = 0
         # cnt[a + i] holds the q offset of edge i
@@ -459,86 +586,267 @@ cdef inline void _var_update_flood(Graph* g, intp_t v, double* tot) noexcept nog
                 out[k] -= lo
 
 
-cdef inline double _var_store_update(Graph* g, intp_t v, const double* L, const double* fallback,
-                                     double* scratch, double damping) noexcept nogil:
-    """Flooding sum-product, variable side: store v's incoming f2v, then its v2f.
 
-    L holds -log(scaled sum)/beta for every message state (NaN where the exact
-    value is in fallback); the table minimum is a constant per message and
-    cancels in the normalization. Returns the largest f2v change.
-    scratch: 2 * K doubles.
+cdef inline void _var_total(Graph* g, intp_t v, double* tot, double* n_inf,
+                            bint track_inf) noexcept nogil:
+    """tot (S,) and n_inf (S,) at v's states: U_v + every incoming f2v.
+
+    With track_inf the +inf terms are counted in n_inf instead of added, so
+    that a factor can take its own f2v back out of the total exactly (v2f_e =
+    tot - f2v_e is undefined where f2v_e is +inf). Without it (no table and no
+    unary energy is +inf, hence no message ever is) n_inf is not touched.
     """
     cdef intp_t s0 = g.var_state_offset[v]
     cdef intp_t K = g.var_state_offset[v + 1] - s0
-    cdef intp_t i, k, off
-    cdef double* old
-    cdef double x, y, lo, d, delta = 0.0
-    cdef double keep = 1.0 - damping
+    cdef intp_t i, k
+    cdef const double* inc
+    cdef double* t = tot + s0
+    cdef double* c = n_inf + s0
+    cdef double x
+    if not track_inf:
+        for k in range(K):
+            t[k] = g.unary[s0 + k]
+        for i in range(g.var_edge_offset[v], g.var_edge_offset[v + 1]):
+            inc = g.f2v + g.edge_msg_offset[g.var_edges[i]]
+            for k in range(K):
+                t[k] += inc[k]
+        return
+    for k in range(K):
+        x = g.unary[s0 + k]
+        t[k] = x if x != INFINITY else 0.0
+        c[k] = 0.0 if x != INFINITY else 1.0
     for i in range(g.var_edge_offset[v], g.var_edge_offset[v + 1]):
-        off = g.edge_msg_offset[g.var_edges[i]]
-        old = g.f2v + off
+        inc = g.f2v + g.edge_msg_offset[g.var_edges[i]]
+        for k in range(K):
+            x = inc[k]
+            if x != INFINITY:
+                t[k] += x
+            else:
+                c[k] += 1.0
+
+
+cdef double _flood_block(Graph* g, intp_t f_lo, intp_t f_hi, const double* tot,
+                         const double* n_inf, bint track_inf, double* m, double* q,
+                         double* acc, double* fb, double* scratch, intp_t* cnt,
+                         double damping) noexcept nogil:
+    """One flooding update of every f2v of the factors [f_lo, f_hi); returns the largest change.
+
+    The factors' message slots are contiguous ([base, base + n)), so the
+    block works on small local buffers that stay in cache: m = v2f (from the
+    variables' totals, normalized), q = exp(-beta m) (sum-product, batched),
+    acc = the new f2v (sum-product: scaled sums, then -log(.)/beta batched),
+    fb = exact energy-space values where a scaled sum underflowed (see the
+    module comment). Then damping, normalization and the store into f2v.
+    scratch: 3 * max_card + 1 doubles; cnt: 2 * max_arity + 1.
+    """
+    cdef intp_t e_lo = g.fac_edge_offset[f_lo], e_hi = g.fac_edge_offset[f_hi]
+    cdef intp_t base = g.edge_msg_offset[e_lo]
+    cdef intp_t n = g.edge_msg_offset[e_hi] - base
+    cdef intp_t e, f, v, s0, o, K, k, i, j, t, a, e0, o0, K0, K1
+    cdef const double* old
+    cdef const double* tv
+    cdef const double* cv
+    cdef const double* T
+    cdef const double* x0
+    cdef const double* x1
+    cdef double* mm
+    cdef double* y0
+    cdef double* y1
+    cdef double* fo
+    cdef double x, y, lo, w, s, d, delta = 0.0
+    cdef double keep = 1.0 - damping
+    cdef bint min_sum = g.min_sum, copied
+
+    # v2f_e = (U_v + sum of v's incoming f2v) - f2v_e, normalized to minimum 0
+    for e in range(e_lo, e_hi):
+        v = g.edge_var[e]
+        s0 = g.var_state_offset[v]
+        o = g.edge_msg_offset[e]
+        K = g.edge_msg_offset[e + 1] - o
+        old = g.f2v + o
+        tv = tot + s0
+        mm = m + (o - base)
+        lo = INFINITY
+        if track_inf:
+            cv = n_inf + s0
+            for k in range(K):
+                x = old[k]
+                d = cv[k]
+                if x == INFINITY:
+                    d -= 1.0
+                    x = 0.0
+                y = tv[k] - x if d == 0.0 else INFINITY
+                mm[k] = y
+                lo = y if y < lo else lo
+        else:
+            for k in range(K):
+                y = tv[k] - old[k]
+                mm[k] = y
+                lo = y if y < lo else lo
+        if lo != INFINITY:
+            for k in range(K):
+                mm[k] -= lo
+
+    if not min_sum:
+        bp_exp_neg(m, q, n, g.beta)
+
+    # factor -> variable: min-plus on m (min-sum) or multiply-add on q (sum-product)
+    for f in range(f_lo, f_hi):
+        e0 = g.fac_edge_offset[f]
+        a = g.fac_edge_offset[f + 1] - e0
+        o0 = g.edge_msg_offset[e0] - base
+        copied = False
+        if a == 2:
+            # pairwise: both directions in one sweep over the (shared) table
+            K0 = g.edge_msg_offset[e0 + 1] - g.edge_msg_offset[e0]
+            K1 = g.edge_msg_offset[e0 + 2] - g.edge_msg_offset[e0 + 1]
+            y0 = acc + o0
+            y1 = y0 + K0
+            if min_sum:
+                T = g.tables + g.fac_table[f]
+                x0 = m + o0
+                x1 = x0 + K0
+                for j in range(K1):
+                    y1[j] = INFINITY
+                for i in range(K0):
+                    w = x0[i]
+                    lo = INFINITY
+                    for j in range(K1):
+                        x = T[j] + w
+                        y1[j] = x if x < y1[j] else y1[j]
+                        x = T[j] + x1[j]
+                        lo = x if x < lo else lo
+                    y0[i] = lo
+                    T += K1
+            else:
+                T = g.exp_tables + g.fac_table[f]
+                x0 = q + o0
+                x1 = x0 + K0
+                for j in range(K1):
+                    y1[j] = 0.0
+                for i in range(K0):
+                    w = x0[i]
+                    s = 0.0
+                    for j in range(K1):
+                        y1[j] += w * T[j]
+                        s += T[j] * x1[j]
+                    y0[i] = s
+                    T += K1
+        else:
+            # higher arity: the reference paths read v2f from the graph's slots
+            # (owned by this factor during the sweep)
+            o = g.edge_msg_offset[g.fac_edge_offset[f + 1]] - base
+            for k in range(o0, o):
+                g.v2f[base + k] = m[k]
+            copied = True
+            for t in range(a):
+                o = g.edge_msg_offset[e0 + t]
+                K = g.edge_msg_offset[e0 + t + 1] - o
+                if min_sum:
+                    _contract_energy(g, f, t, -1, scratch, cnt)
+                    for k in range(K):
+                        acc[o - base + k] = scratch[k]
+                else:
+                    _fac_to_var(g, f, t, q + o0, acc + (o - base), cnt, True, False)
+        if not min_sum:
+            # a scaled sum below _TINY lost its precision: exact value, minus the
+            # table minimum (the scaled path's offset), into fb; flag the sum
+            for t in range(a):
+                o = g.edge_msg_offset[e0 + t] - base
+                K = g.edge_msg_offset[e0 + t + 1] - base - o
+                for k in range(K):
+                    if acc[o + k] < _TINY:
+                        if not copied:
+                            for i in range(o0, g.edge_msg_offset[g.fac_edge_offset[f + 1]] - base):
+                                g.v2f[base + i] = m[i]
+                            copied = True
+                        _contract_energy(g, f, t, k, scratch, cnt)
+                        fb[o + k] = scratch[k] - g.table_min[f]
+                        acc[o + k] = -1.0
+
+    if not min_sum:
+        bp_neg_log(acc, acc, n, g.beta, _TINY)
+
+    # damp against the stored f2v (energies mix: a geometric mixture of the
+    # probability messages), normalize, store; no branch is needed for +inf:
+    # with 0 < damping < 1 a state +inf in either message stays +inf
+    for e in range(e_lo, e_hi):
+        o = g.edge_msg_offset[e]
+        K = g.edge_msg_offset[e + 1] - o
+        fo = g.f2v + o
+        y0 = acc + (o - base)
         lo = INFINITY
         for k in range(K):
-            y = L[off + k]
+            y = y0[k]
             if y != y:
-                y = fallback[off + k]
+                y = fb[o - base + k]
             if damping > 0.0:
-                y = keep * y + damping * old[k]
-            scratch[k] = y
+                y = keep * y + damping * fo[k]
+            y0[k] = y
             lo = y if y < lo else lo
         if lo == INFINITY:
-            lo = 0.0
+            lo = 0.0                   # impossible message: all +inf, stored as is
         for k in range(K):
-            x = scratch[k] - lo
-            d = 0.0 if x == old[k] else fabs(x - old[k])
+            x = y0[k] - lo
+            d = 0.0 if x == fo[k] else fabs(x - fo[k])
             delta = d if d > delta else delta
-            old[k] = x
-    _var_update_flood(g, v, scratch)
+            fo[k] = x
     return delta
 
 
 def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
         const intp_t[::1] var_edges, const intp_t[::1] fac_edge_offset,
         const intp_t[::1] edge_var, const intp_t[::1] edge_stride,
-        const intp_t[::1] edge_msg_offset, const intp_t[::1] fac_table_offset,
+        const intp_t[::1] edge_msg_offset, const intp_t[::1] fac_table,
         const float64_t[::1] tables, const float64_t[::1] exp_tables,
         const float64_t[::1] table_min, const float64_t[::1] unary,
         const intp_t[::1] schedule, float64_t[::1] v2f, float64_t[::1] f2v,
         double beta, bint min_sum, intp_t max_iter, double damping, double tol,
-        int n_threads, intp_t q_size, intp_t max_card, float64_t[::1] fac_delta,
-        float64_t[::1] work):
+        int n_threads, intp_t q_size, intp_t max_card, bint track_inf,
+        float64_t[::1] block_delta, float64_t[::1] work):
     """Run belief propagation in place on the messages v2f and f2v.
 
     With a non-empty ``schedule`` (the exact two-pass sweep of a forest) each step
     ``s`` updates one message: edge ``s // 2``, v2f when ``s % 2 == 0`` else f2v.
-    With an empty schedule (length-1 array holding -1), flooding: all v2f, then
-    all f2v (damped), until the largest f2v change is <= tol or max_iter sweeps.
+    With an empty schedule (length-1 array holding -1), flooding: all f2v from
+    the v2f implied by the current f2v (damped), until the largest f2v change
+    is <= tol or max_iter sweeps; v2f is then set from the final f2v.
 
     Parameters
     ----------
+    fac_table : int64 (F,)
+        Offset of factor f's table in ``tables`` and ``exp_tables`` (factors
+        with identical tables share one copy).
+    tables, exp_tables : float64 (T,)
+        Energy tables and exp(-beta (T - table_min)) (sum-product; min-sum
+        passes the energies again).
+    table_min : float64 (F,)
+        The finite minimum of factor f's table (0 if none).
     q_size : int
         The largest sum of cardinalities over a factor's scope (scratch for q).
     max_card : int
         The largest cardinality of a variable in some factor's scope.
-    fac_delta : float64 (F,)
-        Scratch: the largest message change of each factor in the last sweep.
-    work : float64 (3 M + V,)
-        Scratch for flooding sum-product: q = exp(-beta v2f), the scaled sums and
-        the exact fallback values, one slot per message state (M = len(v2f)),
-        then the largest change per variable.
+    track_inf : bool
+        Some unary energy or table entry is +inf (flooding counts +inf terms).
+    block_delta : float64 (F,)
+        Scratch: the largest message change of each block of factors.
+    work : float64 (2 S,)
+        Scratch for flooding: each variable state's total incoming energy and
+        its number of +inf terms (S = len(unary)).
 
     Returns
     -------
     (iterations, delta) : (int, float)
     """
     cdef Graph g = _make_graph(var_state_offset, var_edge_offset, var_edges, fac_edge_offset,
-                               edge_var, edge_stride, edge_msg_offset, fac_table_offset, tables,
+                               edge_var, edge_stride, edge_msg_offset, fac_table, tables,
                                exp_tables, table_min, unary, v2f, f2v, beta, min_sum)
     cdef intp_t n_steps = schedule.shape[0]
-    cdef intp_t it = 0, s, e, f, v, i, t, a, K, e0
+    cdef intp_t it = 0, s, e, f, v, i, t, a, K, e0, b
     cdef double delta = INFINITY, dmax
     cdef double* q
     cdef double* out
+    cdef double* buf
     cdef intp_t* cnt
     cdef intp_t n_facs = g.n_facs
     cdef intp_t n_vars = g.n_vars
@@ -549,15 +857,6 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
             max_arity = fac_edge_offset[f + 1] - fac_edge_offset[f]
     if n_facs == 0:
         return 0, 0.0
-
-    cdef intp_t n_msg = v2f.shape[0]
-    cdef intp_t chunk = 4096
-    cdef intp_t n_chunks = (n_msg + chunk - 1) // chunk
-    cdef intp_t c, lo_s, hi_s
-    cdef float64_t[::1] qall = work[:n_msg]
-    cdef float64_t[::1] acc_all = work[n_msg:2 * n_msg]
-    cdef float64_t[::1] fallback = work[2 * n_msg:3 * n_msg]
-    cdef float64_t[::1] var_delta = work[3 * n_msg:]
 
     if n_steps > 0 and schedule[0] >= 0:
         with nogil:
@@ -579,117 +878,219 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
             free(q)
         return 1, 0.0
 
-    with nogil:
-        # variables -> factors from the current f2v (each variable owns the v2f
-        # slots of its edges)
-        with parallel(num_threads=n_threads):
-            q = <double*> malloc((max_card + 1) * sizeof(double))
-            for v in prange(n_vars, schedule="static"):
-                _var_update_flood(&g, v, q)
-            free(q)
-        while it < max_iter:
-            if min_sum:
-                # factors -> variables (each factor owns the f2v slots of its edges)
+    # Flooding. Blocks of consecutive factors with about _BLOCK message slots
+    # each: the unit of work of one thread, small enough for its buffers to
+    # stay in cache.
+    cdef intp_t S = var_state_offset[n_vars]
+    cdef double* tot = &work[0]
+    cdef double* n_inf = &work[S] if work.shape[0] > S else &work[0]
+    # A block is a run of pairwise factors with equal scope cardinalities (kind
+    # 1, or 2 when they also share one table) or of other factors (kind 0).
+    cdef intp_t* block_start = <intp_t*> malloc((2 * n_facs + 1) * sizeof(intp_t))
+    cdef intp_t* block_kind = block_start + n_facs + 1
+    cdef intp_t n_blocks = 0, slots = 0, max_slots = 0, k0, k1, c0 = -1, c1 = -1
+    if block_start == NULL:
+        raise MemoryError()
+    block_start[0] = 0
+    for f in range(n_facs):
+        e0 = fac_edge_offset[f]
+        k0 = k1 = -1
+        if fac_edge_offset[f + 1] - e0 == 2:
+            k0 = edge_msg_offset[e0 + 1] - edge_msg_offset[e0]
+            k1 = edge_msg_offset[e0 + 2] - edge_msg_offset[e0 + 1]
+        if f > block_start[n_blocks] and (k0 != c0 or k1 != c1):
+            # another kind of factor: close the block before f
+            block_kind[n_blocks] = 1 if c0 >= 0 else 0
+            n_blocks += 1
+            block_start[n_blocks] = f
+            max_slots = slots if slots > max_slots else max_slots
+            slots = 0
+        if f == block_start[n_blocks]:
+            c0 = k0
+            c1 = k1
+        slots += edge_msg_offset[fac_edge_offset[f + 1]] - edge_msg_offset[e0]
+        if slots >= _BLOCK or f == n_facs - 1:
+            block_kind[n_blocks] = 1 if c0 >= 0 else 0
+            n_blocks += 1
+            block_start[n_blocks] = f + 1
+            max_slots = slots if slots > max_slots else max_slots
+            slots = 0
+    for b in range(n_blocks):
+        if block_kind[b] == 1:
+            block_kind[b] = 2
+            for f in range(block_start[b] + 1, block_start[b + 1]):
+                if fac_table[f] != fac_table[block_start[b]]:
+                    block_kind[b] = 1
+                    break
+    try:
+        with nogil:
+            for v in prange(n_vars, num_threads=n_threads, schedule="static"):
+                _var_total(&g, v, tot, n_inf, track_inf)
+            while it < max_iter:
                 with parallel(num_threads=n_threads):
-                    q = <double*> malloc((q_size + 3 * max_card + 1) * sizeof(double))
+                    buf = <double*> malloc((6 * max_slots + 3 * max_card + 1) * sizeof(double))
                     cnt = <intp_t*> malloc((2 * max_arity + 1) * sizeof(intp_t))
-                    for f in prange(n_facs, schedule="static"):
-                        fac_delta[f] = _fac_update(&g, f, q, q + q_size, cnt, damping)
+                    for b in prange(n_blocks, schedule="static"):
+                        if block_kind[b] == 0:
+                            block_delta[b] = _flood_block(
+                                &g, block_start[b], block_start[b + 1], tot, n_inf, track_inf,
+                                buf, buf + max_slots, buf + 2 * max_slots, buf + 3 * max_slots,
+                                buf + 5 * max_slots, cnt, damping)
+                        else:
+                            block_delta[b] = _flood_pairwise_block(
+                                &g, block_start[b], block_start[b + 1], block_kind[b] == 2,
+                                tot, n_inf, track_inf, buf, buf + max_slots, buf + 2 * max_slots,
+                                buf + 3 * max_slots, buf + 4 * max_slots, buf + 5 * max_slots,
+                                cnt, damping)
                     free(cnt)
-                    free(q)
-                with parallel(num_threads=n_threads):
-                    q = <double*> malloc((max_card + 1) * sizeof(double))
-                    for v in prange(n_vars, schedule="static"):
-                        _var_update_flood(&g, v, q)
-                    free(q)
+                    free(buf)
+                for v in prange(n_vars, num_threads=n_threads, schedule="static"):
+                    _var_total(&g, v, tot, n_inf, track_inf)
                 dmax = 0.0
-                for f in range(n_facs):
-                    dmax = fac_delta[f] if fac_delta[f] > dmax else dmax
-            else:
-                # sum-product as flat passes so that exp and log run batched:
-                # q = exp(-beta v2f); scaled sums per factor; -log(sums)/beta;
-                # then each variable damps and stores its incoming f2v and
-                # computes its outgoing v2f
-                for c in prange(n_chunks, num_threads=n_threads, schedule="static"):
-                    lo_s = c * chunk
-                    hi_s = lo_s + chunk if lo_s + chunk < n_msg else n_msg
-                    bp_exp_neg(&v2f[lo_s], &qall[lo_s], hi_s - lo_s, beta)
-                with parallel(num_threads=n_threads):
-                    q = <double*> malloc((3 * max_card + 1) * sizeof(double))
-                    cnt = <intp_t*> malloc((2 * max_arity + 1) * sizeof(intp_t))
-                    for f in prange(n_facs, schedule="static"):
-                        _fac_sums(&g, f, &qall[0], &acc_all[0], &fallback[0], q, cnt)
-                    free(cnt)
-                    free(q)
-                for c in prange(n_chunks, num_threads=n_threads, schedule="static"):
-                    lo_s = c * chunk
-                    hi_s = lo_s + chunk if lo_s + chunk < n_msg else n_msg
-                    bp_neg_log(&acc_all[lo_s], &acc_all[lo_s], hi_s - lo_s, beta, _TINY)
-                with parallel(num_threads=n_threads):
-                    q = <double*> malloc((2 * max_card + 1) * sizeof(double))
-                    for v in prange(n_vars, schedule="static"):
-                        var_delta[v] = _var_store_update(&g, v, &acc_all[0], &fallback[0], q, damping)
-                    free(q)
-                dmax = 0.0
-                for v in range(n_vars):
-                    dmax = var_delta[v] if var_delta[v] > dmax else dmax
-            it += 1
-            delta = dmax
-            if delta <= tol:
-                break
+                for b in range(n_blocks):
+                    dmax = block_delta[b] if block_delta[b] > dmax else dmax
+                it += 1
+                delta = dmax
+                if delta <= tol:
+                    break
+            # the caller reads v2f (beliefs, decoding): set it from the final f2v
+            with parallel(num_threads=n_threads):
+                q = <double*> malloc((max_card + 1) * sizeof(double))
+                for v in prange(n_vars, schedule="static"):
+                    _var_update_flood(&g, v, q)
+                free(q)
+    finally:
+        free(block_start)
     return it, delta
 
 
-cdef inline void _fac_sums(Graph* g, intp_t f, const double* qall, double* acc_all,
-                           double* fallback, double* scratch, intp_t* cnt) noexcept nogil:
-    """Scaled sums of every f2v of factor f into its slots of acc_all (q precomputed).
+cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint shared,
+                                  const double* tot, const double* n_inf, bint track_inf,
+                                  double* m, double* q, double* acc, double* fb, double* old,
+                                  double* scratch, intp_t* cnt, double damping) noexcept nogil:
+    """_flood_block for a run of pairwise factors whose scopes have the same cardinalities.
 
-    A sum below _TINY has lost its precision: that state's exact energy-space
-    soft-min, minus the table minimum (the offset of the scaled path), goes to
-    fallback and the sum is set to -1 so that the batched log flags it (NaN).
-    scratch: 3 * max_card doubles.
+    The same steps, with the block's messages transposed into buffers indexed
+    [state][factor] (first edges' states, then second edges'), so that every
+    step except the load and the store is a flat loop over the block's factors
+    that the compiler vectorizes. shared: every factor of the block uses the
+    same table (the contraction then broadcasts its entries).
     """
-    cdef intp_t e0 = g.fac_edge_offset[f]
-    cdef intp_t a = g.fac_edge_offset[f + 1] - e0
-    cdef intp_t t, i, j, K0, K1, k, K, o
-    cdef intp_t off0 = g.edge_msg_offset[e0]
+    cdef intp_t nf = f_hi - f_lo
+    cdef intp_t e_lo = g.fac_edge_offset[f_lo]
+    cdef intp_t base = g.edge_msg_offset[e_lo]
+    cdef intp_t K0 = g.edge_msg_offset[e_lo + 1] - base
+    cdef intp_t K1 = g.edge_msg_offset[e_lo + 2] - base - K0
+    cdef intp_t W = K0 + K1                 # slots per factor
+    cdef intp_t n = nf * W
+    cdef intp_t f, k, i, j, s0, s1, o, idx, t, r
+    cdef const double* tv0
+    cdef const double* tv1
+    cdef const double* cv0
+    cdef const double* cv1
+    cdef const double* fo
     cdef const double* T
-    cdef const double* q0
-    cdef const double* q1
-    cdef double* acc0
-    cdef double* acc1
-    cdef double w, s
-    if a == 2:
-        # pairwise: both directions in one sweep over the table
-        K0 = g.edge_msg_offset[e0 + 1] - off0
-        K1 = g.edge_msg_offset[e0 + 2] - off0 - K0
-        T = g.exp_tables + g.fac_table_offset[f]
-        q0 = qall + off0
-        q1 = q0 + K0
-        acc0 = acc_all + off0
-        acc1 = acc0 + K0
-        for j in range(K1):
-            acc1[j] = 0.0
-        for i in range(K0):
-            w = q0[i]
-            s = 0.0
-            for j in range(K1):
-                acc1[j] += w * T[j]
-                s += T[j] * q1[j]
-            acc0[i] = s
-            T += K1
+    cdef const double* xa
+    cdef const double* xb
+    cdef double* ya
+    cdef double* yb
+    cdef double* lo = scratch              # nf doubles
+    cdef double* f2v
+    cdef double x, y, c, w, delta
+    cdef bint min_sum = g.min_sum
+
+    # load: old f2v and v2f = total - f2v, transposed
+    for f in range(nf):
+        o = base + f * W
+        s0 = g.var_state_offset[g.edge_var[e_lo + 2 * f]]
+        s1 = g.var_state_offset[g.edge_var[e_lo + 2 * f + 1]]
+        fo = g.f2v + o
+        tv0 = tot + s0
+        tv1 = tot + s1
+        if track_inf:
+            cv0 = n_inf + s0
+            cv1 = n_inf + s1
+            for k in range(W):
+                x = fo[k]
+                old[k * nf + f] = x
+                c = cv0[k] if k < K0 else cv1[k - K0]
+                if x == INFINITY:
+                    c -= 1.0
+                    x = 0.0
+                y = tv0[k] if k < K0 else tv1[k - K0]
+                m[k * nf + f] = y - x if c == 0.0 else INFINITY
+        else:
+            for k in range(K0):
+                x = fo[k]
+                old[k * nf + f] = x
+                m[k * nf + f] = tv0[k] - x
+            for k in range(K1):
+                x = fo[K0 + k]
+                old[(K0 + k) * nf + f] = x
+                m[(K0 + k) * nf + f] = tv1[k] - x
+
+    # normalize each v2f to minimum 0 (an all +inf message is left alone)
+    bp_shift_columns(m, nf, 0, K0, lo)
+    bp_shift_columns(m, nf, K0, W, lo)
+
+    # contraction: acc rows 0..K0-1 are the messages to the first variables
+    if min_sum:
+        xa = m
+        xb = m + K0 * nf
     else:
-        for t in range(a):
-            _fac_to_var(g, f, t, <double*> (qall + off0),
-                        acc_all + g.edge_msg_offset[e0 + t], cnt, True, False)
-    for t in range(a):
-        o = g.edge_msg_offset[e0 + t]
-        K = g.edge_msg_offset[e0 + t + 1] - o
-        for k in range(K):
-            if acc_all[o + k] < _TINY:
-                _contract_energy(g, f, t, k, scratch, cnt)
-                fallback[o + k] = scratch[k] - g.table_min[f]
-                acc_all[o + k] = -1.0
+        bp_exp_neg(m, q, n, g.beta)
+        xa = q
+        xb = q + K0 * nf
+    ya = acc
+    yb = acc + K0 * nf
+    if shared:
+        T = (g.tables if min_sum else g.exp_tables) + g.fac_table[f_lo]
+        bp_pair_shared(xa, xb, ya, yb, T, nf, K0, K1, min_sum)
+    else:
+        for f in range(nf):
+            T = (g.tables if min_sum else g.exp_tables) + g.fac_table[f_lo + f]
+            for idx in range(W):
+                acc[idx * nf + f] = INFINITY if min_sum else 0.0
+            for i in range(K0):
+                for j in range(K1):
+                    w = T[i * K1 + j]
+                    if min_sum:
+                        x = xa[i * nf + f] + w
+                        yb[j * nf + f] = x if x < yb[j * nf + f] else yb[j * nf + f]
+                        x = xb[j * nf + f] + w
+                        ya[i * nf + f] = x if x < ya[i * nf + f] else ya[i * nf + f]
+                    else:
+                        yb[j * nf + f] += xa[i * nf + f] * w
+                        ya[i * nf + f] += xb[j * nf + f] * w
+
+    if not min_sum:
+        # a scaled sum below _TINY lost its precision: the exact soft-min (see
+        # _flood_block); the reference path reads v2f from the graph's slots
+        for idx in range(n if bp_any_below(acc, n, _TINY) else 0):
+            if acc[idx] < _TINY:
+                r = idx // nf
+                f = idx - r * nf
+                o = base + f * W
+                for k in range(W):
+                    g.v2f[o + k] = m[k * nf + f]
+                t = 0 if r < K0 else 1
+                _contract_energy(g, f_lo + f, t, r - t * K0, scratch + nf, cnt)
+                fb[idx] = scratch[nf + r - t * K0] - g.table_min[f_lo + f]
+                acc[idx] = -1.0
+        bp_neg_log(acc, acc, n, g.beta, _TINY)
+
+    # damp against the old f2v, normalize, measure the change
+    bp_damp(acc, old, fb, n, damping)
+    bp_shift_columns(acc, nf, 0, K0, lo)
+    bp_shift_columns(acc, nf, K0, W, lo)
+    delta = bp_max_change(acc, old, n)
+
+    # store, transposed back
+    for f in range(nf):
+        f2v = g.f2v + base + f * W
+        for k in range(W):
+            f2v[k] = acc[k * nf + f]
+    return delta
 
 
 cdef intp_t _edge_factor(Graph* g, intp_t e) noexcept nogil:
@@ -703,22 +1104,6 @@ cdef intp_t _edge_factor(Graph* g, intp_t e) noexcept nogil:
             hi = mid
     return lo
 
-
-cdef inline double _fac_update(Graph* g, intp_t f, double* q, double* out, intp_t* cnt,
-                        double damping) noexcept nogil:
-    """All f2v messages of factor f (q computed once for all targets); returns the change."""
-    cdef intp_t e0 = g.fac_edge_offset[f]
-    cdef intp_t a = g.fac_edge_offset[f + 1] - e0
-    cdef intp_t t, K, v
-    cdef double d, delta = 0.0
-    for t in range(a):
-        v = g.edge_var[e0 + t]
-        K = g.var_state_offset[v + 1] - g.var_state_offset[v]
-        _fac_to_var(g, f, t, q, out, cnt, t > 0)
-        d = _store_f2v(g, e0 + t, out, K, damping)
-        if d > delta:
-            delta = d
-    return delta
 
 
 def beliefs(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
@@ -765,7 +1150,7 @@ def beliefs(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offse
 def decode(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
            const intp_t[::1] var_edges, const intp_t[::1] fac_edge_offset,
            const intp_t[::1] edge_var, const intp_t[::1] edge_stride,
-           const intp_t[::1] edge_msg_offset, const intp_t[::1] fac_table_offset,
+           const intp_t[::1] edge_msg_offset, const intp_t[::1] fac_table,
            const float64_t[::1] tables, const float64_t[::1] table_min,
            const float64_t[::1] unary, const intp_t[::1] order,
            float64_t[::1] v2f, float64_t[::1] f2v, intp_t max_card,
@@ -781,7 +1166,7 @@ def decode(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset
     Overwrites v2f and f2v. states_out (V,): filled for the variables in order.
     """
     cdef Graph g = _make_graph(var_state_offset, var_edge_offset, var_edges, fac_edge_offset,
-                               edge_var, edge_stride, edge_msg_offset, fac_table_offset, tables,
+                               edge_var, edge_stride, edge_msg_offset, fac_table, tables,
                                tables, table_min, unary, v2f, f2v, 1.0, True)
     cdef intp_t n = order.shape[0]
     cdef intp_t s, v, i, e, f, k, K, s0, best, max_arity = 0
