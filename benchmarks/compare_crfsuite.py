@@ -1,0 +1,185 @@
+"""factorebm against CRFsuite (python-crfsuite) on UD English EWT, side by side in one run.
+
+Both taggers train on the bundled EWT train split and are evaluated on test. Each phase runs in a
+fresh child process (spawned, so nothing is shared) and reports its own wall time and peak
+resident memory (``ru_maxrss``), so the figures of one system never include the other's.
+
+CRFsuite gets the standard feature set of the sklearn-crfsuite tutorial style: lowercased word,
+suffixes 1-4, prefixes 1-3, shape flags, neighbouring words; L-BFGS, 100 iterations, c1 = 0.05,
+c2 = 0.01. factorebm uses its defaults (``factorebm train``).
+
+Tagging speed is end to end from a CoNLL-U file: read, extract features, decode.
+
+Run:  pip install python-crfsuite && python benchmarks/compare_crfsuite.py [--repeats 3]
+"""
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{platform.platform()}, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def _peak_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ----------------------------------------------------------------------------- CRFsuite side
+def crf_word_features(sent, i):
+    w = sent[i]
+    lw = w.lower()
+    f = {
+        "bias": 1.0,
+        "w.lower": lw,
+        "w[-4:]": lw[-4:], "w[-3:]": lw[-3:], "w[-2:]": lw[-2:], "w[-1:]": lw[-1:],
+        "w[:1]": lw[:1], "w[:2]": lw[:2], "w[:3]": lw[:3],
+        "w.isupper": w.isupper(), "w.istitle": w.istitle(), "w.isdigit": w.isdigit(),
+        "w.hasdigit": any(c.isdigit() for c in w), "w.hashyphen": "-" in w,
+    }
+    if i > 0:
+        p = sent[i - 1]
+        f.update({"-1:w.lower": p.lower(), "-1:w.istitle": p.istitle(), "-1:w.isupper": p.isupper()})
+    else:
+        f["BOS"] = True
+    if i < len(sent) - 1:
+        n = sent[i + 1]
+        f.update({"+1:w.lower": n.lower(), "+1:w.istitle": n.istitle(), "+1:w.isupper": n.isupper()})
+    else:
+        f["EOS"] = True
+    return f
+
+
+def crf_sent_features(sent):
+    return [crf_word_features(sent, i) for i in range(len(sent))]
+
+
+def crf_train(model_path):
+    import pycrfsuite
+    import factorebm as fe
+    t0 = time.perf_counter()
+    sents, tags = fe.datasets.load_ud_english_ewt("train")
+    trainer = pycrfsuite.Trainer(verbose=False)
+    for s, t in zip(sents, tags):
+        trainer.append(crf_sent_features(s), t)
+    trainer.set_params({"c1": 0.05, "c2": 0.01, "max_iterations": 100,
+                        "feature.possible_transitions": True})
+    trainer.train(model_path)
+    return {"train_s": time.perf_counter() - t0, "peak_mib": _peak_mib()}
+
+
+def crf_tag(model_path, conllu_path):
+    import pycrfsuite
+    import factorebm as fe
+    tagger = pycrfsuite.Tagger()
+    tagger.open(model_path)
+    t0 = time.perf_counter()
+    sents, gold = fe.datasets.load_conllu(conllu_path)
+    pred = [tagger.tag(crf_sent_features(s)) for s in sents]
+    dt = time.perf_counter() - t0
+    n = sum(len(s) for s in sents)
+    correct = sum(p == g for ps, gs in zip(pred, gold) for p, g in zip(ps, gs))
+    return {"tag_s": dt, "tokens": n, "accuracy": correct / n, "peak_mib": _peak_mib()}
+
+
+# ----------------------------------------------------------------------------- factorebm side
+def fe_train(model_path):
+    import factorebm as fe
+    t0 = time.perf_counter()
+    sents, tags = fe.datasets.load_ud_english_ewt("train")
+    tagger = fe.SequenceTagger(verbose=False)
+    tagger.fit(sents, tags)
+    tagger.save(model_path)
+    return {"train_s": time.perf_counter() - t0, "peak_mib": _peak_mib()}
+
+
+def fe_tag(model_path, conllu_path):
+    import factorebm as fe
+    tagger = fe.SequenceTagger.load(model_path)
+    t0 = time.perf_counter()
+    sents, gold = fe.datasets.load_conllu(conllu_path)
+    pred = tagger.predict(sents)
+    dt = time.perf_counter() - t0
+    n = sum(len(s) for s in sents)
+    correct = sum(p == g for ps, gs in zip(pred, gold) for p, g in zip(ps, gs))
+    return {"tag_s": dt, "tokens": n, "accuracy": correct / n, "peak_mib": _peak_mib()}
+
+
+def _child(fn_name, args, conn):
+    conn.send(globals()[fn_name](*args))
+    conn.close()
+
+
+def in_child(fn_name, *args):
+    """Run one phase in a fresh spawned interpreter; return its dict (timings, peak memory)."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_child, args=(fn_name, args, child))
+    p.start()
+    out = parent.recv()
+    p.join()
+    if p.exitcode != 0:
+        raise RuntimeError(f"{fn_name} failed in the child process (exit {p.exitcode})")
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of the tagging timing")
+    ap.add_argument("--train-repeats", type=int, default=1, help="repeats of each training run")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args(argv)
+
+    import factorebm as fe
+    test_path = str(fe.datasets.ud_english_ewt_path("test"))
+    print(f"machine: {machine()}")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, train_fn, tag_fn, path in [
+            ("crfsuite", "crf_train", "crf_tag", os.path.join(tmp, "ewt.crfsuite")),
+            ("factorebm", "fe_train", "fe_tag", os.path.join(tmp, "ewt.npz")),
+        ]:
+            trains = [in_child(train_fn, path) for _ in range(args.train_repeats)]
+            tags = [in_child(tag_fn, path, test_path) for _ in range(args.repeats)]
+            results[name] = {
+                "train_s": statistics.median(t["train_s"] for t in trains),
+                "train_peak_mib": max(t["peak_mib"] for t in trains),
+                "test_accuracy": tags[0]["accuracy"],
+                "tag_tokens_per_s": statistics.median(t["tokens"] / t["tag_s"] for t in tags),
+                "tag_peak_mib": max(t["peak_mib"] for t in tags),
+            }
+            r = results[name]
+            print(f"{name:>10}: test accuracy {100 * r['test_accuracy']:.2f}%  "
+                  f"train {r['train_s']:.1f} s (peak {r['train_peak_mib']:.0f} MiB)  "
+                  f"tag {r['tag_tokens_per_s']:,.0f} tokens/s end to end "
+                  f"(peak {r['tag_peak_mib']:.0f} MiB)", flush=True)
+    c, f = results["crfsuite"], results["factorebm"]
+    print("ratios factorebm / crfsuite: "
+          f"accuracy {100 * (f['test_accuracy'] - c['test_accuracy']):+.2f} points, "
+          f"training time x{f['train_s'] / c['train_s']:.2f}, "
+          f"tagging speed x{f['tag_tokens_per_s'] / c['tag_tokens_per_s']:.2f}, "
+          f"training peak memory x{f['train_peak_mib'] / c['train_peak_mib']:.2f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": machine(), "results": results}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
