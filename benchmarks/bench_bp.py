@@ -22,7 +22,6 @@ Run:  python benchmarks/bench_bp.py            (100x100 and 300x300, 3 repeats)
 """
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -36,18 +35,10 @@ import numpy as np  # noqa: E402
 import factorebm as fe  # noqa: E402
 
 
-def machine():
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{platform.platform()}; {cpu}; {os.cpu_count()} cores; numpy {np.__version__}"
+from _machine import describe  # noqa: E402  (benchmarks/_machine.py)
 
+def machine():
+    return f"{describe()}; numpy {np.__version__}"
 
 def potts_grid(n, K, seed=0, coupling=1.0):
     """An n x n grid: random unary energies in [0, 1), Potts pairwise energies coupling * [k != l]."""

@@ -13,8 +13,6 @@ Run:  python benchmarks/bench_chain.py          (full: ~1-2 minutes)
       python benchmarks/bench_chain.py --quick  (2,000 sequences, fewer repeats)
 """
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
@@ -22,21 +20,12 @@ import numpy as np
 from factorebm import chain, _chain
 
 
+from _machine import describe  # noqa: E402  (benchmarks/_machine.py)
+
 def machine_description():
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (f"{platform.platform()} | {cpu} | {os.cpu_count()} cores | "
-            f"python {platform.python_version()} | numpy {np.__version__} | "
+    return (f"{describe()} | numpy {np.__version__} | "
             f"OpenMP {'yes' if _chain.has_openmp() else 'no'}, "
             f"default threads {_chain.max_threads()}")
-
 
 def make_batch(n_seq, K, seed=0):
     rng = np.random.default_rng(seed)

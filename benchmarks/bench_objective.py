@@ -14,8 +14,6 @@ ratios, and a breakdown of factorebm's time (emission product, chain kernel, gra
                                                     # the tagger's default features
 """
 import argparse
-import os
-import platform
 import statistics
 import time
 
@@ -28,19 +26,10 @@ from factorebm import _sparse
 from factorebm.learning import LinearChainEnergy, chain_objective
 
 
-def machine():
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (f"{platform.platform()}; {cpu}; {os.cpu_count()} cores; "
-            f"python {platform.python_version()}")
+from _machine import describe  # noqa: E402  (benchmarks/_machine.py)
 
+def machine():
+    return describe()
 
 def make_corpus(n_tokens, n_features, nnz_per_token, K, seed=0):
     rng = np.random.default_rng(seed)

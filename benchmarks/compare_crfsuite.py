@@ -16,7 +16,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -24,18 +23,8 @@ import tempfile
 import time
 
 
-def machine():
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{platform.platform()}, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
+from _machine import describe  # noqa: E402  (benchmarks/_machine.py)
 
 def _peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -148,7 +137,7 @@ def main(argv=None):
 
     import factorebm as fe
     test_path = str(fe.datasets.ud_english_ewt_path("test"))
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, train_fn, tag_fn, path in [
@@ -177,7 +166,7 @@ def main(argv=None):
           f"training peak memory x{f['train_peak_mib'] / c['train_peak_mib']:.2f}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"machine": machine(), "results": results}, fh, indent=2)
+            json.dump({"machine": describe(), "results": results}, fh, indent=2)
     return 0
 
 
