@@ -258,6 +258,10 @@ def _decode_strings(buf, lengths, what):
     return parts
 
 
+# Word types whose feature strings FeatureExtractor.fit materializes at once.
+_FIT_CHUNK_TYPES = 2048
+
+
 class _AutoIndex(dict):
     """key -> consecutive id in order of first lookup."""
 
@@ -576,7 +580,10 @@ class FeatureExtractor:
             del self._index[word]
         self._index.new = []
 
-    def _assemble(self, tok_type, offsets):
+    def _assemble(self, tok_type, offsets, binary=False):
+        """The CSR feature matrix of a mapped batch; ``binary=True`` stores its data (all
+        1.0) as a read-only stride-0 view instead of an (nnz,) array of ones (see
+        :func:`factorebm.learning._is_binary_data`)."""
         from . import _features
         n_tokens = tok_type.shape[0]
         seg = self._seg[:self._n_types]
@@ -589,7 +596,8 @@ class FeatureExtractor:
             indptr = indptr.astype(np.int32)
         else:   # scipy keeps indices and indptr in one dtype
             indices = indices.astype(np.int64)
-        X = sp.csr_matrix((np.ones(nnz), indices, indptr), shape=(n_tokens, self.n_features_),
+        data = np.broadcast_to(np.float64(1.0), (nnz,)) if binary and nnz > 1 else np.ones(nnz)
+        X = sp.csr_matrix((data, indices, indptr), shape=(n_tokens, self.n_features_),
                           copy=False)
         X.has_sorted_indices = True
         return X
@@ -628,12 +636,25 @@ class FeatureExtractor:
         n_types = len(words) + _N_PSEUDO
         n_groups = len(self._groups)
         counts = self._neighbour_counts(tok_type, offsets, n_types)
-        flat, lengths = self._flat_strings(
-            itertools.chain(self._pseudo_strings(), map(self._type_strings, words)))
         # Provisional ids in order of first appearance, one C-level dict lookup per string.
+        # The types' strings are made a chunk of types at a time: most are repeats of
+        # strings already numbered, and holding all of them at once (several per type and
+        # group) would cost more memory than the finished vocabulary and the feature matrix.
         provisional = _AutoIndex()
-        prov_ids = np.fromiter(map(provisional.__getitem__, flat), dtype=np.int64,
-                               count=len(flat))
+        id_chunks = []
+        length_chunks = []
+        per_type = itertools.chain(self._pseudo_strings(), map(self._type_strings, words))
+        while True:
+            flat, lengths = self._flat_strings(itertools.islice(per_type, _FIT_CHUNK_TYPES))
+            if not lengths.shape[0]:
+                break
+            id_chunks.append(np.fromiter(map(provisional.__getitem__, flat), dtype=np.int64,
+                                         count=len(flat)))
+            length_chunks.append(lengths)
+        del flat
+        prov_ids = np.concatenate(id_chunks)
+        lengths = np.concatenate(length_chunks)
+        del id_chunks, length_chunks
         n_prov = len(provisional)
         key = np.repeat(np.arange(n_types * n_groups, dtype=np.int64), lengths)
         entry_group = key % n_groups
@@ -652,9 +673,14 @@ class FeatureExtractor:
         remap = np.full(n_prov, -1, dtype=np.int64)
         remap[kept] = np.arange(kept.shape[0])
         prov_names = list(provisional)
-        self._names = [prov_names[p] for p in kept.tolist()]
-        self._names_buf, self._names_len = _encode_strings(self._names)
-        self.n_features_ = len(self._names)
+        del provisional
+        names = [prov_names[p] for p in kept.tolist()]
+        del prov_names
+        self._names_buf, self._names_len = _encode_strings(names)
+        self.n_features_ = len(names)
+        # The names as Python strings cost more than the fitted model's weights' worth of
+        # memory; the UTF-8 buffer holds them and feature_names_ decodes it on demand.
+        del names
         self.min_count_ = int(min_count)
         self._fitted = True
         self._n_types = 0
@@ -710,8 +736,12 @@ class FeatureExtractor:
 
     def fit_transform(self, sents, min_count=1):
         """``fit(sents, min_count)`` then ``transform(sents)``, sharing the token mapping."""
+        return self._fit_transform(sents, min_count)
+
+    def _fit_transform(self, sents, min_count=1, binary=False):
+        """:meth:`fit_transform`, optionally with binary (data-free) X as in ``_assemble``."""
         tok_type, offsets = self._fit(sents, min_count)
-        return self._assemble(tok_type, offsets), offsets
+        return self._assemble(tok_type, offsets, binary), offsets
 
     # ---------------------------------------------------------------- saving
 

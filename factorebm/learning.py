@@ -81,6 +81,22 @@ def _check_csr(X, n_features, what="X"):
     return X
 
 
+def _is_binary_data(data):
+    """True for the data of a binary CSR matrix stored without an array of ones.
+
+    Indicator features can be given as a CSR matrix whose ``data`` is the read-only view
+    ``np.broadcast_to(1.0, (nnz,))`` (stride 0, no memory): the mini-batch optimizers then
+    never allocate the (nnz,) float64 ones, the largest array of a tagging corpus.
+    """
+    return (data.ndim == 1 and data.shape[0] > 1 and data.strides[0] == 0
+            and data[0] == 1.0)
+
+
+def _dense_data(X):
+    """``X.data`` as a contiguous array for the product kernels (binary data materialized)."""
+    return np.ascontiguousarray(X.data)
+
+
 def _check_offsets(offsets, n_tokens, what="offsets"):
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     if offsets.ndim != 1 or offsets.size < 1:
@@ -226,7 +242,7 @@ class LinearChainEnergy:
         W_emit = self.unpack(w)[0]
         X = _check_csr(X, self.n_features)
         out = np.empty((X.shape[0], self.n_states))
-        _sparse.csr_dense_matmul(X.indptr, X.indices, X.data, W_emit, out,
+        _sparse.csr_dense_matmul(X.indptr, X.indices, _dense_data(X), W_emit, out,
                                  _threads_for(n_threads, X.shape[0]))
         return out
 
@@ -512,7 +528,7 @@ def chain_objective(w, model, X, offsets, y, loss="nll", *, l2=0.0, beta=1.0, n_
     # this function): a fresh 28 MB array per call at EWT scale costs page faults.
     U = corpus._workspace("unary", (corpus.n_tokens, K))
     Xc = corpus.X
-    _sparse.csr_dense_matmul(Xc.indptr, Xc.indices, Xc.data, W_emit, U, nt)
+    _sparse.csr_dense_matmul(Xc.indptr, Xc.indices, _dense_data(Xc), W_emit, U, nt)
     loss_i, g_trans, g_start, g_end, emit = _chain_terms(
         U, transition, start, end, corpus.offsets, corpus.y, corpus.first, corpus.last,
         corpus.first_seq, corpus.inner, corpus.seq_of_token, spec, beta, params, nt, chain,

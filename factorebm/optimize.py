@@ -31,7 +31,8 @@ import scipy.sparse as sp
 
 from . import losses as _losses
 from .learning import (ChainCorpus, LinearChainEnergy, _check_csr, _default_threads,
-                       _loss_params, chain_batch_gradient, chain_objective, graph_objective)
+                       _dense_data, _is_binary_data, _loss_params, chain_batch_gradient,
+                       chain_objective, graph_objective)
 
 __all__ = ["fit_chain", "fit_graphs", "OPTIMIZERS", "default_optimizer"]
 
@@ -393,6 +394,8 @@ class _ChainStochastic:
             U_rows = u[:model.n_emit].reshape(F, K)
             u_dense = u[model.n_emit:].reshape(1, -1)
         buf = self._batch_buffers()
+        # batch_csr reads an empty data array as "all ones" (binary features, no ones stored)
+        X_data = np.empty(0) if _is_binary_data(X.data) else _dense_data(X)
         last = np.full(F, -1, dtype=np.int64)
         step = 0
         for epoch in range(1, max_iter + 1):
@@ -406,7 +409,7 @@ class _ChainStochastic:
                 s1 = min(n, s0 + self.batch_size)
                 nb = s1 - s0
                 n_tok, nnz, R = _optim.batch_csr(
-                    X.indptr, X.indices, X.data, c.offsets, c.y, perm[s0:s1], buf["local_of"],
+                    X.indptr, X.indices, X_data, c.offsets, c.y, perm[s0:s1], buf["local_of"],
                     buf["indptr"], buf["indices"], buf["data"], buf["y"], buf["offsets"],
                     buf["cols"])
                 Xb = sp.csr_matrix((buf["data"][:nnz], buf["indices"][:nnz],

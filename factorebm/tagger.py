@@ -174,8 +174,13 @@ class SequenceTagger:
         index = {t: i for i, t in enumerate(self.labels_.tolist())}
         y = np.fromiter((index[t] for ts in tags for t in ts), dtype=np.int64, count=n_tokens)
 
+        schedule = self._training_schedule()
         fx = FeatureExtractor(**(self.features or {}))
-        X, offsets = fx.fit_transform(sents, min_count=self.min_count)
+        # The mini-batch optimizers gather batches from the corpus and can read its
+        # indicator features without the (nnz,) array of ones (a quarter of the training
+        # memory on EWT); L-BFGS multiplies by X as a whole and keeps the ones.
+        X, offsets = fx._fit_transform(sents, self.min_count,
+                                       binary=schedule["optimizer"] != "lbfgs")
         self.feature_extractor_ = fx
         model = LinearChainEnergy(fx.n_features_, len(self.labels_))
         self.model_ = model
@@ -196,11 +201,16 @@ class SequenceTagger:
                 return {"dev_accuracy": float(np.mean(pred == yd)) if len(yd) else float("nan")}
 
         kwargs = dict(self.loss_params)
-        kwargs.update(self._training_schedule())
-        w, history = fit_chain(model, X, offsets, y, loss=self.loss, l1=self.l1,
-                               callback=callback, verbose=self.verbose,
-                               n_threads=self.n_threads, random_state=self.random_state,
-                               **kwargs)
+        kwargs.update(schedule)
+        try:
+            w, history = fit_chain(model, X, offsets, y, loss=self.loss, l1=self.l1,
+                                   callback=callback, verbose=self.verbose,
+                                   n_threads=self.n_threads, random_state=self.random_state,
+                                   **kwargs)
+        finally:
+            # The model caches the validated training corpus (X and its transpose) for
+            # repeated objective calls; a fitted tagger must not keep the corpus alive.
+            model._cache = None
         self.coef_ = np.ascontiguousarray(w, dtype=np.float64)
         self.history_ = history
         self.fit_time_ = time.perf_counter() - t0

@@ -148,6 +148,8 @@ def batch_csr(const index_t[::1] indptr, const index_t[::1] indices,
     Parameters
     ----------
     indptr, indices, data : the corpus' CSR matrix X (N, n_features), int32 or int64 indices
+        ``data`` of length 0 means binary features: every stored value is 1.0 (a corpus of
+        indicator features then needs no (nnz,) array of ones).
     offsets : (n+1,) int64
         Sequence i is tokens ``offsets[i]:offsets[i+1]`` of X.
     y : (N,) int64
@@ -176,6 +178,7 @@ def batch_csr(const index_t[::1] indptr, const index_t[::1] indices,
     cdef intp_t i, s, t, f, loc
     cdef intp_t n_tok = 0, nnz = 0, n_cols = 0
     cdef index_t p
+    cdef bint ones = data.shape[0] == 0
     with nogil:
         b_indptr[0] = 0
         b_offsets[0] = 0
@@ -192,7 +195,7 @@ def batch_csr(const index_t[::1] indptr, const index_t[::1] indices,
                         cols[n_cols] = f
                         n_cols += 1
                     b_indices[nnz] = <out_index_t>loc
-                    b_data[nnz] = data[p]
+                    b_data[nnz] = 1.0 if ones else data[p]
                     nnz += 1
                 n_tok += 1
                 b_indptr[n_tok] = <out_index_t>nnz

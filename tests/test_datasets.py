@@ -172,6 +172,14 @@ def test_write_round_trip_is_byte_identical_on_bundled_dev(tmp_path):
     assert text.getvalue().encode() == _ewt_bytes("dev")
 
 
+def test_load_shares_one_string_per_distinct_form_and_tag():
+    sents, tags = fe.datasets.load_ud_english_ewt("dev")
+    forms = [w for s in sents for w in s]
+    upos = [t for ts in tags for t in ts]
+    assert len({id(w) for w in forms}) == len(set(forms)) < len(forms)
+    assert len({id(t) for t in upos}) == len(set(upos)) <= 18
+
+
 def test_sentence_views_agree_with_load_conllu(tmp_path):
     path = _write(tmp_path, "a.conllu", SAMPLE)
     sentences = read_conllu(path)

@@ -219,6 +219,25 @@ def test_fit_transform_equals_fit_then_transform():
     assert (X1 != X2).nnz == 0 and np.array_equal(X1.indices, X2.indices)
 
 
+def test_chunked_vocabulary_building_and_binary_output_change_nothing(monkeypatch):
+    sents, _ = fe.datasets.load_ud_english_ewt("dev")
+    sents = sents[:300]
+    fx_ref = FeatureExtractor()
+    X_ref, off_ref = fx_ref.fit_transform(sents)
+    # fit numbers the feature strings a few word types at a time: the chunk size must not
+    # matter, down to one type per chunk
+    monkeypatch.setattr(fe.features, "_FIT_CHUNK_TYPES", 3)
+    fx = FeatureExtractor()
+    X, off = fx._fit_transform(sents, binary=True)
+    assert fx.feature_names_ == fx_ref.feature_names_
+    assert np.array_equal(off, off_ref)
+    assert np.array_equal(X.indptr, X_ref.indptr) and np.array_equal(X.indices, X_ref.indices)
+    # binary output: the same matrix, its ones a read-only view taking no memory
+    assert X.data.strides == (0,) and not X.data.flags.writeable
+    assert (X != X_ref).nnz == 0
+    assert np.array_equal(X_ref.data, np.ones(X_ref.nnz)) and X_ref.data.flags.writeable
+
+
 def test_cache_trimming_does_not_change_output():
     fx = FeatureExtractor(cache_size=0).fit(TRAIN)
     fresh = FeatureExtractor().fit(TRAIN)

@@ -83,6 +83,34 @@ def test_batch_csr_matches_fancy_indexing(index_dtype, out_dtype):
         assert np.all(local_of == -1)    # the scratch map is left clean for the next batch
 
 
+def test_batch_csr_empty_data_means_binary_features():
+    # an empty data array stands for "every stored value is 1.0": the batch must come out as
+    # the one gathered from an explicit array of ones
+    rng = np.random.default_rng(3)
+    n, F = 20, 40
+    lengths = rng.integers(0, 6, n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    N = int(offsets[-1])
+    X = sp.random(N, F, density=0.2, random_state=2, format="csr")
+    y = rng.integers(0, 3, N).astype(np.int64)
+    seqs = rng.permutation(n)[:12].astype(np.int64)
+    results = []
+    for data in (np.ones(X.nnz), np.empty(0)):
+        local_of = np.full(F, -1, dtype=np.int64)
+        bufs = [np.empty(N + 1, np.int32), np.empty(X.nnz, np.int32),
+                np.full(X.nnz, np.nan), np.empty(N, np.int64), np.empty(n + 1, np.int64),
+                np.empty(F, np.int64)]
+        n_tok, nnz, R = _optim.batch_csr(X.indptr, X.indices, data, offsets, y, seqs,
+                                         local_of, *bufs)
+        results.append((n_tok, nnz, R, [b.copy() for b in bufs]))
+    (n0, z0, r0, b0), (n1, z1, r1, b1) = results
+    assert (n0, z0, r0) == (n1, z1, r1) and z0 > 0
+    np.testing.assert_array_equal(b1[2][:z1], 1.0)
+    sizes = (n0 + 1, z0, z0, n0, seqs.size + 1, r0)    # the filled part of each output
+    for a, b, m in zip(b0, b1, sizes):
+        np.testing.assert_array_equal(a[:m], b[:m])
+
+
 # ---------------------------------------------------------------------------------------------
 # Lazy catch-up
 # ---------------------------------------------------------------------------------------------

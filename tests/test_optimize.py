@@ -240,3 +240,31 @@ def test_lbfgs_matches_scipy_on_a_quadratic():
     w = _lbfgs_smooth(fun, np.zeros(300), 500, 0.0, rep)
     np.testing.assert_allclose(w, b, atol=1e-7)
     assert all(a["loss"] >= c["loss"] for a, c in zip(rep.history, rep.history[1:]))
+
+
+def _binary(X):
+    """X (all data 1.0) with its data as a stride-0 view, as the tagger trains on it."""
+    return sp.csr_matrix((np.broadcast_to(np.float64(1.0), (X.nnz,)), X.indices, X.indptr),
+                         shape=X.shape, copy=False)
+
+
+@pytest.mark.parametrize("optimizer,loss", [("adagrad", "nll"), ("sgd", "hinge"),
+                                            ("perceptron", "perceptron"), ("lbfgs", "nll")])
+def test_binary_features_without_data_train_identically(optimizer, loss):
+    model, X, offsets, y = _corpus(seed=5)
+    Xb = _binary(X)
+    assert Xb.data.strides == (0,)
+    kw = dict(loss=loss, optimizer=optimizer, max_iter=3, batch_size=7, verbose=False,
+              random_state=0)
+    w_dense, _ = fit_chain(LinearChainEnergy(model.n_features, model.n_labels), X, offsets,
+                           y, **kw)
+    w_binary, _ = fit_chain(LinearChainEnergy(model.n_features, model.n_labels), Xb,
+                            offsets, y, **kw)
+    np.testing.assert_array_equal(w_binary, w_dense)
+    # the full objective and the emission product read the data-free matrix too
+    f0, g0 = chain_objective(w_dense, model, X, offsets, y, "nll", l2=0.1)
+    f1, g1 = chain_objective(w_dense, LinearChainEnergy(model.n_features, model.n_labels),
+                             Xb, offsets, y, "nll", l2=0.1)
+    assert f1 == f0
+    np.testing.assert_array_equal(g1, g0)
+    np.testing.assert_array_equal(model.unary(w_dense, Xb), model.unary(w_dense, X))

@@ -123,3 +123,21 @@ def test_lbfgs_training_also_works(small_ewt):
     baseline = most_frequent_tag_accuracy(s, t, ds, dt)
     tagger = fe.SequenceTagger(optimizer="lbfgs", max_iter=30, verbose=False).fit(s, t)
     assert tagger.score(ds, dt) > baseline + 0.03
+    assert tagger.model_._cache is None
+
+
+def test_fitted_tagger_keeps_no_training_corpus(small_ewt, nll_tagger):
+    # binary (data-free) training features give the weights of explicit ones, and the model's
+    # corpus cache (X, its transpose) is dropped after fit
+    (s, t), (ds, _) = small_ewt
+    assert nll_tagger.model_._cache is None
+    fx = fe.features.FeatureExtractor()
+    X, offsets = fx.fit_transform(s)
+    index = {tag: i for i, tag in enumerate(nll_tagger.labels_.tolist())}
+    y = np.array([index[tag] for ts in t for tag in ts], dtype=np.int64)
+    kwargs = dict(nll_tagger._training_schedule())
+    w, _ = fe.optimize.fit_chain(fe.learning.LinearChainEnergy(fx.n_features_, len(index)),
+                                 X, offsets, y, loss="nll", verbose=False, random_state=0,
+                                 **kwargs)
+    assert X.data.strides == (8,)
+    np.testing.assert_array_equal(w, nll_tagger.coef_)

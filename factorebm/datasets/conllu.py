@@ -177,6 +177,11 @@ def _parse_forms_and_upos(text, name):
     upos = []
     ids = _ID_STRINGS
     n_ids = len(ids)
+    # One string object per distinct form and tag: a corpus repeats them many times over
+    # (EWT train: 204,577 tokens, 20,000 forms, 17 tags), and separate copies would cost
+    # several times the memory of the rest of the returned lists.
+    shared = {}
+    share = shared.setdefault
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line or line == "\r":
             if forms:
@@ -206,8 +211,8 @@ def _parse_forms_and_upos(text, name):
             tag = cols[3]
             if not form or not tag:
                 raise _error(name, lineno, "empty FORM" if not form else "empty UPOS")
-            forms.append(form)
-            upos.append(tag)
+            forms.append(share(form, form))
+            upos.append(share(tag, tag))
         else:
             _check_word_id(name, lineno, token_id, len(forms))
     if forms:
