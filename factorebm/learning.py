@@ -458,6 +458,10 @@ def _chain_terms(U, transition, start, end, offsets, y, first, last, first_seq, 
 
 
 def _loss_params(spec, beta, loss_params):
+    """Validate beta and the loss's parameters; return them with beta filled in where the loss
+    takes one (square_exp)."""
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta!r}")
     spec.check_params(loss_params)
     params = dict(loss_params)
     if "beta" in spec.params:
@@ -513,8 +517,6 @@ def chain_objective(w, model, X, offsets, y, loss="nll", *, l2=0.0, beta=1.0, n_
     from . import _sparse, chain
     spec = _losses.get(loss)
     params = _loss_params(spec, beta, loss_params)
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta!r}")
     w = model.check_weights(w)
     if isinstance(X, ChainCorpus):
         corpus = X
@@ -812,8 +814,6 @@ def graph_objective(w, samples, loss="nll", *, l2=0.0, beta=1.0, **loss_params):
     from . import inference
     spec = _losses.get(loss)
     params = _loss_params(spec, beta, loss_params)
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta!r}")
     if len(samples) == 0:
         raise ValueError("graph_objective needs at least one sample")
     w = np.ascontiguousarray(w, dtype=np.float64)

@@ -517,8 +517,6 @@ def fit_chain(model, X, offsets, y, *, loss="nll", optimizer=None, l1=0.0, l2=No
     spec, optimizer, l1, l2, max_iter, batch_size, learning_rate = _check_common(
         optimizer, loss, l1, l2, max_iter, batch_size, learning_rate)
     params = _loss_params(spec, beta, loss_params)
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta!r}")
     if isinstance(X, ChainCorpus):
         corpus = X
     else:
