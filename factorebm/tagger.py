@@ -71,7 +71,8 @@ class SequenceTagger:
         for the perceptron loss and mini-batch AdaGrad for the others: on EWT it reaches the
         accuracy of 100 L-BFGS iterations in a few epochs, in a fraction of the time.
     l1, l2 : float
-        Regularization strengths (``l2=None`` means the optimizer's default).
+        Regularization strengths (``l2=None`` means 1e-5 for AdaGrad, chosen on EWT dev, and
+        the optimizer's default otherwise).
     max_iter : int or None
         Iterations (L-BFGS) or epochs (stochastic optimizers); None means 6 epochs for the
         stochastic optimizers and 100 L-BFGS iterations.
@@ -147,7 +148,9 @@ class SequenceTagger:
         schedule = {
             "optimizer": optimizer,
             "max_iter": self.max_iter if self.max_iter is not None else (6 if stochastic else 100),
-            "l2": self.l2,
+            # 1e-5 for AdaGrad: chosen on EWT dev (94.85% against 94.80% at fit_chain's 1e-4;
+            # 3e-6 to 3e-5 are as good, 1e-3 loses a point).
+            "l2": self.l2 if self.l2 is not None else (1e-5 if optimizer == "adagrad" else None),
             "batch_size": self.batch_size if self.batch_size is not None else (32 if stochastic else None),
             "learning_rate": self.learning_rate if self.learning_rate is not None else (
                 0.2 if optimizer == "adagrad" else None),
