@@ -76,7 +76,9 @@ cdef extern from *:
     static void bp_exp_neg(const double* x, double* out, Py_ssize_t n, double beta) {
         const double shift = 6755399441055744.0;            /* 0x1.8p52 */
         const double log2e = 1.4426950408889634;
-        const double ln2hi = 0.6931471805599453, ln2lo = 2.3190468138462996e-17;
+        /* Cody-Waite split of ln 2 (fdlibm): ln2hi has 21 trailing zero bits, so
+           kd * ln2hi is exact for |kd| < 2^21 with or without FMA contraction. */
+        const double ln2hi = 6.93147180369123816490e-01, ln2lo = 1.90821492927058770002e-10;
         for (Py_ssize_t i = 0; i < n; i++) {
             double y = -beta * x[i];
             double yc = y < -708.0 ? -708.0 : y;             /* also maps -inf (and NaN-free) */
@@ -105,7 +107,7 @@ cdef extern from *:
     /* out[i] = -log(x[i]) / beta for x[i] >= tiny (finite); NaN (a flag) otherwise. */
     BP_CLONES
     static void bp_neg_log(const double* x, double* out, Py_ssize_t n, double beta, double tiny) {
-        const double ln2hi = 0.6931471805599453, ln2lo = 2.3190468138462996e-17;
+        const double ln2hi = 6.93147180369123816490e-01, ln2lo = 1.90821492927058770002e-10;
         const double sqrt2 = 1.4142135623730951;
         const double scale = -1.0 / beta;   /* a multiply, not a divide, per element */
         for (Py_ssize_t i = 0; i < n; i++) {
