@@ -23,10 +23,12 @@ Latent variables (the tutorial's Z) are minimized out by min-sum and summed out
 by sum-product: ``free_energy(g, beta, evidence=Y)`` is F(Y) =
 -(1/beta) log sum_z exp(-beta E(Y, z)).
 """
+from itertools import compress
 from numbers import Integral, Real
 
 import numpy as np
 
+from . import _bp
 from .graph import FactorGraph
 
 __all__ = ["min_sum", "sum_product", "free_energy", "most_offending",
@@ -140,18 +142,18 @@ def _segment_min(x, offsets):
     return np.minimum.reduceat(x, offsets[:-1]) if x.size else np.zeros(0)
 
 
-def _infeasible(g, cg, clamped, var_b, fac_b):
-    """Raise when no assignment has finite energy (the beliefs say so)."""
-    vmin = _segment_min(var_b, cg.var_state_offset)
+def _infeasible(g, cg, clamped, vmin, fmin):
+    """Raise when no assignment has finite energy (the beliefs' minima say so).
+
+    vmin (V,), fmin (F,): each variable's / non-unary factor's minimum energy-space belief.
+    """
     bad_v = np.flatnonzero(~np.isfinite(vmin))
-    fmin = _segment_min(fac_b, cg.fac_table_offset)
     bad_f = np.flatnonzero(~np.isfinite(fmin))
     if bad_v.size or bad_f.size:
         where = (f"variable {g._names[bad_v[0]]!r}" if bad_v.size
                  else f"factor {int(cg.fac_index[bad_f[0]])} over {g.factor_scope(int(cg.fac_index[bad_f[0]]))!r}")
         ev = " given the evidence" if clamped else ""
         raise ValueError(f"no assignment has finite energy{ev}: every state of {where} is forbidden (+inf)")
-    return vmin
 
 
 # ---------------------------------------------------------------------- min-sum
@@ -184,7 +186,8 @@ def min_sum(g, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
     cg, clamped, unary, plan = _prepare(g, evidence)
     v2f, f2v, it, delta, exact = cg.run_bp(unary, plan, np.inf, True, max_iter, damping, tol, n_threads)
     var_b, fac_b = cg.beliefs(unary, v2f, f2v)
-    vmin = _infeasible(g, cg, clamped, var_b, fac_b)
+    vmin = _segment_min(var_b, cg.var_state_offset)
+    _infeasible(g, cg, clamped, vmin, _segment_min(fac_b, cg.fac_table_offset))
     states = np.zeros(cg.n_vars, dtype=np.int64)
     for v, k in clamped.items():
         states[v] = k
@@ -196,31 +199,42 @@ def min_sum(g, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
             states[v] = int(np.argmin(var_b[lo:hi]))
     energy = cg.energies_of(states)
     names = g._names
-    assignment, latent, min_marginals = {}, {}, {}
-    off = cg.var_state_offset
-    for v, name in enumerate(names):
-        (latent if cg.latent[v] else assignment)[name] = int(states[v])
-        min_marginals[name] = var_b[off[v]:off[v + 1]] - vmin[v] + energy
+    st = states.tolist()
+    if cg.latent.any():
+        vis = (~cg.latent).tolist()
+        assignment = dict(compress(zip(names, st), vis))
+        latent = dict(compress(zip(names, st), cg.latent.tolist()))
+    else:
+        assignment, latent = dict(zip(names, st)), {}
+    min_marginals = dict(zip(names, cg.variable_views(var_b - np.repeat(vmin, cg.var_n_states) + energy)))
     return MinSumResult(assignment, latent, energy, min_marginals, exact,
                         bool(exact or delta <= tol), int(it))
 
 
 # ---------------------------------------------------------------------- sum-product
+def _gibbs_terms(b, offsets, energy, beta, n_threads=1):
+    """Per-segment Gibbs probabilities of energy-space beliefs b, mean energies and entropies.
+
+    Returns (p (len(b),), <energy> (n_seg,), entropy (n_seg,)): one fused pass of
+    ``_bp.gibbs``; ``energy`` (len(b),) is what is averaged (entries with p = 0
+    are skipped, so +inf there is fine).
+    """
+    n = len(offsets) - 1
+    p = np.empty(max(len(b), 1))
+    mean = np.empty(max(n, 1))
+    ent = np.empty(max(n, 1))
+    if n:
+        _bp.gibbs(np.ascontiguousarray(offsets, dtype=np.int64), np.ascontiguousarray(b),
+                  np.ascontiguousarray(energy), float(beta), p, mean, ent, int(n_threads))
+    return p[:len(b)], mean[:n], ent[:n]
+
+
 def _gibbs(b, offsets, beta):
     """Per-segment Gibbs probabilities of energies b and their logs (0 log 0 = 0)."""
-    n = np.diff(offsets)
-    bmin = np.repeat(_segment_min(b, offsets), n)
-    with np.errstate(invalid="ignore"):
-        z = -beta * (b - bmin)                      # <= 0, -inf on forbidden entries
-    p = np.exp(z)
-    s = np.repeat(np.add.reduceat(p, offsets[:-1]), n)
-    p /= s
-    logp = np.where(p > 0, z - np.log(s), 0.0)
+    p, _, _ = _gibbs_terms(b, offsets, np.zeros(len(b)), beta)
+    with np.errstate(divide="ignore"):
+        logp = np.where(p > 0, np.log(p), 0.0)
     return p, logp
-
-
-def _segment_sum(x, offsets):
-    return np.add.reduceat(x, offsets[:-1]) if x.size else np.zeros(0)
 
 
 def sum_product(g, beta=1.0, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
@@ -246,28 +260,15 @@ def sum_product(g, beta=1.0, evidence=None, max_iter=200, damping=0.0, tol=1e-9,
     _check_options(max_iter, damping, tol, n_threads)
     cg, clamped, unary, plan = _prepare(g, evidence)
     v2f, f2v, it, delta, exact = cg.run_bp(unary, plan, beta, False, max_iter, damping, tol, n_threads)
-    var_b, fac_b = cg.beliefs(unary, v2f, f2v)
-    _infeasible(g, cg, clamped, var_b, fac_b)
-    off = cg.var_state_offset
-    p, logp = _gibbs(var_b, off, beta)
-    with np.errstate(invalid="ignore"):
-        u_mean = _segment_sum(np.where(p > 0, p * cg.unary, 0.0), off)
-    h_var = -_segment_sum(p * logp, off)
-    F = float(u_mean.sum() - ((1 - cg.var_degree) * h_var).sum() / beta) if cg.n_vars else 0.0
-    fac_beliefs = []
-    if cg.n_facs:
-        q, logq = _gibbs(fac_b, cg.fac_table_offset, beta)
-        with np.errstate(invalid="ignore"):
-            t_mean = _segment_sum(np.where(q > 0, q * cg.tables, 0.0), cg.fac_table_offset)
-        h_fac = -_segment_sum(q * logq, cg.fac_table_offset)
-        F += float(t_mean.sum() - h_fac.sum() / beta)
-    marginals = {name: p[off[v]:off[v + 1]].copy() for v, name in enumerate(g._names)}
-    for f, (kind, i) in enumerate(cg.factor_place):
-        if kind == "unary":
-            fac_beliefs.append(p[off[i]:off[i + 1]].copy())
-        else:
-            fac_beliefs.append(q[cg.fac_table_offset[i]:cg.fac_table_offset[i + 1]]
-                               .reshape(g._tables[f].shape).copy())
+    var_b, _ = cg.beliefs(unary, v2f, f2v, factors=False)
+    q, t_mean, h_fac, fmin = cg.factor_gibbs(v2f, beta, n_threads)
+    _infeasible(g, cg, clamped, _segment_min(var_b, cg.var_state_offset), fmin)
+    p, u_mean, h_var = _gibbs_terms(var_b, cg.var_state_offset, cg.unary, beta, n_threads)
+    # Bethe free energy (exact on forests): average energies minus entropies / beta
+    F = float(u_mean.sum() - ((1 - cg.var_degree) * h_var).sum() / beta
+              + t_mean.sum() - h_fac.sum() / beta)
+    marginals = dict(zip(g._names, cg.variable_views(p)))
+    fac_beliefs = cg.factor_belief_list(p, q)
     return SumProductResult(marginals, fac_beliefs, F, beta, exact, bool(exact or delta <= tol), int(it))
 
 

@@ -1114,11 +1114,12 @@ def beliefs(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offse
             const intp_t[::1] edge_msg_offset, const intp_t[::1] fac_table_offset,
             const float64_t[::1] tables, const float64_t[::1] unary,
             const float64_t[::1] v2f, const float64_t[::1] f2v,
-            float64_t[::1] var_out, float64_t[::1] fac_out):
+            float64_t[::1] var_out, float64_t[::1] fac_out, bint factors=True):
     """Unnormalized beliefs in energy space (lower is more probable).
 
     var_out (S,): U_v(k) + sum of the incoming f2v at every global state.
-    fac_out (table size,): T_f(x) + sum_e v2f_e(x_e) at every table entry.
+    fac_out (table size,): T_f(x) + sum_e v2f_e(x_e) at every table entry
+    (left untouched when ``factors`` is False).
     """
     cdef intp_t n_vars = var_state_offset.shape[0] - 1
     cdef intp_t n_facs = fac_edge_offset.shape[0] - 1
@@ -1133,10 +1134,22 @@ def beliefs(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offse
                 e = var_edges[i]
                 for k in range(K):
                     var_out[s0 + k] += f2v[edge_msg_offset[e] + k]
+        if not factors:
+            n_facs = 0
         for f in range(n_facs):
             e0 = fac_edge_offset[f]
             a = fac_edge_offset[f + 1] - e0
             N = fac_table_offset[f + 1] - fac_table_offset[f]
+            if a == 2:
+                # pairwise: entry (k, l) is k * K1 + l, no division per entry
+                K = var_state_offset[edge_var[e0] + 1] - var_state_offset[edge_var[e0]]
+                st = var_state_offset[edge_var[e0 + 1] + 1] - var_state_offset[edge_var[e0 + 1]]
+                for k in range(K):
+                    for n in range(st):
+                        idx = fac_table_offset[f] + k * st + n
+                        fac_out[idx] = (tables[idx] + v2f[edge_msg_offset[e0] + k]
+                                        + v2f[edge_msg_offset[e0 + 1] + n])
+                continue
             for n in range(N):
                 fac_out[fac_table_offset[f] + n] = tables[fac_table_offset[f] + n]
             # add each edge's message along its stride: entry n has state (n // stride) % K
@@ -1211,3 +1224,118 @@ def decode(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset
         free(bel)
         free(cnt)
         free(out)
+
+
+def gibbs(const intp_t[::1] offsets, const float64_t[::1] b, const float64_t[::1] energy,
+          double beta, float64_t[::1] p_out, float64_t[::1] mean_out, float64_t[::1] ent_out,
+          int n_threads=1):
+    """Per-segment Gibbs distribution of energy-space beliefs, with its mean energy and entropy.
+
+    For each segment j = [offsets[j], offsets[j+1]) of b (a variable's states or
+    a factor's table entries): p_out = exp(-beta (b - min b)) / sum (0 on +inf
+    entries); mean_out[j] = sum of p * energy over the entries with p > 0 (so +inf
+    energies of impossible entries do not give NaN); ent_out[j] = -sum p log p
+    (0 log 0 = 0). Every segment must have a finite minimum (the caller checks).
+    Uses libm exp and log: these terms enter results compared to 1e-9.
+    """
+    cdef intp_t n_seg = offsets.shape[0] - 1
+    cdef intp_t j, i, lo, hi
+    cdef double bmin, s, z, p, logs, mean, ent
+    for j in prange(n_seg, nogil=True, num_threads=n_threads, schedule="static"):
+        lo = offsets[j]
+        hi = offsets[j + 1]
+        bmin = INFINITY
+        for i in range(lo, hi):
+            if b[i] < bmin:
+                bmin = b[i]
+        s = 0.0
+        for i in range(lo, hi):
+            if b[i] == INFINITY:
+                p_out[i] = 0.0
+            else:
+                p_out[i] = exp(-beta * (b[i] - bmin))
+            s = s + p_out[i]
+        logs = log(s)
+        mean = 0.0
+        ent = 0.0
+        for i in range(lo, hi):
+            p = p_out[i] / s
+            p_out[i] = p
+            if p > 0.0:
+                z = -beta * (b[i] - bmin)
+                mean = mean + p * energy[i]
+                ent = ent - p * (z - logs)
+        mean_out[j] = mean
+        ent_out[j] = ent
+
+
+def factor_gibbs(const intp_t[::1] var_state_offset, const intp_t[::1] fac_edge_offset,
+                 const intp_t[::1] edge_var, const intp_t[::1] edge_stride,
+                 const intp_t[::1] edge_msg_offset, const intp_t[::1] fac_table_offset,
+                 const intp_t[::1] fac_table, const float64_t[::1] unique_tables,
+                 const float64_t[::1] v2f, double beta, float64_t[::1] p_out,
+                 float64_t[::1] mean_out, float64_t[::1] ent_out, float64_t[::1] bmin_out,
+                 int n_threads=1):
+    """Factor beliefs as probabilities, with their mean energies and entropies, in one pass.
+
+    For each non-unary factor f, with b(x) = T_f(x) + sum_e v2f_e(x_e) its
+    energy-space belief (T_f read from the shared ``unique_tables`` at
+    ``fac_table[f]``): p_out[fac_table_offset[f] + x] = exp(-beta (b - min b)) / sum;
+    mean_out[f] = <T_f> and ent_out[f] = -sum p log p (entries with p = 0
+    skipped); bmin_out[f] = min b (+inf when every entry is forbidden: the other
+    outputs of f are then meaningless and the caller raises).
+    """
+    cdef intp_t n_facs = fac_edge_offset.shape[0] - 1
+    cdef intp_t f, n, N, o, t, e, e0, a, i, j, K0, K1, st, K, m0, m1
+    cdef double bmin, s, z, pu, spe, spz
+    for f in prange(n_facs, nogil=True, num_threads=n_threads, schedule="static"):
+        o = fac_table_offset[f]
+        N = fac_table_offset[f + 1] - o
+        t = fac_table[f]
+        e0 = fac_edge_offset[f]
+        a = fac_edge_offset[f + 1] - e0
+        if a == 2:
+            # pairwise: entry (i, j) is i * K1 + j, no division
+            K0 = var_state_offset[edge_var[e0] + 1] - var_state_offset[edge_var[e0]]
+            K1 = var_state_offset[edge_var[e0 + 1] + 1] - var_state_offset[edge_var[e0 + 1]]
+            m0 = edge_msg_offset[e0]
+            m1 = edge_msg_offset[e0 + 1]
+            for i in range(K0):
+                for j in range(K1):
+                    p_out[o + i * K1 + j] = unique_tables[t + i * K1 + j] + v2f[m0 + i] + v2f[m1 + j]
+        else:
+            for n in range(N):
+                p_out[o + n] = unique_tables[t + n]
+            for i in range(a):
+                e = e0 + i
+                st = edge_stride[e]
+                K = var_state_offset[edge_var[e] + 1] - var_state_offset[edge_var[e]]
+                for n in range(N):
+                    p_out[o + n] += v2f[edge_msg_offset[e] + (n // st) % K]
+        bmin = INFINITY
+        for n in range(N):
+            if p_out[o + n] < bmin:
+                bmin = p_out[o + n]
+        bmin_out[f] = bmin
+        if bmin == INFINITY:
+            mean_out[f] = 0.0
+            ent_out[f] = 0.0
+            continue
+        s = 0.0
+        spe = 0.0
+        spz = 0.0
+        for n in range(N):
+            if p_out[o + n] == INFINITY:
+                p_out[o + n] = 0.0
+            else:
+                z = -beta * (p_out[o + n] - bmin)
+                pu = exp(z)
+                p_out[o + n] = pu
+                if pu > 0.0:
+                    s = s + pu
+                    spe = spe + pu * unique_tables[t + n]
+                    spz = spz + pu * z
+        for n in range(N):
+            p_out[o + n] = p_out[o + n] / s
+        mean_out[f] = spe / s
+        ent_out[f] = log(s) - spz / s
