@@ -352,3 +352,50 @@ def test_bundled_ewt_paths_and_bad_split():
         assert fe.datasets.ud_english_ewt_path(split).endswith(f"en_ewt-ud-{split}.conllu.gz")
     with pytest.raises(ValueError, match="'train', 'dev', 'test'.*'validation'"):
         fe.datasets.load_ud_english_ewt("validation")
+
+
+# The compiled fast path of load_conllu must return exactly what the Python parser returns,
+# and leave every input it does not accept to it (so errors keep one source).
+_LINES = st.sampled_from([
+    "", "\r", " ", "\t", "# c", "#", "1-2\ta\t_\t_\t_\t_\t_\t_\t_\t_", "1.1\tb\t_\t_\t_\t_\t_\t_\t_\t_",
+    "1-x\ta\t_\t_\t_\t_\t_\t_\t_\t_", "1.2.3\ta\t_\t_\t_\t_\t_\t_\t_\t_", "-1\ta\t_\t_\t_\t_\t_\t_\t_\t_",
+    "1\t\t_\tX\t_\t_\t_\t_\t_\t_", "1\ta\t_\t\t_\t_\t_\t_\t_\t_", "1\ta\t_\tX\t_", "W", "W\r", "W0",
+    "W+", "2\tb\t_\tY\t_\t_\t_\t_\t_\t_\t_", "١\tz\t_\tX\t_\t_\t_\t_\t_\t_",
+])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_LINES, max_size=25), st.booleans())
+def test_fast_reader_matches_python_reader(lines, final_newline):
+    from factorebm.datasets import conllu
+    out = []
+    n = 0
+    for line in lines:
+        if line in ("", "\r", " "):
+            n = 0
+        if line.startswith("W"):    # the next word line in sequence, or one with a bad ID
+            n += 1
+            word_id = {"W0": "0" + str(n), "W+": "+" + str(n)}.get(line.rstrip("\r"), str(n))
+            line = f"{word_id}\tw{n}é\t_\tT{n % 3}\t_\t_\t_\t_\t_\t_" + line[len(line.rstrip("\r")):]
+        out.append(line)
+    text = "\n".join(out) + ("\n" if final_newline else "")
+    fast = conllu._fast_parse_forms_and_upos(text)
+    try:
+        expected = conllu._parse_forms_and_upos(text, "f")
+    except ValueError:
+        assert fast is None     # the Python parser then raises
+        return
+    if fast is not None:
+        assert fast == expected
+        assert [type(w) for s in fast[0] for w in s] == [str] * sum(map(len, fast[0]))
+    assert load_conllu(io.StringIO(text)) == expected
+
+
+@pytest.mark.parametrize("split", ["dev", "test"])
+def test_fast_reader_matches_python_reader_on_ewt(split):
+    from factorebm.datasets import conllu
+    text, name = conllu._read_text(fe.datasets.ud_english_ewt_path(split))
+    expected = conllu._parse_forms_and_upos(text, name)
+    assert conllu._fast_parse_forms_and_upos(text) == expected
+    assert conllu._fast_parse_forms_and_upos(text.replace("\n", "\r\n")) == expected
+    assert sum(map(len, expected[0])) > 20_000

@@ -167,7 +167,17 @@ def load_conllu(path):
     """
     text, name = _read_text(path)
     with _gc_paused():
+        # The compiled pass handles well-formed files; it returns None on any line it leaves
+        # to the Python parser, which then gives the result or the error naming the line.
+        parsed = _fast_parse_forms_and_upos(text)
+        if parsed is not None:
+            return parsed
         return _parse_forms_and_upos(text, name)
+
+
+def _fast_parse_forms_and_upos(text):
+    from .._conllu import parse_forms_and_upos
+    return parse_forms_and_upos(text)
 
 
 def _parse_forms_and_upos(text, name):
