@@ -288,6 +288,83 @@ class _TypeIndex(dict):
         return ty
 
 
+class _TemplateColumns(dict):
+    """Template name -> (values, where) for a batch of words, computed on first access.
+
+    ``values``: list of the template's strings for the words that have the feature (None for
+    a flag); ``where``: int64 indices of those words, or None when every word has it. Same
+    definitions as ``_word_values``.
+    """
+
+    __slots__ = ("words", "affixes", "_lower", "_classes")
+
+    def __init__(self, words, affixes):
+        super().__init__()
+        self.words = words
+        self.affixes = affixes      # name -> (n, is_prefix)
+        self._lower = None
+        self._classes = None
+
+    @property
+    def lower(self):
+        if self._lower is None:
+            self._lower = [w.lower() for w in self.words]
+        return self._lower
+
+    @property
+    def classes(self):
+        if self._classes is None:
+            self._classes = list(map(_classes, self.words))
+        return self._classes
+
+    def _per_class_string(self, func):
+        """``[func(c) for c in classes]``, calling ``func`` once per distinct class string
+        (words of one shape share it: a batch has far fewer of them than words)."""
+        classes = self.classes
+        memo = {c: func(c) for c in set(classes)}
+        return [memo[c] for c in classes]
+
+    def _flag(self, holds):
+        return None, np.flatnonzero(np.fromiter(holds, dtype=bool, count=len(self.words)))
+
+    def __missing__(self, name):
+        words = self.words
+        if name == "bias":
+            out = None, np.arange(len(words), dtype=np.int64)
+        elif name == "word":
+            out = words, None
+        elif name == "lower":
+            out = self.lower, None
+        elif name == "shape":
+            out = self._per_class_string(lambda c: _LONG_RUN.sub(_keep_four, c)), None
+        elif name == "short_shape":
+            out = self._per_class_string(lambda c: _ANY_RUN.sub(_keep_one, c)), None
+        elif name == "has_digit":
+            out = self._flag(["d" in c for c in self.classes])
+        elif name == "has_hyphen":
+            out = self._flag(["-" in w for w in words])
+        elif name == "all_caps":
+            out = self._flag([w.isupper() for w in words])
+        elif name == "title":
+            out = self._flag([w.istitle() for w in words])
+        elif name == "init_cap":
+            out = self._flag([c[:1] == "X" for c in self.classes])
+        elif name == "punct":
+            out = self._flag([(bool(w) and not w.strip(_ASCII_PUNCT)) if w.isascii()
+                              else _is_punct(w) for w in words])
+        else:
+            k, is_prefix = self.affixes[name]
+            lower = self.lower
+            where = [i for i, x in enumerate(lower) if len(x) >= k]
+            if is_prefix:
+                values = [lower[i][:k] for i in where]
+            else:
+                values = [lower[i][-k:] for i in where]
+            out = values, np.array(where, dtype=np.int64)
+        self[name] = out
+        return out
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -387,21 +464,37 @@ class FeatureExtractor:
             from . import _features
             buf = self._names_buf
             n = self.n_features_
-            sep = np.flatnonzero(buf == ord(_SEP))
-            if sep.shape[0] == n - 1:
-                start = np.concatenate([[0], sep + 1]).astype(np.int64)
-                stop = np.concatenate([sep, [buf.shape[0]]]).astype(np.int64)
-            else:   # some name holds the separator, or there are none: use real byte lengths
+            size = 1 << max(2, int(2 * n + 1).bit_length())
+            table = np.full(size, -1, dtype=np.int32)
+            start = np.empty(n, dtype=np.int64)
+            stop = np.empty(n, dtype=np.int64)
+            if not n or _features.split_and_build_string_table(buf, ord(_SEP), start, stop,
+                                                               table) != n:
+                # Some name holds the separator, or there are none: use real byte lengths.
                 nbytes = np.fromiter((len(f.encode("utf-8")) for f in self.feature_names_),
                                      dtype=np.int64, count=n)
                 start = np.zeros(n, dtype=np.int64)
                 np.cumsum(nbytes[:-1] + 1, out=start[1:])
                 stop = start + nbytes
-            size = 1 << max(2, int(2 * n + 1).bit_length())
-            table = np.full(size, -1, dtype=np.int32)
-            _features.build_string_table(buf, start, stop, table)
+                table.fill(-1)
+                _features.build_string_table(buf, start, stop, table)
             self._table = (start, stop, table)
         return self._table
+
+    def _lookup_joined(self, text, m):
+        """Column ids (-1 if absent) of the ``m`` strings that ``text`` joins by the separator,
+        as an (m,) int64 array; None when ``text`` does not split into ``m`` strings (some
+        string holds the separator)."""
+        if m == 0:
+            return np.zeros(0, dtype=np.int64)
+        from . import _features
+        query = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        start, stop, table = self._string_table()
+        out = np.empty(m, dtype=np.int64)
+        if _features.split_and_lookup_strings(self._names_buf, start, stop, table, query,
+                                              ord(_SEP), out) != m:
+            return None
+        return out
 
     def _lookup(self, strings):
         """Column ids of feature strings (a list of str), -1 for those not in the vocabulary.
@@ -413,19 +506,11 @@ class FeatureExtractor:
         m = len(strings)
         if m == 0:
             return np.zeros(0, dtype=np.int64)
-        query = np.frombuffer(_SEP.join(strings).encode("utf-8"), dtype=np.uint8)
-        sep = np.flatnonzero(query == ord(_SEP))
-        if sep.shape[0] != m - 1:   # a word holding the separator: rare, take the dict path
+        ids = self._lookup_joined(_SEP.join(strings), m)
+        if ids is None:     # a word holding the separator: rare, take the dict path
             return np.fromiter(map(self.vocabulary_.get, strings, itertools.repeat(-1)),
                                dtype=np.int64, count=m)
-        from . import _features
-        q_start = np.concatenate([[0], sep + 1]).astype(np.int64)
-        q_stop = np.concatenate([sep, [query.shape[0]]]).astype(np.int64)
-        start, stop, table = self._string_table()
-        out = np.empty(m, dtype=np.int64)
-        _features.lookup_strings(self._names_buf, start, stop, table, query, q_start, q_stop,
-                                 out)
-        return out
+        return ids
 
     def _check_fitted(self):
         if not self._fitted:
@@ -479,20 +564,34 @@ class FeatureExtractor:
         lengths : (n_new * G,) int64
             Number of strings per (type, group), row-major.
         """
+        key = np.repeat(np.arange(lengths.shape[0], dtype=np.int64), lengths)
+        self._append_keyed(ids, key, lengths.shape[0] // len(self._groups))
+
+    def _append_keyed(self, ids, key, n_new):
+        """Append ``n_new`` word types to the cache, their strings in any order.
+
+        Parameters
+        ----------
+        ids : (M,) int64
+            Column id of each feature string of the new types, -1 for a string outside the
+            vocabulary (dropped).
+        key : (M,) int64
+            ``new_type * G + group`` of each string (``new_type`` counted from 0).
+        n_new : int
+        """
         n_groups = len(self._groups)
-        n_new = lengths.shape[0] // n_groups
         if n_new == 0:
             return
-        key = np.repeat(np.arange(lengths.shape[0], dtype=np.int64), lengths)
         keep = ids >= 0
         ids = ids[keep]
         key = key[keep]
-        # Sort ids within each (type, group) segment: key is non-decreasing and dominates the
-        # combined value, so sorting the combination never moves an id to another segment.
-        combined = key * max(self.n_features_, 1) + ids
+        # Order the strings by (type, group) segment and by id within it: ids lie below
+        # n_features_, so key dominates the combined value.
+        stride = max(self.n_features_, 1)
+        combined = key * stride + ids
         combined.sort()
-        flat = (combined - key * max(self.n_features_, 1)).astype(np.int32)
-        counts = np.bincount(key, minlength=lengths.shape[0])
+        flat = (combined % stride).astype(np.int32)
+        counts = np.bincount(key, minlength=n_new * n_groups)
         bounds = np.empty(n_new * n_groups + 1, dtype=np.int64)
         bounds[0] = self._n_ids
         np.cumsum(counts, out=bounds[1:])
@@ -516,8 +615,52 @@ class FeatureExtractor:
 
     def _add_new_types(self, words):
         """Cache the column ids of word types first seen after fit."""
-        flat, lengths = self._flat_strings(map(self._type_strings, words))
-        self._append_types(self._lookup(flat), lengths)
+        query, key = self._batch_strings(words, joined=True)
+        ids = self._lookup_joined(query, key.shape[0])
+        if ids is None:     # a word holding the separator: look its strings up one by one
+            ids = self._lookup(self._batch_strings(words)[0])
+        self._append_keyed(ids, key, len(words))
+
+    def _batch_strings(self, words, joined=False):
+        """Feature strings of a batch of word types, built template by template.
+
+        The same strings as ``_type_strings`` gives each word, but each template's values
+        are computed for the whole batch in one list comprehension, which costs far less
+        per string than a loop over words and their templates.
+
+        Returns
+        -------
+        flat : list of str, or str when ``joined``
+            The strings, (group, template) by (group, template); with ``joined``, the same
+            strings already joined by the separator ``\x1f`` (one ``join`` per template,
+            without a str object per string).
+        key : (number of strings,) int64
+            ``i * G + g`` for the string of ``words[i]`` in group ``g``.
+        """
+        n_groups = len(self._groups)
+        n = len(words)
+        columns = _TemplateColumns(words, {a[0]: a[1:] for a in self._affixes})
+        base = np.arange(n, dtype=np.int64) * n_groups
+        flat = []
+        keys = []
+        for g, group in enumerate(self._groups):
+            for name, prefix in group:
+                values, where = columns[name]
+                count = len(values) if values is not None else where.shape[0]
+                if count == 0:
+                    continue
+                if joined:
+                    if values is None:      # a flag, on where `where` says
+                        flat.append(_SEP.join(itertools.repeat(prefix, count)))
+                    else:
+                        flat.append(prefix + (_SEP + prefix).join(values))
+                elif values is None:
+                    flat.extend(itertools.repeat(prefix, count))
+                else:
+                    flat.extend([prefix + v for v in values])
+                keys.append((base if where is None else base[where]) + g)
+        key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
+        return (_SEP.join(flat) if joined else flat), key
 
     def _trim_cache(self):
         """Forget the word types first seen after fit (they are recomputed when seen again)."""
@@ -561,8 +704,12 @@ class FeatureExtractor:
         n_tokens = int(offsets[-1])
         index = self._index
         try:
-            tok_type = np.fromiter(map(index.__getitem__, itertools.chain.from_iterable(sents)),
-                                   dtype=np.int32, count=n_tokens)
+            tok_type = np.empty(n_tokens, dtype=np.int32)
+            # Compiled for the usual list of lists; anything else takes the generic path.
+            if not (type(sents) is list and _map_compiled(sents, index, tok_type)):
+                tok_type = np.fromiter(map(index.__getitem__,
+                                           itertools.chain.from_iterable(sents)),
+                                       dtype=np.int32, count=n_tokens)
         except TypeError:
             self._forget_new()
             bad = next(w for s in sents for w in s if not _hashable(w))
@@ -882,6 +1029,11 @@ class FeatureExtractor:
     def __repr__(self):
         state = f"n_features_={self.n_features_}" if self._fitted else "not fitted"
         return f"FeatureExtractor({len(self.templates)} offset groups, {state})"
+
+
+def _map_compiled(sents, index, out):
+    from ._features import map_tokens
+    return map_tokens(sents, index, out)
 
 
 def _hashable(x):

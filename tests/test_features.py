@@ -306,6 +306,41 @@ def test_compiled_string_lookup_agrees_with_the_vocabulary(odd_word):
     assert max(loaded._lookup(plain).tolist()) > 0
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(min_size=0, max_size=12), min_size=0, max_size=20),
+       st.sampled_from([None, {0: ("bias", "prefix2", "suffix5", "has_digit", "punct"),
+                               -1: ("title", "word"), 2: ("shape", "init_cap")}]))
+def test_batch_strings_match_per_word_strings(words, templates):
+    # Unseen word types get their strings template by template for the whole batch; each
+    # word must get exactly the strings of the per-word definition, in its own groups.
+    fx = FeatureExtractor(templates=templates)
+    words = list(dict.fromkeys(words))
+    flat, key = fx._batch_strings(words)
+    n_groups = len(fx._groups)
+    assert len(flat) == key.shape[0]
+    joined, joined_key = fx._batch_strings(words, joined=True)
+    assert joined == "\x1f".join(flat) and np.array_equal(joined_key, key)
+    got = {}
+    for string, k in zip(flat, key.tolist()):
+        got.setdefault((k // n_groups, k % n_groups), []).append(string)
+    expected = {(i, g): strings for i, word in enumerate(words)
+                for g, strings in enumerate(fx._type_strings(word)) if strings}
+    assert {k: sorted(v) for k, v in got.items()} == {k: sorted(v) for k, v in
+                                                       expected.items()}
+
+
+def test_unseen_types_after_load_match_the_fitted_extractor():
+    # A loaded extractor builds unseen types' rows batch-wise through the compiled table;
+    # the extractor that was fitted must give the same rows.
+    sents = fe.datasets.load_ud_english_ewt("dev")[0]
+    fx = FeatureExtractor().fit(sents[:600])
+    loaded = FeatureExtractor.from_config_and_arrays(fx.get_config(), fx.to_arrays())
+    test = sents[600:900] + [["we\x1fird", "naïve", "", "Ünïcode-42"]]
+    assert _same_output(fx, loaded, test)
+    X, _ = loaded.transform(test)
+    assert X.nnz > 0 and X.has_sorted_indices
+
+
 def test_tampered_arrays_are_refused():
     fx = FeatureExtractor().fit(TRAIN)
     config = fx.get_config()
@@ -372,3 +407,19 @@ def test_bad_input_is_refused_clearly():
         FeatureExtractor().fit(TRAIN, min_count=0)
     with pytest.raises(ValueError, match="no tokens"):
         FeatureExtractor().fit([[], []])
+
+
+def test_list_and_other_sequences_map_alike():
+    # Lists of lists take a compiled token mapping, other sequences the generic one.
+    fx = FeatureExtractor().fit(TRAIN)
+    sents = [["The", "unseen", "dog"], [], ["runs", "unseen", "zzz"]]
+    X1, o1 = fx.transform(sents)
+    fx2 = FeatureExtractor().fit(TRAIN)
+    X2, o2 = fx2.transform(tuple(tuple(s) for s in sents))
+    assert np.array_equal(o1, o2) and np.array_equal(X1.indptr, X2.indptr)
+    assert np.array_equal(X1.indices, X2.indices)
+    n_types = fx._n_types
+    with pytest.raises(ValueError, match="tokens must be strings, found list"):
+        fx.transform([["new1", "new2", ["x"]]])
+    assert fx._n_types == n_types and "new1" not in fx._index     # nothing half-cached
+    assert np.array_equal(fx.transform(sents)[0].indices, X1.indices)
