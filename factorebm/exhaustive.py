@@ -14,6 +14,8 @@ Examples
 """
 import numpy as np
 
+from .inference import _LATENT_EVIDENCE, _LATENT_TARGET
+
 __all__ = ["exhaustive_inference", "exhaustive_most_offending", "ExhaustiveResult",
            "enumerate_energies"]
 
@@ -44,6 +46,8 @@ class ExhaustiveResult:
 
 def enumerate_energies(g, evidence=None, max_assignments=MAX_ASSIGNMENTS):
     """Every assignment consistent with the evidence and its energy.
+
+    A low-level helper: ``evidence`` may clamp any variable, latent ones included.
 
     Returns
     -------
@@ -78,12 +82,14 @@ def exhaustive_inference(g, beta=None, evidence=None, max_assignments=MAX_ASSIGN
     beta : float, optional
         Inverse temperature for the Gibbs quantities; None computes only the minimum.
     evidence : dict, optional
-        Variable name -> label: clamped variables.
+        Visible variable name -> label: clamped variables (latent ones are never
+        observed and raise ``ValueError``, as in :func:`factorebm.min_sum`).
 
     Returns
     -------
     ExhaustiveResult
     """
+    g._resolve_visible(evidence, "evidence", _LATENT_EVIDENCE)
     states, E = enumerate_energies(g, evidence, max_assignments)
     i = int(np.argmin(E))
     emin = float(E[i])
@@ -116,7 +122,7 @@ def exhaustive_most_offending(g, target, max_assignments=MAX_ASSIGNMENTS):
     (assignment, energy) : (dict, float)
         The visible part of a minimizer (latent variables minimized) and its energy.
     """
-    tgt = g._resolve(target, "target")
+    tgt = g._resolve_visible(target, "target", _LATENT_TARGET)
     states, E = enumerate_energies(g, None, max_assignments)
     visible = [v for v in range(len(g._names)) if not g._latent[v]]
     differs = np.zeros(len(E), dtype=bool)

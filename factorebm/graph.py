@@ -16,7 +16,7 @@ input. Inference (:mod:`factorebm.inference`) works on the flat arrays of
 :class:`factorebm.compiled.CompiledGraph`, built by :meth:`FactorGraph.compile`
 and cached until the graph changes.
 """
-from numbers import Integral
+from numbers import Complex, Integral, Real
 
 import numpy as np
 
@@ -25,6 +25,48 @@ __all__ = ["FactorGraph"]
 
 def _is_int(value):
     return isinstance(value, (Integral, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value):
+    return isinstance(value, (Real, np.bool_))
+
+
+def _check_symmetric(g, edge, u, v, table, edge_scope):
+    """An undirected edge (u, v) without a stated axis order must carry a symmetric table.
+
+    Tables of neither (K_u, K_v) nor (K_v, K_u) shape, or not numeric, are left to
+    :meth:`FactorGraph.add_factor` to reject.
+    """
+    t = np.asarray(table)
+    ku, kv = g.cardinality(u), g.cardinality(v)
+    if t.dtype.kind in "biuf" and t.shape in ((ku, kv), (kv, ku)) and not (
+            ku == kv and np.array_equal(t, t.T, equal_nan=True)):
+        raise ValueError(
+            f"{edge}: the energy table is not symmetric, and an undirected graph does not say which "
+            f"endpoint its rows belong to; give the axis order as the edge attribute {edge_scope!r}, the "
+            f"rows' variable first ({edge_scope}=({u!r}, {v!r}) or ({v!r}, {u!r})), or use a "
+            f"networkx.DiGraph (u -> v means axes (u, v))")
+
+
+def _node_variable(g, n, d, latent, node_energy=None):
+    """Add node ``n`` (attributes ``d``) of a networkx graph to ``g`` as a variable.
+
+    Its states come from ``labels``, else ``n_states``, else (with ``node_energy``)
+    the length of its unary energies; attribute ``latent`` (a bool) flags it latent.
+    """
+    if d.get("labels") is not None:
+        states = list(d["labels"])
+    elif d.get("n_states") is not None:
+        states = d["n_states"]
+    elif node_energy is not None and d.get(node_energy) is not None:
+        states = int(np.shape(d[node_energy])[0]) if np.ndim(d[node_energy]) == 1 else -1
+        if states < 1:
+            raise ValueError(f"node {n!r}: {node_energy!r} must be a non-empty 1-D array")
+    else:
+        names = "'n_states' or 'labels'" if node_energy is None else f"{node_energy!r}, 'n_states' or 'labels'"
+        raise ValueError(f"node {n!r} has no {names} attribute")
+    is_latent = d.get(latent)
+    g.add_variable(n, states, latent=False if is_latent is None else is_latent)
 
 
 class FactorGraph:
@@ -71,7 +113,8 @@ class FactorGraph:
             distinct label names.
         latent : bool, default False
             A latent variable (the tutorial's Z) is never observed and never part of
-            an answer: min-sum minimizes it out, sum-product sums it out.
+            an answer: min-sum minimizes it out, sum-product sums it out. Must be a
+            bool (Python or numpy).
         """
         try:
             hash(name)
@@ -79,6 +122,8 @@ class FactorGraph:
             raise ValueError(f"variable name {name!r} is not hashable") from None
         if name in self._index:
             raise ValueError(f"duplicate variable name {name!r}")
+        if not isinstance(latent, (bool, np.bool_)):
+            raise ValueError(f"variable {name!r}: latent must be a bool, got {latent!r}")
         if _is_int(states):
             n_states = int(states)
             if n_states < 1:
@@ -118,8 +163,8 @@ class FactorGraph:
             Distinct variables, in the order of the table's axes.
         energies : array_like of float, shape = cardinalities of ``scope``
             ``energies[k_1, ..., k_a]`` is the energy when the scope variables take
-            states ``k_1 .. k_a``. ``+inf`` forbids a combination; NaN and ``-inf``
-            are rejected.
+            states ``k_1 .. k_a``. ``+inf`` forbids a combination; NaN, ``-inf``,
+            complex and non-numeric entries are rejected.
 
         Returns
         -------
@@ -158,15 +203,26 @@ class FactorGraph:
         shape = tuple(self._n_states[v] for v in scope_idx)
         names = tuple(self._names[v] for v in scope_idx)
         try:
-            table = np.array(energies, dtype=np.float64, order="C", copy=True)
+            raw = np.asarray(energies)
         except (TypeError, ValueError):
             raise ValueError(f"factor {f} over {names!r}: energies are not an array of numbers") from None
+        kind, what = raw.dtype.kind, None
+        if kind == "O":              # a list mixing numbers and other objects (None, strings, ...)
+            odd = [x for x in raw.flat if not _is_real(x)]
+            kind = "f" if not odd else "c" if isinstance(odd[0], Complex) else "O"
+            what = f"an entry {odd[0]!r}" if odd else None
+        if kind not in "biuf":
+            what = what or f"dtype {raw.dtype}"
+            if kind == "c":
+                raise ValueError(f"factor {f} over {names!r}: energies are complex ({what}); they must be real")
+            raise ValueError(f"factor {f} over {names!r}: energies must be numeric, got {what}")
+        table = np.array(raw, dtype=np.float64, order="C", copy=True)
         if table.shape != shape:
             raise ValueError(f"factor {f} over {names!r}: energies have shape {table.shape}, "
                              f"expected {shape} (the cardinalities of the scope)")
-        if np.isnan(table).any():
-            raise ValueError(f"factor {f} over {names!r}: energies contain NaN")
-        if np.isneginf(table).any():
+        if not table.min() > -np.inf:    # one reduction: the minimum is NaN or -inf only if one is there
+            if np.isnan(table).any():
+                raise ValueError(f"factor {f} over {names!r}: energies contain NaN")
             raise ValueError(f"factor {f} over {names!r}: energies contain -inf "
                              f"(only +inf, meaning forbidden, is allowed)")
         table.setflags(write=False)
@@ -292,6 +348,18 @@ class FactorGraph:
             out[v] = self._state(v, value, what)
         return out
 
+    def _resolve_visible(self, assignment, what, why):
+        """:meth:`_resolve` for evidence or a target, which may not name a latent variable.
+
+        ``why`` ends the error message: what happens to latent variables instead.
+        """
+        resolved = self._resolve(assignment, what)
+        for v in resolved:
+            if self._latent[v]:
+                raise ValueError(f"{what}: variable {self._names[v]!r} is latent: latent variables are "
+                                 f"never observed; {why}")
+        return resolved
+
     def _states_array(self, assignment, what="assignment"):
         """A full assignment as an int64 array of state indices, shape (n_variables,)."""
         resolved = self._resolve(assignment, what)
@@ -339,55 +407,100 @@ class FactorGraph:
 
     # ------------------------------------------------------------------ networkx
     @classmethod
-    def from_networkx(cls, G, node_energy="energy", edge_energy="energy", latent="latent"):
+    def from_networkx(cls, G, node_energy="energy", edge_energy="energy", latent="latent",
+                      edge_scope="scope"):
         """Build a pairwise MRF from a networkx graph (or read back :meth:`to_networkx`).
 
         Parameters
         ----------
-        G : networkx.Graph
+        G : networkx.Graph or networkx.DiGraph
             Every node is a variable. Its attribute ``node_energy`` holds its unary
             energies, shape (K,) (a unary factor is added); a node without one needs
-            an ``n_states`` (int) or ``labels`` (sequence) attribute. Every edge
-            ``(u, v)``, in the order ``G.edges`` yields it, holds a (K_u, K_v) table
-            under ``edge_energy``: entry ``[i, j]`` is the energy of u = i, v = j.
-            A true ``latent`` node attribute marks a latent variable.
-            A bipartite graph made by :meth:`to_networkx` (every node has
-            ``kind`` "variable" or "factor") is read back as the same factor graph.
+            an ``n_states`` (int) or ``labels`` (sequence) attribute. A ``latent``
+            node attribute (a bool) marks a latent variable.
+            Every edge holds a pairwise table under ``edge_energy``; which endpoint
+            its rows belong to is, in this order:
+
+            * the edge attribute ``edge_scope``, a pair of the edge's endpoints:
+              ``scope=(u, v)`` means entry ``[i, j]`` is the energy of u = i, v = j;
+            * in a ``networkx.DiGraph``, the edge's direction: ``u -> v`` means
+              axes ``(u, v)``;
+            * in an undirected graph without ``edge_scope``, nothing: the order in
+              which ``G.edges`` yields an edge follows node insertion, not how the
+              edge was written, so only a symmetric table (square and equal to its
+              transpose) is accepted, and any other raises a ``ValueError`` naming
+              the edge.
+
+            A bipartite graph made by :meth:`to_networkx` (every node has ``kind``
+            "variable" or "factor", at least one node is a factor, and factor nodes
+            carry ``scope`` and ``energy``) is read back as the same factor graph.
+        node_energy, edge_energy, latent, edge_scope : str
+            The attribute names described above.
+
+        Returns
+        -------
+        FactorGraph
+
+        Examples
+        --------
+        >>> import networkx as nx, numpy as np, factorebm as fe
+        >>> G = nx.Graph()
+        >>> G.add_node("b", energy=np.zeros(2)); G.add_node("a", energy=np.zeros(2))
+        >>> G.add_edge("a", "b", energy=np.array([[0.0, 1.0], [5.0, 0.0]]), scope=("a", "b"))
+        >>> fe.FactorGraph.from_networkx(G).energy({"a": 1, "b": 0})
+        5.0
         """
-        g = cls()
         nodes = list(G.nodes(data=True))
-        if nodes and all(d.get("kind") in ("variable", "factor") for _, d in nodes):
-            factor_nodes = []
-            for n, d in nodes:
-                if d["kind"] == "variable":
-                    g.add_variable(n, list(d["labels"]) if d.get("labels") is not None else d["n_states"],
-                                   latent=d.get("latent", False))
-                else:
-                    factor_nodes.append((d["index"], d))
-            for _, d in sorted(factor_nodes, key=lambda x: x[0]):
-                g.add_factor(list(d["scope"]), d["energy"])
-            return g
+        if any(d.get("kind") == "factor" for _, d in nodes):
+            return cls._from_bipartite(nodes)
+        g = cls()
         for n, d in nodes:
-            if d.get("labels") is not None:
-                states = list(d["labels"])
-            elif d.get("n_states") is not None:
-                states = d["n_states"]
-            elif d.get(node_energy) is not None:
-                states = int(np.shape(d[node_energy])[0]) if np.ndim(d[node_energy]) == 1 else -1
-                if states < 1:
-                    raise ValueError(f"node {n!r}: {node_energy!r} must be a non-empty 1-D array")
-            else:
-                raise ValueError(f"node {n!r} has no {node_energy!r}, 'n_states' or 'labels' attribute")
-            g.add_variable(n, states, latent=bool(d.get(latent, False)))
+            _node_variable(g, n, d, latent, node_energy)
         for n, d in nodes:
             if d.get(node_energy) is not None:
                 g.add_factor([n], d[node_energy])
+        directed = G.is_directed()
         for u, v, d in G.edges(data=True):
+            edge = f"edge ({u!r}, {v!r})"
             if u == v:
-                raise ValueError(f"edge ({u!r}, {v!r}) is a self-loop")
-            if d.get(edge_energy) is None:
-                raise ValueError(f"edge ({u!r}, {v!r}) has no {edge_energy!r} attribute")
-            g.add_factor([u, v], d[edge_energy])
+                raise ValueError(f"{edge} is a self-loop")
+            table = d.get(edge_energy)
+            if table is None:
+                raise ValueError(f"{edge} has no {edge_energy!r} attribute")
+            scope = d.get(edge_scope)
+            if scope is not None:
+                if not isinstance(scope, (tuple, list)) or tuple(scope) not in ((u, v), (v, u)):
+                    raise ValueError(f"{edge}: {edge_scope!r} must be the pair of its endpoints, "
+                                     f"({u!r}, {v!r}) or ({v!r}, {u!r}), got {scope!r}")
+            else:
+                if not directed:
+                    _check_symmetric(g, edge, u, v, table, edge_scope)
+                scope = (u, v)
+            g.add_factor(list(scope), table)
+        return g
+
+    @classmethod
+    def _from_bipartite(cls, nodes):
+        """Read back the layout of :meth:`to_networkx` (nodes as (name, attributes) pairs)."""
+        g = cls()
+        factor_nodes = []
+        for pos, (n, d) in enumerate(nodes):
+            kind = d.get("kind")
+            if kind == "variable":
+                _node_variable(g, n, d, "latent")
+            elif kind == "factor":
+                if d.get("scope") is None or d.get("energy") is None:
+                    raise ValueError(f"factor node {n!r} of a bipartite factor graph needs 'scope' and "
+                                     f"'energy' attributes")
+                index = d.get("index")
+                factor_nodes.append((index if _is_int(index) else len(nodes) + pos, n, d))
+            else:
+                raise ValueError(f"node {n!r} has kind {kind!r}: in a bipartite factor graph (some node has "
+                                 f"kind 'factor', as in to_networkx) every node has kind 'variable' or "
+                                 f"'factor'")
+        for _, n, d in sorted(factor_nodes, key=lambda x: x[0]):
+            scope = d["scope"]
+            g.add_factor([scope] if isinstance(scope, (str, bytes)) else list(scope), d["energy"])
         return g
 
     def to_networkx(self):

@@ -24,12 +24,13 @@ by sum-product: ``free_energy(g, beta, evidence=Y)`` is F(Y) =
 -(1/beta) log sum_z exp(-beta E(Y, z)).
 """
 from itertools import compress
-from numbers import Integral, Real
+import warnings
+from numbers import Real
 
 import numpy as np
 
 from . import _bp
-from .graph import FactorGraph
+from .graph import FactorGraph, _is_int
 
 __all__ = ["min_sum", "sum_product", "free_energy", "most_offending",
            "MinSumResult", "SumProductResult"]
@@ -106,19 +107,24 @@ class SumProductResult:
 
 
 # ---------------------------------------------------------------------- validation
+_LATENT_EVIDENCE = ("leave it out of the evidence (min-sum minimizes latent variables out, "
+                    "sum-product sums them out)")
+_LATENT_TARGET = "they are minimized, not part of an answer; leave it out of the target"
+
+
 def _check_graph(g):
     if not isinstance(g, FactorGraph):
         raise ValueError(f"expected a FactorGraph, got {type(g).__name__}")
 
 
 def _check_options(max_iter, damping, tol, n_threads):
-    if not isinstance(max_iter, (Integral, np.integer)) or isinstance(max_iter, bool) or max_iter < 1:
+    if not _is_int(max_iter) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if not isinstance(damping, Real) or not 0.0 <= damping < 1.0:
         raise ValueError(f"damping must be in [0, 1), got {damping!r}")
     if not isinstance(tol, Real) or not tol >= 0.0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
-    if not isinstance(n_threads, (Integral, np.integer)) or n_threads < 1:
+    if not _is_int(n_threads) or n_threads < 1:
         raise ValueError(f"n_threads must be an integer >= 1, got {n_threads!r}")
 
 
@@ -133,7 +139,7 @@ def _check_beta(beta):
 
 def _prepare(g, evidence):
     cg = g.compile()
-    clamped = g._resolve(evidence, "evidence")
+    clamped = g._resolve_visible(evidence, "evidence", _LATENT_EVIDENCE)
     unary = cg.unary + cg.mask(clamped) if clamped else cg.unary
     return cg, clamped, unary, cg.plan(clamped.keys())
 
@@ -156,6 +162,17 @@ def _infeasible(g, cg, clamped, vmin, fmin):
         raise ValueError(f"no assignment has finite energy{ev}: every state of {where} is forbidden (+inf)")
 
 
+def _no_finite_assignment(exact, clamped):
+    """min-sum decoded an assignment of infinite energy: an error if exact, else a warning."""
+    ev = " given the evidence" if clamped else ""
+    if exact:
+        raise ValueError(f"no finite-energy assignment was found{ev}: the graph (a forest after clamping) "
+                         f"has no assignment of finite energy")
+    warnings.warn(f"min_sum: belief propagation found no finite-energy assignment{ev} (the graph may be "
+                  f"infeasible; on a loopy graph BP cannot tell); the result has energy inf",
+                  RuntimeWarning, stacklevel=3)
+
+
 # ---------------------------------------------------------------------- min-sum
 def min_sum(g, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
     """Minimum-energy assignment by min-sum belief propagation.
@@ -164,7 +181,8 @@ def min_sum(g, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
     ----------
     g : FactorGraph
     evidence : dict, optional
-        Variable name -> label (name or index): those variables are clamped.
+        Visible variable name -> label (name or index): those variables are
+        clamped. Latent variables are never observed and may not appear.
     max_iter : int
         Largest number of flooding sweeps on a loopy graph.
     damping : float in [0, 1)
@@ -180,6 +198,20 @@ def min_sum(g, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
         The joint argmin over visible and latent variables (``min_z`` for latent
         ones), decoded consistently; exact when ``exact`` is True, and ``energy``
         is always the true energy of the returned assignment.
+
+    Raises
+    ------
+    ValueError
+        Bad input, evidence on a latent variable (latent variables are never
+        observed), or, on a forest, no assignment of finite energy.
+
+    Warns
+    -----
+    RuntimeWarning
+        On a loopy graph, when the decoded assignment has energy ``+inf``: BP found
+        no finite-energy assignment. The graph may be infeasible (a triangle of
+        "not equal" factors over binary variables converges to such a result), but
+        loopy BP can neither prove that nor rule out a feasible assignment it missed.
     """
     _check_graph(g)
     _check_options(max_iter, damping, tol, n_threads)
@@ -198,6 +230,8 @@ def min_sum(g, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
             lo, hi = cg.var_state_offset[v], cg.var_state_offset[v + 1]
             states[v] = int(np.argmin(var_b[lo:hi]))
     energy = cg.energies_of(states)
+    if not np.isfinite(energy):
+        _no_finite_assignment(exact, clamped)
     names = g._names
     st = states.tolist()
     if cg.latent.any():
@@ -246,14 +280,29 @@ def sum_product(g, beta=1.0, evidence=None, max_iter=200, damping=0.0, tol=1e-9,
     beta : float > 0
         Inverse temperature of ``P(y) = exp(-beta E(y)) / Z``.
     evidence : dict, optional
-        Variable name -> label (name or index): those variables are clamped, and
-        the free energy is that of the remaining ones (latent variables summed out).
+        Visible variable name -> label (name or index): those variables are clamped,
+        and the free energy is that of the remaining ones (latent variables summed
+        out; they may not appear in the evidence).
     max_iter, damping, tol, n_threads
         As in :func:`min_sum`.
 
     Returns
     -------
     SumProductResult
+
+    Raises
+    ------
+    ValueError
+        Bad input, evidence on a latent variable, or beliefs showing that no
+        assignment has finite energy (always detected on forests).
+
+    Notes
+    -----
+    On a loopy graph the Bethe estimate cannot detect every infeasible graph: a
+    triangle of "not equal" factors over binary variables has no finite-energy
+    assignment (Z = 0, F = +inf), yet BP converges to finite beliefs and a finite
+    free energy. Run :func:`min_sum` (which warns when it finds no finite-energy
+    assignment) or check a small graph with :mod:`factorebm.exhaustive`.
     """
     _check_graph(g)
     beta = _check_beta(beta)
@@ -276,7 +325,8 @@ def free_energy(g, beta=1.0, evidence=None, max_iter=200, damping=0.0, tol=1e-9,
     """Free energy ``-(1/beta) log Z`` (given the evidence): ``sum_product(...).free_energy``.
 
     With the visible variables Y clamped as evidence this is the tutorial's F(Y),
-    latent variables summed out. Exact on forests, Bethe estimate on loopy graphs.
+    latent variables summed out. Exact on forests, Bethe estimate on loopy graphs
+    (which may be finite on an infeasible loopy graph: see :func:`sum_product`).
     """
     return sum_product(g, beta, evidence, max_iter, damping, tol, n_threads).free_energy
 
@@ -304,11 +354,7 @@ def most_offending(g, target, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
     """
     _check_graph(g)
     _check_options(max_iter, damping, tol, n_threads)
-    tgt = g._resolve(target, "target")
-    for v in tgt:
-        if g._latent[v]:
-            raise ValueError(f"target: variable {g._names[v]!r} is latent (latent variables are minimized, "
-                             f"not part of an answer)")
+    tgt = g._resolve_visible(target, "target", _LATENT_TARGET)
     visible = [v for v in range(len(g._names)) if not g._latent[v]]
     missing = [g._names[v] for v in visible if v not in tgt]
     if missing:

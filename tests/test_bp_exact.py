@@ -8,7 +8,7 @@ import factorebm as fe
 from factorebm.exhaustive import (enumerate_energies, exhaustive_inference,
                                   exhaustive_most_offending)
 
-from test_bp_support import full_assignment, random_evidence, random_forest
+from test_bp_support import full_assignment, max_arity, random_evidence, random_forest
 
 BETAS = [0.3, 1.0, 3.5]
 SEEDS = range(60)
@@ -44,6 +44,21 @@ def _check_forest(g, evidence):
         for b, b_ref in zip(m.factor_beliefs, ref.factor_beliefs):
             assert b.shape == b_ref.shape
             np.testing.assert_allclose(b, b_ref, rtol=0, atol=1e-9)
+
+
+def test_random_forests_cover_what_the_issue_asks():
+    # >= 50 forests exercise message passing, with ternary factors, latent variables and evidence
+    graphs = [random_forest(seed) for seed in SEEDS]
+    evidence = [random_evidence(g, seed) for seed, g in zip(SEEDS, graphs)]
+    assert all(g.n_variables >= 3 for g in graphs)
+    assert sum(max_arity(g) >= 2 for g in graphs) >= 50
+    assert sum(max_arity(g) == 3 for g in graphs) >= 10
+    assert sum(bool(g.latent_variables) for g in graphs) >= 20
+    assert sum(bool(ev) for ev in evidence) >= 50
+    cards = {g.cardinality(n) for g in graphs for n in g.variables}
+    assert cards == {2, 3, 4}
+    for g, ev in zip(graphs, evidence):
+        assert not any(g.is_latent(n) for n in ev)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -141,23 +156,70 @@ def _chain(n, K, scale, seed, inf_prob):
     return g, U, P
 
 
+def _lse(x, axis):
+    """log sum exp along ``axis`` in plain numpy (-inf where every entry is -inf)."""
+    m = x.max(axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(m, axis) + np.log(np.exp(x - m).sum(axis=axis))
+
+
+def _chain_forward_backward(U, P, backward=True):
+    """Log-space forward-backward on a chain: (log Z, marginals (n, K) or None).
+
+    a[t, j] is log sum over y_0..y_t with y_t = j of exp(-E), b[t, j] the same
+    for the part after t given y_t = j, each shifted to a maximum of 0 at every
+    position (the shifts of a summed into log Z), so that nothing of order
+    log Z enters the marginals p_t ~ exp(a_t + b_t).
+    """
+    n, K = U.shape
+    a = np.empty((n, K))
+    a[0] = -U[0]
+    logZ = 0.0
+    for t in range(1, n):
+        shift = a[t - 1].max()
+        logZ += shift
+        a[t] = _lse(a[t - 1][:, None] - shift - P[t - 1], 0) - U[t]
+    logZ += _lse(a[-1], 0)
+    if not backward:
+        return logZ, None
+    b = np.zeros((n, K))
+    for t in range(n - 2, -1, -1):
+        c = _lse(-P[t] + (b[t + 1] - U[t + 1])[None, :], 1)
+        b[t] = c - c.max()
+    logp = a + b
+    p = np.exp(logp - logp.max(1, keepdims=True))
+    return logZ, p / p.sum(1, keepdims=True)
+
+
+def test_chain_forward_backward_reference_matches_brute_force():
+    g, U, P = _chain(5, 3, 2.0, 3, 0.2)
+    logZ, p = _chain_forward_backward(U, P)
+    ref = exhaustive_inference(g, beta=1.0)
+    assert abs(-logZ - ref.free_energy) <= 1e-12 * max(1, abs(logZ))
+    for t in range(5):
+        np.testing.assert_allclose(p[t], ref.marginals[t], atol=1e-12)
+
+
 def test_long_chain_large_energies():
     g, U, P = _chain(10_000, 3, 1e4, 0, 0.05)
     r = fe.min_sum(g)
     d = U[0].copy()
-    a = -U[0].copy()
     for t in range(1, len(U)):
         d = (d[:, None] + P[t - 1]).min(0) + U[t]
-        a = logsumexp(a[:, None] - P[t - 1], axis=0) - U[t]
     assert np.isfinite(r.energy) and r.exact
     assert abs(r.energy - d.min()) <= 1e-9 * abs(d.min())
     assert abs(g.energy(r.assignment) - r.energy) <= 1e-9 * abs(r.energy)
     m = fe.sum_product(g, beta=1.0)
+    logZ, p_ref = _chain_forward_backward(U, P)
     assert np.isfinite(m.free_energy)
-    assert abs(m.free_energy + logsumexp(a)) <= 1e-9 * abs(m.free_energy)
+    assert abs(m.free_energy + logZ) <= 1e-9 * abs(m.free_energy)
     p = np.array([m.marginals[t] for t in range(len(U))])
     assert np.isfinite(p).all()
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-12)
+    # with energies of order 1e4 most marginals are 0 or 1; some positions are uncertain
+    assert ((p_ref > 1e-6) & (p_ref < 1 - 1e-6)).any()
+    np.testing.assert_allclose(p, p_ref, rtol=0, atol=1e-9)
 
 
 def test_very_long_chain_no_underflow():
@@ -167,10 +229,8 @@ def test_very_long_chain_no_underflow():
     assert np.isfinite(m.free_energy) and np.isfinite(p).all()
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-12)
     # the free energy of a 1e5 chain is of order -1e5: compare with a log-space forward pass
-    a = -U[0]
-    for t in range(1, len(U)):
-        a = logsumexp(a[:, None] - P[t - 1], axis=0) - U[t]
-    assert abs(m.free_energy + logsumexp(a)) <= 1e-9 * abs(m.free_energy)
+    logZ, _ = _chain_forward_backward(U, P, backward=False)
+    assert abs(m.free_energy + logZ) <= 1e-9 * abs(m.free_energy)
 
 
 @settings(max_examples=40, deadline=None)

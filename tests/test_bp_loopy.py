@@ -1,4 +1,6 @@
 """Loopy belief propagation: fixed-point properties and bounds against brute force."""
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -165,3 +167,49 @@ def test_flooding_on_a_tree_is_exact_with_large_energies(seed):
         mm = np.array([E[states[:, v] == k].min() for k in range(g.cardinality(name))])
         b = var_b[cg.var_state_offset[v]:cg.var_state_offset[v + 1]]
         np.testing.assert_allclose(b - b.min(), mm - mm.min(), rtol=1e-12, atol=1e-9 * scale)
+
+
+def _not_equal_triangle():
+    """Three binary variables pairwise "not equal": no assignment has finite energy."""
+    g = fe.FactorGraph()
+    for n in "abc":
+        g.add_variable(n, 2)
+    for s in ("ab", "bc", "ca"):
+        g.add_factor(list(s), np.array([[np.inf, 0.0], [0.0, np.inf]]))
+    return g
+
+
+def test_infeasible_loopy_graph_warns_in_min_sum():
+    g = _not_equal_triangle()
+    with pytest.raises(ValueError, match="finite energy"):
+        exhaustive_inference(g)
+    with pytest.warns(RuntimeWarning, match="no finite-energy assignment.*may be infeasible"):
+        r = fe.min_sum(g)
+    assert not r.exact and r.energy == np.inf
+    # a feasible loopy graph with forbidden states does not warn
+    h = _not_equal_triangle()
+    h.set_factor_energies(2, np.array([[0.0, 0.0], [0.0, np.inf]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = fe.min_sum(h)
+    assert np.isfinite(r.energy) and r.energy == exhaustive_inference(h).energy
+    # the Bethe estimate cannot tell (documented): sum_product does not raise on this graph
+    fe.sum_product(g, beta=1.0)
+
+
+def test_infeasible_forest_decode_is_an_error(monkeypatch):
+    # on a forest the belief check already raises; should a decoded assignment still have
+    # infinite energy there, min_sum raises rather than returning it
+    import factorebm.inference as inf
+    g = fe.FactorGraph()
+    for n in "abc":
+        g.add_variable(n, 2)
+    g.add_factor(["a", "b"], np.array([[np.inf, 0.0], [0.0, np.inf]]))
+    g.add_factor(["b", "c"], np.array([[np.inf, np.inf], [np.inf, np.inf]]))
+    with pytest.raises(ValueError, match="no assignment has finite energy"):
+        fe.min_sum(g)
+    monkeypatch.setattr(inf, "_infeasible", lambda *a: None)
+    with pytest.raises(ValueError, match="no finite-energy assignment was found"):
+        fe.min_sum(g)
+    with pytest.raises(ValueError, match="no finite-energy assignment was found given the evidence"):
+        fe.min_sum(g, evidence={"a": 0})

@@ -1,12 +1,13 @@
 """FactorGraph: building, validation errors, energies, networkx interop, table updates."""
 import itertools
+import warnings
 
 import networkx as nx
 import numpy as np
 import pytest
 
 import factorebm as fe
-from factorebm.exhaustive import exhaustive_inference
+from factorebm.exhaustive import exhaustive_inference, exhaustive_most_offending
 
 from test_bp_support import random_forest
 
@@ -82,13 +83,48 @@ def test_energy_matches_tables_on_random_graphs():
     (lambda g: fe.most_offending(g, {"a": 0, "b": 0, "z": 1}), ValueError, ["'z'", "latent"]),
     (lambda g: fe.most_offending(g, {"a": 0, "b": 0, "w": 1}), KeyError, ["'w'"]),
     (lambda g: fe.min_sum("not a graph"), ValueError, ["FactorGraph"]),
+    # evidence never names a latent variable (API.md: latent variables are never observed)
+    (lambda g: fe.min_sum(g, evidence={"a": 0, "z": 1}), ValueError, ["'z'", "is latent", "never observed"]),
+    (lambda g: fe.sum_product(g, evidence={"z": 0}), ValueError, ["'z'", "is latent", "never observed"]),
+    (lambda g: fe.free_energy(g, beta=2.0, evidence={"z": 0}), ValueError, ["'z'", "is latent"]),
+    (lambda g: exhaustive_inference(g, evidence={"z": 0}), ValueError, ["'z'", "is latent"]),
+    (lambda g: exhaustive_most_offending(g, {"a": 0, "b": 0, "z": 0}), ValueError, ["'z'", "is latent"]),
+    # energies must be real numbers; latent a bool; n_threads an int
+    (lambda g: g.add_factor(["a"], np.array([0.0, 1j, 1.0])), ValueError, ["factor 2", "complex"]),
+    (lambda g: g.add_factor(["a"], [0.0, 1 + 0j, 1.0]), ValueError, ["factor 2", "complex"]),
+    (lambda g: g.add_factor(["a"], np.array([0.0, 2j, 1.0], dtype=object)), ValueError, ["complex"]),
+    (lambda g: g.set_factor_energies(0, np.zeros(3, dtype=complex)), ValueError, ["factor 0", "complex"]),
+    (lambda g: g.add_factor(["a"], [0.0, None, 1.0]), ValueError, ["factor 2", "numeric", "None"]),
+    (lambda g: g.add_factor(["a"], np.array([0.0, "x", None], dtype=object)), ValueError, ["numeric"]),
+    (lambda g: g.add_variable("q", 2, latent="no"), ValueError, ["'q'", "latent", "bool"]),
+    (lambda g: g.add_variable("q", 2, latent=1), ValueError, ["'q'", "latent", "bool"]),
+    (lambda g: g.add_variable("q", 2, latent=None), ValueError, ["'q'", "latent"]),
+    (lambda g: fe.min_sum(g, n_threads=True), ValueError, ["n_threads"]),
+    (lambda g: fe.sum_product(g, n_threads=np.bool_(True)), ValueError, ["n_threads"]),
+    (lambda g: fe.sum_product(g, n_threads=0), ValueError, ["n_threads"]),
+    (lambda g: fe.min_sum(g, max_iter=True), ValueError, ["max_iter"]),
 ])
 def test_bad_input_raises_documented_error(build, exc, words):
     g = small_graph()
-    with pytest.raises(exc) as info:
-        build(g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # an error, not a warning (e.g. ComplexWarning)
+        with pytest.raises(exc) as info:
+            build(g)
     for w in words:
         assert w in str(info.value)
+
+
+def test_valid_inputs_near_the_rejected_ones_are_accepted():
+    g = small_graph()
+    g.add_variable("q", 2, latent=np.bool_(True))
+    g.add_variable("r", 2, latent=np.bool_(False))
+    assert g.latent_variables == ["z", "q"]
+    g.add_factor(["q"], np.array([1, 2], dtype=np.int32))
+    g.add_factor(["r"], np.array([0.5, np.float32(1.5)], dtype=object))
+    g.add_factor(["q", "r"], [[True, False], [0, np.inf]])
+    assert g.factor_energies(2).dtype == np.float64 and g.factor_energies(3).tolist() == [0.5, 1.5]
+    assert fe.min_sum(g, n_threads=np.int64(2)).energy == exhaustive_inference(g).energy
+    assert fe.min_sum(g, evidence={"b": "VERB"}).energy == exhaustive_inference(g, evidence={"b": 1}).energy
 
 
 def test_no_finite_assignment_is_a_clear_error():
@@ -157,6 +193,7 @@ def _mrf(seed):
     G.nodes[5]["latent"] = True
     for u, v in G.edges:
         G.edges[u, v]["energy"] = rng.normal(size=(2 + u % 3, 2 + v % 3))
+        G.edges[u, v]["scope"] = (u, v)
     return G
 
 
@@ -185,6 +222,100 @@ def test_from_networkx_pairwise_mrf():
         fe.FactorGraph.from_networkx(bad)
     bad.nodes[3]["n_states"] = 2
     assert fe.FactorGraph.from_networkx(bad).cardinality(3) == 2
+
+
+def _written_b_first():
+    """The audit's case: node b is inserted first, the edge is written ("a", "b")."""
+    G = nx.Graph()
+    G.add_node("b", energy=np.zeros(2))
+    G.add_node("a", energy=np.zeros(2))
+    G.add_edge("a", "b", energy=np.array([[0.0, 1.0], [5.0, 0.0]]))
+    return G
+
+
+def test_from_networkx_edge_axis_order():
+    G = _written_b_first()
+    assert list(G.edges) == [("b", "a")]          # networkx yields it in node insertion order
+    # undirected, no stated axis order, a table that is not symmetric: refused, naming the edge
+    with pytest.raises(ValueError, match=r"edge \('b', 'a'\).*not symmetric.*'scope'"):
+        fe.FactorGraph.from_networkx(G)
+    # the stated axis order is honoured, whichever way round it is given
+    G.edges["a", "b"]["scope"] = ("a", "b")
+    assert fe.FactorGraph.from_networkx(G).energy({"a": 1, "b": 0}) == 5.0
+    G.edges["a", "b"]["scope"] = ("b", "a")
+    G.edges["a", "b"]["energy"] = np.array([[0.0, 5.0], [1.0, 0.0]])
+    assert fe.FactorGraph.from_networkx(G).energy({"a": 1, "b": 0}) == 5.0
+    G.edges["a", "b"]["axes"] = ["a", "b"]
+    G.edges["a", "b"]["energy"] = np.array([[0.0, 1.0], [5.0, 0.0]])
+    assert fe.FactorGraph.from_networkx(G, edge_scope="axes").energy({"a": 1, "b": 0}) == 5.0
+    for bad in (("a", "c"), ("a",), ("a", "b", "a"), "ab"):
+        G.edges["a", "b"]["scope"] = bad
+        with pytest.raises(ValueError, match=r"edge \('b', 'a'\).*'scope' must be the pair"):
+            fe.FactorGraph.from_networkx(G)
+    # a DiGraph's direction gives the axes: u -> v means (u, v)
+    D = nx.DiGraph()
+    D.add_node("b", energy=np.zeros(2))
+    D.add_node("a", energy=np.zeros(2))
+    D.add_edge("a", "b", energy=np.array([[0.0, 1.0], [5.0, 0.0]]))
+    assert fe.FactorGraph.from_networkx(D).energy({"a": 1, "b": 0}) == 5.0
+    D.add_edge("b", "a", energy=np.array([[0.0, 1.0], [5.0, 0.0]]))       # b = 1, a = 0 costs 5
+    assert fe.FactorGraph.from_networkx(D).energy({"a": 1, "b": 0}) == 6.0
+    # symmetric tables need no axis order; non-square ones always do
+    G = _written_b_first()
+    G.edges["a", "b"]["energy"] = np.array([[0.0, 3.0], [3.0, np.inf]])
+    g = fe.FactorGraph.from_networkx(G)
+    assert g.energy({"a": 1, "b": 0}) == g.energy({"a": 0, "b": 1}) == 3.0
+    G.add_node("c", n_states=3)
+    G.add_edge("a", "c", energy=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"edge \('a', 'c'\).*not symmetric"):
+        fe.FactorGraph.from_networkx(G)
+    G.edges["a", "c"]["energy"] = np.zeros((3, 3))                    # wrong shape: reported as such
+    with pytest.raises(ValueError, match="shape"):
+        fe.FactorGraph.from_networkx(G)
+    G.edges["a", "c"]["energy"] = np.full((2, 3), np.nan)
+    G.edges["a", "c"]["scope"] = ("a", "c")
+    with pytest.raises(ValueError, match="NaN"):
+        fe.FactorGraph.from_networkx(G)
+
+
+def test_from_networkx_latent_must_be_a_bool():
+    G = _written_b_first()
+    G.edges["a", "b"]["scope"] = ("a", "b")
+    G.nodes["a"]["latent"] = "no"
+    with pytest.raises(ValueError, match="'a'.*latent"):
+        fe.FactorGraph.from_networkx(G)
+    G.nodes["a"]["latent"] = np.bool_(True)
+    assert fe.FactorGraph.from_networkx(G).latent_variables == ["a"]
+
+
+def test_from_networkx_tells_an_mrf_from_the_bipartite_layout():
+    # a plain MRF whose nodes all carry kind="variable" is read as an MRF
+    G = _written_b_first()
+    G.edges["a", "b"]["scope"] = ("a", "b")
+    for n in G.nodes:
+        G.nodes[n]["kind"] = "variable"
+    g = fe.FactorGraph.from_networkx(G)
+    assert g.variables == ["b", "a"] and g.n_factors == 3 and g.energy({"a": 1, "b": 0}) == 5.0
+    # a graph without factors round-trips through either reading
+    h = fe.FactorGraph()
+    h.add_variable("x", ["u", "v"])
+    h.add_variable("y", 3, latent=True)
+    back = fe.FactorGraph.from_networkx(h.to_networkx())
+    assert back.variables == ["x", "y"] and back.labels("x") == ("u", "v")
+    assert back.latent_variables == ["y"] and back.n_factors == 0
+    # the bipartite layout with a broken node: a clear error naming it
+    B = small_graph().to_networkx()
+    del B.nodes[("factor", 1)]["scope"]
+    with pytest.raises(ValueError, match=r"factor node \('factor', 1\).*'scope'"):
+        fe.FactorGraph.from_networkx(B)
+    B = small_graph().to_networkx()
+    del B.nodes["a"]["n_states"]
+    with pytest.raises(ValueError, match="node 'a'.*'n_states' or 'labels'"):
+        fe.FactorGraph.from_networkx(B)
+    B = small_graph().to_networkx()
+    B.add_node("w", n_states=2)
+    with pytest.raises(ValueError, match="node 'w' has kind None"):
+        fe.FactorGraph.from_networkx(B)
 
 
 def test_to_networkx_bipartite_and_round_trip():
