@@ -116,16 +116,38 @@ def _child(fn_name, args, conn):
 
 
 def in_child(fn_name, *args):
-    """Run one phase in a fresh spawned interpreter; return its dict (timings, peak memory)."""
+    """Run one phase in a fresh spawned interpreter; return its dict (timings, peak memory).
+
+    Raises RuntimeError with the child's exit code when it dies before sending its result.
+    """
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     p = ctx.Process(target=_child, args=(fn_name, args, child))
     p.start()
-    out = parent.recv()
+    # Only the child may hold the write end: with the parent's copy open too, recv() would
+    # wait forever for a child that died without sending, instead of seeing end of file.
+    child.close()
+    try:
+        out = parent.recv()
+    except EOFError:
+        out = None
+    finally:
+        parent.close()
     p.join()
-    if p.exitcode != 0:
-        raise RuntimeError(f"{fn_name} failed in the child process (exit {p.exitcode})")
+    if out is None or p.exitcode != 0:
+        raise RuntimeError(f"{fn_name} failed in the child process (exit {p.exitcode}; its "
+                           "traceback is above)")
     return out
+
+
+def _check_crfsuite():
+    """Fail at once, with the fix, when the optional peer is not installed."""
+    try:
+        import pycrfsuite  # noqa: F401
+    except ImportError:
+        return ("python-crfsuite is not installed; this benchmark times it side by side: "
+                "pip install python-crfsuite  (or pip install -e '.[bench]')")
+    return None
 
 
 def main(argv=None):
@@ -134,6 +156,10 @@ def main(argv=None):
     ap.add_argument("--train-repeats", type=int, default=1, help="repeats of each training run")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
+    problem = _check_crfsuite()
+    if problem:
+        print(f"compare_crfsuite: error: {problem}", file=sys.stderr)
+        return 1
 
     import factorebm as fe
     test_path = str(fe.datasets.ud_english_ewt_path("test"))

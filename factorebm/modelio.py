@@ -57,6 +57,9 @@ def save_arrays(path, arrays, metadata, kind):
     ValueError
         On an object array, a bad array name, metadata that is not JSON-serializable or that
         uses a reserved key.
+    OSError
+        When the file cannot be written (missing or read-only folder, ``path`` a directory, a
+        full disk); the error names ``path``, not the temporary file.
     """
     path = os.fspath(path)
     if not isinstance(kind, str) or not kind:
@@ -90,20 +93,32 @@ def save_arrays(path, arrays, metadata, kind):
 
     folder = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
-    fd, tmp = _create_temp(folder, base)
+    try:
+        fd, tmp = _create_temp(folder, base)
+    except OSError as exc:
+        raise _naming_target(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **checked)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise _naming_target(exc, path) from exc
         raise
     _fsync_dir(folder)
+
+
+def _naming_target(exc, path):
+    """The OSError ``exc`` (about the temporary file) restated about the target ``path``."""
+    if exc.errno is None:
+        return OSError(f"cannot write {path}: {exc}")
+    return type(exc)(exc.errno, exc.strerror, path)
 
 
 def _create_temp(folder, base):

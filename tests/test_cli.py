@@ -1,6 +1,7 @@
 """The factorebm command line on a small slice of EWT: train, evaluate, tag, errors."""
 import gzip
 import json
+import os
 import subprocess
 import sys
 
@@ -92,3 +93,110 @@ def test_errors_are_one_line_without_traceback(files, tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = run_cli("evaluate", "--model", files["model"], bad)
     assert "bad.conllu:1:" in r.stderr  # file:line: message, as compilers print it
+
+
+def assert_one_line_error(r, *fragments):
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for fragment in fragments:
+        assert fragment in r.stderr, r.stderr
+
+
+def test_lbfgs_with_a_most_offending_loss_is_refused(files, tmp_path):
+    # it used to train an all-zero model (line search failed at iteration 0) and exit 0
+    model = tmp_path / "x.npz"
+    r = run_cli("train", "--model", model, "--train", files["train"], "--dev", files["dev"],
+                "--loss", "hinge", "--optimizer", "lbfgs")
+    assert_one_line_error(r, "optimizer='adagrad'")
+    assert not model.exists()
+
+
+def test_unwritable_model_path_is_refused_before_training(files, tmp_path):
+    for model, message in [(tmp_path / "no_such_folder" / "m.npz", "does not exist"),
+                           (tmp_path, "is a directory"),
+                           (files["train"] / "m.npz", "is not a folder")]:
+        r = run_cli("train", "--model", model, "--train", files["train"])
+        assert_one_line_error(r, message, str(model))
+        assert r.stdout == ""       # no progress line: training never started
+
+
+def test_closed_output_pipe_ends_quietly(files):
+    read_end, write_end = os.pipe()
+    os.close(read_end)              # as `factorebm tag ... | true` once true has exited
+    try:
+        r = subprocess.run([sys.executable, "-m", "factorebm.cli", "tag", "--model",
+                            str(files["model"]), str(files["dev"])], stdout=write_end,
+                           stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert (r.returncode, r.stderr) == (141, "")
+
+
+def test_plain_text_whose_first_line_starts_with_a_hash(files):
+    r = run_cli("tag", "--model", files["model"], stdin="#1 fan here\nI like it\n")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split("\t") for line in r.stdout.splitlines() if line[:1].isdigit()]
+    assert [row[1] for row in rows] == ["#1", "fan", "here", "I", "like", "it"]
+    r = run_cli("tag", "--model", files["model"], stdin="1\tA\t_\t_\t_\t_\t_\t_\t_\t_\n2\tB\n")
+    assert_one_line_error(r, "<stdin>:2:", "--format text")
+    r = run_cli("tag", "--model", files["model"], "--format", "conllu",
+                stdin="1\tA\t_\t_\t_\t_\t_\t_\t_\t_\n2\tB\n")
+    assert_one_line_error(r, "<stdin>:2:")
+    assert "--format text" not in r.stderr
+    r = run_cli("tag", "--model", files["model"], stdin="# just a comment\n")
+    assert r.returncode == 0 and r.stdout == "# just a comment\n"
+    assert "--format text" in r.stderr
+
+
+def test_threads_option_of_tag_and_evaluate(files):
+    r = run_cli("evaluate", "--model", files["model"], files["dev"], "--json", "--threads", 1)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("tag", "--model", files["model"], files["dev"], "--threads", 2)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("tag", "--model", files["model"], files["dev"], "--threads", 0)
+    assert_one_line_error(r, "n_threads")
+
+
+def test_files_without_tokens_or_gold_tags_are_named(files, tmp_path):
+    untagged = tmp_path / "untagged.conllu"
+    untagged.write_text("".join(f"{i}\tw{i}\t_\t_\t_\t_\t_\t_\t_\t_\n" for i in (1, 2)) + "\n",
+                        encoding="utf-8")
+    empty = tmp_path / "empty.conllu"
+    empty.write_text("# sent_id = 1\n\n", encoding="utf-8")
+    for command, args in [("evaluate", [untagged]), ("train", ["--train", untagged])]:
+        r = run_cli(command, "--model", files["model"] if command == "evaluate" else
+                    tmp_path / "m.npz", *args)
+        assert_one_line_error(r, f"no gold UPOS tags in {untagged}")
+    for command, args in [("evaluate", [empty]), ("train", ["--train", empty]),
+                          ("train", ["--train", files["train"], "--dev", empty])]:
+        r = run_cli(command, "--model", files["model"] if command == "evaluate" else
+                    tmp_path / "m.npz", *args)
+        assert_one_line_error(r, f"{empty}: zero tokens")
+
+
+def test_help_shows_no_rst_markup():
+    for command in ([], ["train"], ["evaluate"], ["tag"]):
+        r = run_cli(*command, "--help")
+        assert r.returncode == 0 and "``" not in r.stdout, r.stdout
+
+
+# benchmarks/compare_crfsuite.py: a child that dies must fail the run, not hang it.
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def run_bench_snippet(code):
+    prelude = f"import sys; sys.path.insert(0, {BENCH!r}); import compare_crfsuite as c\n"
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_benchmark_reports_a_child_that_died():
+    r = run_bench_snippet("try:\n    c.in_child('no_such_phase')\n"
+                          "except RuntimeError as exc:\n    print(exc)\n")
+    assert r.returncode == 0, r.stderr
+    assert "no_such_phase failed in the child process (exit 1" in r.stdout
+
+
+def test_benchmark_without_python_crfsuite_says_how_to_install_it():
+    r = run_bench_snippet("sys.modules['pycrfsuite'] = None\nsys.exit(c.main([]))")
+    assert r.returncode == 1 and "pip install python-crfsuite" in r.stderr, r.stderr

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import factorebm as fe
-from factorebm.datasets import (Sentence, load_conllu, read_conllu, read_sentences,
-                                sentences_from_text, write_conllu)
+from factorebm.datasets import (Sentence, load_conllu, looks_like_conllu, read_conllu,
+                                read_sentences, sentences_from_text, write_conllu)
 
 # Comments, a multiword token (3-4 "don't" = do + n't), an empty node (4.1), two sentences.
 SAMPLE = (
@@ -229,6 +229,29 @@ def test_to_string_and_file_modes(tmp_path):
     assert (tmp_path / "t.conllu").read_bytes() == SAMPLE.encode()
 
 
+class _TrickleFile(io.RawIOBase):
+    """An unbuffered binary file that takes at most 5 bytes per write(), as a pipe may."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        chunk = bytes(b[:5])
+        self.data += chunk
+        return len(chunk)
+
+
+def test_partial_writes_of_an_unbuffered_file_are_completed():
+    # sys.stdout.buffer is such a file under python -u / PYTHONUNBUFFERED: write_conllu once
+    # kept only what the first write() took
+    out = _TrickleFile()
+    write_conllu(read_conllu(io.StringIO(SAMPLE)), out)
+    assert out.data.decode("utf-8") == SAMPLE
+
+
 def test_wrong_number_of_tags_is_refused(tmp_path):
     sentences = read_conllu(io.StringIO(SAMPLE))
     with pytest.raises(ValueError, match="expected 5 UPOS tags"):
@@ -254,6 +277,8 @@ def test_plain_text_to_conllu_and_back():
     assert sents == [["The", "dog", "barks", "."], ["Hello", "world"]]
     assert tags == [["DET", "NOUN", "VERB", "PUNCT"], ["INTJ", "NOUN"]]
     assert "# text = The dog barks ." in out.getvalue()
+    # blank lines make no sentence but keep their place: sent_id is the input line number
+    assert [s.comments[0] for s in sentences] == ["# sent_id = 1", "# sent_id = 3"]
 
 
 def test_read_sentences_detects_the_format():
@@ -265,6 +290,35 @@ def test_read_sentences_detects_the_format():
     assert as_text[0].forms[0] == "#"
     with pytest.raises(ValueError, match="format"):
         read_sentences(io.StringIO(SAMPLE), format="xml")
+
+
+@pytest.mark.parametrize("text, is_conllu", [
+    (SAMPLE, True),
+    ("\ufeff\n\n" + SAMPLE, True),
+    ("#1 fan here\nI like it\n", False),              # plain text may start with '#'
+    ("# a\n# b\n\n#c\nno tabs here\n", False),
+    ("# x\n" * 100 + "1\tA\t_\t_\t_\t_\t_\t_\t_\t_\n", True),   # long comment header
+    ("# only comments\n", True),                       # nothing to tag: kept as it is
+    ("", False),
+    ("1\tA\tB\n", False),
+])
+def test_format_is_decided_on_the_first_line_that_is_not_a_comment(text, is_conllu):
+    assert looks_like_conllu(text) is is_conllu
+
+
+def test_format_errors_are_conllu_syntax_errors(tmp_path):
+    with pytest.raises(fe.datasets.ConlluSyntaxError, match=":2: expected 10"):
+        read_sentences(io.StringIO("1\tA\t_\t_\t_\t_\t_\t_\t_\t_\n2\tB\n"))
+    bad = tmp_path / "bad.conllu"
+    bad.write_bytes(b"\xff\n")
+    with pytest.raises(ValueError, match="UTF-8") as info:
+        read_sentences(bad)
+    assert not isinstance(info.value, fe.datasets.ConlluSyntaxError)
+
+
+def test_plain_text_starting_with_a_hash_is_read_as_text():
+    sentences = read_sentences(io.BytesIO(b"#1 fan here\r\nI like it\r\n"))
+    assert [s.forms for s in sentences] == [["#1", "fan", "here"], ["I", "like", "it"]]
 
 
 def test_from_tokens_refuses_tabs_and_empty_tokens():

@@ -77,6 +77,29 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monke
     assert path.read_bytes() == before
 
 
+def test_unwritable_targets_are_named_not_the_temp_file(tmp_path, monkeypatch):
+    missing = tmp_path / "no_such_folder" / "model.npz"
+    with pytest.raises(FileNotFoundError) as info:
+        save_arrays(missing, {"x": np.ones(3)}, {}, kind="K")
+    assert info.value.filename == str(missing) and ".tmp" not in str(info.value)
+
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError) as info:
+        save_arrays(folder, {"x": np.ones(3)}, {}, kind="K")
+    assert info.value.filename == str(folder) and ".tmp" not in str(info.value)
+    assert os.listdir(folder) == [] and sorted(os.listdir(tmp_path)) == ["a_folder"]
+
+    def read_only(folder, base):    # what a read-only folder does (the tests may run as root)
+        raise PermissionError(13, "Permission denied", os.path.join(folder, f".{base}.1.tmp"))
+
+    monkeypatch.setattr(modelio, "_create_temp", read_only)
+    path = tmp_path / "model.npz"
+    with pytest.raises(PermissionError, match="Permission denied") as info:
+        save_arrays(path, {"x": np.ones(3)}, {}, kind="K")
+    assert info.value.filename == str(path) and ".tmp" not in str(info.value)
+
+
 def test_object_arrays_refused_on_save(tmp_path):
     with pytest.raises(ValueError, match="'bad'.*object"):
         save_arrays(tmp_path / "m.npz", {"bad": np.array([{"a": 1}], dtype=object)}, {}, "K")

@@ -6,13 +6,13 @@ CoNLL-U, split into train (12,544 sentences, 204,577 words), dev and test.
 """
 import os
 
-from .conllu import (Sentence, load_conllu, looks_like_conllu, read_conllu, read_sentences,
-                     sentences_from_text, write_conllu)
+from .conllu import (ConlluSyntaxError, Sentence, load_conllu, looks_like_conllu, read_conllu,
+                     read_sentences, sentences_from_text, write_conllu)
 
 __all__ = [
     "load_conllu", "read_conllu", "write_conllu", "read_sentences", "sentences_from_text",
     "looks_like_conllu", "Sentence", "load_ud_english_ewt", "ud_english_ewt_path",
-    "UD_ENGLISH_EWT_SPLITS",
+    "UD_ENGLISH_EWT_SPLITS", "ConlluSyntaxError",
 ]
 
 UD_ENGLISH_EWT_SPLITS = ("train", "dev", "test")

@@ -29,7 +29,7 @@ import zlib
 
 __all__ = [
     "Sentence", "load_conllu", "read_conllu", "write_conllu", "sentences_from_text",
-    "read_sentences", "looks_like_conllu",
+    "read_sentences", "looks_like_conllu", "ConlluSyntaxError",
 ]
 
 N_COLUMNS = 10
@@ -108,8 +108,12 @@ def _gc_paused():
             gc.enable()
 
 
+class ConlluSyntaxError(ValueError):
+    """A line that breaks the CoNLL-U format; the message starts ``file:line:``."""
+
+
 def _error(name, lineno, message):
-    return ValueError(f"{name}:{lineno}: {message}")
+    return ConlluSyntaxError(f"{name}:{lineno}: {message}")
 
 
 def _check_non_word_id(name, lineno, token_id):
@@ -163,7 +167,8 @@ def load_conllu(path):
         If ``path`` does not exist.
     ValueError
         On a malformed line, naming the file and the 1-based line number: a column count other
-        than 10, a bad or out-of-sequence ID, an empty FORM or UPOS, or bytes that are not UTF-8.
+        than 10, a bad or out-of-sequence ID, an empty FORM or UPOS (a
+        :class:`ConlluSyntaxError`), or bytes that are not UTF-8.
     """
     text, name = _read_text(path)
     with _gc_paused():
@@ -456,9 +461,9 @@ def read_conllu(path_or_file):
     FileNotFoundError
         If the path does not exist.
     ValueError
-        On a malformed line (column count other than 10, bad or out-of-sequence ID, empty FORM),
-        naming the file and the 1-based line number. UPOS may be ``_`` or anything non-tab:
-        this reader also serves untagged input.
+        On a malformed line (column count other than 10, bad or out-of-sequence ID, empty FORM:
+        a :class:`ConlluSyntaxError`), naming the file and the 1-based line number. UPOS may
+        be ``_`` or anything non-tab: this reader also serves untagged input.
     """
     text, name = _read_text(path_or_file, keep_bom=True)
     with _gc_paused():
@@ -557,10 +562,24 @@ def write_conllu(sentences, file, upos=None):
             data = gzip.compress(data)
         with open(file, "wb") as fh:
             fh.write(data)
-    elif isinstance(file, (io.RawIOBase, io.BufferedIOBase)) or "b" in getattr(file, "mode", ""):
+    elif isinstance(file, io.RawIOBase):
+        _write_all(file, text.encode("utf-8"))
+    elif isinstance(file, io.BufferedIOBase) or "b" in getattr(file, "mode", ""):
         file.write(text.encode("utf-8"))
     else:
         file.write(text)
+
+
+def _write_all(raw, data):
+    """Write ``data`` to an unbuffered binary file, which may take only part of it per call
+    (``sys.stdout.buffer`` under ``python -u`` or PYTHONUNBUFFERED is a raw FileIO: a pipe
+    whose reader leaves takes part of the data, and only the next call raises EPIPE)."""
+    view = memoryview(data)
+    while view:
+        n = raw.write(view)
+        if n is None:       # a non-blocking file that is not ready: fail rather than drop data
+            raise BlockingIOError(errno.EAGAIN, "output not ready (non-blocking file)")
+        view = view[n:]
 
 
 # --------------------------------------------------------------------------------------------
@@ -573,37 +592,52 @@ def sentences_from_text(text):
     Parameters
     ----------
     text : str or iterable of str
-        The whole text, or its lines. Blank lines are skipped.
+        The whole text, or its lines.
 
     Returns
     -------
     list of Sentence
-        Sentence ``i`` has comments ``# sent_id = i`` (1-based) and ``# text = <the line>``,
-        and one word line per token with every column but ID and FORM set to ``_``.
+        One per non-blank line. Each has the comments ``# sent_id = N``, where ``N`` is the
+        1-based number of its input line, and ``# text = <its tokens>``, then one word line
+        per token with every column but ID and FORM set to ``_``. Blank lines make no sentence
+        but keep their place in the numbering, so ``sent_id`` always points back to the input
+        line.
     """
     lines = text.splitlines() if isinstance(text, str) else text
     out = []
-    for line in lines:
+    for lineno, line in enumerate(lines, 1):
         tokens = line.split()
         if tokens:
-            out.append(Sentence.from_tokens(tokens, sent_id=len(out) + 1,
-                                            text=" ".join(tokens)))
+            out.append(Sentence.from_tokens(tokens, sent_id=lineno, text=" ".join(tokens)))
     return out
 
 
 def looks_like_conllu(text):
-    """True when the first non-blank line of ``text`` is a comment or a 10-column token line."""
+    """True when ``text`` reads as CoNLL-U rather than plain text.
+
+    The format is decided on the first line that is neither blank nor a ``#`` comment: CoNLL-U
+    when it is a token line (10 tab-separated columns, the first starting with a digit). Plain
+    text may start with ``#`` (a hashtag, a numbered list); a text of comment lines only, with
+    nothing to tag, counts as CoNLL-U so that it is written back unchanged.
+    """
     if text.startswith(_BOM):
         text = text[1:]
-    for line in text.split("\n", 64)[:64]:
-        line = line.rstrip("\r")
+    start, size = 0, len(text)
+    seen_comment = False
+    while start < size:
+        end = text.find("\n", start)
+        if end < 0:
+            end = size
+        line = text[start:end].rstrip("\r")
+        start = end + 1
         if not line or line.isspace():
             continue
         if line[0] == "#":
-            return True
+            seen_comment = True
+            continue
         cols = line.split("\t")
         return len(cols) == N_COLUMNS and cols[0][:1].isdecimal()
-    return False
+    return seen_comment
 
 
 def read_sentences(path_or_file, format="auto"):
