@@ -20,6 +20,9 @@ from factorebm.learning import (LinearChainEnergy, ParametricGraph, chain_object
                                 graph_objective)
 
 EPS = 1e-6
+# Loss parameters of the check. Square-square's margin lies inside the range of the cases' E-,
+# so that its push-up term max(0, m - E-)^2 (inactive at the default margin 1) is checked too.
+PARAMS = {"square_square": {"margin": 9.0}}
 
 
 def rel_error(f, w):
@@ -43,7 +46,8 @@ def chain_case(loss, n_substates, rng):
     # Positive offsets keep every energy above zero for the losses that assume it.
     w = rng.normal(scale=0.5, size=model.n_weights) + (0.0 if loss in ("nll", "log", "hinge",
                                                         "mce", "perceptron") else 1.0)
-    return rel_error(lambda v: chain_objective(v, model, X, offsets, y, loss, l2=0.01), w)
+    return rel_error(lambda v: chain_objective(v, model, X, offsets, y, loss, l2=0.01,
+                                               **PARAMS.get(loss, {})), w)
 
 
 def graph_case(loss, rng):
@@ -65,7 +69,8 @@ def graph_case(loss, rng):
         target = {"a": int(rng.integers(3)), "b": int(rng.integers(2)), "c": int(rng.integers(3))}
         samples.append((pg, target))
     w = rng.normal(scale=0.3, size=n_weights)
-    return rel_error(lambda v: graph_objective(v, samples, loss, l2=0.01), w)
+    return rel_error(lambda v: graph_objective(v, samples, loss, l2=0.01,
+                                               **PARAMS.get(loss, {})), w)
 
 
 def main():

@@ -407,6 +407,7 @@ def _chain_terms(U, transition, start, end, offsets, y, first, last, first_seq, 
         if em is not None and not np.all(np.isfinite(em)):
             raise ValueError("a non-empty sequence has no incorrect answer of finite energy "
                              "(a single label?); margin losses need at least 2 labels")
+        spec.check_energies(ep, em, stacklevel=4)
         lo, dp, dm = spec(ep, em, **params)
         loss[nonempty] = lo
         d_plus[nonempty] = dp
@@ -497,7 +498,8 @@ def chain_objective(w, model, X, offsets, y, loss="nll", *, l2=0.0, beta=1.0, n_
     loss : str or LossSpec
         A loss of :mod:`factorebm.losses`. Losses needing non-negative energies (square_square,
         square_exp, lvq2) are accepted but are meaningless on a log-linear chain whose
-        energies can be negative; see the losses' docstrings.
+        energies can be negative (see the losses' docstrings): when some E+ or E- is
+        negative, one RuntimeWarning is emitted per call.
     l2 : float
         L2 penalty ``0.5 * l2 * ||w||^2``.
     beta : float
@@ -737,7 +739,8 @@ def _latent_vars(graph):
 
 
 def _graph_sample_terms(pg, target, spec, beta, params, inference):
-    """(loss, dL/dtables) for one sample; the graph's tables already hold Phi @ w + offset."""
+    """(loss, dL/dtables, min(E+, E-)) for one sample; the graph's tables already hold
+    Phi @ w + offset."""
     fe = inference
     g = pg.graph
     latent = _latent_vars(g)
@@ -782,7 +785,7 @@ def _graph_sample_terms(pg, target, spec, beta, params, inference):
     dtab = dp * b_plus
     if b_minus is not None and dm != 0.0:
         dtab = dtab + dm * b_minus
-    return float(lo), dtab
+    return float(lo), dtab, min(e_plus, np.inf if e_minus is None else e_minus)
 
 
 def graph_objective(w, samples, loss="nll", *, l2=0.0, beta=1.0, **loss_params):
@@ -804,7 +807,8 @@ def graph_objective(w, samples, loss="nll", *, l2=0.0, beta=1.0, **loss_params):
         Each target dict gives every visible variable a label (index or name); every graph has
         the same ``n_weights``.
     loss, l2, beta, **loss_params
-        As in :func:`chain_objective`.
+        As in :func:`chain_objective` (including the RuntimeWarning for a loss that assumes
+        non-negative energies).
 
     Returns
     -------
@@ -819,14 +823,17 @@ def graph_objective(w, samples, loss="nll", *, l2=0.0, beta=1.0, **loss_params):
     w = np.ascontiguousarray(w, dtype=np.float64)
     grad = np.zeros_like(w)
     total = 0.0
+    lowest = np.inf
     for i, (pg, target) in enumerate(samples):
         if pg.n_weights != w.size:
             raise ValueError(f"sample {i}: its ParametricGraph has {pg.n_weights} weights, w "
                              f"has {w.size}")
         pg.set_weights(w)
-        lo, dtab = _graph_sample_terms(pg, target, spec, beta, params, inference)
+        lo, dtab, low = _graph_sample_terms(pg, target, spec, beta, params, inference)
         total += lo
         grad += pg.phi_T @ dtab
+        lowest = min(lowest, low)
+    spec.check_energies(lowest)
     n = len(samples)
     value = total / n
     grad /= n

@@ -15,9 +15,12 @@ numbers per training sample:
 Every loss is elementwise over numpy arrays (or scalars) and returns the triple
 ``(loss, dloss_dEplus, dloss_dEminus)``, so that the gradient with respect to the parameters is
 ``dL/dW = dL/dE+ * dE+/dW + dL/dE- * dE-/dW`` (section 6.1). Where a loss has a kink (the hinge
-at its margin, the LVQ2 saturation points, the positive part of square-square) the returned
-derivative is the one-sided derivative taken on the side the code's comparison picks; it is a
-valid subgradient.
+at its margin, the LVQ2 saturation points) the returned derivative is the one-sided derivative
+taken on the side the code's comparison picks; it is a valid subgradient. (Square-square's
+``max(0, m - E-)^2`` has no kink: it is continuously differentiable, with derivative 0 at
+``E- = m`` from both sides.) Where E+ or E- is NaN, the loss and both derivatives are NaN.
+Parameters (margins, ``delta``, ``gamma``, ``beta``) must be finite and > 0; anything else raises
+ValueError.
 
 Which loss works on which architecture (the tutorial's conditions, section 5):
 
@@ -34,7 +37,8 @@ Which loss works on which architecture (the tutorial's conditions, section 5):
   or a soft one (log, mce). They never collapse: the loss is minimal only when E- exceeds E+.
   MCE and LVQ2 are non-convex and saturate (bounded losses).
 * **lvq2** -- defined with ``(E+ - E-) / (delta * E-)``: it needs **positive** E- (energies
-  bounded below by zero).
+  bounded below by zero). Like the perceptron it has **zero margin** (the loss is 0 as soon as
+  ``E+ <= E-``), so it may produce almost flat energy surfaces.
 * **square_square**, **square_exp** -- push E+ towards 0 and E- above the margin: they need
   **non-negative energies** (an architecture whose energy is bounded below by 0, e.g. a squared
   distance); on a log-linear model whose energies can be negative they are meaningless.
@@ -44,9 +48,12 @@ Which loss works on which architecture (the tutorial's conditions, section 5):
 
 Use :func:`get` to look a loss up by name: the returned :class:`LossSpec` says which E- it needs
 (``"most_offending"``, ``"min_all"``, ``"free_energy"`` or ``None``), whether it needs
-non-negative energies, and whether it is smooth (for choosing an optimizer).
+non-negative energies (:meth:`LossSpec.check_energies` warns when they are not), whether it is
+smooth (for choosing an optimizer), and which architectures it collapses.
 :func:`margin_loss` turns any user function ``Q(E+, E-)`` into a loss of the same form.
 """
+import warnings
+
 import numpy as np
 
 __all__ = [
@@ -70,7 +77,28 @@ def _sigmoid(x):
     return out
 
 
-def _result(loss, d_plus, d_minus, scalar):
+def _check_positive(loss, **params):
+    """Raise ValueError unless every parameter is a finite number > 0 (names the loss)."""
+    for name, value in params.items():
+        try:
+            ok = bool(np.isfinite(value) and value > 0)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{loss}: {name} must be a finite number > 0, got {value!r}")
+
+
+def _result(loss, d_plus, d_minus, scalar, inputs=()):
+    """Package a loss's triple; NaN wherever one of ``inputs`` (the energies) is NaN.
+
+    Comparisons (``z > 0``) and constant derivatives (the perceptron's 1 and -1) would
+    otherwise turn a NaN energy into a finite derivative and hide it from the optimizer.
+    """
+    bad = None
+    for x in inputs:
+        bad = np.isnan(x) if bad is None else bad | np.isnan(x)
+    if bad is not None and bad.any():
+        loss, d_plus, d_minus = (np.where(bad, np.nan, a) for a in (loss, d_plus, d_minus))
     if scalar:
         return float(loss), float(d_plus), float(d_minus)
     return loss, d_plus, d_minus
@@ -101,7 +129,7 @@ def energy(e_plus, e_minus=None):
     """
     scalar = _is_scalar(e_plus)
     (ep,) = _as_float(e_plus)
-    return _result(ep.copy(), np.ones_like(ep), np.zeros_like(ep), scalar)
+    return _result(ep.copy(), np.ones_like(ep), np.zeros_like(ep), scalar, (ep,))
 
 
 def perceptron(e_plus, e_min):
@@ -123,7 +151,7 @@ def perceptron(e_plus, e_min):
     """
     scalar = _is_scalar(e_plus, e_min)
     ep, em = np.broadcast_arrays(*_as_float(e_plus, e_min))
-    return _result(ep - em, np.ones_like(ep), -np.ones_like(ep), scalar)
+    return _result(ep - em, np.ones_like(ep), -np.ones_like(ep), scalar, (ep, em))
 
 
 def hinge(e_plus, e_minus, margin=1.0):
@@ -143,11 +171,12 @@ def hinge(e_plus, e_minus, margin=1.0):
     loss, dloss_dEplus, dloss_dEminus : float64 arrays
         ``max(0, m + E+ - E-)``, ``[m + E+ - E- > 0]``, ``-[m + E+ - E- > 0]``.
     """
+    _check_positive("hinge", margin=margin)
     scalar = _is_scalar(e_plus, e_minus)
     ep, em = np.broadcast_arrays(*_as_float(e_plus, e_minus))
     z = margin + ep - em
     active = (z > 0).astype(np.float64)
-    return _result(np.maximum(z, 0.0), active, -active, scalar)
+    return _result(np.maximum(z, 0.0), active, -active, scalar, (ep, em))
 
 
 def log(e_plus, e_minus):
@@ -167,7 +196,7 @@ def log(e_plus, e_minus):
     ep, em = np.broadcast_arrays(*_as_float(e_plus, e_minus))
     z = ep - em
     s = _sigmoid(z)
-    return _result(np.logaddexp(0.0, z), s, -s, scalar)
+    return _result(np.logaddexp(0.0, z), s, -s, scalar, (ep, em))
 
 
 def lvq2(e_plus, e_minus, delta=1.0):
@@ -189,6 +218,7 @@ def lvq2(e_plus, e_minus, delta=1.0):
         In the linear region ``0 < r < 1`` with ``r = (E+ - E-) / (delta E-)``:
         ``dL/dE+ = 1 / (delta E-)`` and ``dL/dE- = -E+ / (delta E-^2)``; zero elsewhere.
     """
+    _check_positive("lvq2", delta=delta)
     scalar = _is_scalar(e_plus, e_minus)
     ep, em = np.broadcast_arrays(*_as_float(e_plus, e_minus))
     if np.any(em <= 0):
@@ -198,7 +228,7 @@ def lvq2(e_plus, e_minus, delta=1.0):
     loss = np.minimum(1.0, np.maximum(0.0, r))
     d_plus = linear / (delta * em)
     d_minus = -linear * ep / (delta * em * em)
-    return _result(loss, d_plus, d_minus, scalar)
+    return _result(loss, d_plus, d_minus, scalar, (ep, em))
 
 
 def mce(e_plus, e_minus):
@@ -220,7 +250,7 @@ def mce(e_plus, e_minus):
     ep, em = np.broadcast_arrays(*_as_float(e_plus, e_minus))
     s = _sigmoid(ep - em)
     d = s * (1.0 - s)
-    return _result(s, d, -d, scalar)
+    return _result(s, d, -d, scalar, (ep, em))
 
 
 def square_square(e_plus, e_minus, margin=1.0):
@@ -228,6 +258,8 @@ def square_square(e_plus, e_minus, margin=1.0):
 
     Pushes E+ to zero and E- above ``margin``. Needs **non-negative energies**: it is only
     meaningful when the energy is bounded below by 0 (Hadsell et al.'s contrastive loss).
+    Smooth: ``max(0, m - E-)^2`` is continuously differentiable (its derivative
+    ``-2 max(0, m - E-)`` is 0 at ``E- = m`` from both sides), so there is no kink.
 
     Parameters
     ----------
@@ -239,10 +271,11 @@ def square_square(e_plus, e_minus, margin=1.0):
     loss, dloss_dEplus, dloss_dEminus : float64 arrays
         The loss, ``2 E+``, ``-2 max(0, margin - E-)``.
     """
+    _check_positive("square_square", margin=margin)
     scalar = _is_scalar(e_plus, e_minus)
     ep, em = np.broadcast_arrays(*_as_float(e_plus, e_minus))
     gap = np.maximum(0.0, margin - em)
-    return _result(ep * ep + gap * gap, 2.0 * ep, -2.0 * gap, scalar)
+    return _result(ep * ep + gap * gap, 2.0 * ep, -2.0 * gap, scalar, (ep, em))
 
 
 def square_exp(e_plus, e_minus, gamma=1.0, beta=1.0):
@@ -261,10 +294,11 @@ def square_exp(e_plus, e_minus, gamma=1.0, beta=1.0):
     loss, dloss_dEplus, dloss_dEminus : float64 arrays
         The loss, ``2 E+``, ``-gamma beta exp(-beta E-)``.
     """
+    _check_positive("square_exp", gamma=gamma, beta=beta)
     scalar = _is_scalar(e_plus, e_minus)
     ep, em = np.broadcast_arrays(*_as_float(e_plus, e_minus))
     ex = gamma * np.exp(-beta * em)
-    return _result(ep * ep + ex, 2.0 * ep, -beta * ex, scalar)
+    return _result(ep * ep + ex, 2.0 * ep, -beta * ex, scalar, (ep, em))
 
 
 def nll(e_plus, free_energy, beta=1.0):
@@ -289,11 +323,10 @@ def nll(e_plus, free_energy, beta=1.0):
     loss, dloss_dEplus, dloss_dEminus : float64 arrays
         ``E+ - F``, ones, minus ones.
     """
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta!r}")
+    _check_positive("nll", beta=beta)
     scalar = _is_scalar(e_plus, free_energy)
     ep, f = np.broadcast_arrays(*_as_float(e_plus, free_energy))
-    return _result(ep - f, np.ones_like(ep), -np.ones_like(ep), scalar)
+    return _result(ep - f, np.ones_like(ep), -np.ones_like(ep), scalar, (ep, f))
 
 
 def margin_loss(q, dq=None, *, step=1e-6, name=None, needs_nonnegative=False, smooth=True):
@@ -307,10 +340,17 @@ def margin_loss(q, dq=None, *, step=1e-6, name=None, needs_nonnegative=False, sm
     q : callable ``q(e_plus, e_minus) -> loss``
         Elementwise over float64 arrays.
     dq : callable ``dq(e_plus, e_minus) -> (dQ/dE+, dQ/dE-)`` or None
-        The partial derivatives. When None they are computed by central differences with step
-        ``step * max(1, |E|)``, which costs four more evaluations of ``q`` and is accurate to
-        about ``step^2`` for smooth Q.
-    step : float
+        The partial derivatives. When None they are computed by central differences, which
+        costs four more evaluations of ``q``. Both partials use the one step
+        ``h = step * max(1, |E+|, |E-|)`` (per element): Q's differences are resolved only
+        relative to the larger energy (with E+ = 1e10 and E- = 0, ``E- +- 1e-6`` would change
+        ``E+ - E-`` by less than its rounding), and a margin loss varies on the scale of
+        ``E+ - E-``. The relative error is then about ``step^2`` for smooth Q (float64
+        cannot resolve a bend of Q narrower than ``h`` at huge energies anyway). Infinite
+        energies are the limit: they are left out of the scale, and ``inf +- h = inf``, so
+        where Q is flat in that limit (e.g. ``log(1 + exp(E+ - E-))`` at ``E- = +inf``) both
+        derivatives are 0; where Q itself is infinite or NaN there they are NaN.
+    step : float, > 0
         Relative finite-difference step.
     name : str or None
         Name of the resulting :class:`LossSpec`.
@@ -333,6 +373,7 @@ def margin_loss(q, dq=None, *, step=1e-6, name=None, needs_nonnegative=False, sm
         raise ValueError("margin_loss: q must be callable as q(e_plus, e_minus)")
     if dq is not None and not callable(dq):
         raise ValueError("margin_loss: dq must be None or callable as dq(e_plus, e_minus)")
+    _check_positive("margin_loss", step=step)
 
     def func(e_plus, e_minus):
         scalar = _is_scalar(e_plus, e_minus)
@@ -343,13 +384,15 @@ def margin_loss(q, dq=None, *, step=1e-6, name=None, needs_nonnegative=False, sm
             d_plus = np.asarray(d_plus, dtype=np.float64)
             d_minus = np.asarray(d_minus, dtype=np.float64)
         else:
-            hp = step * np.maximum(1.0, np.abs(ep))
-            hm = step * np.maximum(1.0, np.abs(em))
-            d_plus = (np.asarray(q(ep + hp, em)) - np.asarray(q(ep - hp, em))) / (2.0 * hp)
-            d_minus = (np.asarray(q(ep, em + hm)) - np.asarray(q(ep, em - hm))) / (2.0 * hm)
+            mag = np.maximum(np.where(np.isfinite(ep), np.abs(ep), 0.0),
+                             np.where(np.isfinite(em), np.abs(em), 0.0))
+            h = step * np.maximum(1.0, mag)
+            with np.errstate(invalid="ignore"):          # inf - inf where Q is infinite
+                d_plus = (np.asarray(q(ep + h, em)) - np.asarray(q(ep - h, em))) / (2.0 * h)
+                d_minus = (np.asarray(q(ep, em + h)) - np.asarray(q(ep, em - h))) / (2.0 * h)
         loss, d_plus, d_minus = np.broadcast_arrays(loss, d_plus, d_minus)
         return _result(loss.astype(np.float64), d_plus.astype(np.float64),
-                       d_minus.astype(np.float64), scalar)
+                       d_minus.astype(np.float64), scalar, (ep, em))
 
     return LossSpec(name or getattr(q, "__name__", "margin_loss"), func, "most_offending",
                     needs_nonnegative=needs_nonnegative, smooth=smooth, params=())
@@ -370,7 +413,10 @@ class LossSpec:
     needs_nonnegative : bool
         True when the loss is only meaningful for energies bounded below by zero.
     smooth : bool
-        True when the loss is differentiable everywhere in (E+, E-) (suits L-BFGS).
+        True when the loss is continuously differentiable in (E+, E-) (hinge, perceptron and
+        LVQ2 are not). :func:`factorebm.optimize.default_optimizer` picks L-BFGS only for a
+        smooth loss whose E- is the free energy or absent: with the most offending answer,
+        E- is piecewise linear in the weights whatever the loss.
     collapses : str
         Which architectures the loss collapses, from the tutorial (empty when none).
     params : tuple of str
@@ -394,6 +440,25 @@ class LossSpec:
             raise ValueError(f"loss {self.name!r} takes no parameter(s) {', '.join(unknown)}; "
                              f"it takes: {', '.join(self.params) or 'none'}")
 
+    def check_energies(self, e_plus, e_minus=None, stacklevel=3):
+        """Warn (one RuntimeWarning) when this loss assumes non-negative energies and some
+        ``e_plus`` or ``e_minus`` (arrays of any shape, or None) is negative.
+
+        The tutorial's conditions (module docstring): square-square, square-exponential and
+        LVQ2 are meaningless on an architecture whose energies can go below zero, such as a
+        log-linear model; the objectives call this once per evaluation. The message does not
+        depend on the values, so Python's default filter shows it once per call site.
+        """
+        if not self.needs_nonnegative:
+            return
+        for e in (e_plus, e_minus):
+            if e is not None and np.any(np.asarray(e) < 0):
+                warnings.warn(
+                    f"loss {self.name!r} assumes non-negative energies, but some E+ or E- is "
+                    "negative: on this architecture it is meaningless (see factorebm.losses)",
+                    RuntimeWarning, stacklevel=stacklevel)
+                return
+
     def __call__(self, e_plus, e_minus=None, **params):
         if self.e_minus is None:
             return self.func(e_plus, **params)
@@ -405,19 +470,20 @@ class LossSpec:
 
 
 _FREE_ARCH = "architectures with a free energy per answer (tables, emission weights)"
+_ZERO_MARGIN = "none outright, but no margin: flat energy surfaces have zero loss"
 
 _REGISTRY = {
     "energy": LossSpec("energy", energy, None, smooth=True, collapses=_FREE_ARCH),
     "perceptron": LossSpec(
         "perceptron", perceptron, "min_all",
-        collapses="none outright, but no margin: flat energy surfaces have zero loss"),
+        collapses=_ZERO_MARGIN),
     "hinge": LossSpec("hinge", hinge, "most_offending", params=("margin",)),
     "log": LossSpec("log", log, "most_offending", smooth=True),
     "lvq2": LossSpec("lvq2", lvq2, "most_offending", needs_nonnegative=True,
-                     params=("delta",)),
+                     collapses=_ZERO_MARGIN, params=("delta",)),
     "mce": LossSpec("mce", mce, "most_offending", smooth=True),
     "square_square": LossSpec("square_square", square_square, "most_offending",
-                              needs_nonnegative=True, params=("margin",)),
+                              needs_nonnegative=True, smooth=True, params=("margin",)),
     "square_exp": LossSpec("square_exp", square_exp, "most_offending", needs_nonnegative=True,
                            smooth=True, params=("gamma", "beta")),
     "nll": LossSpec("nll", nll, "free_energy", smooth=True, params=("beta",)),

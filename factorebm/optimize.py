@@ -15,8 +15,11 @@
   per coordinate, ``learning_rate / (eps + sqrt(sum of squared loss gradients))``.
 * ``"perceptron"`` -- the averaged perceptron (Collins 2002): steps of ``-learning_rate *
   gradient of the summed batch loss`` (with the perceptron loss this is the classic update
-  ``w += phi(gold) - phi(prediction)`` in energy form), returning the average of the weights
-  over all steps (computed with the lazy averaging trick, so sparse steps stay sparse).
+  ``w += phi(gold) - phi(prediction)`` in energy form), returning the average
+  ``(w_1 + ... + w_T) / T`` of the weights after each of the T steps (the starting weights
+  ``w_0`` are not among them). It is computed with the lazy averaging trick, so sparse steps
+  stay sparse: with step t adding ``d_t``, ``sum_t w_t = T w_T - sum_t (t - 1) d_t``, so it
+  keeps ``u = sum_t (t - 1) d_t`` and returns ``w_T - u / T``.
 
 Every optimizer warm-starts from ``w0``, prints one line per iteration (L-BFGS) or epoch with
 the loss and whatever ``callback(w, epoch)`` returns (e.g. a dict with the dev accuracy), and
@@ -24,6 +27,7 @@ is silent with ``verbose=False``. Each returns ``(w, history)`` with ``history``
 dicts (``"epoch"``, ``"loss"``, ``"time"`` and the callback's entries).
 """
 import time
+import warnings
 
 import numpy as np
 import scipy.optimize
@@ -135,7 +139,9 @@ def _wolfe_search():
     """scipy's scalar strong-Wolfe search (Nocedal and Wright, algorithm 3.5).
 
     Taken from scipy's private module because it works on the step length alone, so trial
-    points can be written into one reused buffer; None when this scipy does not have it."""
+    points can be written into one reused buffer; None when this scipy does not have it, and
+    then :func:`_lbfgs_smooth` falls back to the public ``scipy.optimize.line_search`` (same
+    algorithm and constants, a fresh trial vector per evaluation)."""
     try:
         from scipy.optimize._linesearch import scalar_search_wolfe2
     except ImportError:  # pragma: no cover - depends on the scipy version
@@ -214,9 +220,20 @@ def _lbfgs_smooth(fun, w0, max_iter, tol, reporter, n_pairs=6, gtol=1e-10, n_thr
         if search is not None:
             alpha, _, _, _ = search(phi, derphi, phi0=f, derphi0=gd, c1=1e-4, c2=0.9,
                                     maxiter=30)
-        else:  # pragma: no cover
-            alpha = scipy.optimize.line_search(
-                lambda z: fun(z)[0], lambda z: fun(z)[1], x, d, gfk=g, old_fval=f)[0]
+        else:                            # the public search (tests/test_optimize.py)
+            last = {}
+
+            def value_grad(z):           # line_search asks for f and g at each point apart
+                if "z" not in last or not np.array_equal(last["z"], z):
+                    last["z"] = np.array(z)
+                    last["fg"] = fun(z)
+                return last["fg"]
+            with warnings.catch_warnings():  # a failure is reported below, as for scipy's
+                warnings.filterwarnings(       # private search
+                    "ignore", message="The line search algorithm did not converge")
+                alpha = scipy.optimize.line_search(
+                    lambda z: value_grad(z)[0], lambda z: value_grad(z)[1], x, d, gfk=g,
+                    old_fval=f, c1=1e-4, c2=0.9, maxiter=30)[0]
         if alpha is None:
             if reporter.verbose:
                 print(f"lbfgs: line search failed at iteration {it}; stopping", flush=True)
@@ -390,7 +407,7 @@ class _ChainStochastic:
         acc_rows = np.zeros((F, K) if adagrad else (0, K))
         acc_dense = np.zeros(dense.shape if adagrad else (0, dense.shape[1]))
         if opt == "perceptron":
-            u = np.zeros_like(w)        # sum over steps of step_index * update (averaging)
+            u = np.zeros_like(w)        # sum over steps t of (t - 1) * update (averaging)
             U_rows = u[:model.n_emit].reshape(F, K)
             u_dense = u[model.n_emit:].reshape(1, -1)
         buf = self._batch_buffers()
@@ -426,9 +443,9 @@ class _ChainStochastic:
                 epoch_loss += loss_sum
                 g_dense = np.concatenate([g_T.ravel(), g_S, g_E]).reshape(1, -1)
                 if opt == "perceptron":
-                    _optim.perceptron_step(W, U_rows, g_rows, cols, lr_epoch, step + 1)
-                    _optim.perceptron_step(dense, u_dense, g_dense, dense_row, lr_epoch,
-                                           step + 1)
+                    # this is step t = step + 1: its update enters u with weight t - 1
+                    _optim.perceptron_step(W, U_rows, g_rows, cols, lr_epoch, step)
+                    _optim.perceptron_step(dense, u_dense, g_dense, dense_row, lr_epoch, step)
                 elif adagrad:
                     _optim.adagrad_step(W, acc_rows, g_rows, cols, last, step, self.eta,
                                         _EPS_ADAGRAD, nb, l1, l2)
@@ -592,7 +609,7 @@ def fit_graphs(samples, *, loss="nll", optimizer=None, l1=0.0, l2=None, max_iter
             if optimizer == "perceptron":
                 upd = -lr_epoch * g * len(batch)
                 w += upd
-                u += (step + 1) * upd
+                u += step * upd          # step t = step + 1 enters with weight t - 1
             else:
                 if optimizer == "adagrad":
                     acc += g * g

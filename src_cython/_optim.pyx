@@ -345,8 +345,10 @@ def perceptron_step(float64_t[:, ::1] W, float64_t[:, ::1] U, const float64_t[:,
     """The averaged perceptron's step on the rows ``cols``, with its averaging sum.
 
     ``d = -lr * G[i]``, ``W[r] += d`` and ``U[r] += weight * d`` for r = cols[i], where
-    ``weight`` is the 1-based step index: the average of the iterates over T steps is then
-    ``W - U / T`` (the lazy averaging trick), so untouched rows cost nothing.
+    ``weight = t - 1`` for step t (1-based; the number of steps before this one). After T
+    steps from w_0, ``W - U / T`` is the average ``(w_1 + ... + w_T) / T`` of the weights after
+    each step (Collins 2002; w_0 is not counted), since ``sum_t w_t = T w_T - sum_t (t - 1)
+    d_t`` (the lazy averaging trick): untouched rows cost nothing.
 
     Parameters
     ----------

@@ -1,16 +1,20 @@
 """The chain objective against brute-force enumeration and central differences."""
 import itertools
+import warnings
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from scipy.special import logsumexp
 
-from factorebm import losses
+from factorebm import chain, losses
 from factorebm.learning import ChainCorpus, LinearChainEnergy, chain_objective
 
+# square_square's margin 6.0 lies inside the range of E- of the positive instances, so its
+# push-up term max(0, m - E-)^2 is active for some sequences (see the guard test below).
+SQ_MARGIN = 6.0
 LOSSES = [("nll", {}), ("hinge", {"margin": 1.0}), ("log", {}), ("mce", {}),
-          ("perceptron", {}), ("energy", {}), ("square_square", {"margin": 2.0}),
+          ("perceptron", {}), ("energy", {}), ("square_square", {"margin": SQ_MARGIN}),
           ("square_exp", {"gamma": 0.5}), ("lvq2", {"delta": 1.0})]
 
 
@@ -136,6 +140,39 @@ def test_lvq2_instance_exercises_its_linear_region():
     model, X, offsets, y, w = _instance(0, positive=True)
     _, g = chain_objective(w, model, X, offsets, y, loss="lvq2")
     assert np.abs(g).max() > 1e-3
+
+
+@pytest.mark.parametrize("seed,kw", [(0, {}), (5, {}), (9, {"K": 2, "H": 2})])
+def test_square_square_push_up_term_is_active_in_the_gradient_checks(seed, kw):
+    # Guard for the gradient tests above (seeds 0 and 5, and the latent instance 9): some
+    # sequences have E- < margin, so max(0, m - E-)^2 contributes; others have E- > margin.
+    model, X, offsets, y, w = _instance(seed, positive=True, **kw)
+    _, T, S, E = model.unpack(w)
+    _, e_minus = chain.most_offending(model.unary(w, X), T, offsets, y, S, E,
+                                      state_label=model.state_label)
+    e_minus = np.asarray(e_minus)[np.diff(offsets) > 0]
+    assert 0 < np.sum(e_minus < SQ_MARGIN) < e_minus.size, e_minus
+    _, g = chain_objective(w, model, X, offsets, y, loss="square_square", margin=SQ_MARGIN)
+    _, g_off = chain_objective(w, model, X, offsets, y, loss="square_square", margin=1e-3)
+    assert np.abs(g - g_off).max() > 1e-2
+
+
+def test_losses_assuming_nonnegative_energies_warn_once_on_negative_ones():
+    model, X, offsets, y, w = _instance(1)               # energies of both signs
+    for name in ("square_square", "square_exp"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            chain_objective(w, model, X, offsets, y, loss=name)
+        got = [c for c in caught if issubclass(c.category, RuntimeWarning)]
+        assert len(got) == 1, name
+        assert "non-negative energies" in str(got[0].message) and name in str(got[0].message)
+        assert got[0].filename == __file__               # points at the caller
+    _, Xp, _, _, wp = _instance(1, positive=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ("square_square", "square_exp", "lvq2"):
+            chain_objective(wp, model, Xp, offsets, y, loss=name)
+        chain_objective(w, model, X, offsets, y, loss="hinge")   # no condition on the sign
 
 
 def test_threads_give_identical_results():

@@ -1,6 +1,7 @@
 """Parametric factor graphs: objective vs brute force, gradients, and the tutorial's linear
 machines (logistic regression, multiclass SVM, perceptron) as single-node graphs."""
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -12,9 +13,13 @@ import factorebm as fe
 from factorebm import losses
 from factorebm.learning import ParametricGraph, graph_objective, tied_phi
 from factorebm.optimize import fit_graphs
+from test_optimize import collins_perceptron
 
+# square_square's margin 6.0 lies inside the range of E- of the positive instances, so its
+# push-up term max(0, m - E-)^2 is active for some samples (see the guard test below).
+SQ_MARGIN = 6.0
 LOSSES = [("nll", {}), ("hinge", {"margin": 1.0}), ("log", {}), ("mce", {}),
-          ("perceptron", {}), ("energy", {}), ("square_square", {"margin": 3.0}),
+          ("perceptron", {}), ("energy", {}), ("square_square", {"margin": SQ_MARGIN}),
           ("square_exp", {"gamma": 0.5}), ("lvq2", {"delta": 1.0})]
 
 
@@ -110,6 +115,41 @@ def test_graph_objective_matches_brute_force_and_finite_differences(latent, name
                     - graph_objective(w - h * e, samples, loss=name, l2=0.1, beta=beta,
                                       **kw)[0]) / (2 * h) for e in np.eye(w.size)])
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6 * max(1.0, abs(v)))
+
+
+@pytest.mark.parametrize("latent", [False, True])
+def test_square_square_push_up_term_is_active_in_the_gradient_check(latent):
+    # Guard for the test above: some samples have E- < margin (the term max(0, m - E-)^2
+    # contributes to the gradient), others E- > margin.
+    samples, w = _samples(latent, seed=3 if latent else 4, positive=True)
+    e_minus = []
+    for pg, target in samples:
+        pg.set_weights(w)
+        e_minus.append(fe.most_offending(pg.graph, target)[1])
+    e_minus = np.array(e_minus)
+    assert 0 < np.sum(e_minus < SQ_MARGIN) < len(samples), e_minus
+    # and it matters: dropping it (a margin below every E-) changes the gradient
+    _, g = graph_objective(w, samples, loss="square_square", margin=SQ_MARGIN)
+    _, g_off = graph_objective(w, samples, loss="square_square", margin=1e-3)
+    assert np.abs(g - g_off).max() > 1e-2
+
+
+def test_losses_assuming_nonnegative_energies_warn_once_on_negative_ones():
+    samples, w = _samples(False, seed=4)                 # log-linear: energies of both signs
+    for name, kw in [("square_square", {"margin": 1.0}), ("square_exp", {})]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            graph_objective(w, samples, loss=name, **kw)
+        got = [c for c in caught if issubclass(c.category, RuntimeWarning)]
+        assert len(got) == 1, name
+        assert "non-negative energies" in str(got[0].message) and name in str(got[0].message)
+        assert got[0].filename == __file__               # points at the caller
+    positive, wp = _samples(False, seed=4, positive=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ("square_square", "square_exp", "lvq2", "hinge"):
+            graph_objective(wp, positive, loss=name)
+        graph_objective(w, samples, loss="hinge")         # no condition on the sign
 
 
 def test_tied_phi_shares_weights_across_factors_and_graphs():
@@ -224,19 +264,74 @@ def test_single_node_hinge_is_the_multiclass_svm():
     assert qp.fun - 1e-6 <= v <= qp.fun * 1.03 + 1e-3
 
 
-def test_single_node_perceptron_separates_separable_data():
+def test_single_node_perceptron_is_the_averaged_multiclass_perceptron():
     Xf, y = _blobs(2, n=40, sep=4.0)
     Xf = np.hstack([Xf, np.ones((len(y), 1))])  # bias feature
     K = 3
     # separable: an exact linear separator exists (checked with an LP, independently)
     samples = _single_node_samples(Xf, y, K)
-    w, _ = fit_graphs(samples, loss="perceptron", max_iter=50, batch_size=1, verbose=False,
-                      random_state=0)
+    w0 = 0.01 * np.random.default_rng(1).standard_normal(K * Xf.shape[1])   # no ties
+    w, _ = fit_graphs(samples, loss="perceptron", max_iter=100, batch_size=1, w0=w0,
+                      verbose=False, random_state=0)
+    # the same weights as an independent averaged multiclass perceptron: answer k's feature
+    # vector is x in block k, so E(k) = w_k . x
+    candidates = [np.kron(np.eye(K), x.reshape(1, -1)) for x in Xf]
+    ref = collins_perceptron(candidates, y, w0, 100, 1, 1.0, 0)
+    np.testing.assert_allclose(w, ref, rtol=1e-10, atol=1e-10)
     E = Xf @ w.reshape(K, -1).T
     pred = np.argmin(E, axis=1)
     lp_ok = _separable(Xf, y, K)
     assert lp_ok
     np.testing.assert_array_equal(pred, y)
+
+
+def test_averaged_perceptron_averages_the_weights_after_each_step():
+    # One variable, tables = w: from w0 = [0, -1] with target 0 the prediction is 1, so the
+    # one step gives w1 = w0 - (e0 - e1) = [-1, 0], and the average of {w1} is w1 (Collins
+    # 2002 averages w_1 .. w_T; averaging w_0 .. w_{T-1} would return w0).
+    g = fe.FactorGraph()
+    g.add_variable("y", 2)
+    g.add_factor(["y"], np.zeros(2))
+    samples = [(ParametricGraph(g, sp.eye(2)), {"y": 0})]
+    w, _ = fit_graphs(samples, loss="perceptron", max_iter=1, batch_size=1, w0=[0.0, -1.0],
+                      verbose=False)
+    np.testing.assert_array_equal(w, [-1.0, 0.0])
+    # two steps: w2 = w1 (0 is now the lowest), the average is w1
+    w, _ = fit_graphs(samples, loss="perceptron", max_iter=2, batch_size=1, w0=[0.0, -1.0],
+                      verbose=False)
+    np.testing.assert_array_equal(w, [-1.0, 0.0])
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_averaged_perceptron_equals_collins_on_a_small_graph(batch_size):
+    samples, w_true = _samples(False, seed=12, n=5)
+    n_weights = samples[0][0].n_weights
+    # Every joint assignment of the tree as a feature vector: the indicator of its table
+    # entries times Phi, enumerated with numpy.
+    candidates, gold = [], []
+    for pg, target in samples:
+        g = pg.graph
+        names = g.variables
+        cards = [g.cardinality(v) for v in names]
+        tgt = tuple(list(g.labels(v)).index(target[v]) if isinstance(target[v], str)
+                    else target[v] for v in names)
+        phi = pg.phi.toarray()
+        rows = []
+        states_list = list(itertools.product(*[range(c) for c in cards]))
+        for states in states_list:
+            ind = np.zeros(phi.shape[0])
+            for f in range(g.n_factors):
+                idx = tuple(states[names.index(v)] for v in g.factor_scope(f))
+                ind[pg.table_offset[f] + np.ravel_multi_index(idx, pg.table_shapes[f])] = 1.0
+            rows.append(ind @ phi)
+        candidates.append(np.array(rows))
+        gold.append(states_list.index(tgt))
+    w0 = np.random.default_rng(2).standard_normal(n_weights)
+    w, _ = fit_graphs(samples, loss="perceptron", max_iter=4, batch_size=batch_size, w0=w0,
+                      verbose=False, random_state=5)
+    ref = collins_perceptron(candidates, gold, w0, 4, batch_size, 1.0, 5)
+    np.testing.assert_allclose(w, ref, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(w, w0)
 
 
 def _separable(Xf, y, K):

@@ -28,14 +28,13 @@ CASES = [
 
 
 def _kinks(name, ep, em, kw):
-    """Distance of (E+, E-) to the loss's points of non-differentiability."""
+    """Distance of (E+, E-) to the loss's points of non-differentiability (square-square's
+    max(0, m - E-)^2 has none: it is C^1, and is checked across E- = m too)."""
     if name == "hinge":
         return abs(kw["margin"] + ep - em)
     if name == "lvq2":
         r = (ep - em) / (kw["delta"] * em)
         return min(abs(r), abs(r - 1.0)) * kw["delta"] * em
-    if name == "square_square":
-        return abs(kw["margin"] - em)
     return np.inf
 
 
@@ -56,6 +55,62 @@ def test_derivatives_match_central_differences(name, kw, sp, sm):
         assert abs(dm - fd_m) <= 1e-5 * scale
 
     check()
+
+
+@pytest.mark.parametrize("name,kw,sp,sm", CASES)
+def test_nan_energies_give_nan_loss_and_derivatives(name, kw, sp, sm):
+    func = losses.get(name)
+    for ep, em in [(np.nan, 1.0), (1.0, np.nan), (np.nan, np.nan)]:
+        if name == "energy" and np.isnan(em) and not np.isnan(ep):
+            continue                                     # the energy loss ignores E-
+        with np.errstate(invalid="ignore"):
+            out = func(ep, em, **kw)
+        assert all(np.isnan(x) for x in out), (ep, em, out)
+    # elementwise: only the NaN entries
+    with np.errstate(invalid="ignore"):
+        loss, dp, dm = func(np.array([np.nan, 0.5, 2.0]), np.array([1.0, 1.5, np.nan]), **kw)
+    assert np.isnan(dp[0]) and np.isnan(dm[0]) and np.isfinite(dp[1]) and np.isfinite(dm[1])
+    assert np.isnan(dm[2]) or name == "energy"
+
+
+def test_nan_regression_hinge_and_lvq2():
+    # hinge's [z > 0] and lvq2's [0 < r < 1] are False for NaN: they used to return 0
+    assert all(np.isnan(x) for x in losses.hinge(np.nan, 1.0))
+    assert all(np.isnan(x) for x in losses.lvq2(np.nan, 1.0))
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: losses.hinge(1.0, 2.0, margin=0.0), "hinge: margin"),
+    (lambda: losses.hinge(1.0, 2.0, margin=-1.0), "hinge: margin"),
+    (lambda: losses.hinge(1.0, 2.0, margin=np.nan), "hinge: margin"),
+    (lambda: losses.hinge(1.0, 2.0, margin=np.inf), "hinge: margin"),
+    (lambda: losses.lvq2(1.0, 2.0, delta=0.0), "lvq2: delta"),
+    (lambda: losses.lvq2(1.0, 2.0, delta=-0.5), "lvq2: delta"),
+    (lambda: losses.square_square(1.0, 2.0, margin=0.0), "square_square: margin"),
+    (lambda: losses.square_square(1.0, 2.0, margin=-2.0), "square_square: margin"),
+    (lambda: losses.square_exp(1.0, 2.0, gamma=0.0), "square_exp: gamma"),
+    (lambda: losses.square_exp(1.0, 2.0, gamma=-1.0), "square_exp: gamma"),
+    (lambda: losses.square_exp(1.0, 2.0, beta=0.0), "square_exp: beta"),
+    (lambda: losses.square_exp(1.0, 2.0, beta=-3.0), "square_exp: beta"),
+    (lambda: losses.square_exp(1.0, 2.0, beta="1"), "square_exp: beta"),
+    (lambda: losses.nll(1.0, 0.0, beta=-1.0), "nll: beta"),
+    (lambda: losses.margin_loss(lambda a, b: a - b, step=0.0), "margin_loss: step"),
+])
+def test_loss_parameters_must_be_finite_and_positive(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_bad_loss_parameters_raise_through_the_objective():
+    from factorebm.learning import LinearChainEnergy, chain_objective
+    import scipy.sparse as sp
+    model = LinearChainEnergy(4, 3)
+    X = sp.random(5, 4, density=0.6, random_state=0, format="csr")
+    args = (np.zeros(model.n_weights), model, X, np.array([0, 2, 5]), np.zeros(5, np.int64))
+    with pytest.raises(ValueError, match="hinge: margin"):
+        chain_objective(*args, loss="hinge", margin=0.0)
+    with pytest.raises(ValueError, match="lvq2: delta"):
+        chain_objective(*args, loss="lvq2", delta=0.0)
 
 
 @pytest.mark.parametrize("name,kw,sp,sm", CASES)
@@ -143,6 +198,29 @@ def test_margin_loss_with_and_without_derivative():
         assert spec.e_minus == "most_offending"
 
 
+def test_margin_loss_finite_differences_keep_precision_at_large_energies():
+    # The step scales with max(1, |E+|, |E-|) for both partials: at E+ = 1e10, E- = 0 a step
+    # of 1e-6 on E- alone is below the rounding of E+ - E- (it gave dL/dE- = -1.907).
+    soft = losses.margin_loss(lambda a, b: np.logaddexp(0.0, a - b))
+    for ep, em in [(1e10, 0.0), (0.0, -1e10), (-3e8, 1e9), (2e3, 2e3 + 1.0)]:
+        _, dp, dm = soft(np.array([ep]), np.array([em]))
+        _, dp_ref, dm_ref = losses.log(ep, em)
+        np.testing.assert_allclose([dp[0], dm[0]], [dp_ref, dm_ref], rtol=1e-6, atol=1e-9)
+
+
+def test_margin_loss_at_infinite_energies_takes_the_limit():
+    soft = losses.margin_loss(lambda a, b: np.logaddexp(0.0, a - b))
+    # E- = +inf: Q is flat (0) in the limit, so both derivatives are 0 (not NaN)
+    loss, dp, dm = soft(np.array([1.0, -5.0, 1e10]), np.array([np.inf, np.inf, np.inf]))
+    np.testing.assert_array_equal(loss, 0.0)
+    np.testing.assert_array_equal(dp, 0.0)
+    np.testing.assert_array_equal(dm, 0.0)
+    # E+ = -inf likewise; finite entries next to infinite ones keep their own step
+    loss, dp, dm = soft(np.array([-np.inf, 0.0]), np.array([2.0, 0.0]))
+    assert loss[0] == 0.0 and dp[0] == 0.0 and dm[0] == 0.0
+    assert dp[1] == pytest.approx(0.5, rel=1e-8) and dm[1] == pytest.approx(-0.5, rel=1e-8)
+
+
 def test_margin_loss_trains_a_chain_like_a_builtin():
     from factorebm.learning import LinearChainEnergy, chain_objective
     import scipy.sparse as sp
@@ -170,6 +248,17 @@ def test_registry():
     needs = {n for n in losses.available() if losses.get(n).needs_nonnegative}
     assert needs == {"square_square", "square_exp", "lvq2"}
     assert "free energy per answer" in losses.get("energy").collapses
+    # zero margin: like the perceptron, LVQ2 gives flat surfaces zero loss
+    assert "no margin" in losses.get("lvq2").collapses
+    assert losses.get("lvq2").collapses == losses.get("perceptron").collapses
+    assert losses.lvq2(2.0, 2.0)[0] == 0.0 and losses.perceptron(2.0, 2.0)[0] == 0.0
+    # square-square is C^1 (max(0, m - E-)^2 has a continuous derivative); the others with
+    # a kink are not smooth
+    smooth = {n for n in losses.available() if losses.get(n).smooth}
+    assert smooth == {"energy", "log", "mce", "square_square", "square_exp", "nll"}
+    m = 1.0
+    for side in (-1e-9, 1e-9):
+        assert losses.square_square(0.0, m + side, margin=m)[2] == pytest.approx(0.0, abs=1e-8)
     assert losses.get("Square-Square") is losses.get("square_square")
     spec = losses.get("hinge")
     assert losses.get(spec) is spec

@@ -229,6 +229,20 @@ def test_perceptron_step_matches_numpy():
     np.testing.assert_array_equal(U, U_ref)
 
 
+def test_perceptron_steps_average_the_weights_after_each_step():
+    # The documented use: step t (1-based) passes weight t - 1; then W - U / T is the mean of
+    # the weights after steps 1..T (Collins 2002), w_0 excluded.
+    rng = np.random.default_rng(9)
+    W = rng.standard_normal((20, 3))
+    U = np.zeros_like(W)
+    after = []
+    for t in range(1, 16):
+        cols = np.sort(rng.choice(20, rng.integers(1, 6), replace=False))
+        _optim.perceptron_step(W, U, rng.standard_normal((cols.size, 3)), cols, 0.4, t - 1)
+        after.append(W.copy())
+    np.testing.assert_allclose(W - U / 15, np.mean(after, axis=0), rtol=1e-12, atol=1e-12)
+
+
 def test_lazy_rows_equal_dense_rows_over_many_steps():
     # A sequence of sparse AdaGrad steps with lazy catch-up (the optimizer's use of the
     # kernels) equals the same steps applied to every row at every step.

@@ -1,5 +1,9 @@
-"""Optimizers: lazy sparse updates equal dense ones, training lowers the objective, L1, warm
-start, progress reporting, errors."""
+"""Optimizers: lazy sparse updates equal dense ones, the averaged perceptron equals Collins',
+training lowers the objective, L1, warm start, progress reporting, the line-search fallback,
+errors."""
+import itertools
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -40,14 +44,13 @@ def test_prox_catch_up_equals_k_single_steps(w, lr, k, l1, l2):
 
 def _dense_reference(model, X, offsets, y, optimizer, loss, l1, l2, epochs, batch_size, eta,
                      seed, w0):
-    """The same algorithm with dense updates of every coordinate at every step."""
+    """The same algorithm (SGD or AdaGrad) with dense updates of every coordinate at every
+    step. The averaged perceptron has its own, independent reference: collins_perceptron."""
     rng = np.random.default_rng(seed)
     n = len(offsets) - 1
     lengths = np.diff(offsets)
     w = w0.copy()
     acc = np.zeros_like(w)
-    u = np.zeros_like(w)
-    step = 0
     for epoch in range(1, epochs + 1):
         lr_epoch = eta / epoch if optimizer == "sgd" else eta
         perm = rng.permutation(n)
@@ -56,25 +59,83 @@ def _dense_reference(model, X, offsets, y, optimizer, loss, l1, l2, epochs, batc
             tok = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in seqs])
             off_b = np.concatenate([[0], np.cumsum(lengths[seqs])])
             _, g = chain_objective(w, model, X[tok.astype(np.int64)], off_b, y[tok], loss=loss)
-            if optimizer == "perceptron":
-                upd = -eta * g * len(seqs)
-                w += upd
-                u += (step + 1) * upd
+            if optimizer == "adagrad":
+                acc += g * g
+                lr = np.where(acc > 0, eta / (1e-8 + np.sqrt(acc)), 0.0)
             else:
-                if optimizer == "adagrad":
-                    acc += g * g
-                    lr = np.where(acc > 0, eta / (1e-8 + np.sqrt(acc)), 0.0)
-                else:
-                    lr = lr_epoch
-                w = w - lr * g
-                w = np.sign(w) * np.maximum(0.0, np.abs(w) - lr * l1) / (1.0 + lr * l2)
-            step += 1
-    return w - u / step if optimizer == "perceptron" else w
+                lr = lr_epoch
+            w = w - lr * g
+            w = np.sign(w) * np.maximum(0.0, np.abs(w) - lr * l1) / (1.0 + lr * l2)
+    return w
+
+
+def collins_perceptron(candidates, gold, w0, epochs, batch_size, eta, seed):
+    """The averaged perceptron (Collins 2002) in plain numpy, in energy form.
+
+    Knows nothing of chains, graphs or losses: ``candidates[i]`` (n_answers_i, n_weights) holds
+    the feature vector of every answer of sample i (energy ``candidates[i] @ w``) and
+    ``gold[i]`` the row of the correct one. Each epoch visits the samples in the order
+    ``default_rng(seed).permutation(n)`` (the optimizers' order), ``batch_size`` at a time; a
+    step predicts ``argmin_a E`` for every sample of the batch at the same w and does
+    ``w -= eta * sum(phi(gold) - phi(prediction))``. Returns ``(w_1 + ... + w_T) / T``, the
+    average of the weights after each of the T steps (w_0 not included).
+    """
+    rng = np.random.default_rng(seed)
+    w = np.array(w0, dtype=np.float64)
+    total = np.zeros_like(w)
+    n_steps = 0
+    for _ in range(epochs):
+        perm = rng.permutation(len(candidates))
+        for s0 in range(0, len(candidates), batch_size):
+            delta = np.zeros_like(w)
+            for i in perm[s0:s0 + batch_size]:
+                pred = int(np.argmin(candidates[i] @ w))
+                delta += candidates[i][gold[i]] - candidates[i][pred]
+            w = w - eta * delta
+            total += w
+            n_steps += 1
+    return total / n_steps
+
+
+def _chain_candidates(X, offsets, y, K):
+    """Every labeling of every sequence as a feature vector over (W_emit (F, K) row-major,
+    transition (K, K), start (K,), end (K,)), enumerated; and the gold labeling's row."""
+    Xd = X.toarray()
+    F = Xd.shape[1]
+    n_weights = F * K + K * K + 2 * K
+    candidates, gold = [], []
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        seqs = list(itertools.product(range(K), repeat=int(b - a)))
+        rows = np.zeros((len(seqs), n_weights))
+        for r, seq in enumerate(seqs):
+            for t, k in enumerate(seq):
+                rows[r, k:F * K:K] += Xd[a + t]
+                if t:
+                    rows[r, F * K + seq[t - 1] * K + k] += 1.0
+            if seq:
+                rows[r, F * K + K * K + seq[0]] += 1.0
+                rows[r, F * K + K * K + K + seq[-1]] += 1.0
+        candidates.append(rows)
+        gold.append(seqs.index(tuple(y[a:b])))
+    return candidates, gold
+
+
+@pytest.mark.parametrize("batch_size,learning_rate", [(1, 1.0), (3, 0.5)])
+def test_averaged_perceptron_equals_collins_on_a_chain(batch_size, learning_rate):
+    model, X, offsets, y = _corpus(8, F=7, K=3, n=12, max_len=4, density=0.3)
+    w0 = np.random.default_rng(3).standard_normal(model.n_weights)   # no ties
+    w, hist = fit_chain(model, X, offsets, y, loss="perceptron", max_iter=3,
+                        batch_size=batch_size, learning_rate=learning_rate, w0=w0,
+                        random_state=4, verbose=False)
+    candidates, gold = _chain_candidates(X, offsets, y, model.n_states)
+    ref = collins_perceptron(candidates, gold, w0, 3, batch_size, learning_rate, 4)
+    np.testing.assert_allclose(w, ref, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(w, w0) and len(hist) == 3
 
 
 @pytest.mark.parametrize("optimizer,loss,l1,l2", [
     ("adagrad", "hinge", 0.01, 0.05), ("adagrad", "nll", 0.0, 0.1), ("sgd", "log", 0.02, 0.0),
-    ("sgd", "hinge", 0.01, 0.1), ("perceptron", "perceptron", 0.0, 0.0)])
+    ("sgd", "hinge", 0.01, 0.1)])
 def test_lazy_sparse_updates_equal_dense_updates(optimizer, loss, l1, l2):
     model, X, offsets, y = _corpus(1)
     rng = np.random.default_rng(5)
@@ -226,20 +287,50 @@ def test_fused_vector_kernels_match_numpy():
         np.testing.assert_allclose(g, 0.5 * y + 0.1 * x, rtol=1e-15)
 
 
-def test_lbfgs_matches_scipy_on_a_quadratic():
-    # Independent: the minimizer of 0.5 (w - b)^T D (w - b) is b; scipy's L-BFGS-B agrees.
+def _check_lbfgs_on_a_quadratic():
+    """Independent: the minimizer of 0.5 (w - b)^T D (w - b) is b. Returns the number of
+    objective evaluations and of iterations."""
     from factorebm.optimize import _lbfgs_smooth, _Reporter
     rng = np.random.default_rng(1)
     dvec = rng.uniform(0.1, 10.0, 300)
     b = rng.standard_normal(300)
+    calls = []
 
     def fun(w):
+        calls.append(1)
         r = w - b
         return 0.5 * float(r @ (dvec * r)), dvec * r
     rep = _Reporter("lbfgs", None, False)
     w = _lbfgs_smooth(fun, np.zeros(300), 500, 0.0, rep)
     np.testing.assert_allclose(w, b, atol=1e-7)
     assert all(a["loss"] >= c["loss"] for a, c in zip(rep.history, rep.history[1:]))
+    return len(calls), len(rep.history)
+
+
+def test_lbfgs_matches_scipy_on_a_quadratic():
+    _check_lbfgs_on_a_quadratic()
+
+
+def test_lbfgs_without_scipys_private_wolfe_search_falls_back_and_converges(monkeypatch):
+    # A scipy without optimize._linesearch (a private module): the import fails, and L-BFGS
+    # uses the public scipy.optimize.line_search instead.
+    from factorebm import optimize
+    monkeypatch.setitem(sys.modules, "scipy.optimize._linesearch", None)
+    assert optimize._wolfe_search() is None
+    n_calls, n_iter = _check_lbfgs_on_a_quadratic()
+    assert n_calls < 4 * n_iter + 2                  # f and g share one evaluation
+    # and a real objective: the NLL of a chain trains to the same optimum either way
+    model, X, offsets, y = _corpus(3)
+    w_fb, _ = fit_chain(model, X, offsets, y, loss="nll", l2=1e-2, max_iter=200, tol=0.0,
+                        verbose=False)
+    monkeypatch.undo()
+    assert optimize._wolfe_search() is not None
+    w_wolfe, _ = fit_chain(model, X, offsets, y, loss="nll", l2=1e-2, max_iter=200, tol=0.0,
+                           verbose=False)
+    v_fb, g_fb = chain_objective(w_fb, model, X, offsets, y, loss="nll", l2=1e-2)
+    v_wolfe, _ = chain_objective(w_wolfe, model, X, offsets, y, loss="nll", l2=1e-2)
+    assert v_fb == pytest.approx(v_wolfe, rel=1e-8)
+    assert np.linalg.norm(g_fb) < 1e-5
 
 
 def _binary(X):
