@@ -881,6 +881,46 @@ class FeatureExtractor:
             self._add_new_types(new)
         return self._assemble(tok_type, offsets), offsets
 
+    def emissions(self, sents, W, n_threads=1):
+        """Emission energies ``X @ W`` of a batch, without building the feature matrix X.
+
+        What :meth:`transform` followed by the sparse product gives (up to the order of the
+        floating-point additions), computed once per word type present in the batch and
+        group of templates, then summed per token: the fast path of tagging.
+
+        Parameters
+        ----------
+        sents : list of list of str
+        W : (n_features_, S) float64
+            Energy of each of S states per unit of each feature.
+        n_threads : int
+            OpenMP threads.
+
+        Returns
+        -------
+        U : (N, S) float64
+            Row ``offsets[i] + t`` is token ``t`` of sentence ``i``.
+        offsets : (n+1,) int64
+        """
+        from . import _features
+        self._check_fitted()
+        W = np.ascontiguousarray(W, dtype=np.float64)
+        if W.ndim != 2 or W.shape[0] != self.n_features_:
+            raise ValueError(f"W must have shape ({self.n_features_}, S), got {W.shape}")
+        sents = self._check_sents(sents)
+        if self._n_types - self._n_fit_types > self.cache_size:
+            self._trim_cache()
+        tok_type, offsets = self._map_tokens(sents)
+        new = self._index.new
+        if new:
+            self._index.new = []
+            self._add_new_types(new)
+        U = np.empty((tok_type.shape[0], W.shape[1]))
+        slot = np.full(self._n_types, -1, dtype=np.int32)
+        _features.type_emissions(tok_type, offsets, self._shift, self._seg[:self._n_types],
+                                 self._ids, W, slot, U, int(n_threads))
+        return U, offsets
+
     def fit_transform(self, sents, min_count=1):
         """``fit(sents, min_count)`` then ``transform(sents)``, sharing the token mapping."""
         return self._fit_transform(sents, min_count)

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import chain, losses
 from .features import FeatureExtractor
-from .learning import LinearChainEnergy
+from .learning import LinearChainEnergy, _threads_for
 from .modelio import load_arrays, save_arrays
 from .optimize import fit_chain
 
@@ -251,9 +251,10 @@ class SequenceTagger:
         """
         self._check_fitted()
         _check_corpus(sents)
-        X, offsets = self.feature_extractor_.transform(sents)
-        unary = self.model_.unary(self.coef_, X, n_threads=self.n_threads)
-        _, transition, start, end = self.model_.unpack(self.coef_)
+        W_emit, transition, start, end = self.model_.unpack(self.coef_)
+        # X @ W_emit without building X: summed once per word type present, then per token
+        unary, offsets = self.feature_extractor_.emissions(
+            sents, W_emit, n_threads=_threads_for(self.n_threads, sum(map(len, sents))))
         return unary, transition, start, end, offsets
 
     def _decode(self, w, X, offsets):

@@ -13,6 +13,34 @@
 #define FEBM_CLONES __attribute__((target_clones("arch=haswell", "default")))
 #else
 #define FEBM_CLONES
+/* out = sum_p dense[idx[p], :]: a row of an indicator (all-ones) CSR matrix times dense. */
+FEBM_CLONES
+static void febm_sum_rows_i32(const int32_t *idx, int64_t nnz, const double *dense, int64_t K,
+                              double *out) {
+    int64_t p = 0, k;
+    for (k = 0; k < K; k++) out[k] = 0.0;
+    for (; p + 4 <= nnz; p += 4) {
+        const double *d0 = dense + (int64_t)idx[p] * K, *d1 = dense + (int64_t)idx[p + 1] * K;
+        const double *d2 = dense + (int64_t)idx[p + 2] * K, *d3 = dense + (int64_t)idx[p + 3] * K;
+        for (k = 0; k < K; k++) out[k] += (d0[k] + d1[k]) + (d2[k] + d3[k]);
+    }
+    for (; p < nnz; p++) {
+        const double *d = dense + (int64_t)idx[p] * K;
+        for (k = 0; k < K; k++) out[k] += d[k];
+    }
+}
+
+/* out = sum_g rows[g][:]: n rows of length K, each given by a pointer. */
+FEBM_CLONES
+static void febm_add_rows(const double *const *rows, int64_t n, int64_t K, double *out) {
+    int64_t g, k;
+    for (k = 0; k < K; k++) out[k] = 0.0;
+    for (g = 0; g < n; g++) {
+        const double *r = rows[g];
+        for (k = 0; k < K; k++) out[k] += r[k];
+    }
+}
+
 #endif
 
 #define FEBM_ROW_BODY                                                                     \
@@ -39,5 +67,33 @@ static void febm_csr_row_i32(const int32_t *idx, const double *val, int64_t nnz,
 FEBM_CLONES
 static void febm_csr_row_i64(const int64_t *idx, const double *val, int64_t nnz,
                              const double *dense, int64_t K, double *out) { FEBM_ROW_BODY }
+
+/* out = sum_p dense[idx[p], :]: a row of an indicator (all-ones) CSR matrix times dense. */
+FEBM_CLONES
+static void febm_sum_rows_i32(const int32_t *idx, int64_t nnz, const double *dense, int64_t K,
+                              double *out) {
+    int64_t p = 0, k;
+    for (k = 0; k < K; k++) out[k] = 0.0;
+    for (; p + 4 <= nnz; p += 4) {
+        const double *d0 = dense + (int64_t)idx[p] * K, *d1 = dense + (int64_t)idx[p + 1] * K;
+        const double *d2 = dense + (int64_t)idx[p + 2] * K, *d3 = dense + (int64_t)idx[p + 3] * K;
+        for (k = 0; k < K; k++) out[k] += (d0[k] + d1[k]) + (d2[k] + d3[k]);
+    }
+    for (; p < nnz; p++) {
+        const double *d = dense + (int64_t)idx[p] * K;
+        for (k = 0; k < K; k++) out[k] += d[k];
+    }
+}
+
+/* out = sum_g rows[g][:]: n rows of length K, each given by a pointer. */
+FEBM_CLONES
+static void febm_add_rows(const double *const *rows, int64_t n, int64_t K, double *out) {
+    int64_t g, k;
+    for (k = 0; k < K; k++) out[k] = 0.0;
+    for (g = 0; g < n; g++) {
+        const double *r = rows[g];
+        for (k = 0; k < K; k++) out[k] += r[k];
+    }
+}
 
 #endif

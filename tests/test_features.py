@@ -423,3 +423,31 @@ def test_list_and_other_sequences_map_alike():
         fx.transform([["new1", "new2", ["x"]]])
     assert fx._n_types == n_types and "new1" not in fx._index     # nothing half-cached
     assert np.array_equal(fx.transform(sents)[0].indices, X1.indices)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["The", "dog", "barks", ".", "unseen", "Ünï-42", "",
+                                          "1999", "we\x1fird", "New-York", "zzz"]),
+                         max_size=7), max_size=8),
+       st.integers(1, 5), st.integers(0, 10**6), st.sampled_from([1, 2]))
+def test_emissions_equal_the_sparse_product(sents, n_states, seed, n_threads):
+    # The tagging fast path sums W rows per (word type, group) and then per token; it must
+    # give what building X and multiplying does, for seen and unseen words and empty sentences.
+    templates = {-2: ["lower"], -1: ["lower", "suffix2"], 0: ["bias", "word", "suffix3", "shape",
+                                                             "has_digit"], 1: ["short_shape"]}
+    fx = FeatureExtractor(templates=templates).fit(TRAIN)
+    W = np.random.default_rng(seed).normal(size=(fx.n_features_, n_states))
+    U, offsets = fx.emissions(sents, W, n_threads=n_threads)
+    X, offsets_ref = FeatureExtractor.from_config_and_arrays(fx.get_config(),
+                                                             fx.to_arrays()).transform(sents)
+    assert np.array_equal(offsets, offsets_ref)
+    assert U.shape == (X.shape[0], n_states)
+    np.testing.assert_allclose(U, X @ W, rtol=1e-12, atol=1e-12)
+
+
+def test_emissions_refuse_a_wrong_weight_shape():
+    fx = FeatureExtractor().fit(TRAIN)
+    with pytest.raises(ValueError, match=r"W must have shape \(\d+, S\)"):
+        fx.emissions(TRAIN, np.zeros((fx.n_features_ + 1, 3)))
+    with pytest.raises(ValueError, match="not fitted"):
+        FeatureExtractor().emissions(TRAIN, np.zeros((1, 3)))
