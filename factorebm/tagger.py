@@ -81,7 +81,7 @@ class SequenceTagger:
         Iterations (L-BFGS) or epochs (stochastic optimizers); None means 6 epochs for the
         stochastic optimizers and 100 L-BFGS iterations.
     batch_size : int or None
-        Sentences per mini-batch of the stochastic optimizers (None: 1 for the averaged
+        Sentences per mini-batch of the stochastic optimizers (None: 4 for the averaged
         perceptron, 32 for the others).
     learning_rate : float or None
         Step size of the stochastic optimizers (None: 0.2 for AdaGrad, the optimizer's default
@@ -163,10 +163,11 @@ class SequenceTagger:
             # 1e-5 for AdaGrad: chosen on EWT dev (94.85% against 94.80% at fit_chain's 1e-4;
             # 3e-6 to 3e-5 are as good, 1e-3 loses a point).
             "l2": self.l2 if self.l2 is not None else (1e-5 if optimizer == "adagrad" else None),
-            # The averaged perceptron updates after every sentence (Collins 2002): on 400 EWT
-            # sentences 89.5% dev against 79.0% with batches of 32 (the same epochs).
+            # The averaged perceptron wants (nearly) per-sentence updates (Collins 2002): on 400
+            # EWT sentences 89.5% dev against 79.0% with batches of 32 (the same epochs). On all
+            # of EWT batches of 4 match batches of 1 (94.63% / 94.58% dev) in 7.7 s, not 25.5 s.
             "batch_size": self.batch_size if self.batch_size is not None else (
-                (1 if optimizer == "perceptron" else 32) if stochastic else None),
+                (4 if optimizer == "perceptron" else 32) if stochastic else None),
             "learning_rate": self.learning_rate if self.learning_rate is not None else (
                 0.2 if optimizer == "adagrad" else None),
         }
