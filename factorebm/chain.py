@@ -13,26 +13,38 @@ Lower is better; the Gibbs distribution is ``P(y) = exp(-beta E(y)) / Z`` and th
 free energy ``F = -(1/beta) log Z``.
 
 Chain states and labels. Without ``state_label`` every state is a label (S = K).
-With ``state_label`` (S,) int64, a label with H hidden substates is H states:
-decoders return the JOINT minimum over substate paths decoded as labels, and
-``forward_backward`` sums the substates into label marginals.
+With ``state_label`` (S,) int64, a label with H hidden substates is H states;
+the labels must be 0..L-1, each with at least one state. Decoders (``viterbi``,
+``loss_augmented_viterbi``, ``most_offending``) return the JOINT minimum over
+substate paths decoded as labels, ``min_marginals`` the minimum over a label's
+substates and ``forward_backward`` sums the substates into label marginals.
+``kbest`` works on states only (the k best label sequences are not the k best
+state sequences). To clamp to gold labels, ``gold_mask(gold, state_label)``
+gives the mask allowing exactly the gold label's substates at every token::
+
+    mask = chain.gold_mask(gold, state_label)
+    _, F_clamped = chain.forward_backward(U, tr, off, beta, mask=mask, state_label=state_label)
 
 Conventions. ``+inf`` energies mean forbidden and work everywhere (NaN and
-``-inf`` are rejected). ``mask`` (N, S) bool marks the allowed states of each
-token (a disallowed state has energy +inf); clamping a sequence to its gold
-labels with ``mask`` turns the free energy into the clamped free energy F(Y). An
-empty sequence has energy 0 and free energy 0 (``most_offending``: +inf). A
-sequence with no finite-energy path gets energy +inf (free energy +inf,
-marginals 0) and decoded labels -1: no exception is raised in the middle of a
-batch, so check ``np.isinf(energies)`` where that can happen.
+``-inf`` are rejected, and so are finite energies so large that the energy of
+a sequence could exceed 1e300, where float64 sums overflow). ``mask`` (N, S)
+bool marks the allowed states of each token (a disallowed state has energy
++inf); clamping a sequence to its gold labels with ``mask`` turns the free
+energy into the clamped free energy F(Y). An empty sequence has energy 0 and
+free energy 0 (``most_offending``: +inf). A sequence with no finite-energy path
+gets energy +inf (free energy +inf, marginals 0) and decoded labels -1: no
+exception is raised in the middle of a batch, so check ``np.isinf(energies)``
+where that can happen.
 
 Threads. ``n_threads=None`` uses the OpenMP default (all cores; batches under
 2048 tokens run serially, where a thread team costs more than it saves), 1 runs
 serially. Results do not depend on the number of threads, bit for bit.
 
 Algorithms: Viterbi and min-marginals in energy space (min-plus); forward-
-backward in scaled probability space (Rabiner 1989) with an exact log-space
-fallback for sequences whose energy range underflows; exact k-best Viterbi;
+backward in scaled probability space (Rabiner 1989), with an exact energy-space
+(soft-min) recursion for the sequences where scaled probabilities would lose
+precision (energy differences beyond ~670 / beta), so results are accurate to
+rounding at any beta; exact k-best Viterbi;
 most offending incorrect answer from min-marginals (LeCun et al. 2006,
 section 2.2); Hamming-loss-augmented Viterbi (Taskar et al. 2003).
 """
@@ -44,7 +56,7 @@ from . import _chain
 
 __all__ = [
     "viterbi", "forward_backward", "min_marginals", "kbest", "most_offending",
-    "loss_augmented_viterbi", "sequence_energy",
+    "loss_augmented_viterbi", "sequence_energy", "gold_mask",
 ]
 
 
@@ -53,15 +65,23 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 def _energy_array(x, name, ndim):
-    """Contiguous float64 copy-if-needed of an energy array, no NaN / -inf."""
+    """Contiguous float64 copy-if-needed of an energy array, no NaN / -inf.
+
+    Returns the array and the largest magnitude of its finite entries (0 if none).
+    """
+    if np.iscomplexobj(x):
+        raise ValueError(f"{name} must be real, got a complex array")
     try:
         arr = np.ascontiguousarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be a numeric array: {exc}") from None
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    if not arr.size:
+        return arr, 0.0
     # one reduction finds both: NaN propagates through min, and -inf is the min
-    if arr.size and not (arr.min() > -np.inf):
+    lo = arr.min()
+    if not (lo > -np.inf):
         bad = np.isnan(arr)
         if bad.any():
             where = np.argwhere(bad)[0]
@@ -71,7 +91,26 @@ def _energy_array(x, name, ndim):
             where = np.argwhere(bad)[0]
             raise ValueError(f"{name} contains -inf at index {tuple(int(i) for i in where)}; "
                              "energies may be +inf (forbidden) but not -inf")
-    return arr
+    hi = arr.max()
+    if hi == np.inf:
+        hi = np.max(arr, where=arr < np.inf, initial=0.0)
+    return arr, float(max(hi, -lo if lo < np.inf else 0.0, 0.0))
+
+
+# The energy of a sequence is a sum of 2T + 1 terms; bounding it keeps every partial
+# sum in the kernels (and differences of them) finite.
+MAX_SEQUENCE_ENERGY = 1e300
+
+
+def _check_beta(beta):
+    """beta as a float: a finite real number > 0 (Python, numpy scalar or 0-d array)."""
+    b = np.asarray(beta) if not isinstance(beta, bool) else None
+    if b is None or b.ndim != 0 or b.dtype.kind not in "iuf":
+        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+    value = float(b)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+    return value
 
 
 def _int_array(x, name, ndim=1):
@@ -92,16 +131,44 @@ def _check_threads(n_threads):
     return int(n_threads)
 
 
+def _label_ids(gold, n_labels, name="gold"):
+    """1-D int64 label ids, each in 0..n_labels-1."""
+    g = _int_array(gold, name)
+    if g.size and (g.min() < 0 or g.max() >= n_labels):
+        bad = int(np.argmax((g < 0) | (g >= n_labels)))
+        raise ValueError(f"{name}[{bad}] = {g[bad]} is out of range 0..{n_labels - 1}")
+    return g
+
+
+def _state_labels(state_label, S):
+    """(S,) int64 state -> label map using every label 0..L-1 (L <= S)."""
+    lab = _int_array(state_label, "state_label")
+    if lab.shape != (S,):
+        raise ValueError(f"state_label must have shape ({S},), one label per chain "
+                         f"state, got {lab.shape}")
+    if (lab < 0).any():
+        raise ValueError(f"state_label must be >= 0, got {int(lab.min())}")
+    if S and lab.max() >= S:
+        bad = int(np.argmax(lab >= S))
+        raise ValueError(f"state_label[{bad}] = {lab[bad]} is out of range: labels are "
+                         f"0..L-1, each with at least one of the {S} states, so L <= {S}")
+    used = np.bincount(lab, minlength=int(lab.max()) + 1 if S else 0)
+    if (used == 0).any():
+        raise ValueError(f"state_label must use every label 0..{used.size - 1}: label "
+                         f"{int(np.argmin(used))} has no state")
+    return lab
+
+
 class _Batch:
     """Validated, contiguous inputs shared by every chain function."""
 
     def __init__(self, unary, transition, offsets, start, end, mask=None, state_label=None):
-        self.unary = _energy_array(unary, "unary", 2)
+        self.unary, u_max = _energy_array(unary, "unary", 2)
         N, S = self.unary.shape
         if S < 1:
             raise ValueError("unary must have at least one state column, got shape "
                              f"{self.unary.shape}")
-        self.transition = _energy_array(transition, "transition", 2)
+        self.transition, t_max = _energy_array(transition, "transition", 2)
         if self.transition.shape != (S, S):
             raise ValueError(f"transition must have shape ({S}, {S}) to match unary's {S} "
                              f"states, got {self.transition.shape}")
@@ -121,8 +188,11 @@ class _Batch:
                              f"offsets[{i + 1}] = {off[i + 1]}")
         self.lengths = steps
         self.N, self.S, self.n = N, S, off.shape[0] - 1
-        self.start = self._vector(start, "start")
-        self.end = self._vector(end, "end")
+        self.max_len = int(steps.max()) if steps.size else 0
+        self.start, s_max = self._vector(start, "start")
+        self.end, e_max = self._vector(end, "end")
+        self._bounds = (u_max, t_max, s_max, e_max)
+        self.check_range()
         if mask is None:
             self.mask = np.zeros((0, 0), dtype=np.uint8)
             self.has_mask = False
@@ -140,34 +210,51 @@ class _Batch:
             self.n_labels = S
             self.has_labels = False
         else:
-            lab = _int_array(state_label, "state_label")
-            if lab.shape != (S,):
-                raise ValueError(f"state_label must have shape ({S},), one label per chain "
-                                 f"state, got {lab.shape}")
-            if (lab < 0).any():
-                raise ValueError(f"state_label must be >= 0, got {int(lab.min())}")
-            self.state_label = lab
-            self.n_labels = int(lab.max()) + 1
+            self.state_label = _state_labels(state_label, S)
+            self.n_labels = int(self.state_label.max()) + 1
             self.has_labels = True
 
     def _vector(self, x, name):
         if x is None:
-            return np.zeros(self.S, dtype=np.float64)
-        arr = _energy_array(x, name, 1)
+            return np.zeros(self.S, dtype=np.float64), 0.0
+        arr, bound = _energy_array(x, name, 1)
         if arr.shape != (self.S,):
             raise ValueError(f"{name} must have shape ({self.S},), got {arr.shape}")
-        return arr
+        return arr, bound
+
+    def check_range(self, loss_max=0.0):
+        """ValueError when a sequence's energy could overflow float64 sums.
+
+        ``loss_max``: the largest per-token loss subtracted by loss-augmented decoding.
+        """
+        u_max, t_max, s_max, e_max = self._bounds
+        T = self.max_len
+        if T == 0:
+            return
+        bound = T * (u_max + loss_max) + (T - 1) * t_max + s_max + e_max
+        if not bound < MAX_SEQUENCE_ENERGY:
+            raise ValueError(
+                f"energies too large: with |unary| up to {u_max:.3g}, |transition| up to "
+                f"{t_max:.3g}, |start|, |end| up to {max(s_max, e_max):.3g}"
+                + (f", loss up to {loss_max:.3g}" if loss_max else "")
+                + f", a sequence of length {T} could reach |E| = {bound:.3g}, and sums "
+                f"of energies must stay below {MAX_SEQUENCE_ENERGY:.0e} to be exact in "
+                "float64; rescale the energies (+inf still marks forbidden states)")
+
+    def label_min(self, per_state):
+        """(N, L) minimum over each label's states of a (N, S) array."""
+        if not self.has_labels:
+            return per_state
+        order = np.argsort(self.state_label, kind="stable")
+        first = np.searchsorted(self.state_label[order], np.arange(self.n_labels))
+        return np.minimum.reduceat(per_state[:, order], first, axis=1)
 
     def labels_array(self, gold, name="gold"):
         """(N,) int64 label ids in 0..n_labels-1."""
-        g = _int_array(gold, name)
+        g = _label_ids(gold, self.n_labels, name)
         if g.shape != (self.N,):
             raise ValueError(f"{name} must have shape ({self.N},), one label per token, "
                              f"got {g.shape}")
-        if g.size and (g.min() < 0 or g.max() >= self.n_labels):
-            bad = int(np.argmax((g < 0) | (g >= self.n_labels)))
-            raise ValueError(f"{name}[{bad}] = {g[bad]} is out of range "
-                             f"0..{self.n_labels - 1}")
         return g
 
     def decode(self, states):
@@ -226,7 +313,8 @@ def viterbi(unary, transition, offsets, start=None, end=None, *, mask=None,
 
 
 def loss_augmented_viterbi(unary, transition, offsets, gold, loss=1.0, start=None, end=None,
-                           *, state_label=None, return_states=False, n_threads=None):
+                           *, mask=None, state_label=None, return_states=False,
+                           n_threads=None):
     """Hamming-loss-augmented decoding: ``argmin_y E(y) - loss . [label(y_t) != gold_t]``.
 
     The margin-training oracle (Taskar et al. 2003): the per-token loss is
@@ -234,8 +322,8 @@ def loss_augmented_viterbi(unary, transition, offsets, gold, loss=1.0, start=Non
 
     Parameters
     ----------
-    unary, transition, offsets, start, end, state_label, n_threads
-        As in :func:`viterbi`.
+    unary, transition, offsets, start, end, mask, state_label, n_threads
+        As in :func:`viterbi` (masked states stay forbidden).
     gold : ndarray of int64, shape (N,)
         Correct label ids, 0..L-1.
     loss : float or ndarray of float64, shape (N,)
@@ -252,17 +340,16 @@ def loss_augmented_viterbi(unary, transition, offsets, gold, loss=1.0, start=Non
     states : ndarray of int64, shape (N,)
         Its state path (only with ``return_states``).
     """
-    b = _Batch(unary, transition, offsets, start, end, None, state_label)
+    b = _Batch(unary, transition, offsets, start, end, mask, state_label)
     nt = _check_threads(n_threads)
     g = b.labels_array(gold)
-    loss_arr = np.asarray(loss, dtype=np.float64)
-    if loss_arr.ndim == 0:
-        loss_arr = np.full(b.N, float(loss_arr))
-    loss_arr = _energy_array(loss_arr, "loss", 1)
+    loss_arr, loss_max = _energy_array(np.full(b.N, loss) if np.ndim(loss) == 0 else loss,
+                                       "loss", np.ndim(loss) or 1)
     if loss_arr.shape != (b.N,):
         raise ValueError(f"loss must be a scalar or have shape ({b.N},), got {loss_arr.shape}")
     if not np.isfinite(loss_arr).all():
         raise ValueError("loss must be finite")
+    b.check_range(loss_max)
     states = np.empty(b.N, dtype=np.int64)
     energies = np.empty(b.n, dtype=np.float64)
     if b.N == 0:
@@ -288,7 +375,7 @@ def forward_backward(unary, transition, offsets, beta=1.0, start=None, end=None,
         As in :func:`viterbi`. With ``mask`` clamping every token to its gold
         label's states, the free energy is the clamped free energy F(Y).
     beta : float
-        Inverse temperature, > 0.
+        Inverse temperature, > 0 (a Python or numpy scalar, or a 0-d array).
     return_pairwise : bool
         Also return the transition marginals summed over the batch.
     return_states : bool
@@ -309,13 +396,11 @@ def forward_backward(unary, transition, offsets, beta=1.0, start=None, end=None,
     """
     b = _Batch(unary, transition, offsets, start, end, mask, state_label)
     nt = _check_threads(n_threads)
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not np.isfinite(beta) \
-            or beta <= 0:
-        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+    beta = _check_beta(beta)
     marg = np.empty((b.N, b.S), dtype=np.float64)   # the kernel writes every row
     free = np.empty(b.n, dtype=np.float64)
     pair = np.zeros((b.S, b.S) if return_pairwise else (0, 0), dtype=np.float64)
-    _chain.forward_backward(b.unary, b.transition, b.offsets, float(beta), b.start, b.end,
+    _chain.forward_backward(b.unary, b.transition, b.offsets, beta, b.start, b.end,
                             b.mask, marg, free, pair, nt)
     if b.has_labels:
         onehot = np.zeros((b.S, b.n_labels))
@@ -332,39 +417,58 @@ def forward_backward(unary, transition, offsets, beta=1.0, start=None, end=None,
 
 
 def min_marginals(unary, transition, offsets, start=None, end=None, *, mask=None,
-                  n_threads=None):
+                  state_label=None, return_states=False, n_threads=None):
     """Min-marginal energies: the lowest energy of any sequence with ``y_t = s``.
 
     Parameters
     ----------
-    unary, transition, offsets, start, end, mask, n_threads
+    unary, transition, offsets, start, end, mask, state_label, n_threads
         As in :func:`viterbi`.
+    return_states : bool
+        Also return the state min-marginals (useful with ``state_label``).
 
     Returns
     -------
-    min_marginals : ndarray of float64, shape (N, S)
-        ``min over y with y_t = s of E(y)``; +inf where no finite path has ``y_t = s``.
+    min_marginals : ndarray of float64, shape (N, L)
+        ``min over y with label(y_t) = l of E(y)``: the minimum over the label's
+        substates (L = S and labels are states without ``state_label``); +inf
+        where no finite path has that label at t.
     energies : ndarray of float64, shape (n,)
         ``min_y E(y)`` per sequence (0 for an empty sequence).
+    state_min_marginals : ndarray of float64, shape (N, S)
+        ``min over y with y_t = s of E(y)`` (only with ``return_states``).
     """
-    b = _Batch(unary, transition, offsets, start, end, mask, None)
+    b = _Batch(unary, transition, offsets, start, end, mask, state_label)
     nt = _check_threads(n_threads)
     mm = np.empty((b.N, b.S), dtype=np.float64)
     energies = np.empty(b.n, dtype=np.float64)
     _chain.min_marginals(b.unary, b.transition, b.offsets, b.start, b.end, b.mask,
                          mm, energies, nt)
-    return mm, energies
+    labels_mm = b.label_min(mm)
+    return (labels_mm, energies, mm) if return_states else (labels_mm, energies)
 
 
-def kbest(unary, transition, offsets, k, start=None, end=None, *, n_threads=None):
+# most memory kbest may ask for: outputs plus the per-thread workspace
+KBEST_MAX_BYTES = 4 << 30
+
+
+def kbest(unary, transition, offsets, k, start=None, end=None, *, mask=None, n_threads=None):
     """The k lowest-energy state sequences of every sequence, best first (exact).
+
+    Latent substates are not supported: the k best LABEL sequences are not the
+    k best state sequences (several state paths can share one label sequence),
+    so there is no ``state_label`` option; map ``paths`` through the state ->
+    label map yourself if the k best state paths are what you need.
 
     Parameters
     ----------
-    unary, transition, offsets, start, end, n_threads
+    unary, transition, offsets, start, end, mask, n_threads
         As in :func:`viterbi`.
     k : int
-        Number of sequences to return, >= 1.
+        Number of sequences to return, >= 1. The outputs (``8 k (N + n)`` bytes)
+        and the workspace (about ``16 k threads * longest * S`` bytes, with k capped
+        at the number of state paths of the longest sequence) must fit in
+        ``KBEST_MAX_BYTES`` (4 GiB); a larger request raises ValueError.
 
     Returns
     -------
@@ -375,14 +479,26 @@ def kbest(unary, transition, offsets, k, start=None, end=None, *, n_threads=None
         k finite-energy state sequences, the missing rows have energy +inf and
         path -1. An empty sequence has exactly one (empty) answer, energy 0.
     """
-    b = _Batch(unary, transition, offsets, start, end, None, None)
+    b = _Batch(unary, transition, offsets, start, end, mask, None)
     nt = _check_threads(n_threads)
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     k = int(k)
-    paths = np.empty((k, b.N), dtype=np.int64)
-    energies = np.empty((k, b.n), dtype=np.float64)
-    _chain.kbest(b.unary, b.transition, b.offsets, k, b.start, b.end, paths, energies, nt)
+    # no sequence has more than S**longest paths: rows beyond that are +inf / -1
+    T, S = b.max_len, b.S
+    k_run = k if T * np.log2(max(S, 1)) >= 62 else min(k, S ** T)
+    threads = max(_chain.max_threads() if nt == 0 else nt, 1)
+    # outputs (k, N) + (k, n); per thread (see _chain.kbest) float and int workspaces
+    need = 8 * (k * (b.N + b.n) + threads * (T * S * (2 * k_run + 1) + 2 * (S + k_run)))
+    if need > KBEST_MAX_BYTES:
+        raise ValueError(f"k = {k} needs about {need / 2**30:.3g} GiB for kbest's outputs "
+                         f"and workspace ({b.N} tokens, longest sequence {T}, {S} states), "
+                         f"more than KBEST_MAX_BYTES = {KBEST_MAX_BYTES / 2**30:g} GiB; "
+                         "ask for fewer sequences")
+    paths = np.full((k, b.N), -1, dtype=np.int64)
+    energies = np.full((k, b.n), np.inf)
+    _chain.kbest(b.unary, b.transition, b.offsets, k_run, b.start, b.end, b.mask,
+                 paths[:k_run], energies[:k_run], nt)
     return paths, energies
 
 
@@ -422,6 +538,41 @@ def most_offending(unary, transition, offsets, gold, start=None, end=None, *, ma
                           b.state_label, g, states, energies, nt)
     labels = b.decode(states)
     return (labels, energies, states) if return_states else (labels, energies)
+
+
+def gold_mask(gold, state_label=None, n_states=None):
+    """Mask clamping every token to the states of its gold label.
+
+    ``mask[t, s] = label(s) == gold[t]``: passed as ``mask`` to
+    :func:`forward_backward` it gives the clamped free energy F(Y) (substates
+    summed out), to :func:`viterbi` the best substate path of the gold labels.
+
+    Parameters
+    ----------
+    gold : ndarray of int64, shape (N,)
+        Label ids, 0..L-1.
+    state_label : ndarray of int64, shape (S,), optional
+        Label of each chain state (as in :func:`viterbi`); None: states are labels.
+    n_states : int, optional
+        S; required without ``state_label``, checked against it otherwise.
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (N, S)
+    """
+    if state_label is None:
+        if isinstance(n_states, bool) or not isinstance(n_states, numbers.Integral) \
+                or n_states < 1:
+            raise ValueError("gold_mask needs n_states (a positive integer) without "
+                             f"state_label, got {n_states!r}")
+        lab = np.arange(int(n_states), dtype=np.int64)
+    else:
+        lab = _state_labels(state_label, np.size(state_label))
+        if n_states is not None and n_states != lab.size:
+            raise ValueError(f"n_states = {n_states!r} does not match state_label's "
+                             f"{lab.size} states")
+    g = _label_ids(gold, int(lab.max()) + 1)
+    return lab[None, :] == g[:, None]
 
 
 def sequence_energy(unary, transition, offsets, states, start=None, end=None):

@@ -25,10 +25,17 @@ Conventions shared by all kernels
   exp(-beta (trans - min trans))`` once per call, so the inner loops are
   multiply-adds; forward messages are normalized to sum 1 at every position and
   the log of each normalizer is kept, which gives log Z without underflow on
-  arbitrarily long chains. When a normalizer underflows (energy differences
-  beyond ~700 / beta) the sequence is recomputed exactly in log space. The
-  per-token exponentials use a branch-free polynomial (``_exp_nonpos``) that
-  vectorizes, where a libm call per state cost a third of the time.
+  arbitrarily long chains. The per-token exponentials use a branch-free
+  polynomial (``_exp_nonpos``) that vectorizes, where a libm call per state
+  cost a third of the time.
+* Scaled probabilities have a fixed dynamic range: at energy differences
+  beyond ~670 / beta a factor or a forward value becomes subnormal (and loses
+  relative precision: the path it carries may dominate later) or underflows.
+  An energy range beyond LOG_LOW / beta within a row or over the transitions,
+  a forward value in (0, LOW), a normalizer below TINY or a marginal row that
+  does not sum to 1 sends the sequence to an exact energy-space recursion
+  (``_fb_energy``: soft-min messages shifted per position), correct at any
+  beta and energy scale; typical energies at beta ~ 1 never need it.
 * Pairwise marginals are summed per fixed block of sequences, then over blocks
   in order, so every result is bit-identical whatever the number of threads.
 * Inner loops run over the destination state with the source row contiguous
@@ -36,7 +43,7 @@ Conventions shared by all kernels
   ``a if a < b else b``, which compilers turn into vector min instructions.
 """
 from cython.parallel cimport prange, threadid
-from libc.math cimport exp, log, INFINITY
+from libc.math cimport log, INFINITY
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
@@ -60,8 +67,16 @@ cdef extern from *:
 
 cdef float64_t INF = INFINITY
 # A forward normalizer below this means the scaled recursion lost (almost) all
-# of its mass to underflow; the exact log-space recursion takes over.
+# of its mass to underflow; the exact energy-space recursion takes over.
 cdef float64_t TINY = 1e-250
+# Smallest nonzero value the scaled recursion trusts. Doubles below 2.2e-308
+# are subnormal and keep fewer significant bits (a value of 1e-318 is off by
+# ~1e-6 relative), and the per-position normalization divides by up to S, so
+# a margin is kept: a forward value in (0, LOW), or an energy more than
+# LOG_LOW / beta above its row's minimum (its factor exp(-beta (e - min))
+# would be below LOW), sends the sequence to the exact energy-space recursion.
+cdef float64_t LOW = 1e-292
+cdef float64_t LOG_LOW = 672.0          # exp(-672) = 3.3e-292, just above LOW
 # below this many tokens the default thread count is 1
 cdef intp_t SMALL_BATCH = 2048
 # bit pattern of 1.5 * 2^52, the round-to-nearest shift of _exp_nonpos
@@ -483,9 +498,9 @@ cdef inline float64_t _exp_nonpos(float64_t x) noexcept nogil:
     nearest shift trick), degree-12 Taylor polynomial for exp(r) (truncation
     error below 2e-16 relative), then 2^k as two factors 2^k1 2^k2 assembled in
     the exponent bits, so that results below the double range underflow to 0
-    naturally: x = -1000 (callers clamp -inf, a forbidden state, to it) gives
-    exactly 0. The clamp is a separate max loop: a select next to the
-    arithmetic keeps the compiler from vectorizing without -fno-trapping-math.
+    naturally (callers avoid that: see _exp_neg). The clamp is a separate
+    max loop: a select next to the arithmetic keeps the compiler from
+    vectorizing without -fno-trapping-math.
     """
     cdef float64_t xc = x
     cdef float64_t kd = xc * 1.4426950408889634 + 6755399441055744.0   # 1.5 * 2^52
@@ -547,20 +562,56 @@ cdef void _sumprod_rows(float64_t* cur, const float64_t* src, const float64_t* r
         i += 1
 
 
+cdef void _exp_neg(const float64_t* d, float64_t beta, intp_t S,
+                   float64_t* out) noexcept nogil:
+    """out[i] = exp(-beta d[i]) for d[i] >= 0; 0 where the exponent is below -700
+    (d = +inf or NaN included). out may be d.
+
+    The exponent is clamped at -700 and the result zeroed afterwards, so that no
+    multiplication underflows: a subnormal or underflowing result costs a
+    microcode assist of ~100 cycles, which made exp-heavy loops 5x slower at
+    large beta. Clamp, exponential and zeroing are separate loops so that each
+    vectorizes.
+    """
+    cdef intp_t i
+    cdef float64_t v
+    for i in range(S):
+        v = -beta * d[i]
+        out[i] = v if v > -700.0 else -700.0
+    for i in range(S):
+        out[i] = _exp_nonpos(out[i])
+    for i in range(S):
+        # exp(-700) = 9.9e-305: the clamped entries, and nothing else
+        out[i] = out[i] if out[i] > 1e-304 else 0.0
+
+
 cdef bint _fb_scaled(float64_t* w, const float64_t* Mf, const float64_t* MT,
                      float64_t beta, float64_t tmin, intp_t T, intp_t S,
                      float64_t* ah, float64_t* bh, float64_t* c, float64_t* tmp,
                      float64_t* marg, intp_t marg_stride,
                      float64_t* pair, float64_t* free_energy) noexcept nogil:
-    """Scaled forward-backward of one sequence; False when it must be redone in log space.
+    """Scaled forward-backward of one sequence; False when it must be redone exactly.
 
     On entry w (T, S) holds ueff; it is overwritten with exp(-beta (ueff - row min)).
     ah, bh (T, S): scaled forward / backward messages; c (T,): forward normalizers.
     marg (T, S) with row stride marg_stride receives the state marginals, pair
     (S, S) (may be NULL) accumulates sum_t P(y_{t-1} = i, y_t = j).
+
+    Returns False (before touching pair) when a value the result depends on may
+    have lost precision:
+    * a finite energy lies more than LOG_LOW / beta above its row minimum
+      (its factor would be below LOW, or 0), or a forward value lies in
+      (0, LOW): subnormal numbers keep too few bits, and the forward pass is
+      where a path that is negligible now but dominant later is carried along
+      as a tiny number;
+    * a forward normalizer is below TINY (almost all mass underflowed);
+    * a marginal row does not sum to 1 (overflow, NaN). A forward value that
+      underflowed to exactly 0 carries mass only if its backward value exceeds
+      ~1e300, which overflows and lands here. Backward values in (0, LOW) are
+      harmless: every path through them has mass below LOW.
     """
-    cdef intp_t t, i, j
-    cdef float64_t m, shift = 0.0, logc = 0.0, a, v, tot, ct
+    cdef intp_t t, i, j, n_low
+    cdef float64_t m, mx, shift = 0.0, logc = 0.0, a, v, tot, ct
     cdef float64_t* row
     cdef float64_t* cur
     cdef const float64_t* prev
@@ -568,8 +619,11 @@ cdef bint _fb_scaled(float64_t* w, const float64_t* Mf, const float64_t* MT,
     for t in range(T):
         row = w + t * S
         m = INF
+        mx = -INF
         for j in range(S):
             m = row[j] if row[j] < m else m
+            v = row[j] if row[j] < INF else -INF
+            mx = v if v > mx else mx
         if m == INF:
             # some token has every state forbidden: no finite-energy path
             free_energy[0] = INF
@@ -577,12 +631,12 @@ cdef bint _fb_scaled(float64_t* w, const float64_t* Mf, const float64_t* MT,
                 for j in range(S):
                     marg[t * marg_stride + j] = 0.0
             return True
+        if beta * (mx - m) > LOG_LOW:
+            return False     # some finite state's exp(-beta (ueff - m)) would be < LOW
         shift += m
         for j in range(S):
-            v = -beta * (row[j] - m)
-            row[j] = v if v > -1000.0 else -1000.0
-        for j in range(S):
-            row[j] = _exp_nonpos(row[j])
+            row[j] -= m
+        _exp_neg(row, beta, S, row)
     # forward: ah[t] = w[t] * (ah[t-1] @ Mf) / c[t]
     tot = 0.0
     for j in range(S):
@@ -599,10 +653,12 @@ cdef bint _fb_scaled(float64_t* w, const float64_t* Mf, const float64_t* MT,
         _sumprod_rows(cur, prev, Mf, S)
         row = w + t * S
         tot = 0.0
+        n_low = 0
         for j in range(S):
             cur[j] *= row[j]
             tot += cur[j]
-        if not (tot > TINY):
+            n_low += (cur[j] > 0.0) & (cur[j] < LOW)
+        if n_low or not (tot > TINY):
             return False
         c[t] = tot
         logc += log(tot)
@@ -649,64 +705,152 @@ cdef bint _fb_scaled(float64_t* w, const float64_t* Mf, const float64_t* MT,
     return True
 
 
-cdef float64_t _lse(const float64_t* x, intp_t S) noexcept nogil:
-    cdef intp_t i
-    cdef float64_t m = -INF, s = 0.0
+cdef void _softmin_rows(float64_t* cur, const float64_t* src, const float64_t* rows,
+                        intp_t S, float64_t beta, float64_t* acc,
+                        float64_t* x) noexcept nogil:
+    """cur[j] = -(1/beta) log sum_i exp(-beta (src[i] + rows[i, j])) for rows (S, S)
+    row-major: the soft-min counterpart of _minplus_rows.
+
+    Computed as m_j - (1/beta) log sum_i exp(-beta (src[i] + rows[i, j] - m_j)) with
+    m_j the min-plus minimum, so every exponent is <= 0 and every sum lies in [1, S]:
+    nothing overflows or loses precision whatever beta and the scale of the energies
+    (terms below exp(-700) relative to the largest are dropped). +inf where every
+    term is +inf. The destination j is innermost, as in the scaled recursion.
+    acc, x (S,): scratch.
+    """
+    cdef intp_t i, j
+    cdef float64_t p
+    cdef const float64_t* r
+    for j in range(S):
+        cur[j] = INF
+        acc[j] = 0.0
+    _minplus_rows(cur, src, rows, S)
     for i in range(S):
-        if x[i] > m:
-            m = x[i]
-    if m == -INF:
-        return -INF
-    for i in range(S):
-        s += exp(x[i] - m)
-    return m + log(s)
+        p = src[i]
+        if p == INF:
+            continue
+        r = rows + i * S
+        for j in range(S):
+            # the same sum as in _minplus_rows: exactly 0 at the minimum; where
+            # cur[j] = +inf every term is +inf and inf - inf = NaN gives 0
+            x[j] = (p + r[j]) - cur[j]
+        _exp_neg(x, beta, S, x)
+        for j in range(S):
+            acc[j] += x[j]
+    for j in range(S):
+        cur[j] = cur[j] - log(acc[j]) / beta
 
 
-cdef void _fb_log(const float64_t* ueff, const float64_t* trans, float64_t beta,
-                  intp_t T, intp_t S, float64_t* la, float64_t* lb, float64_t* tmp,
-                  float64_t* marg, intp_t marg_stride, float64_t* pair,
-                  float64_t* free_energy) noexcept nogil:
-    """Exact forward-backward in log space (slow path for extreme energy ranges)."""
+cdef void _fb_energy(const float64_t* ueff, const float64_t* trans, const float64_t* transT,
+                     float64_t beta, intp_t T, intp_t S, float64_t* fa, float64_t* fb,
+                     float64_t* x, float64_t* y, float64_t* acc, float64_t* buf,
+                     float64_t* marg, intp_t marg_stride, float64_t* pair,
+                     float64_t* free_energy) noexcept nogil:
+    """Exact forward-backward in energy space: the slow path, for any beta and energy range.
+
+    The min-plus recursions with min replaced by the soft-min (_softmin_rows):
+    fa (T, S) the soft-min energy of the prefixes ending in state j at t (ueff[t]
+    included) minus the row minimum (the sum of those minima is kept, so fa stays
+    within one token's energy range); fb (T, S) the soft-min energy of the suffixes
+    after state i at t, minus its row minimum. Marginals exp(-beta (fa + fb)) and
+    pairwise marginals exp(-beta (fa[t-1, i] + trans[i, j] + ueff[t, j] + fb[t, j]))
+    are normalized per position, relative to their exact minimum, so rounding never
+    accumulates into them along the chain and even at beta ~ 1e9 the most likely
+    entry is exact. x, y, acc (S,), buf (S, S): scratch.
+    """
     cdef intp_t t, i, j
-    cdef float64_t logz, x
-    for j in range(S):
-        la[j] = -beta * ueff[j]
-    for t in range(1, T):
-        for j in range(S):
-            for i in range(S):
-                tmp[i] = la[(t - 1) * S + i] - beta * trans[i * S + j]
-            la[t * S + j] = -beta * ueff[t * S + j] + _lse(tmp, S)
-    for j in range(S):
-        lb[(T - 1) * S + j] = 0.0
-    for t in range(T - 1, 0, -1):
-        for i in range(S):
-            for j in range(S):
-                tmp[j] = -beta * (trans[i * S + j] + ueff[t * S + j]) + lb[t * S + j]
-            lb[(t - 1) * S + i] = _lse(tmp, S)
-    logz = _lse(la + (T - 1) * S, S)
-    if logz == -INF:
-        free_energy[0] = INF
-        for t in range(T):
-            for j in range(S):
-                marg[t * marg_stride + j] = 0.0
-        return
+    cdef float64_t total = 0.0, m, s, ai
+    cdef float64_t* row
+    cdef float64_t* cur
+    cdef const float64_t* prev
+    cdef const float64_t* nxt
+    cdef const float64_t* trow
     for t in range(T):
-        x = 0.0
+        row = fa + t * S
+        if t == 0:
+            memcpy(row, ueff, S * sizeof(float64_t))
+        else:
+            _softmin_rows(row, row - S, trans, S, beta, acc, x)
+            for j in range(S):
+                row[j] += ueff[t * S + j]
+        m = INF
         for j in range(S):
-            marg[t * marg_stride + j] = exp(la[t * S + j] + lb[t * S + j] - logz)
-            x += marg[t * marg_stride + j]
-        # at large beta the log-messages are large numbers whose rounding
-        # leaves rows summing to 1 +- 1e-9; the exact marginals sum to 1
-        for j in range(S):
-            marg[t * marg_stride + j] /= x
-    if pair != NULL:
-        for t in range(1, T):
-            for i in range(S):
+            m = row[j] if row[j] < m else m
+        if m == INF:
+            free_energy[0] = INF
+            for t in range(T):
                 for j in range(S):
-                    x = (la[(t - 1) * S + i] - beta * (trans[i * S + j] + ueff[t * S + j])
-                         + lb[t * S + j] - logz)
-                    pair[i * S + j] += exp(x)
-    free_energy[0] = -logz / beta
+                    marg[t * marg_stride + j] = 0.0
+            return
+        for j in range(S):
+            row[j] -= m
+        total += m
+    for j in range(S):
+        fb[(T - 1) * S + j] = 0.0
+    for t in range(T - 1, 0, -1):
+        nxt = fb + t * S
+        cur = fb + (t - 1) * S
+        for j in range(S):
+            y[j] = ueff[t * S + j] + nxt[j]
+        # cur[i] = softmin_j (trans[i, j] + y[j]), with trans.T rows contiguous
+        _softmin_rows(cur, y, transT, S, beta, acc, x)
+        m = INF
+        for i in range(S):
+            m = cur[i] if cur[i] < m else m
+        if m < INF:
+            for i in range(S):
+                cur[i] -= m
+    for t in range(T):
+        row = fa + t * S
+        nxt = fb + t * S
+        m = INF
+        for j in range(S):
+            x[j] = row[j] + nxt[j]
+            m = x[j] if x[j] < m else m
+        for j in range(S):
+            x[j] -= m
+        _exp_neg(x, beta, S, x)
+        s = 0.0
+        for j in range(S):
+            s += x[j]
+        for j in range(S):
+            marg[t * marg_stride + j] = x[j] / s
+        if t == T - 1:
+            # fb[T-1] = 0: s is the soft-min normalizer of the last forward row
+            free_energy[0] = (total + m) - log(s) / beta
+        if pair == NULL or t == 0:
+            continue
+        # buf[i, j] = fa[t-1, i] + trans[i, j] + ueff[t, j] + fb[t, j], relative to its
+        # minimum, exponentiated and normalized to sum 1
+        for j in range(S):
+            y[j] = ueff[t * S + j] + nxt[j]
+            acc[j] = INF
+        prev = row - S
+        for i in range(S):
+            ai = prev[i]
+            trow = trans + i * S
+            cur = buf + i * S
+            for j in range(S):
+                cur[j] = ai + trow[j] + y[j]
+                acc[j] = cur[j] if cur[j] < acc[j] else acc[j]
+        m = INF
+        for j in range(S):
+            m = acc[j] if acc[j] < m else m
+        for i in range(S * S):
+            buf[i] -= m
+        _exp_neg(buf, beta, S * S, buf)
+        for j in range(S):
+            acc[j] = 0.0
+        for i in range(S):
+            cur = buf + i * S
+            for j in range(S):
+                acc[j] += cur[j]
+        s = 0.0
+        for j in range(S):
+            s += acc[j]
+        s = 1.0 / s
+        for i in range(S * S):
+            pair[i] += buf[i] * s
 
 
 def forward_backward(const float64_t[:, ::1] unary, const float64_t[:, ::1] transition,
@@ -716,7 +860,13 @@ def forward_backward(const float64_t[:, ::1] unary, const float64_t[:, ::1] tran
                      float64_t[::1] free_out, float64_t[:, ::1] pair_out,
                      int n_threads):
     """State marginals (N, S), free energies (n,) and, when pair_out is (S, S),
-    pairwise marginals summed over the batch (pair_out of shape (0, 0): skipped)."""
+    pairwise marginals summed over the batch (pair_out of shape (0, 0): skipped).
+
+    Every sequence runs the scaled recursion first and the exact energy-space one
+    when the scaled one reports a loss of precision; when finite transitions span
+    more than LOG_LOW / beta (exp(-beta (transition - min)) would have entries
+    below LOW), sequences of two or more tokens go to the exact recursion directly.
+    """
     cdef intp_t n = offsets.shape[0] - 1
     cdef intp_t S = transition.shape[0]
     cdef intp_t Tmax = _max_len(offsets)
@@ -724,10 +874,13 @@ def forward_backward(const float64_t[:, ::1] unary, const float64_t[:, ::1] tran
     cdef int nt = _n_threads(n_threads, nb, unary.shape[0])
     cdef bint want_pair = pair_out.shape[0] > 0
     cdef bint has_mask = mask.shape[0] > 0
-    cdef float64_t[:, ::1] ws = np.empty((nt, 3 * Tmax * S + Tmax + S), dtype=np.float64)
+    # per thread: w, ah, bh (Tmax, S); cc (Tmax,); tmp, x, y (S,); buf (S, S)
+    cdef float64_t[:, ::1] ws = np.empty((nt, 3 * Tmax * S + Tmax + 3 * S + S * S),
+                                         dtype=np.float64)
     cdef float64_t[:, :, ::1] pair_blocks
-    cdef float64_t[:, ::1] Mf_arr, MT_arr
+    cdef float64_t[:, ::1] Mf_arr, MT_arr, transT_arr
     cdef float64_t tmin
+    cdef bint lossy_trans = False
     cdef intp_t b, i, o, T, tid, s, j
     cdef float64_t* w
     cdef float64_t* ah
@@ -743,12 +896,16 @@ def forward_backward(const float64_t[:, ::1] unary, const float64_t[:, ::1] tran
     tr = np.asarray(transition)
     finite = tr[np.isfinite(tr)]
     tmin = finite.min() if finite.size else 0.0
-    Mf_np = np.exp(-beta * (tr - tmin))
+    with np.errstate(over="ignore", invalid="ignore"):
+        Mf_np = np.exp(-beta * (tr - tmin))
+        lossy_trans = bool((beta * (finite - tmin) > LOG_LOW).any())
     Mf_arr = Mf_np
     MT_arr = np.ascontiguousarray(Mf_np.T)
+    transT_arr = np.ascontiguousarray(tr.T)
     pair_blocks = np.zeros((nb if want_pair else 1, S, S), dtype=np.float64)
     cdef const float64_t* Mf = &Mf_arr[0, 0]
     cdef const float64_t* MT = &MT_arr[0, 0]
+    cdef const float64_t* transT = &transT_arr[0, 0]
     with nogil:
         for b in prange(nb, num_threads=nt, schedule="dynamic"):
             tid = threadid()
@@ -766,12 +923,13 @@ def forward_backward(const float64_t[:, ::1] unary, const float64_t[:, ::1] tran
                     continue
                 _prepare(U + o * S, T, S, &start[0], &end[0],
                          M + o * S if has_mask else NULL, NULL, NULL, NULL, w)
-                if not _fb_scaled(w, Mf, MT, beta, tmin, T, S, ah, bh, cc, tmp,
-                                  &marg_out[o, 0], S, pb, &free_out[i]):
+                if (lossy_trans and T > 1) or not _fb_scaled(
+                        w, Mf, MT, beta, tmin, T, S, ah, bh, cc, tmp,
+                        &marg_out[o, 0], S, pb, &free_out[i]):
                     _prepare(U + o * S, T, S, &start[0], &end[0],
                              M + o * S if has_mask else NULL, NULL, NULL, NULL, w)
-                    _fb_log(w, trans, beta, T, S, ah, bh, tmp, &marg_out[o, 0], S,
-                            pb, &free_out[i])
+                    _fb_energy(w, trans, transT, beta, T, S, ah, bh, tmp + S, tmp + 2 * S,
+                               tmp, tmp + 3 * S, &marg_out[o, 0], S, pb, &free_out[i])
     if want_pair:
         # fixed block order: the same sum whatever the number of threads
         for b in range(nb):
@@ -814,9 +972,10 @@ cdef void _kbest_merge(const float64_t* E, const float64_t* add, intp_t S, intp_
 
 def kbest(const float64_t[:, ::1] unary, const float64_t[:, ::1] transition,
           const intp_t[::1] offsets, intp_t K, const float64_t[::1] start,
-          const float64_t[::1] end, intp_t[:, ::1] paths_out,
+          const float64_t[::1] end, const bool_t[:, ::1] mask, intp_t[:, ::1] paths_out,
           float64_t[:, ::1] energies_out, int n_threads):
-    """The K lowest-energy state paths of every sequence, best first.
+    """The K lowest-energy state paths of every sequence, best first (``mask`` of
+    shape (0, 0): no mask).
 
     Keeps, for every (t, state), the K best prefixes ending there with
     back-pointers (state, rank); merging the S sorted candidate lists per
@@ -840,9 +999,11 @@ def kbest(const float64_t[:, ::1] unary, const float64_t[:, ::1] transition,
     cdef intp_t* bp
     cdef intp_t* heads
     cdef intp_t* fin_bp
+    cdef bint has_mask = mask.shape[0] > 0
     cdef const float64_t* U = &unary[0, 0] if N > 0 else NULL
     cdef const float64_t* transT = &transT_arr[0, 0]
     cdef const float64_t* zeros = &zeros_arr[0]
+    cdef const bool_t* M = &mask[0, 0] if has_mask else NULL
     if n == 0:
         return
     with nogil:
@@ -862,7 +1023,8 @@ def kbest(const float64_t[:, ::1] unary, const float64_t[:, ::1] transition,
                     for r in range(1, K):
                         energies_out[r, i] = INF
                     continue
-                _prepare(U + o * S, T, S, &start[0], &end[0], NULL, NULL, NULL, NULL, ueff)
+                _prepare(U + o * S, T, S, &start[0], &end[0],
+                         M + o * S if has_mask else NULL, NULL, NULL, NULL, ueff)
                 for j in range(S):
                     E[j * K] = ueff[j]
                     bp[j * K] = -1

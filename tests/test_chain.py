@@ -129,7 +129,7 @@ def test_viterbi_with_latent_substates(seed):
     state_label = np.sort(np.concatenate([np.arange(n_labels),
                                           rng.integers(0, n_labels, size=2)]))
     S = len(state_label)
-    U, tr, off, s0, s1 = random_batch(rng, S=S, max_len=4)
+    U, tr, off, s0, s1 = random_batch(rng, S=S, max_len=6)
     labels, energies, states = chain.viterbi(U, tr, off, s0, s1, state_label=state_label,
                                              return_states=True)
     for i, a, b in seqs(off):
@@ -165,13 +165,12 @@ def brute_gibbs(U, tr, s0, s1, beta, mask=None):
     return marg, -logz / beta, pair
 
 
-@pytest.mark.parametrize("seed", range(30))
-def test_forward_backward_matches_brute_force(seed):
-    rng = np.random.default_rng(400 + seed)
-    U, tr, off, s0, s1 = random_batch(rng)
+def assert_fb_matches_brute_force(U, tr, off, beta, s0, s1, mask=None, f_atol=ATOL, f_rtol=0.0,
+                                  m_atol=ATOL, pair_atol=ATOL):
+    """forward_backward of a ragged batch against brute_gibbs, sequence by sequence:
+    |F - F_ref| <= f_atol + f_rtol |F_ref|, marginals and summed pairwise marginals
+    to m_atol and pair_atol."""
     S = tr.shape[0]
-    beta = [1.0, 0.37, 2.5][seed % 3]
-    mask = rng.random(U.shape) < 0.8 if seed % 4 == 1 else None
     marg, free, pair = chain.forward_backward(U, tr, off, beta, s0, s1, mask=mask,
                                               return_pairwise=True)
     pair_ref = np.zeros((S, S))
@@ -181,10 +180,19 @@ def test_forward_backward_matches_brute_force(seed):
         if np.isinf(f_ref):
             assert np.isinf(free[i]) and free[i] > 0
         else:
-            assert abs(free[i] - f_ref) < ATOL
-        np.testing.assert_allclose(marg[a:b], m_ref, atol=ATOL, rtol=0)
+            assert abs(free[i] - f_ref) <= f_atol + f_rtol * abs(f_ref), (i, free[i], f_ref)
+        np.testing.assert_allclose(marg[a:b], m_ref, atol=m_atol, rtol=0)
         pair_ref += p_ref
-    np.testing.assert_allclose(pair, pair_ref, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(pair, pair_ref, atol=pair_atol, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_forward_backward_matches_brute_force(seed):
+    rng = np.random.default_rng(400 + seed)
+    U, tr, off, s0, s1 = random_batch(rng)
+    beta = [1.0, 0.37, 2.5][seed % 3]
+    mask = rng.random(U.shape) < 0.8 if seed % 4 == 1 else None
+    assert_fb_matches_brute_force(U, tr, off, beta, s0, s1, mask)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -193,7 +201,7 @@ def test_forward_backward_latent_label_marginals_and_clamping(seed):
     n_labels = 2 + seed % 2
     state_label = np.sort(np.concatenate([np.arange(n_labels), rng.integers(0, n_labels, 2)]))
     S = len(state_label)
-    U, tr, off, s0, s1 = random_batch(rng, S=S, max_len=4, inf_prob=0.05)
+    U, tr, off, s0, s1 = random_batch(rng, S=S, max_len=6, inf_prob=0.05)
     beta = 0.8
     lab_marg, free, st_marg = chain.forward_backward(U, tr, off, beta, s0, s1,
                                                      state_label=state_label,
@@ -285,7 +293,7 @@ def test_forward_backward_extreme_energy_range_uses_exact_fallback():
 @pytest.mark.parametrize("seed", range(25))
 def test_kbest_matches_brute_force(seed):
     rng = np.random.default_rng(600 + seed)
-    U, tr, off, s0, s1 = random_batch(rng, max_len=4)
+    U, tr, off, s0, s1 = random_batch(rng, max_len=6)
     S = tr.shape[0]
     k = int(rng.integers(1, 12))
     paths, energies = chain.kbest(U, tr, off, k, s0, s1)
@@ -319,7 +327,7 @@ def test_most_offending_matches_brute_force(seed):
         state_label = None
     S = len(state_label) if latent else int(rng.integers(2, 5))
     n_labels = int(state_label.max()) + 1 if latent else S
-    U, tr, off, s0, s1 = random_batch(rng, S=S, max_len=4)
+    U, tr, off, s0, s1 = random_batch(rng, S=S, max_len=6)
     mask = rng.random(U.shape) < 0.85 if seed % 5 == 0 else None
     gold = rng.integers(0, n_labels, size=U.shape[0])
     if seed % 3 == 0:   # gold = the MAP labels, the training case
@@ -348,7 +356,7 @@ def test_loss_augmented_viterbi_matches_brute_force(seed):
     state_label = np.array([0, 0, 1, 2, 2]) if latent else None
     S = 5 if latent else int(rng.integers(2, 5))
     n_labels = 3 if latent else S
-    U, tr, off, s0, s1 = random_batch(rng, S=S, max_len=4)
+    U, tr, off, s0, s1 = random_batch(rng, S=S, max_len=6)
     gold = rng.integers(0, n_labels, size=U.shape[0])
     loss = rng.random(U.shape[0]) * 3 if seed % 3 else 1.5
     labels, energies, states = chain.loss_augmented_viterbi(
@@ -367,6 +375,141 @@ def test_loss_augmented_viterbi_matches_brute_force(seed):
         assert abs(own_aug - aug.min()) < ATOL
         assert abs(energies[i] - own_e) < ATOL
         np.testing.assert_array_equal(labels[a:b], sl[states[a:b]])
+
+
+# ---------------------------------------------------------------------------
+# latent substates and masks in every function
+# ---------------------------------------------------------------------------
+
+def random_state_label(rng, n_labels):
+    return np.sort(np.concatenate([np.arange(n_labels), rng.integers(0, n_labels, 2)]))
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_min_marginals_with_latent_substates(seed):
+    rng = np.random.default_rng(1100 + seed)
+    n_labels = 2 + seed % 2
+    state_label = random_state_label(rng, n_labels)
+    S = len(state_label)
+    U, tr, off, s0, s1 = random_batch(rng, S=S, max_len=5)
+    mask = rng.random(U.shape) < 0.8 if seed % 3 == 0 else None
+    lab_mm, energies, st_mm = chain.min_marginals(U, tr, off, s0, s1, mask=mask,
+                                                  state_label=state_label, return_states=True)
+    assert lab_mm.shape == (U.shape[0], n_labels) and st_mm.shape == U.shape
+    np.testing.assert_array_equal(chain.min_marginals(U, tr, off, s0, s1, mask=mask)[0], st_mm)
+    for i, a, b in seqs(off):
+        P = all_paths(b - a, S)
+        e = path_energies(U[a:b], tr, z(s0, S), z(s1, S), P, None if mask is None else mask[a:b])
+        assert energies[i] == e.min() or abs(energies[i] - e.min()) < ATOL
+        for t in range(b - a):
+            for l in range(n_labels):
+                # min over the label's substates = min over paths with label(y_t) = l
+                ref = e[state_label[P[:, t]] == l].min()
+                got = lab_mm[a + t, l]
+                assert (np.isinf(ref) and np.isinf(got)) or abs(got - ref) < ATOL
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_loss_augmented_viterbi_with_mask(seed):
+    rng = np.random.default_rng(1200 + seed)
+    latent = seed % 2 == 0
+    state_label = random_state_label(rng, 2) if latent else None
+    S = len(state_label) if latent else int(rng.integers(2, 4))
+    n_labels = 2 if latent else S
+    U, tr, off, s0, s1 = random_batch(rng, S=S, max_len=6, inf_prob=0.05)
+    gold = rng.integers(0, n_labels, size=U.shape[0])
+    mask = rng.random(U.shape) < 0.7
+    loss = rng.random(U.shape[0]) * 3
+    labels, energies, states = chain.loss_augmented_viterbi(
+        U, tr, off, gold, loss, s0, s1, mask=mask, state_label=state_label, return_states=True)
+    sl = np.arange(S) if state_label is None else state_label
+    for i, a, b in seqs(off):
+        P = all_paths(b - a, S)
+        e = path_energies(U[a:b], tr, z(s0, S), z(s1, S), P, mask[a:b])
+        aug = e - ((sl[P] != gold[a:b]) * loss[a:b]).sum(axis=1)
+        if np.isinf(aug.min()):
+            assert np.isinf(energies[i]) and (labels[a:b] == -1).all()
+            continue
+        assert mask[np.arange(a, b), states[a:b]].all()       # masked states stay forbidden
+        own_e = path_energies(U[a:b], tr, z(s0, S), z(s1, S), states[None, a:b])[0]
+        own_aug = own_e - ((labels[a:b] != gold[a:b]) * loss[a:b]).sum()
+        assert abs(own_aug - aug.min()) < ATOL
+        assert abs(energies[i] - own_e) < ATOL
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_kbest_with_mask(seed):
+    rng = np.random.default_rng(1300 + seed)
+    U, tr, off, s0, s1 = random_batch(rng, max_len=6, inf_prob=0.05)
+    S = tr.shape[0]
+    mask = rng.random(U.shape) < 0.7
+    k = int(rng.integers(1, 9))
+    paths, energies = chain.kbest(U, tr, off, k, s0, s1, mask=mask)
+    for i, a, b in seqs(off):
+        P = all_paths(b - a, S)
+        e = np.sort(path_energies(U[a:b], tr, z(s0, S), z(s1, S), P, mask[a:b]))
+        e = e[np.isfinite(e)][:k]
+        np.testing.assert_allclose(energies[:len(e), i], e, atol=ATOL, rtol=0)
+        assert np.isinf(energies[len(e):, i]).all()
+        if b > a and len(e):
+            got = paths[:len(e), a:b]
+            assert mask[a:b][np.arange(b - a), got].all()
+            own = path_energies(U[a:b], tr, z(s0, S), z(s1, S), got, mask[a:b])
+            np.testing.assert_allclose(own, e, atol=ATOL, rtol=0)
+
+
+def test_kbest_k_beyond_the_number_of_paths():
+    # k far above S**T: the kernel runs with S**T ranks, the rest are +inf / -1
+    rng = np.random.default_rng(4)
+    U, tr = rng.normal(size=(3, 2)), rng.normal(size=(2, 2))
+    off = np.array([0, 1, 3])
+    paths, energies = chain.kbest(U, tr, off, 1000)
+    assert paths.shape == (1000, 3) and energies.shape == (1000, 2)
+    assert np.isfinite(energies[:2, 0]).all() and np.isinf(energies[2:, 0]).all()
+    assert np.isfinite(energies[:4, 1]).all() and np.isinf(energies[4:, 1]).all()
+    assert (paths[4:] == -1).all() and (paths[2:, 0] == -1).all()
+    np.testing.assert_array_equal(energies[:4], chain.kbest(U, tr, off, 4)[1])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_gold_mask_clamps_to_gold_labels(seed):
+    rng = np.random.default_rng(1400 + seed)
+    state_label = random_state_label(rng, 2 + seed % 2)
+    S, n_labels = len(state_label), int(state_label.max()) + 1
+    U, tr, off, s0, s1 = random_batch(rng, S=S, max_len=5, inf_prob=0.05)
+    gold = rng.integers(0, n_labels, size=U.shape[0])
+    mask = chain.gold_mask(gold, state_label)
+    np.testing.assert_array_equal(mask, state_label[None, :] == gold[:, None])
+    assert mask.dtype == np.bool_ and mask.shape == U.shape
+    beta = 0.9
+    _, f_clamped = chain.forward_backward(U, tr, off, beta, s0, s1, mask=mask,
+                                          state_label=state_label)
+    labels, e_clamped = chain.viterbi(U, tr, off, s0, s1, mask=mask, state_label=state_label)
+    for i, a, b in seqs(off):
+        P = all_paths(b - a, S)
+        e = path_energies(U[a:b], tr, z(s0, S), z(s1, S), P)
+        keep = (state_label[P] == gold[a:b]).all(axis=1)
+        ek = e[keep]
+        if not np.isfinite(ek).any():
+            assert np.isinf(f_clamped[i]) and np.isinf(e_clamped[i])
+            continue
+        assert abs(f_clamped[i] + logsumexp(-beta * ek) / beta) < ATOL
+        assert abs(e_clamped[i] - ek.min()) < ATOL
+        np.testing.assert_array_equal(labels[a:b], gold[a:b])
+    # without substates: one-hot rows
+    np.testing.assert_array_equal(chain.gold_mask([2, 0], n_states=3),
+                                  [[False, False, True], [True, False, False]])
+
+
+def test_gold_mask_bad_input():
+    with pytest.raises(ValueError, match="needs n_states"):
+        chain.gold_mask([0, 1])
+    with pytest.raises(ValueError, match=r"gold\[1\] = 2 is out of range 0..1"):
+        chain.gold_mask([0, 2], np.array([0, 0, 1]))
+    with pytest.raises(ValueError, match="does not match"):
+        chain.gold_mask([0, 1], np.array([0, 1]), n_states=3)
+    with pytest.raises(ValueError, match="label 1 has no state"):
+        chain.gold_mask([0], np.array([0, 2, 2]))
 
 
 # ---------------------------------------------------------------------------
@@ -618,3 +761,92 @@ def test_bad_options_raise_value_error():
         chain.sequence_energy(U, tr, off, np.array([0, 5, 0]))
     with pytest.raises(ValueError, match="n_threads"):
         chain.viterbi(U, tr, off, n_threads=0)
+
+
+def test_huge_k_raises_value_error_not_memory_error():
+    U, tr, off = _ok()
+    with pytest.raises(ValueError, match=r"k = 1000000000000 needs about .* GiB"):
+        chain.kbest(U, tr, off, 10**12)
+    # a long sequence: the workspace (longest * S * k) is what is too large
+    rng = np.random.default_rng(0)
+    U2 = rng.normal(size=(100_000, 17))
+    with pytest.raises(ValueError, match="KBEST_MAX_BYTES"):
+        chain.kbest(U2, rng.normal(size=(17, 17)), [0, 100_000], 2_000)
+
+
+@pytest.mark.parametrize("state_label, match", [
+    ([0, 10**12], r"state_label\[1\] = 1000000000000 is out of range: labels are 0..L-1"),
+    ([0, 2], r"out of range"),
+    ([1, 1], r"must use every label 0..1: label 0 has no state"),
+])
+def test_bad_state_label_raises_value_error(state_label, match):
+    U, tr, off = _ok()
+    for call in (lambda: chain.viterbi(U, tr, off, state_label=state_label),
+                 lambda: chain.forward_backward(U, tr, off, state_label=state_label),
+                 lambda: chain.min_marginals(U, tr, off, state_label=state_label),
+                 lambda: chain.most_offending(U, tr, off, [0, 0, 0], state_label=state_label)):
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+@pytest.mark.parametrize("make", [
+    # unary -1e308 plus start -1e308: the sum is -inf (NaN energies before)
+    lambda U, tr: dict(unary=U - 1e308, transition=tr, start=np.full(2, -1e308)),
+    # +1e308 unary plus transition: F was +inf with marginals 0.5
+    lambda U, tr: dict(unary=U + 1e308, transition=tr + 1e308),
+    # far below float64's limit per entry, but 2 tokens of 6e299 add up past 1e300
+    lambda U, tr: dict(unary=U + 6e299, transition=tr),
+])
+def test_energies_that_could_overflow_a_sum_raise(make):
+    U, tr, off = _ok()
+    kw = make(U, tr)
+    calls = [chain.viterbi, chain.min_marginals, chain.most_offending, chain.kbest,
+             chain.forward_backward, chain.loss_augmented_viterbi, chain.sequence_energy]
+    extra = {chain.most_offending: ([0, 0, 0],), chain.kbest: (2,),
+             chain.loss_augmented_viterbi: ([0, 0, 0],), chain.sequence_energy: ([0, 0, 0],)}
+    for fn in calls:
+        args = (kw["unary"], kw["transition"], off) + extra.get(fn, ())
+        with pytest.raises(ValueError, match="energies too large"):
+            fn(*args, start=kw.get("start"))
+
+
+def test_large_but_safe_energies_and_loss_bound():
+    U, tr, off = _ok()
+    # 2 * 1e299 per sequence of length 2 (+ transition 0): accepted and exact
+    _, e = chain.viterbi(U + 1e299, tr, off)
+    np.testing.assert_allclose(e, [1e299, 2e299])
+    # +inf entries do not count towards the bound
+    U2 = U.copy()
+    U2[0, 1] = np.inf
+    assert np.isfinite(chain.viterbi(U2, tr, off)[1]).all()
+    # the loss is part of the augmented energy
+    with pytest.raises(ValueError, match="energies too large.*loss up to"):
+        chain.loss_augmented_viterbi(U, tr, off, [0, 0, 0], loss=1e300)
+
+
+def test_complex_input_raises_without_warning():
+    import warnings
+    U, tr, off = _ok()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="unary must be real"):
+            chain.viterbi(U + 1j, tr, off)
+        with pytest.raises(ValueError, match="transition must be real"):
+            chain.forward_backward(U, tr.astype(complex), off)
+        with pytest.raises(ValueError, match="start must be real"):
+            chain.viterbi(U, tr, off, start=np.zeros(2, complex))
+        with pytest.raises(ValueError, match="loss must be real"):
+            chain.loss_augmented_viterbi(U, tr, off, [0, 0, 0], loss=1 + 2j)
+
+
+def test_beta_as_numpy_scalar_or_0d_array():
+    rng = np.random.default_rng(2)
+    U, tr, off = rng.normal(size=(3, 2)), rng.normal(size=(2, 2)), np.array([0, 1, 3])
+    ref = chain.forward_backward(U, tr, off, 2.0)
+    for beta in (np.array(2.0), np.float64(2.0), np.float32(2.0), 2, np.int64(2)):
+        got = chain.forward_backward(U, tr, off, beta)
+        for x, y in zip(got, ref):
+            np.testing.assert_array_equal(x, y)
+    for beta in (np.array([2.0]), True, "2", np.array(np.nan), np.array(-1.0), 1j, None):
+        with pytest.raises(ValueError, match="beta must be a finite number > 0"):
+            chain.forward_backward(U, tr, off, beta)
