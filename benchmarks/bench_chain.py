@@ -19,15 +19,18 @@ import time
 
 import numpy as np
 
-from factorebm import chain, _chain
-
+from factorebm import chain
 
 from _machine import describe  # noqa: E402  (benchmarks/_machine.py)
 
+_chain = chain._chain     # the build factorebm picked for this CPU (see factorebm._isa)
+
+
 def machine_description():
-    return (f"{describe()} | numpy {np.__version__} | "
+    return (f"{describe()} | numpy {np.__version__} | kernels {_chain.__name__} | "
             f"OpenMP {'yes' if _chain.has_openmp() else 'no'}, "
             f"default threads {_chain.max_threads()}")
+
 
 def make_batch(n_seq, K, seed=0):
     rng = np.random.default_rng(seed)

@@ -52,7 +52,9 @@ import numbers
 
 import numpy as np
 
-from . import _chain
+from ._isa import kernel_module
+
+_chain = kernel_module("_chain")   # the AVX2+FMA build where the CPU has it
 
 __all__ = [
     "viterbi", "forward_backward", "min_marginals", "kbest", "most_offending",
