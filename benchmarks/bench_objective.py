@@ -7,6 +7,8 @@ the same run, a straightforward scipy.sparse + numpy implementation of the same 
 (products with scipy.sparse, forward-backward / min-marginals vectorized over the batch by
 padding and looping over positions). Prints medians, seconds and microseconds per token, the
 ratios, and a breakdown of factorebm's time (emission product, chain kernel, gradient product).
+With ``--ewt`` it also times the tagger's factored form of the same matrix, ``X = S @ Phi``
+(:meth:`factorebm.features.FeatureExtractor.factored_transform`).
 
     python benchmarks/bench_objective.py            # full (a minute or two)
     python benchmarks/bench_objective.py --quick    # smaller corpus, fewer repeats
@@ -205,6 +207,8 @@ def main():
         fx = FeatureExtractor()
         fx.fit(sents)
         X, offsets = fx.transform(sents)
+        # the same matrix as X = S @ Phi through (word type, template group) slots
+        F, _ = fx.factored_transform(sents)
         names = sorted({t for ts in tags for t in ts})
         index = {t: i for i, t in enumerate(names)}
         y = np.array([index[t] for ts in tags for t in ts], dtype=np.int64)
@@ -213,6 +217,7 @@ def main():
         what = "UD English EWT train, default tagger features"
     else:
         X, offsets, y = make_corpus(n_tokens, n_features, 30, K)
+        F = None            # random columns: no word types to factor through
         what = "synthetic, EWT-shaped"
     print(f"corpus ({what}): {X.shape[0]} tokens, {len(offsets) - 1} sentences, "
           f"{n_features} features, {X.nnz / X.shape[0]:.1f} nonzeros per token, K = {K} "
@@ -222,22 +227,34 @@ def main():
     t0 = time.perf_counter()
     chain_objective(w, model, X, offsets, y, loss="nll")     # builds and caches X^T once
     print(f"one-time preparation (validation, CSR transpose) + first call: "
-          f"{time.perf_counter() - t0:.3f} s; medians over {repeats} repeats below\n")
+          f"{time.perf_counter() - t0:.3f} s; medians over {repeats} repeats below")
+    model_f = LinearChainEnergy(n_features, K)    # its own corpus cache
+    if F is not None:
+        t0 = time.perf_counter()
+        chain_objective(w, model_f, F, offsets, y, loss="nll")
+        print(f"factored X = S @ Phi: {F.n_slots} (type, group) slots, {F.S.nnz} + {F.Phi.nnz} "
+              f"nonzeros against {X.nnz} in X; preparation + first call "
+              f"{time.perf_counter() - t0:.3f} s")
+    print()
     N = X.shape[0]
-    print(f"{'loss':<6} {'implementation':<28} {'seconds':>9} {'us/token':>9} {'speed-up':>9}")
+    print(f"{'loss':<6} {'implementation':<34} {'seconds':>9} {'us/token':>9} {'speed-up':>9}")
     for loss in ("nll", "hinge"):
         t_np, (v_np, g_np) = median_time(
             lambda: numpy_objective(w, model, X, offsets, y, loss), max(1, repeats // 3))
-        print(f"{loss:<6} {'scipy.sparse + numpy':<28} {t_np:9.4f} {1e6 * t_np / N:9.3f} "
+        print(f"{loss:<6} {'scipy.sparse + numpy':<34} {t_np:9.4f} {1e6 * t_np / N:9.3f} "
               f"{1.0:9.2f}")
-        for nt in (1, 2):
-            t_fe, (v_fe, g_fe) = median_time(
-                lambda: chain_objective(w, model, X, offsets, y, loss=loss, n_threads=nt),
-                repeats)
-            err = np.abs(g_fe - g_np).max() / max(1e-300, np.abs(g_np).max())
-            print(f"{loss:<6} {'factorebm, ' + str(nt) + ' thread' + 's' * (nt > 1):<28} "
-                  f"{t_fe:9.4f} {1e6 * t_fe / N:9.3f} {t_np / t_fe:9.2f}"
-                  f"   (|value diff| {abs(v_fe - v_np):.1e}, grad rel. diff {err:.1e})")
+        for label, m, Xm in (("CSR X", model, X), ("factored X", model_f, F)):
+            if Xm is None:
+                continue
+            for nt in (1, 2):
+                t_fe, (v_fe, g_fe) = median_time(
+                    lambda: chain_objective(w, m, Xm, offsets, y, loss=loss, n_threads=nt),
+                    repeats)
+                err = np.abs(g_fe - g_np).max() / max(1e-300, np.abs(g_np).max())
+                name = f"factorebm, {label}, {nt} thread" + "s" * (nt > 1)
+                print(f"{loss:<6} {name:<34} {t_fe:9.4f} {1e6 * t_fe / N:9.3f} "
+                      f"{t_np / t_fe:9.2f}   (|value diff| {abs(v_fe - v_np):.1e}, grad rel. "
+                      f"diff {err:.1e})")
     # where factorebm's time goes (2 threads)
     print("\nbreakdown, 2 threads (medians):")
     W, T, S, E = model.unpack(w)
@@ -267,6 +284,13 @@ def main():
     print(f"  X^T @ G, G dense (NLL)                 {t_g:.4f} s   "
           f"(scipy.sparse: {t_sc_g:.4f} s)")
     print(f"  X^T @ G, G = 2 labels per token (margin losses) {t_gl:.4f} s")
+    if F is not None:
+        t_fu, _ = median_time(lambda: F.matmul(W, U, 2), repeats)
+        t_fg, _ = median_time(lambda: F.rmatmul(marg, G, 2), repeats)
+        t_fgl, _ = median_time(lambda: F.rmatmul_labels(labels, wts, G, 2), repeats)
+        print(f"  factored: U = S @ (Phi @ W_emit)       {t_fu:.4f} s")
+        print(f"  factored: X^T @ G = Phi^T @ (S^T @ G)  {t_fg:.4f} s dense, {t_fgl:.4f} s "
+              f"2 labels per token")
     print("\nreference: CRFsuite spends about 0.2 s per L-BFGS iteration on EWT on this kind of "
           "machine (about 0.9 us/token); see benchmarks/compare_crfsuite.py for a measured "
           "comparison.")

@@ -852,6 +852,22 @@ class FeatureExtractor:
             counts[g] = np.bincount(neighbour, minlength=n_types)
         return counts
 
+    def _map_batch(self, sents):
+        """Token types and offsets of a batch, the types first seen in it added to the cache.
+
+        Returns ``(tok_type (N,) int32, offsets (n+1,) int64)`` as :meth:`_map_tokens`.
+        """
+        self._check_fitted()
+        sents = self._check_sents(sents)
+        if self._n_types - self._n_fit_types > self.cache_size:
+            self._trim_cache()
+        tok_type, offsets = self._map_tokens(sents)
+        new = self._index.new
+        if new:
+            self._index.new = []
+            self._add_new_types(new)
+        return tok_type, offsets
+
     def transform(self, sents):
         """The feature matrix of a batch of sentences.
 
@@ -870,15 +886,7 @@ class FeatureExtractor:
         offsets : ndarray, shape (n+1,), int64
             Sentence ``i`` is rows ``offsets[i]:offsets[i+1]``.
         """
-        self._check_fitted()
-        sents = self._check_sents(sents)
-        if self._n_types - self._n_fit_types > self.cache_size:
-            self._trim_cache()
-        tok_type, offsets = self._map_tokens(sents)
-        new = self._index.new
-        if new:
-            self._index.new = []
-            self._add_new_types(new)
+        tok_type, offsets = self._map_batch(sents)
         return self._assemble(tok_type, offsets), offsets
 
     def emissions(self, sents, W, n_threads=1):
@@ -907,27 +915,74 @@ class FeatureExtractor:
         W = np.ascontiguousarray(W, dtype=np.float64)
         if W.ndim != 2 or W.shape[0] != self.n_features_:
             raise ValueError(f"W must have shape ({self.n_features_}, S), got {W.shape}")
-        sents = self._check_sents(sents)
-        if self._n_types - self._n_fit_types > self.cache_size:
-            self._trim_cache()
-        tok_type, offsets = self._map_tokens(sents)
-        new = self._index.new
-        if new:
-            self._index.new = []
-            self._add_new_types(new)
+        tok_type, offsets = self._map_batch(sents)
         U = np.empty((tok_type.shape[0], W.shape[1]))
         slot = np.full(self._n_types, -1, dtype=np.int32)
         _features.type_emissions(tok_type, offsets, self._shift, self._seg[:self._n_types],
                                  self._ids, W, slot, U, int(n_threads))
         return U, offsets
 
+    def factored_transform(self, sents):
+        """:meth:`transform`'s matrix as the product of two binary matrices, ``X = S @ Phi``.
+
+        Every feature of a token is a feature of the word type at some window offset from it,
+        so X factors through (word type, template group) slots: ``Phi`` (n_slots,
+        n_features_) holds each slot's features and ``S`` (N, n_slots) each token's G slots.
+        The learning objective multiplies through the factors, which are much smaller than X
+        (:class:`factorebm.learning.FactoredFeatures`).
+
+        Returns
+        -------
+        X : FactoredFeatures, shape (N, n_features_)
+        offsets : (n+1,) int64
+        """
+        tok_type, offsets = self._map_batch(sents)
+        return self._factored(tok_type, offsets), offsets
+
+    def _factored(self, tok_type, offsets):
+        """The :class:`~factorebm.learning.FactoredFeatures` of a mapped batch."""
+        from .learning import FactoredFeatures
+        N = tok_type.shape[0]
+        G = len(self._groups)
+        seg = self._seg[:self._n_types]
+        # the type at t + shift[g] of every (token, group), as in _features.row_lengths
+        seq = np.repeat(np.arange(offsets.shape[0] - 1), np.diff(offsets))
+        start, stop = offsets[:-1][seq], offsets[1:][seq]
+        pos = np.arange(N)[:, None] + self._shift[None, :]                   # (N, G)
+        inside = (pos >= start[:, None]) & (pos < stop[:, None])
+        ty = np.where(inside, tok_type[np.clip(pos, 0, max(N - 1, 0))],
+                      np.where(pos < start[:, None], 0, 1))
+        # number the (type, group) pairs that occur, in (type, group) order
+        key = (ty * G + np.arange(G)[None, :]).ravel()
+        used = np.zeros(self._n_types * G, dtype=bool)
+        used[key] = True
+        slot_key = np.flatnonzero(used)
+        slot_of = np.cumsum(used, dtype=np.int64) - 1
+        S = sp.csr_matrix((np.broadcast_to(np.float64(1.0), (key.shape[0],)),
+                           slot_of[key].astype(np.int32), np.arange(0, N * G + 1, G)),
+                          shape=(N, slot_key.shape[0]), copy=False)
+        # each slot's feature ids: the type's segment of the group in the id buffer
+        s_ty, s_g = slot_key // G, slot_key % G
+        lo = seg[s_ty, s_g]
+        lengths = seg[s_ty, s_g + 1] - lo
+        indptr = np.zeros(slot_key.shape[0] + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        flat = np.repeat(lo - indptr[:-1], lengths) + np.arange(int(indptr[-1]))
+        Phi = sp.csr_matrix((np.broadcast_to(np.float64(1.0), (flat.shape[0],)),
+                             self._ids[flat].astype(np.int64), indptr),
+                            shape=(slot_key.shape[0], self.n_features_), copy=False)
+        return FactoredFeatures(S, Phi)
+
     def fit_transform(self, sents, min_count=1):
         """``fit(sents, min_count)`` then ``transform(sents)``, sharing the token mapping."""
         return self._fit_transform(sents, min_count)
 
-    def _fit_transform(self, sents, min_count=1, binary=False):
-        """:meth:`fit_transform`, optionally with binary (data-free) X as in ``_assemble``."""
+    def _fit_transform(self, sents, min_count=1, binary=False, factored=False):
+        """:meth:`fit_transform`, optionally with binary (data-free) X as in ``_assemble``, or
+        factored as :meth:`factored_transform` gives it."""
         tok_type, offsets = self._fit(sents, min_count)
+        if factored:
+            return self._factored(tok_type, offsets), offsets
         return self._assemble(tok_type, offsets, binary), offsets
 
     # ---------------------------------------------------------------- saving

@@ -31,8 +31,8 @@ import scipy.sparse as sp
 
 from . import losses as _losses
 
-__all__ = ["LinearChainEnergy", "chain_objective", "ParametricGraph", "graph_objective",
-           "tied_phi"]
+__all__ = ["LinearChainEnergy", "chain_objective", "FactoredFeatures", "ParametricGraph",
+           "graph_objective", "tied_phi"]
 
 
 def _default_threads(n_threads):
@@ -93,8 +93,124 @@ def _is_binary_data(data):
 
 
 def _dense_data(X):
-    """``X.data`` as a contiguous array for the product kernels (binary data materialized)."""
-    return np.ascontiguousarray(X.data)
+    """``X.data`` for the product kernels: contiguous, or empty for binary data (the kernels
+    read an empty data array as all ones)."""
+    return np.empty(0) if _is_binary_data(X.data) else np.ascontiguousarray(X.data)
+
+
+def _binary_csr(M, name):
+    """``M`` as CSR with matching int32/int64 index arrays, checked to hold only ones."""
+    if not sp.issparse(M):
+        raise ValueError(f"{name} must be a scipy.sparse matrix, got {type(M).__name__}")
+    M = M.tocsr()
+    if M.indices.dtype != M.indptr.dtype or M.indices.dtype not in (np.int32, np.int64):
+        M = sp.csr_matrix((M.data, M.indices.astype(np.int64), M.indptr.astype(np.int64)),
+                          shape=M.shape)
+    if M.nnz and not (_is_binary_data(M.data) or np.all(M.data == 1.0)):
+        raise ValueError(f"{name} must be binary: every stored value 1")
+    return M
+
+
+def _csr_transpose(M):
+    MT = M.T.tocsr()
+    if MT.indices.dtype != MT.indptr.dtype:
+        MT = sp.csr_matrix((MT.data, MT.indices.astype(np.int64), MT.indptr.astype(np.int64)),
+                           shape=MT.shape)
+    return MT
+
+
+class FactoredFeatures:
+    """A binary token x feature matrix kept as the product ``X = S @ Phi``.
+
+    Tagging features are features of the word *types* around a token
+    (:mod:`factorebm.features`): ``Phi`` (n_slots, n_features) holds the features of each
+    (word type, template group) slot and ``S`` (N, n_slots) says which slots each token has,
+    one per group. Then ``X @ W = S @ (Phi @ W)`` and ``X^T @ G = Phi^T @ (S^T @ G)``, and with
+    far fewer slots than tokens (EWT train: about 90,000 slots for 204,577 tokens and 4.5
+    million nonzeros of X) both products touch the large (n_features, K) tables a few times
+    less often than X itself would. :func:`chain_objective` and
+    :meth:`LinearChainEnergy.unary` take it wherever they take X; the stochastic optimizers
+    use :meth:`tocsr`. Built by :meth:`factorebm.features.FeatureExtractor.factored_transform`.
+
+    Parameters
+    ----------
+    S : scipy.sparse (N, n_slots), every stored value 1
+    Phi : scipy.sparse (n_slots, n_features), every stored value 1
+    """
+
+    def __init__(self, S, Phi):
+        self.S = _binary_csr(S, "S")
+        self.Phi = _binary_csr(Phi, "Phi")
+        if self.S.shape[1] != self.Phi.shape[0]:
+            raise ValueError(f"S has {self.S.shape[1]} columns but Phi has {self.Phi.shape[0]} "
+                             "rows (one per slot)")
+        self._ST = None
+        self._PhiT = None
+
+    @property
+    def shape(self):
+        return (self.S.shape[0], self.Phi.shape[1])
+
+    @property
+    def n_slots(self):
+        return self.Phi.shape[0]
+
+    def __repr__(self):
+        return (f"FactoredFeatures({self.shape[0]} tokens x {self.shape[1]} features through "
+                f"{self.n_slots} slots)")
+
+    def tocsr(self):
+        """X itself: (N, n_features) CSR float64 of ones, sorted indices."""
+        X = (self.S @ self.Phi).tocsr()
+        X.sort_indices()
+        return X
+
+    def _transposes(self):
+        if self._ST is None:
+            self._ST = _csr_transpose(self.S)
+            self._PhiT = _csr_transpose(self.Phi)
+        return self._ST, self._PhiT
+
+    def matmul(self, W, out, n_threads=1, work=None):
+        """``out`` (N, K) = X @ W for W (n_features, K); ``work``: optional (n_slots, K) scratch."""
+        from . import _sparse
+        P = np.empty((self.n_slots, W.shape[1])) if work is None else work
+        _sparse.csr_dense_matmul(self.Phi.indptr, self.Phi.indices, _NO_DATA, W, P, n_threads)
+        _sparse.csr_dense_matmul(self.S.indptr, self.S.indices, _NO_DATA, P, out, n_threads)
+        return out
+
+    def rmatmul(self, G, out, n_threads=1, work=None):
+        """``out`` (n_features, K) = X^T @ G for G (N, K) dense."""
+        from . import _sparse
+        ST, PhiT = self._transposes()
+        A = np.empty((self.n_slots, G.shape[1])) if work is None else work
+        _sparse.csr_dense_matmul(ST.indptr, ST.indices, _NO_DATA, G, A, n_threads)
+        _sparse.csr_dense_matmul(PhiT.indptr, PhiT.indices, _NO_DATA, A, out, n_threads)
+        return out
+
+    def rmatmul_labels(self, labels, weights, out, n_threads=1, work=None):
+        """``out`` (n_features, K) = X^T @ G for G given by C (label, weight) pairs per token
+        (as :func:`factorebm._sparse.csr_t_label_scatter`)."""
+        from . import _sparse
+        ST, PhiT = self._transposes()
+        A = np.empty((self.n_slots, out.shape[1])) if work is None else work
+        _sparse.csr_t_label_scatter(ST.indptr, ST.indices, _NO_DATA, labels, weights, A,
+                                    n_threads)
+        _sparse.csr_dense_matmul(PhiT.indptr, PhiT.indices, _NO_DATA, A, out, n_threads)
+        return out
+
+
+_NO_DATA = np.empty(0)      # the kernels' "every stored value is 1"
+
+
+def _check_features(X, n_features, what="X"):
+    """:func:`_check_csr`, or a :class:`FactoredFeatures` checked for its width."""
+    if isinstance(X, FactoredFeatures):
+        if X.shape[1] != n_features:
+            raise ValueError(f"{what} has {X.shape[1]} feature columns, the model has "
+                             f"{n_features}")
+        return X
+    return _check_csr(X, n_features, what)
 
 
 def _check_offsets(offsets, n_tokens, what="offsets"):
@@ -234,16 +350,18 @@ class LinearChainEnergy:
         ----------
         w : (n_weights,) float64
         X : scipy.sparse matrix (N, n_features), CSR preferred (float64 data, int32 or int64
-            indices; other forms are converted)
+            indices; other forms are converted), or :class:`FactoredFeatures`
         n_threads : int or None
             OpenMP threads for the product; None = all cores (or ``OMP_NUM_THREADS``).
         """
         from . import _sparse
         W_emit = self.unpack(w)[0]
-        X = _check_csr(X, self.n_features)
+        X = _check_features(X, self.n_features)
         out = np.empty((X.shape[0], self.n_states))
-        _sparse.csr_dense_matmul(X.indptr, X.indices, _dense_data(X), W_emit, out,
-                                 _threads_for(n_threads, X.shape[0]))
+        nt = _threads_for(n_threads, X.shape[0])
+        if isinstance(X, FactoredFeatures):
+            return X.matmul(W_emit, out, nt)
+        _sparse.csr_dense_matmul(X.indptr, X.indices, _dense_data(X), W_emit, out, nt)
         return out
 
     def predict(self, w, X, offsets, n_threads=None):
@@ -260,15 +378,18 @@ class LinearChainEnergy:
             if X.model_shape != (self.n_features, self.n_labels):
                 raise ValueError("this ChainCorpus was built for a different model shape")
             return X
+        # what must be the same objects for the cached corpus to still describe X
+        parts = ((X.S, X.Phi) if isinstance(X, FactoredFeatures) else
+                 (X.data, X.indices, X.nnz) if sp.issparse(X) else None)
         c = self._cache
-        if (c is not None and c[0]() is X and c[1] is X.data and c[2] is X.indices
-                and c[3] == X.nnz and np.array_equal(c[4].offsets, offsets)
-                and np.array_equal(c[4].y, y)):
-            return c[4]
+        if (c is not None and parts is not None and c[0]() is X and len(c[1]) == len(parts)
+                and all(a is b or a == b for a, b in zip(c[1], parts))
+                and np.array_equal(c[2].offsets, offsets) and np.array_equal(c[2].y, y)):
+            return c[2]
         corpus = ChainCorpus(self, X, offsets, y)
         try:
-            self._cache = (weakref.ref(X), X.data, X.indices, X.nnz, corpus)
-        except TypeError:  # not weak-referenceable (e.g. a dense array): no caching
+            self._cache = (weakref.ref(X), parts, corpus) if parts is not None else None
+        except TypeError:  # not weak-referenceable: no caching
             self._cache = None
         return corpus
 
@@ -282,8 +403,8 @@ class ChainCorpus:
 
     Attributes
     ----------
-    X : (N, n_features) CSR float64
-    XT : (n_features, N) CSR float64, the transpose of X (built on first use)
+    X : (N, n_features) CSR float64, or :class:`FactoredFeatures`
+    XT : (n_features, N) CSR float64, the transpose of a CSR X (built on first use)
     offsets : (n+1,) int64
     y : (N,) int64 gold labels
     lengths : (n,) int64
@@ -294,7 +415,7 @@ class ChainCorpus:
     """
 
     def __init__(self, model, X, offsets, y):
-        X = _check_csr(X, model.n_features)
+        X = _check_features(X, model.n_features)
         N = X.shape[0]
         self.model_shape = (model.n_features, model.n_labels)
         self.X = X
@@ -319,12 +440,36 @@ class ChainCorpus:
         """(n_features, N) CSR float64, the transpose of X, built on first use: only full-batch
         gradients need it, and it is as large as X itself."""
         if self._XT is None:
-            XT = self.X.T.tocsr()
-            if XT.indices.dtype != XT.indptr.dtype:
-                XT = sp.csr_matrix((XT.data, XT.indices.astype(np.int64),
-                                    XT.indptr.astype(np.int64)), shape=XT.shape)
-            self._XT = XT
+            self._XT = _csr_transpose(self.X)
         return self._XT
+
+    def emissions(self, W_emit, out, n_threads):
+        """``out`` (N, K) = X @ W_emit."""
+        from . import _sparse
+        X = self.X
+        if isinstance(X, FactoredFeatures):
+            return X.matmul(W_emit, out, n_threads,
+                            self._workspace("slots", (X.n_slots, W_emit.shape[1])))
+        _sparse.csr_dense_matmul(X.indptr, X.indices, _dense_data(X), W_emit, out, n_threads)
+        return out
+
+    def emission_gradient(self, emit, out, n_threads):
+        """``out`` (n_features, K) = X^T @ G, G the gradient with respect to the emission
+        energies: ``("dense", G (N, K))`` or ``("labels", labels (N, C), weights (N, C))``."""
+        from . import _sparse
+        X = self.X
+        if isinstance(X, FactoredFeatures):
+            work = self._workspace("slots", (X.n_slots, out.shape[1]))
+            if emit[0] == "dense":
+                return X.rmatmul(emit[1], out, n_threads, work)
+            return X.rmatmul_labels(emit[1], emit[2], out, n_threads, work)
+        XT = self.XT
+        if emit[0] == "dense":
+            _sparse.csr_dense_matmul(XT.indptr, XT.indices, XT.data, emit[1], out, n_threads)
+        else:
+            _sparse.csr_t_label_scatter(XT.indptr, XT.indices, XT.data, emit[1], emit[2], out,
+                                        n_threads)
+        return out
 
     def _workspace(self, name, shape):
         """A float64 scratch array owned by this corpus (contents undefined)."""
@@ -488,9 +633,10 @@ def chain_objective(w, model, X, offsets, y, loss="nll", *, l2=0.0, beta=1.0, n_
     w : (n_weights,) float64
         Flat weights of ``model``.
     model : LinearChainEnergy
-    X : scipy.sparse (N, n_features) matrix or ChainCorpus
-        Token features; the CSR transpose is computed once and cached on ``model`` while the
-        same X object (not modified in place) is passed again.
+    X : scipy.sparse (N, n_features) matrix, FactoredFeatures or ChainCorpus
+        Token features; the CSR transpose (of X, or of the factors of a FactoredFeatures) is
+        computed once and cached on ``model`` while the same X object (not modified in place)
+        is passed again.
     offsets : (n+1,) int64
         Sequence i is tokens ``offsets[i]:offsets[i+1]``.
     y : (N,) int64
@@ -523,16 +669,14 @@ def chain_objective(w, model, X, offsets, y, loss="nll", *, l2=0.0, beta=1.0, n_
     if isinstance(X, ChainCorpus):
         corpus = X
     else:
-        corpus = model._corpus(_check_csr(X, model.n_features) if not sp.isspmatrix_csr(X)
-                               else X, offsets, y)
+        corpus = model._corpus(X if sp.isspmatrix_csr(X) or isinstance(X, FactoredFeatures)
+                               else _check_csr(X, model.n_features), offsets, y)
     nt = _threads_for(n_threads, corpus.n_tokens)
     W_emit, transition, start, end = model.unpack(w)
     K = model.n_states
     # The (N, S) emission buffer is reused between calls on the same corpus (it never leaves
     # this function): a fresh 28 MB array per call at EWT scale costs page faults.
-    U = corpus._workspace("unary", (corpus.n_tokens, K))
-    Xc = corpus.X
-    _sparse.csr_dense_matmul(Xc.indptr, Xc.indices, _dense_data(Xc), W_emit, U, nt)
+    U = corpus.emissions(W_emit, corpus._workspace("unary", (corpus.n_tokens, K)), nt)
     loss_i, g_trans, g_start, g_end, emit = _chain_terms(
         U, transition, start, end, corpus.offsets, corpus.y, corpus.first, corpus.last,
         corpus.first_seq, corpus.inner, corpus.seq_of_token, spec, beta, params, nt, chain,
@@ -540,12 +684,7 @@ def chain_objective(w, model, X, offsets, y, loss="nll", *, l2=0.0, beta=1.0, n_
     n = max(corpus.n_sequences, 1)
     grad = np.empty(model.n_weights)
     g_emit = grad[:model.n_emit].reshape(model.n_features, K)
-    XT = corpus.XT
-    if emit[0] == "dense":
-        _sparse.csr_dense_matmul(XT.indptr, XT.indices, XT.data, emit[1], g_emit, nt)
-    else:
-        _sparse.csr_t_label_scatter(XT.indptr, XT.indices, XT.data, emit[1], emit[2], g_emit,
-                                    nt)
+    corpus.emission_gradient(emit, g_emit, nt)
     e = model.n_emit
     grad[e:e + K * K] = g_trans.ravel()
     grad[e + K * K:e + K * K + K] = g_start

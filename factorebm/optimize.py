@@ -34,9 +34,9 @@ import scipy.optimize
 import scipy.sparse as sp
 
 from . import losses as _losses
-from .learning import (ChainCorpus, LinearChainEnergy, _check_csr, _default_threads,
-                       _dense_data, _is_binary_data, _loss_params, chain_batch_gradient,
-                       chain_objective, graph_objective)
+from .learning import (ChainCorpus, FactoredFeatures, LinearChainEnergy, _check_csr,
+                       _default_threads, _dense_data, _is_binary_data, _loss_params,
+                       chain_batch_gradient, chain_objective, graph_objective)
 
 __all__ = ["fit_chain", "fit_graphs", "OPTIMIZERS", "default_optimizer"]
 
@@ -481,8 +481,9 @@ def fit_chain(model, X, offsets, y, *, loss="nll", optimizer=None, l1=0.0, l2=No
     Parameters
     ----------
     model : LinearChainEnergy
-    X : scipy.sparse (N, n_features), CSR float64 (int32 or int64 indices)
-        Token features of the whole corpus.
+    X : scipy.sparse (N, n_features), CSR float64 (int32 or int64 indices), or FactoredFeatures
+        Token features of the whole corpus (a FactoredFeatures speeds up L-BFGS; the
+        stochastic optimizers convert it to CSR).
     offsets : (n+1,) int64
         Sequence i is tokens ``offsets[i]:offsets[i+1]``.
     y : (N,) int64
@@ -534,10 +535,13 @@ def fit_chain(model, X, offsets, y, *, loss="nll", optimizer=None, l1=0.0, l2=No
     spec, optimizer, l1, l2, max_iter, batch_size, learning_rate = _check_common(
         optimizer, loss, l1, l2, max_iter, batch_size, learning_rate)
     params = _loss_params(spec, beta, loss_params)
+    if isinstance(X, FactoredFeatures) and optimizer != "lbfgs":
+        X = X.tocsr()       # the mini-batch kernels read rows of X itself
     if isinstance(X, ChainCorpus):
         corpus = X
     else:
-        corpus = model._corpus(_check_csr(X, model.n_features), offsets, y)
+        corpus = model._corpus(X if isinstance(X, FactoredFeatures)
+                               else _check_csr(X, model.n_features), offsets, y)
     w = (model.init_weights(random_state) if w0 is None
          else model.check_weights(w0).copy())
     if n_threads is not None:

@@ -195,11 +195,12 @@ class SequenceTagger:
 
         schedule = self._training_schedule()
         fx = FeatureExtractor(**(self.features or {}))
-        # The mini-batch optimizers gather batches from the corpus and can read its
+        # The mini-batch optimizers gather batches of rows from the corpus and read its
         # indicator features without the (nnz,) array of ones (a quarter of the training
-        # memory on EWT); L-BFGS multiplies by X as a whole and keeps the ones.
-        X, offsets = fx._fit_transform(sents, self.min_count,
-                                       binary=schedule["optimizer"] != "lbfgs")
+        # memory on EWT); L-BFGS multiplies by X as a whole, through its factors
+        # X = S @ Phi (FeatureExtractor.factored_transform), two to three times faster.
+        lbfgs = schedule["optimizer"] == "lbfgs"
+        X, offsets = fx._fit_transform(sents, self.min_count, binary=not lbfgs, factored=lbfgs)
         self.feature_extractor_ = fx
         model = LinearChainEnergy(fx.n_features_, len(self.labels_))
         self.model_ = model

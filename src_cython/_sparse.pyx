@@ -22,6 +22,10 @@ cdef extern from "_sparse_rows.h" nogil:
                           const float64_t* dense, int64_t K, float64_t* out)
     void febm_csr_row_i64(const int64_t* idx, const float64_t* val, int64_t nnz,
                           const float64_t* dense, int64_t K, float64_t* out)
+    void febm_sum_rows_i32(const int32_t* idx, int64_t nnz, const float64_t* dense, int64_t K,
+                           float64_t* out)
+    void febm_sum_rows_i64(const int64_t* idx, int64_t nnz, const float64_t* dense, int64_t K,
+                           float64_t* out)
 
 
 def csr_dense_matmul(const index_t[::1] indptr, const index_t[::1] indices,
@@ -32,27 +36,37 @@ def csr_dense_matmul(const index_t[::1] indptr, const index_t[::1] indices,
     Rows of ``out`` are split over ``n_threads`` OpenMP threads (dynamic chunks, since row
     lengths can be very unequal, e.g. the rows of a transposed Zipf-distributed feature
     matrix). ``out`` is overwritten. The caller has checked shapes and that every column index
-    is in [0, n_cols). The per-row loop is C (``_sparse_rows.h``), compiled with an AVX2 clone
-    where the compiler supports function multiversioning.
+    is in [0, n_cols). An empty ``data`` means every stored value is 1 (a binary matrix kept
+    without its array of ones). The per-row loop is C (``_sparse_rows.h``), compiled with an
+    AVX2 clone where the compiler supports function multiversioning.
     """
     cdef intp_t n_rows = out.shape[0]
     cdef intp_t K = out.shape[1]
     cdef intp_t i
     cdef index_t p0
+    cdef bint binary = data.shape[0] == 0
     if n_rows == 0 or K == 0:
         return
-    if dense.shape[0] == 0:
+    if dense.shape[0] == 0 or indptr[n_rows] == 0:
         out[:, :] = 0.0
         return
     with nogil:
         for i in prange(n_rows, num_threads=n_threads, schedule="dynamic", chunksize=64):
             p0 = indptr[i]
             if index_t is int32_t:
-                febm_csr_row_i32(&indices[0] + p0, &data[0] + p0, indptr[i + 1] - p0,
-                                 &dense[0, 0], K, &out[i, 0])
+                if binary:
+                    febm_sum_rows_i32(&indices[0] + p0, indptr[i + 1] - p0, &dense[0, 0], K,
+                                      &out[i, 0])
+                else:
+                    febm_csr_row_i32(&indices[0] + p0, &data[0] + p0, indptr[i + 1] - p0,
+                                     &dense[0, 0], K, &out[i, 0])
             else:
-                febm_csr_row_i64(&indices[0] + p0, &data[0] + p0, indptr[i + 1] - p0,
-                                 &dense[0, 0], K, &out[i, 0])
+                if binary:
+                    febm_sum_rows_i64(&indices[0] + p0, indptr[i + 1] - p0, &dense[0, 0], K,
+                                      &out[i, 0])
+                else:
+                    febm_csr_row_i64(&indices[0] + p0, &data[0] + p0, indptr[i + 1] - p0,
+                                     &dense[0, 0], K, &out[i, 0])
 
 
 def csr_t_dense_scatter(const index_t[::1] indptr, const index_t[::1] indices,
@@ -93,15 +107,17 @@ def csr_t_label_scatter(const index_t[::1] indptr, const index_t[::1] indices,
     margin loss with respect to the emission energies has one entry at the gold label and one
     at the most offending label, so the product costs C instead of K operations per nonzero.
     ``labels`` (n_cols, C) int64 in [0, K), ``weights`` (n_cols, C) float64, ``out``
-    (n_rows, K) is overwritten; rows are split over threads.
+    (n_rows, K) is overwritten; rows are split over threads. An empty ``data`` means all
+    ones, as in :func:`csr_dense_matmul`.
     """
     cdef intp_t n_rows = out.shape[0]
     cdef intp_t K = out.shape[1]
     cdef intp_t C = labels.shape[1]
     cdef intp_t i, k, c, t
     cdef index_t p, p_end
-    cdef float64_t v
+    cdef float64_t v = 1.0
     cdef float64_t* orow
+    cdef bint binary = data.shape[0] == 0
     if n_rows == 0 or K == 0:
         return
     with nogil:
@@ -111,7 +127,7 @@ def csr_t_label_scatter(const index_t[::1] indptr, const index_t[::1] indices,
                 orow[k] = 0.0
             p_end = indptr[i + 1]
             for p in range(indptr[i], p_end):
-                v = data[p]
+                v = 1.0 if binary else data[p]
                 t = indices[p]
                 for c in range(C):
                     orow[labels[t, c]] += v * weights[t, c]

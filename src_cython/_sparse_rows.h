@@ -1,8 +1,8 @@
-/* One output row of a CSR x dense product, out = sum_p val[p] * dense[idx[p], :].
+/* Rows of CSR x dense products: out = sum_p val[p] * dense[idx[p], :], and its binary form.
  *
- * Kept in C so that GCC can compile it twice (function multiversioning): an AVX2/FMA clone
+ * Kept in C so that GCC can compile them twice (function multiversioning): an AVX2/FMA clone
  * chosen at load time on CPUs that have it, and a portable default. The build flags stay
- * portable (no -march); only this K-long multiply-add loop is specialized. Plain IEEE
+ * portable (no -march); only these K-long multiply-add loops are specialized. Plain IEEE
  * arithmetic: no fast-math, so +inf and NaN propagate as usual.
  */
 #ifndef FACTOREBM_SPARSE_ROWS_H
@@ -13,77 +13,46 @@
 #define FEBM_CLONES __attribute__((target_clones("arch=haswell", "default")))
 #else
 #define FEBM_CLONES
-/* out = sum_p dense[idx[p], :]: a row of an indicator (all-ones) CSR matrix times dense. */
-FEBM_CLONES
-static void febm_sum_rows_i32(const int32_t *idx, int64_t nnz, const double *dense, int64_t K,
-                              double *out) {
-    int64_t p = 0, k;
-    for (k = 0; k < K; k++) out[k] = 0.0;
-    for (; p + 4 <= nnz; p += 4) {
-        const double *d0 = dense + (int64_t)idx[p] * K, *d1 = dense + (int64_t)idx[p + 1] * K;
-        const double *d2 = dense + (int64_t)idx[p + 2] * K, *d3 = dense + (int64_t)idx[p + 3] * K;
-        for (k = 0; k < K; k++) out[k] += (d0[k] + d1[k]) + (d2[k] + d3[k]);
-    }
-    for (; p < nnz; p++) {
-        const double *d = dense + (int64_t)idx[p] * K;
-        for (k = 0; k < K; k++) out[k] += d[k];
-    }
-}
-
-/* out = sum_g rows[g][:]: n rows of length K, each given by a pointer. */
-FEBM_CLONES
-static void febm_add_rows(const double *const *rows, int64_t n, int64_t K, double *out) {
-    int64_t g, k;
-    for (k = 0; k < K; k++) out[k] = 0.0;
-    for (g = 0; g < n; g++) {
-        const double *r = rows[g];
-        for (k = 0; k < K; k++) out[k] += r[k];
-    }
-}
-
 #endif
 
-#define FEBM_ROW_BODY                                                                     \
+/* The stored value of nonzero p: val[p], or 1 for a binary matrix (the compiler folds the
+   multiplications by 1.0 away: x * 1.0 == x exactly). */
+#define FEBM_VAL(p) val[p]
+#define FEBM_ONE(p) 1.0
+
+#define FEBM_ROW_BODY(V)                                                                  \
     int64_t p = 0, k;                                                                     \
     for (k = 0; k < K; k++) out[k] = 0.0;                                                 \
     /* four nonzeros per pass: out is loaded/stored a quarter as often */                 \
     for (; p + 4 <= nnz; p += 4) {                                                        \
-        const double v0 = val[p], v1 = val[p + 1], v2 = val[p + 2], v3 = val[p + 3];      \
+        const double v0 = V(p), v1 = V(p + 1), v2 = V(p + 2), v3 = V(p + 3);              \
         const double *d0 = dense + (int64_t)idx[p] * K, *d1 = dense + (int64_t)idx[p + 1] * K; \
         const double *d2 = dense + (int64_t)idx[p + 2] * K, *d3 = dense + (int64_t)idx[p + 3] * K; \
         for (k = 0; k < K; k++)                                                           \
             out[k] += (v0 * d0[k] + v1 * d1[k]) + (v2 * d2[k] + v3 * d3[k]);              \
     }                                                                                     \
     for (; p < nnz; p++) {                                                                \
-        const double v = val[p];                                                          \
+        const double v = V(p);                                                            \
         const double *d = dense + (int64_t)idx[p] * K;                                    \
         for (k = 0; k < K; k++) out[k] += v * d[k];                                       \
     }
 
 FEBM_CLONES
 static void febm_csr_row_i32(const int32_t *idx, const double *val, int64_t nnz,
-                             const double *dense, int64_t K, double *out) { FEBM_ROW_BODY }
+                             const double *dense, int64_t K, double *out) { FEBM_ROW_BODY(FEBM_VAL) }
 
 FEBM_CLONES
 static void febm_csr_row_i64(const int64_t *idx, const double *val, int64_t nnz,
-                             const double *dense, int64_t K, double *out) { FEBM_ROW_BODY }
+                             const double *dense, int64_t K, double *out) { FEBM_ROW_BODY(FEBM_VAL) }
 
 /* out = sum_p dense[idx[p], :]: a row of an indicator (all-ones) CSR matrix times dense. */
 FEBM_CLONES
 static void febm_sum_rows_i32(const int32_t *idx, int64_t nnz, const double *dense, int64_t K,
-                              double *out) {
-    int64_t p = 0, k;
-    for (k = 0; k < K; k++) out[k] = 0.0;
-    for (; p + 4 <= nnz; p += 4) {
-        const double *d0 = dense + (int64_t)idx[p] * K, *d1 = dense + (int64_t)idx[p + 1] * K;
-        const double *d2 = dense + (int64_t)idx[p + 2] * K, *d3 = dense + (int64_t)idx[p + 3] * K;
-        for (k = 0; k < K; k++) out[k] += (d0[k] + d1[k]) + (d2[k] + d3[k]);
-    }
-    for (; p < nnz; p++) {
-        const double *d = dense + (int64_t)idx[p] * K;
-        for (k = 0; k < K; k++) out[k] += d[k];
-    }
-}
+                              double *out) { FEBM_ROW_BODY(FEBM_ONE) }
+
+FEBM_CLONES
+static void febm_sum_rows_i64(const int64_t *idx, int64_t nnz, const double *dense, int64_t K,
+                              double *out) { FEBM_ROW_BODY(FEBM_ONE) }
 
 /* out = sum_g rows[g][:]: n rows of length K, each given by a pointer. */
 FEBM_CLONES
