@@ -57,10 +57,11 @@ directives = {
     "embedsignature": True,
 }
 
-# Kernels whose every loop gains from AVX2 + FMA, measured on an AMD EPYC (bench_chain.py, K =
-# 17, 2 threads): forward-backward 6.2 -> 9.0 M tokens/s, Viterbi 16.5 -> 20.0. (_bp and _sparse
-# gain nothing: their hot loops are C functions with target_clones already.)
-V3_MODULES = {"_chain"}
+# Kernels whose every loop gains from AVX2 + FMA, measured on an AMD EPYC: _chain
+# (bench_chain.py, K = 17, 2 threads: forward-backward 6.2 -> 9.0 M tokens/s, Viterbi 16.5 ->
+# 20.0) and _optim (the AdaGrad rows: sqrt and division per weight). _bp and _sparse gain
+# nothing: their hot loops are C functions with target_clones already.
+V3_MODULES = {"_chain", "_optim"}
 V3 = (["-march=x86-64-v3"] if platform.machine().lower() in ("x86_64", "amd64")
       and sys.platform != "win32" and not os.environ.get("FACTOREBM_NO_V3")
       and _compiler_accepts("-march=x86-64-v3", "int main(void){return 0;}\n") else [])
@@ -77,7 +78,9 @@ def _extension(name, source, flags=()):
         # -fno-trapping-math: no kernel reads floating-point exception flags, and without it
         # GCC refuses to if-convert the selects in the batched exp/log loops of _bp.pyx, so
         # on AVX2 (no AVX-512 masking) they ran scalar: 4x slower sum-product BP.
-        extra_compile_args=["-O3", "-fno-trapping-math"] + OPENMP + list(flags),
+        # -fno-math-errno: nor errno; with it sqrt is a branch to libm for negative input,
+        # which kept the AdaGrad row loops of _optim.pyx from vectorizing.
+        extra_compile_args=["-O3", "-fno-trapping-math", "-fno-math-errno"] + OPENMP + list(flags),
         extra_link_args=OPENMP,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )

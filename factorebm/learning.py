@@ -299,7 +299,9 @@ class LinearChainEnergy:
         substates small random values (``scale`` * standard normal) to break their symmetry."""
         if self.n_substates == 1:
             return np.zeros(self.n_weights)
-        return scale * np.random.default_rng(random_state).standard_normal(self.n_weights)
+        w = np.random.default_rng(random_state).standard_normal(self.n_weights)
+        w *= scale      # in place: w is the model's largest array
+        return w
 
     def check_weights(self, w):
         w = np.asarray(w)
@@ -691,7 +693,8 @@ def chain_objective(w, model, X, offsets, y, loss="nll", *, l2=0.0, beta=1.0, n_
     grad[e + K * K + K:] = g_end
     value = float(loss_i.sum()) / n
     if l2:
-        value += 0.5 * l2 * float(w @ w)
+        # an OpenMP reduction, not BLAS: BLAS threads left spinning would contend with ours
+        value += 0.5 * l2 * _sparse.vec_dot(w, w, nt)
     # grad = grad / n + l2 * w in one pass over the weights
     _sparse.scale_add(grad, 1.0 / n, w, float(l2), nt)
     return value, grad

@@ -30,7 +30,6 @@ import time
 import warnings
 
 import numpy as np
-import scipy.optimize
 import scipy.sparse as sp
 
 from . import losses as _losses
@@ -231,6 +230,7 @@ def _lbfgs_smooth(fun, w0, max_iter, tol, reporter, n_pairs=6, gtol=1e-10, n_thr
             with warnings.catch_warnings():  # a failure is reported below, as for scipy's
                 warnings.filterwarnings(       # private search
                     "ignore", message="The line search algorithm did not converge")
+                import scipy.optimize
                 alpha = scipy.optimize.line_search(
                     lambda z: value_grad(z)[0], lambda z: value_grad(z)[1], x, d, gfk=g,
                     old_fval=f, c1=1e-4, c2=0.9, maxiter=30)[0]
@@ -282,6 +282,7 @@ def _lbfgs_b_l1(fun, w0, l1, max_iter, tol, reporter):
         v = last["v"] if "x" in last and np.array_equal(last["x"], zk) else split_fun(zk)[0]
         reporter(state["it"], v, zk[:n] - zk[n:])
 
+    import scipy.optimize      # here, not at module level: it costs 27 MiB and 0.2 s to import
     res = scipy.optimize.minimize(split_fun, z0, jac=True, method="L-BFGS-B",
                                   bounds=[(0, None)] * (2 * n), callback=cb,
                                   options={"maxiter": max_iter, "ftol": tol, "gtol": 1e-10,
@@ -388,7 +389,8 @@ class _ChainStochastic:
         caught up at the end of each epoch), the transition/start/end block densely.
         Returns ``w``, or for the perceptron the averaged weights (a new array).
         """
-        from . import _optim
+        from ._isa import kernel_module
+        _optim = kernel_module("_optim")   # the AVX2+FMA build where the CPU has it
         model = self.model
         K = model.n_states
         F = model.n_features

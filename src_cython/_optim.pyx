@@ -23,8 +23,28 @@
 #     |w| -> max(0, c^k |w| - lr * l1 * (c + c^2 + ... + c^k)),   c = 1 / (1 + lr * l2),
 # because the map is monotone in |w| and stays at 0 once it gets there.
 from _typedefs cimport float64_t, intp_t
-from libc.math cimport fabs, sqrt
+from libc.math cimport copysign, fabs, sqrt
+from libc.stdlib cimport free, malloc
 from libc.stdint cimport int32_t, int64_t
+
+cdef extern from *:
+    """
+    /* Prefetch the K doubles of row r of a (n_rows, K) table, a cache line at a time. */
+    static inline void febm_prefetch_row(const double* table, Py_ssize_t r, Py_ssize_t K) {
+    #if defined(__GNUC__)
+        const char* p = (const char*)(table + r * K);
+        for (Py_ssize_t b = 0; b < K * (Py_ssize_t)sizeof(double); b += 64)
+            __builtin_prefetch(p + b);
+    #endif
+    }
+    """
+    void febm_prefetch_row(const float64_t* table, intp_t r, intp_t K) nogil
+
+# How many rows ahead the row kernels prefetch: the touched rows of W and of AdaGrad's
+# accumulators are scattered over tables far larger than the cache, so without it every row
+# waits on memory in turn.
+cdef intp_t _AHEAD = 8
+
 
 ctypedef fused index_t:          # the index dtype of the corpus' CSR matrix
     int32_t
@@ -38,14 +58,6 @@ ctypedef fused out_index_t:      # the index dtype of the batch's CSR matrix
 # ---------------------------------------------------------------------------------------------
 # Scalar helpers
 # ---------------------------------------------------------------------------------------------
-cdef inline float64_t _adagrad_rate(float64_t eta, float64_t acc, float64_t eps) noexcept nogil:
-    # Zero while the coordinate has seen no gradient, so that its regularization starts with
-    # its first gradient (as optimize._adagrad_rate).
-    if acc > 0:
-        return eta / (eps + sqrt(acc))
-    return 0.0
-
-
 cdef inline void _power_and_sum(float64_t c, intp_t k, float64_t* ck,
                                 float64_t* geo) noexcept nogil:
     # ck = c^k and geo = c + c^2 + ... + c^k by binary powering: O(log k) products and sums
@@ -66,6 +78,27 @@ cdef inline void _power_and_sum(float64_t c, intp_t k, float64_t* ck,
     geo[0] = s
 
 
+cdef inline void _power_and_sum_rows(float64_t* bp, float64_t* bs, float64_t* p, float64_t* s,
+                                     intp_t k, intp_t K) noexcept nogil:
+    # _power_and_sum for K values c = bp[:K] sharing one k, the loops over j innermost so
+    # that they vectorize: p = c^k, s = c + ... + c^k (bp and bs are consumed).
+    cdef intp_t j
+    for j in range(K):
+        p[j] = 1.0
+        s[j] = 0.0
+        bs[j] = bp[j]
+    while k > 0:
+        if k & 1:
+            for j in range(K):
+                s[j] = s[j] + p[j] * bs[j]
+                p[j] = p[j] * bp[j]
+        k >>= 1
+        if k:
+            for j in range(K):
+                bs[j] = bs[j] + bp[j] * bs[j]
+                bp[j] = bp[j] * bp[j]
+
+
 cdef inline float64_t _prox_closed_form(float64_t w, float64_t ck, float64_t geo,
                                         float64_t thr) noexcept nogil:
     # k proximal steps given ck = c^k, geo = c + ... + c^k and the per-step soft-threshold
@@ -77,14 +110,6 @@ cdef inline float64_t _prox_closed_form(float64_t w, float64_t ck, float64_t geo
             return 0.0
         return a if w > 0 else -a
     return w * ck
-
-
-cdef inline float64_t _soft_threshold(float64_t v, float64_t t) noexcept nogil:
-    # sign(v) * max(0, |v| - t), t >= 0
-    cdef float64_t a = fabs(v) - t
-    if not a > 0:
-        return 0.0
-    return a if v > 0 else -a
 
 
 cdef inline float64_t _prox_one(float64_t w, float64_t lr, float64_t l1,
@@ -103,27 +128,32 @@ cdef inline float64_t _prox_one(float64_t w, float64_t lr, float64_t l1,
 
 cdef inline void _catch_up_row(float64_t* w, const float64_t* acc, intp_t K, intp_t k,
                                bint adagrad, float64_t rate, float64_t eps, float64_t l1,
-                               float64_t l2) noexcept nogil:
+                               float64_t l2, float64_t* scratch) noexcept nogil:
     # Apply k >= 1 owed proximal steps to the K weights of one row.
     # SGD: every coordinate at the scalar rate ``rate``: one power and sum for the row.
     # AdaGrad: coordinate j at its own rate lr = rate / d, d = eps + sqrt(acc[j]) (acc has not
     # changed since the row was last used, so all the owed steps had that rate; lr = 0, i.e.
-    # the identity, while acc[j] = 0). Written with d, c = 1 / (1 + lr * l2) = d / (d + rate
-    # * l2) costs one division instead of two.
+    # the identity c = 1, thr = 0, while acc[j] = 0). Written with d, c = 1 / (1 + lr * l2) =
+    # d / (d + rate * l2) costs one division instead of two. The coordinates share k, so the
+    # powering runs over the whole row at once, branch-free (scratch: 5 K doubles).
     cdef intp_t j
-    cdef float64_t a, d, thr, ck = 1.0, geo = <float64_t>k
+    cdef float64_t a, d, ck = 1.0, geo = <float64_t>k
+    cdef float64_t* p = scratch
+    cdef float64_t* s = scratch + K
+    cdef float64_t* bp = scratch + 2 * K
+    cdef float64_t* bs = scratch + 3 * K
+    cdef float64_t* thr = scratch + 4 * K
     if adagrad:
         for j in range(K):
             a = acc[j]
-            if not a > 0:
-                continue
             d = eps + sqrt(a)
-            ck = 1.0
-            geo = <float64_t>k
-            if l2 > 0:
-                _power_and_sum(d / (d + rate * l2), k, &ck, &geo)
-            thr = rate * l1 / d if l1 > 0 else 0.0
-            w[j] = _prox_closed_form(w[j], ck, geo, thr)
+            bp[j] = d / (d + rate * l2) if a > 0 else 1.0
+            thr[j] = rate * l1 / d if a > 0 else 0.0
+        _power_and_sum_rows(bp, bs, p, s, k, K)
+        for j in range(K):
+            # _prox_closed_form without branches: thr = 0 gives w * c^k exactly
+            d = p[j] * fabs(w[j]) - thr[j] * s[j]
+            w[j] = copysign(d if d > 0 else 0.0, w[j])
     elif rate > 0:
         if l2 > 0:
             _power_and_sum(1.0 / (1.0 + rate * l2), k, &ck, &geo)
@@ -237,16 +267,24 @@ def catch_up_rows(float64_t[:, ::1] W, const intp_t[::1] cols, intp_t[::1] last,
     cdef intp_t K = W.shape[1]
     cdef intp_t i, j, r, k
     cdef bint regularized = l1 > 0 or l2 > 0
+    cdef float64_t* scratch = <float64_t*>malloc((5 * K + 1) * sizeof(float64_t))
+    if scratch == NULL:
+        raise MemoryError()
     with nogil:
         for i in range(R):
+            if i + _AHEAD < R:
+                febm_prefetch_row(&W[0, 0], cols[i + _AHEAD], K)
+                if adagrad:
+                    febm_prefetch_row(&acc[0, 0], cols[i + _AHEAD], K)
             r = cols[i]
             k = upto - last[r]
             if regularized and k > 0:
                 _catch_up_row(&W[r, 0], &acc[r, 0] if adagrad else NULL, K, k, adagrad,
-                              rate, eps, l1, l2)
+                              rate, eps, l1, l2, scratch)
             last[r] = upto
             for j in range(K):
                 out_rows[i, j] = W[r, j]
+    free(scratch)
 
 
 def catch_up_all(float64_t[:, ::1] W, intp_t[::1] last, intp_t upto,
@@ -262,13 +300,17 @@ def catch_up_all(float64_t[:, ::1] W, intp_t[::1] last, intp_t upto,
     cdef intp_t K = W.shape[1]
     cdef intp_t r, k
     cdef bint regularized = l1 > 0 or l2 > 0
+    cdef float64_t* scratch = <float64_t*>malloc((5 * K + 1) * sizeof(float64_t))
+    if scratch == NULL:
+        raise MemoryError()
     with nogil:
         for r in range(n_rows):
             k = upto - last[r]
             if regularized and k > 0:
                 _catch_up_row(&W[r, 0], &acc[r, 0] if adagrad else NULL, K, k, adagrad,
-                              rate, eps, l1, l2)
+                              rate, eps, l1, l2, scratch)
             last[r] = upto
+    free(scratch)
 
 
 def adagrad_step(float64_t[:, ::1] W, float64_t[:, ::1] acc, const float64_t[:, ::1] G,
@@ -294,11 +336,14 @@ def adagrad_step(float64_t[:, ::1] W, float64_t[:, ::1] acc, const float64_t[:, 
     cdef intp_t R = cols.shape[0]
     cdef intp_t K = W.shape[1]
     cdef intp_t i, j, r
-    cdef float64_t g, a, d, v
+    cdef float64_t g, a, d, v, t
     cdef float64_t* w
     cdef float64_t* ac
     with nogil:
         for i in range(R):
+            if i + _AHEAD < R:
+                febm_prefetch_row(&W[0, 0], cols[i + _AHEAD], K)
+                febm_prefetch_row(&acc[0, 0], cols[i + _AHEAD], K)
             r = cols[i]
             w = &W[r, 0]
             ac = &acc[r, 0]
@@ -306,16 +351,16 @@ def adagrad_step(float64_t[:, ::1] W, float64_t[:, ::1] acc, const float64_t[:, 
                 g = G[i, j] / n_b
                 a = ac[j] + g * g
                 ac[j] = a
-                if not a > 0:       # rate 0 (and g = 0): nothing moves
-                    continue
                 # With d = eps + sqrt(acc) the rate is lr = eta / d, and the step, the
                 # soft-threshold by lr * l1 and the scaling 1 / (1 + lr * l2) multiply out to
                 # (soft(w d - eta g, eta l1)) / (d + eta l2): one division per coordinate.
+                # Branch-free so that the row vectorizes: the soft-threshold by 0 is the
+                # identity, and where acc = 0 (rate 0, g = 0) w keeps its value.
                 d = eps + sqrt(a)
                 v = w[j] * d - eta * g
-                if l1 > 0:
-                    v = _soft_threshold(v, eta * l1)
-                w[j] = v / (d + eta * l2)
+                t = fabs(v) - eta * l1
+                v = copysign(t if t > 0 else 0.0, v) / (d + eta * l2)
+                w[j] = v if a > 0 else w[j]
             last[r] = step
 
 

@@ -55,3 +55,29 @@ def test_wide_build_agrees_with_the_portable_one(monkeypatch, seed):
     for a, b in zip(results["v3"], results["base"]):
         for x, y in zip(a, b):
             np.testing.assert_allclose(x, y, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.skipif(not _isa.has_x86_64_v3(), reason="no x86-64-v3 CPU")
+def test_wide_optimizer_kernels_train_the_same_weights(monkeypatch):
+    # factorebm._optim_v3 (AdaGrad rows, lazy proximal catch-up) against the portable build,
+    # through a whole mini-batch training run with L2 and L1
+    from factorebm.learning import LinearChainEnergy
+    from factorebm.optimize import fit_chain
+    try:
+        importlib.import_module("factorebm._optim_v3")
+    except ImportError:
+        pytest.skip("the x86-64-v3 build of _optim is not available")
+    import scipy.sparse as sp
+    rng = np.random.default_rng(0)
+    N, F, K = 400, 60, 5
+    X = sp.random(N, F, density=0.1, format="csr", random_state=1)
+    X.data[:] = 1.0
+    offsets = np.arange(0, N + 1, 8, dtype=np.int64)
+    y = rng.integers(0, K, size=N)
+    model = LinearChainEnergy(F, K, n_substates=2)
+    kw = dict(loss="nll", optimizer="adagrad", max_iter=3, batch_size=4, l1=1e-3, l2=1e-2,
+              verbose=False, random_state=0)
+    w_wide, _ = fit_chain(model, X, offsets, y, **kw)
+    monkeypatch.setenv("FACTOREBM_ISA", "baseline")
+    w_base, _ = fit_chain(model, X, offsets, y, **kw)
+    np.testing.assert_allclose(w_wide, w_base, rtol=1e-9, atol=1e-12)
