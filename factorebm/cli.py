@@ -63,7 +63,8 @@ def _cmd_train(args):
     dev = _load_gold(dev_path) if dev_path else None
     test = _load_gold(test_path) if test_path else None
     params = {"loss": args.loss, "verbose": not args.quiet, "n_threads": args.threads}
-    for name in ("optimizer", "l1", "l2", "max_iter", "batch_size", "learning_rate", "min_count"):
+    for name in ("optimizer", "l1", "l2", "max_iter", "batch_size", "learning_rate", "min_count",
+                 "n_substates"):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
@@ -152,12 +153,15 @@ def build_parser():
     t.add_argument("--max-iter", type=int, dest="max_iter",
                    help="epochs (default: 6), or L-BFGS iterations (default: 100)")
     t.add_argument("--batch-size", type=int, dest="batch_size",
-                   help="sentences per mini-batch (default: 1 for the perceptron, 32 otherwise)")
+                   help="sentences per mini-batch (default: 4 for the perceptron, 32 otherwise)")
     t.add_argument("--learning-rate", type=float, dest="learning_rate",
                    help="step size (default: 0.2 with adagrad, 0.1 with sgd, 1 with the "
                         "perceptron)")
     t.add_argument("--min-count", type=int, dest="min_count",
-                   help="keep features seen at least this often (default: 1)")
+                   help="keep features seen at least this often (default: 2)")
+    t.add_argument("--substates", type=int, dest="n_substates",
+                   help="latent substates per tag (default: 2; 1 is a plain CRF, 3 is more "
+                        "accurate and slower)")
     _add_threads(t)
     t.add_argument("--quiet", action="store_true", help="no progress lines")
     t.set_defaults(func=_cmd_train)

@@ -169,12 +169,64 @@ def test_fitted_tagger_keeps_no_training_corpus(small_ewt, nll_tagger):
     (s, t), (ds, _) = small_ewt
     assert nll_tagger.model_._cache is None
     fx = fe.features.FeatureExtractor()
-    X, offsets = fx.fit_transform(s)
+    X, offsets = fx.fit_transform(s, min_count=nll_tagger.min_count)
     index = {tag: i for i, tag in enumerate(nll_tagger.labels_.tolist())}
     y = np.array([index[tag] for ts in t for tag in ts], dtype=np.int64)
     kwargs = dict(nll_tagger._training_schedule())
-    w, _ = fe.optimize.fit_chain(fe.learning.LinearChainEnergy(fx.n_features_, len(index)),
-                                 X, offsets, y, loss="nll", verbose=False, random_state=0,
-                                 **kwargs)
+    model = fe.learning.LinearChainEnergy(fx.n_features_, len(index), nll_tagger.n_substates)
+    w, _ = fe.optimize.fit_chain(model, X, offsets, y, loss="nll", verbose=False,
+                                 random_state=0, **kwargs)
     assert X.data.strides == (8,)
     np.testing.assert_array_equal(w, nll_tagger.coef_)
+
+
+@pytest.fixture(scope="module")
+def substate_tagger(small_ewt):
+    (s, t), _ = small_ewt
+    return fe.SequenceTagger(n_substates=3, max_iter=3, verbose=False).fit(s, t)
+
+
+def test_latent_substates_answer_in_tags(small_ewt, substate_tagger):
+    (s, t), (ds, dt) = small_ewt
+    tagger = substate_tagger
+    K = len(tagger.labels_)
+    unary, transition, start, end, offsets = tagger.energies(ds[:10])
+    assert unary.shape == (offsets[-1], 3 * K) and transition.shape == (3 * K, 3 * K)
+    pred = tagger.predict(ds[:10])
+    assert [len(p) for p in pred] == [len(x) for x in ds[:10]]
+    assert set(x for p in pred for x in p) <= set(tagger.labels_)
+    marg = tagger.predict_marginals(ds[:10])
+    assert all(m.shape == (len(x), K) for m, x in zip(marg, ds[:10]))
+    np.testing.assert_allclose(np.concatenate(marg).sum(axis=1), 1.0, atol=1e-12)
+    # the decoded tags are those of the best (tag, substate) path: Viterbi over the states
+    states, _ = fe.chain.viterbi(unary, transition, offsets, start, end)
+    assert [p for ps in pred for p in ps] == tagger.labels_[states // 3].tolist()
+    baseline = most_frequent_tag_accuracy(s, t, ds, dt)
+    assert tagger.score(ds, dt) > baseline + 0.03
+
+
+def test_substate_model_round_trip(tmp_path, small_ewt, substate_tagger):
+    _, (ds, _) = small_ewt
+    path = tmp_path / "h3.npz"
+    substate_tagger.save(path)
+    loaded = fe.SequenceTagger.load(path)
+    assert loaded.n_substates == 3
+    assert loaded.predict(ds) == substate_tagger.predict(ds)
+
+
+def test_model_files_from_before_substates_load_as_one_substate(tmp_path, small_ewt,
+                                                                monkeypatch):
+    (s, t), (ds, _) = small_ewt
+    tagger = fe.SequenceTagger(n_substates=1, max_iter=1, verbose=False).fit(s[:50], t[:50])
+    params = tagger.get_params()
+    del params["n_substates"]
+    monkeypatch.setattr(tagger, "get_params", lambda deep=True: dict(params))
+    tagger.save(tmp_path / "old.npz")
+    loaded = fe.SequenceTagger.load(tmp_path / "old.npz")
+    assert loaded.n_substates == 1 and loaded.predict(ds) == tagger.predict(ds)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_substate_counts_are_refused(bad):
+    with pytest.raises(ValueError, match="n_substates must be an integer >= 1"):
+        fe.SequenceTagger(n_substates=bad, verbose=False).fit([["a"]], [["X"]])
