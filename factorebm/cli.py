@@ -151,7 +151,8 @@ def build_parser():
                                             "with adagrad, 1e-4 with lbfgs and sgd, 0 with "
                                             "the perceptron)")
     t.add_argument("--max-iter", type=int, dest="max_iter",
-                   help="epochs (default: 6), or L-BFGS iterations (default: 100)")
+                   help="epochs (default: 4 with adagrad, 6 with sgd and the perceptron), "
+                        "or L-BFGS iterations (default: 100)")
     t.add_argument("--batch-size", type=int, dest="batch_size",
                    help="sentences per mini-batch (default: 4 for the perceptron, 32 otherwise)")
     t.add_argument("--learning-rate", type=float, dest="learning_rate",
