@@ -20,6 +20,7 @@ _BASE = importlib.import_module("factorebm._chain")
 
 
 def test_dispatch_follows_the_cpu(monkeypatch):
+    monkeypatch.delenv("FACTOREBM_ISA", raising=False)
     expected = _V3 if (_V3 is not None and _isa.has_x86_64_v3()) else _BASE
     assert _isa.kernel_module("_chain") is expected
     monkeypatch.setenv("FACTOREBM_ISA", "baseline")
@@ -77,6 +78,7 @@ def test_wide_optimizer_kernels_train_the_same_weights(monkeypatch):
     model = LinearChainEnergy(F, K, n_substates=2)
     kw = dict(loss="nll", optimizer="adagrad", max_iter=3, batch_size=4, l1=1e-3, l2=1e-2,
               verbose=False, random_state=0)
+    monkeypatch.delenv("FACTOREBM_ISA", raising=False)
     w_wide, _ = fit_chain(model, X, offsets, y, **kw)
     monkeypatch.setenv("FACTOREBM_ISA", "baseline")
     w_base, _ = fit_chain(model, X, offsets, y, **kw)
