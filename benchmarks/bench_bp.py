@@ -116,8 +116,10 @@ class NumpyBP:
         return f2v
 
 
-def median_time(fn, repeats, cpu=None):
+def median_time(fn, repeats, cpu=None, warmup=None):
     """Median wall-clock seconds of ``repeats`` calls (and of process CPU seconds into ``cpu``)."""
+    if warmup is not None:
+        warmup()        # untimed: threads started, caches and allocator warm, on both sides
     times, cpus = [], []
     out = None
     for _ in range(repeats):
@@ -148,19 +150,23 @@ def bench_grid(n, K, n_iter, repeats, threads, verbose=True):
     for min_sum in (True, False):
         name = "min-sum" if min_sum else "sum-product"
         cn = []
-        tn, f2v_np = median_time(lambda: nbp.run(n_iter, 0.5, min_sum), repeats, cn)
+        tn, f2v_np = median_time(lambda: nbp.run(n_iter, 0.5, min_sum), repeats, cn,
+                                 lambda: nbp.run(3, 0.5, min_sum))
         print(f"  {name:11s} numpy (1 thread)  : {tn:7.3f} s  {tn / n_iter * 1e3:7.2f} ms/iter  "
               f"{tn / n_iter / updates * 1e9:6.2f} ns/update   (CPU {cn[0]:.3f} s; per-factor tables, "
               f"the baseline of the ratios)")
         cs = []
-        ts, f2v_sh = median_time(lambda: nbp_shared.run(n_iter, 0.5, min_sum), repeats, cs)
+        ts, f2v_sh = median_time(lambda: nbp_shared.run(n_iter, 0.5, min_sum), repeats, cs,
+                                 lambda: nbp_shared.run(3, 0.5, min_sum))
         print(f"  {name:11s} numpy shared table: {ts:7.3f} s  {ts / n_iter * 1e3:7.2f} ms/iter  "
               f"{ts / n_iter / updates * 1e9:6.2f} ns/update   (CPU {cs[0]:.3f} s; one K x K table, "
               f"max |message diff| {np.abs(f2v_sh - f2v_np).max():.1e})")
         for nt in threads:
             ck = []
             tk, res = median_time(lambda: cg.run_bp(cg.unary, plan, 1.0, min_sum, max_iter=n_iter,
-                                                     damping=0.5, tol=0.0, n_threads=nt), repeats, ck)
+                                                     damping=0.5, tol=0.0, n_threads=nt), repeats, ck,
+                                  lambda: cg.run_bp(cg.unary, plan, 1.0, min_sum, max_iter=3,
+                                                    damping=0.5, tol=0.0, n_threads=nt))
             if nt == 1:
                 kernel_1[min_sum] = tk
             diff = np.abs(res[1].reshape(2 * F, K) - f2v_np).max()
@@ -217,7 +223,7 @@ def main():
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
     print("machine:", machine())
-    print("times are medians of", 1 if args.quick else args.repeats, "runs (wall clock; CPU = process CPU time,"
+    print("times are medians (after a 3-iteration warm-up run) of", 1 if args.quick else args.repeats, "runs (wall clock; CPU = process CPU time,"
           " summed over threads); load average at start:", os.getloadavg() if hasattr(os, "getloadavg") else "n/a")
     if args.quick:
         bench_grid(100, 5, 20, 1, args.threads)
