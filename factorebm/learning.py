@@ -73,9 +73,7 @@ def _check_csr(X, n_features, what="X"):
                          f"{n_features}")
     if X.dtype != np.float64:
         X = X.astype(np.float64)
-    if X.indices.dtype != X.indptr.dtype or X.indices.dtype not in (np.int32, np.int64):
-        X = sp.csr_matrix((X.data, X.indices.astype(np.int64), X.indptr.astype(np.int64)),
-                          shape=X.shape)
+    X = _kernel_index_dtypes(X)
     if X.nnz and not np.all(np.isfinite(X.data)):
         raise ValueError(f"{what} contains NaN or infinite feature values")
     return X
@@ -98,25 +96,27 @@ def _dense_data(X):
     return np.empty(0) if _is_binary_data(X.data) else np.ascontiguousarray(X.data)
 
 
+def _kernel_index_dtypes(M):
+    """CSR ``M`` with indptr and indices of one dtype, int32 or int64, as the kernels take them
+    (int64 where they differ)."""
+    if M.indices.dtype != M.indptr.dtype or M.indices.dtype not in (np.int32, np.int64):
+        M = sp.csr_matrix((M.data, M.indices.astype(np.int64), M.indptr.astype(np.int64)),
+                          shape=M.shape)
+    return M
+
+
 def _binary_csr(M, name):
     """``M`` as CSR with matching int32/int64 index arrays, checked to hold only ones."""
     if not sp.issparse(M):
         raise ValueError(f"{name} must be a scipy.sparse matrix, got {type(M).__name__}")
-    M = M.tocsr()
-    if M.indices.dtype != M.indptr.dtype or M.indices.dtype not in (np.int32, np.int64):
-        M = sp.csr_matrix((M.data, M.indices.astype(np.int64), M.indptr.astype(np.int64)),
-                          shape=M.shape)
+    M = _kernel_index_dtypes(M.tocsr())
     if M.nnz and not (_is_binary_data(M.data) or np.all(M.data == 1.0)):
         raise ValueError(f"{name} must be binary: every stored value 1")
     return M
 
 
 def _csr_transpose(M):
-    MT = M.T.tocsr()
-    if MT.indices.dtype != MT.indptr.dtype:
-        MT = sp.csr_matrix((MT.data, MT.indices.astype(np.int64), MT.indptr.astype(np.int64)),
-                           shape=MT.shape)
-    return MT
+    return _kernel_index_dtypes(M.T.tocsr())
 
 
 class FactoredFeatures:
@@ -146,6 +146,7 @@ class FactoredFeatures:
                              "rows (one per slot)")
         self._ST = None
         self._PhiT = None
+        self._gather = None
 
     @property
     def shape(self):
@@ -165,16 +166,49 @@ class FactoredFeatures:
         X.sort_indices()
         return X
 
+    def row_nnz(self):
+        """(N,) int64: the number of nonzeros of each row of X."""
+        per_slot = np.diff(self.Phi.indptr).astype(np.int64)
+        c = np.zeros(self.S.nnz + 1, dtype=np.int64)
+        np.cumsum(per_slot[self.S.indices], out=c[1:])
+        return c[self.S.indptr[1:]] - c[self.S.indptr[:-1]]
+
+    def gather_arrays(self):
+        """S's and Phi's CSR arrays as the mini-batch gather reads them (cached):
+        ``(S.indptr int64, S.indices int32, Phi.indptr int64, Phi.indices int32)``."""
+        if self._gather is None:
+            self._gather = tuple(a.astype(t, copy=False) for a, t in (
+                (self.S.indptr, np.int64), (self.S.indices, np.int32),
+                (self.Phi.indptr, np.int64), (self.Phi.indices, np.int32)))
+        return self._gather
+
     def _transposes(self):
         if self._ST is None:
             self._ST = _csr_transpose(self.S)
             self._PhiT = _csr_transpose(self.Phi)
         return self._ST, self._PhiT
 
+    def _dense(self, a, shape, name, writable=False):
+        """``a`` checked to be a C-contiguous float64 array of ``shape`` (kernels trust it)."""
+        if not (isinstance(a, np.ndarray) and a.dtype == np.float64 and a.flags.c_contiguous
+                and a.shape == shape and (a.flags.writeable or not writable)):
+            got = (f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__)
+            raise ValueError(f"{name} must be a C-contiguous{' writable' if writable else ''} "
+                             f"float64 array of shape {shape}, got {got}")
+        return a
+
+    def _work(self, work, K):
+        if work is None:
+            return np.empty((self.n_slots, K))
+        return self._dense(work, (self.n_slots, K), "work", writable=True)
+
     def matmul(self, W, out, n_threads=1, work=None):
         """``out`` (N, K) = X @ W for W (n_features, K); ``work``: optional (n_slots, K) scratch."""
         from . import _sparse
-        P = np.empty((self.n_slots, W.shape[1])) if work is None else work
+        K = W.shape[1] if isinstance(W, np.ndarray) and W.ndim == 2 else -1
+        self._dense(W, (self.shape[1], K), "W")
+        self._dense(out, (self.shape[0], K), "out", writable=True)
+        P = self._work(work, K)
         _sparse.csr_dense_matmul(self.Phi.indptr, self.Phi.indices, _NO_DATA, W, P, n_threads)
         _sparse.csr_dense_matmul(self.S.indptr, self.S.indices, _NO_DATA, P, out, n_threads)
         return out
@@ -182,8 +216,11 @@ class FactoredFeatures:
     def rmatmul(self, G, out, n_threads=1, work=None):
         """``out`` (n_features, K) = X^T @ G for G (N, K) dense."""
         from . import _sparse
+        K = G.shape[1] if isinstance(G, np.ndarray) and G.ndim == 2 else -1
+        self._dense(G, (self.shape[0], K), "G")
+        self._dense(out, (self.shape[1], K), "out", writable=True)
         ST, PhiT = self._transposes()
-        A = np.empty((self.n_slots, G.shape[1])) if work is None else work
+        A = self._work(work, K)
         _sparse.csr_dense_matmul(ST.indptr, ST.indices, _NO_DATA, G, A, n_threads)
         _sparse.csr_dense_matmul(PhiT.indptr, PhiT.indices, _NO_DATA, A, out, n_threads)
         return out
@@ -192,8 +229,17 @@ class FactoredFeatures:
         """``out`` (n_features, K) = X^T @ G for G given by C (label, weight) pairs per token
         (as :func:`factorebm._sparse.csr_t_label_scatter`)."""
         from . import _sparse
+        K = out.shape[1] if isinstance(out, np.ndarray) and out.ndim == 2 else -1
+        self._dense(out, (self.shape[1], K), "out", writable=True)
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        weights = np.ascontiguousarray(weights, dtype=np.float64)
+        if labels.ndim != 2 or labels.shape[0] != self.shape[0] or weights.shape != labels.shape:
+            raise ValueError(f"labels and weights must both have shape ({self.shape[0]}, C), got "
+                             f"{labels.shape} and {weights.shape}")
+        if labels.size and (labels.min() < 0 or labels.max() >= K):
+            raise ValueError(f"labels must lie in 0..{K - 1}")
         ST, PhiT = self._transposes()
-        A = np.empty((self.n_slots, out.shape[1])) if work is None else work
+        A = self._work(work, K)
         _sparse.csr_t_label_scatter(ST.indptr, ST.indices, _NO_DATA, labels, weights, A,
                                     n_threads)
         _sparse.csr_dense_matmul(PhiT.indptr, PhiT.indices, _NO_DATA, A, out, n_threads)
@@ -385,7 +431,8 @@ class LinearChainEnergy:
                  (X.data, X.indices, X.nnz) if sp.issparse(X) else None)
         c = self._cache
         if (c is not None and parts is not None and c[0]() is X and len(c[1]) == len(parts)
-                and all(a is b or a == b for a, b in zip(c[1], parts))
+                and all(a is b if isinstance(a, (np.ndarray, sp.spmatrix)) else a == b
+                        for a, b in zip(c[1], parts))
                 and np.array_equal(c[2].offsets, offsets) and np.array_equal(c[2].y, y)):
             return c[2]
         corpus = ChainCorpus(self, X, offsets, y)

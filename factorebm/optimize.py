@@ -367,7 +367,12 @@ class _ChainStochastic:
         c = self.corpus
         X = c.X
         b = min(self.batch_size, max(c.n_sequences, 1))
-        seq_nnz = (X.indptr[c.offsets[1:]] - X.indptr[c.offsets[:-1]]).astype(np.int64)
+        if isinstance(X, FactoredFeatures):
+            cum = np.zeros(c.n_tokens + 1, dtype=np.int64)
+            np.cumsum(X.row_nnz(), out=cum[1:])
+            seq_nnz = cum[c.offsets[1:]] - cum[c.offsets[:-1]]
+        else:
+            seq_nnz = (X.indptr[c.offsets[1:]] - X.indptr[c.offsets[:-1]]).astype(np.int64)
         max_tok = int(np.sort(c.lengths)[::-1][:b].sum())
         max_nnz = int(np.sort(seq_nnz)[::-1][:b].sum())
         max_cols = min(max_nnz, self.model.n_features)
@@ -413,8 +418,23 @@ class _ChainStochastic:
             U_rows = u[:model.n_emit].reshape(F, K)
             u_dense = u[model.n_emit:].reshape(1, -1)
         buf = self._batch_buffers()
-        # batch_csr reads an empty data array as "all ones" (binary features, no ones stored)
-        X_data = np.empty(0) if _is_binary_data(X.data) else _dense_data(X)
+        if isinstance(X, FactoredFeatures):
+            # rows gathered through X = S @ Phi: the corpus never stores X itself
+            factors = X.gather_arrays()
+
+            def gather(seqs):
+                return _optim.batch_csr_factored(
+                    *factors, c.offsets, c.y, seqs, buf["local_of"], buf["indptr"],
+                    buf["indices"], buf["data"], buf["y"], buf["offsets"], buf["cols"])
+        else:
+            # batch_csr reads an empty data array as "all ones" (binary features, no ones)
+            X_data = np.empty(0) if _is_binary_data(X.data) else _dense_data(X)
+
+            def gather(seqs):
+                return _optim.batch_csr(
+                    X.indptr, X.indices, X_data, c.offsets, c.y, seqs, buf["local_of"],
+                    buf["indptr"], buf["indices"], buf["data"], buf["y"], buf["offsets"],
+                    buf["cols"])
         last = np.full(F, -1, dtype=np.int64)
         step = 0
         for epoch in range(1, max_iter + 1):
@@ -427,10 +447,7 @@ class _ChainStochastic:
             for s0 in range(0, n, self.batch_size):
                 s1 = min(n, s0 + self.batch_size)
                 nb = s1 - s0
-                n_tok, nnz, R = _optim.batch_csr(
-                    X.indptr, X.indices, X_data, c.offsets, c.y, perm[s0:s1], buf["local_of"],
-                    buf["indptr"], buf["indices"], buf["data"], buf["y"], buf["offsets"],
-                    buf["cols"])
+                n_tok, nnz, R = gather(perm[s0:s1])
                 Xb = sp.csr_matrix((buf["data"][:nnz], buf["indices"][:nnz],
                                     buf["indptr"][:n_tok + 1]), shape=(n_tok, R))
                 cols = buf["cols"][:R]
@@ -484,8 +501,9 @@ def fit_chain(model, X, offsets, y, *, loss="nll", optimizer=None, l1=0.0, l2=No
     ----------
     model : LinearChainEnergy
     X : scipy.sparse (N, n_features), CSR float64 (int32 or int64 indices), or FactoredFeatures
-        Token features of the whole corpus (a FactoredFeatures speeds up L-BFGS; the
-        stochastic optimizers convert it to CSR).
+        Token features of the whole corpus (a FactoredFeatures speeds up L-BFGS and spares
+        the stochastic optimizers, which gather their mini-batches through its factors,
+        the memory of X).
     offsets : (n+1,) int64
         Sequence i is tokens ``offsets[i]:offsets[i+1]``.
     y : (N,) int64
@@ -537,8 +555,6 @@ def fit_chain(model, X, offsets, y, *, loss="nll", optimizer=None, l1=0.0, l2=No
     spec, optimizer, l1, l2, max_iter, batch_size, learning_rate = _check_common(
         optimizer, loss, l1, l2, max_iter, batch_size, learning_rate)
     params = _loss_params(spec, beta, loss_params)
-    if isinstance(X, FactoredFeatures) and optimizer != "lbfgs":
-        X = X.tocsr()       # the mini-batch kernels read rows of X itself
     if isinstance(X, ChainCorpus):
         corpus = X
     else:

@@ -235,6 +235,55 @@ def batch_csr(const index_t[::1] indptr, const index_t[::1] indices,
     return n_tok, nnz, n_cols
 
 
+def batch_csr_factored(const int64_t[::1] s_indptr, const int32_t[::1] s_indices,
+                       const int64_t[::1] phi_indptr, const int32_t[::1] phi_indices,
+                       const intp_t[::1] offsets, const intp_t[::1] y, const intp_t[::1] seqs,
+                       intp_t[::1] local_of, out_index_t[::1] b_indptr,
+                       out_index_t[::1] b_indices, float64_t[::1] b_data, intp_t[::1] b_y,
+                       intp_t[::1] b_offsets, intp_t[::1] cols):
+    """:func:`batch_csr` for a corpus kept factored, ``X = S @ Phi`` (binary).
+
+    Token t's row of X is the concatenation of the rows of Phi of its slots, S's row t (for
+    tagging features one slot per template group, groups in order, which is exactly the
+    sorted row :func:`batch_csr` reads from X itself: the batch comes out identical, without
+    X ever being stored).
+
+    ``s_indptr`` (N + 1,) int64, ``s_indices`` int32: S's CSR arrays; ``phi_indptr``
+    (n_slots + 1,) int64, ``phi_indices`` int32: Phi's; the other arguments and the result as
+    :func:`batch_csr` (``b_data`` is all ones).
+    """
+    cdef intp_t n_b = seqs.shape[0]
+    cdef intp_t i, s, t, f, loc, slot
+    cdef intp_t n_tok = 0, nnz = 0, n_cols = 0
+    cdef int64_t p, q
+    with nogil:
+        b_indptr[0] = 0
+        b_offsets[0] = 0
+        for i in range(n_b):
+            s = seqs[i]
+            for t in range(offsets[s], offsets[s + 1]):
+                b_y[n_tok] = y[t]
+                for q in range(s_indptr[t], s_indptr[t + 1]):
+                    slot = s_indices[q]
+                    for p in range(phi_indptr[slot], phi_indptr[slot + 1]):
+                        f = phi_indices[p]
+                        loc = local_of[f]
+                        if loc < 0:
+                            loc = n_cols
+                            local_of[f] = loc
+                            cols[n_cols] = f
+                            n_cols += 1
+                        b_indices[nnz] = <out_index_t>loc
+                        b_data[nnz] = 1.0
+                        nnz += 1
+                n_tok += 1
+                b_indptr[n_tok] = <out_index_t>nnz
+            b_offsets[i + 1] = n_tok
+        for i in range(n_cols):
+            local_of[cols[i]] = -1
+    return n_tok, nnz, n_cols
+
+
 def catch_up_rows(float64_t[:, ::1] W, const intp_t[::1] cols, intp_t[::1] last, intp_t upto,
                   const float64_t[:, ::1] acc, bint adagrad, float64_t rate, float64_t eps,
                   float64_t l1, float64_t l2, float64_t[:, ::1] out_rows):

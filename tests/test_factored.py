@@ -82,11 +82,45 @@ def test_fit_chain_takes_factored_features_with_every_optimizer():
     fx = FeatureExtractor()
     F, offsets = fx._fit_transform(sents, factored=True)
     model = LinearChainEnergy(fx.n_features_, len(labels))
-    for optimizer in ("lbfgs", "adagrad"):
-        kw = dict(loss="nll", optimizer=optimizer, max_iter=3, verbose=False, random_state=0)
+    for optimizer in ("lbfgs", "adagrad", "perceptron"):
+        kw = dict(loss="perceptron" if optimizer == "perceptron" else "nll",
+                  optimizer=optimizer, max_iter=3, verbose=False, random_state=0)
         w_f, _ = fit_chain(model, F, offsets, y, **kw)
         w_x, _ = fit_chain(model, F.tocsr(), offsets, y, **kw)
-        np.testing.assert_allclose(w_f, w_x, rtol=1e-7, atol=1e-9)
+        if optimizer == "lbfgs":    # products through the factors: other roundings
+            np.testing.assert_allclose(w_f, w_x, rtol=1e-7, atol=1e-9)
+        else:                       # the same mini-batches, gathered through the factors
+            np.testing.assert_array_equal(w_f, w_x)
+
+
+def test_factored_batch_gather_is_the_csr_gather():
+    from factorebm import _optim
+    rng = np.random.default_rng(0)
+    fx = FeatureExtractor(templates=TEMPLATES).fit(TRAIN)
+    sents = [list(rng.choice(WORDS, size=rng.integers(0, 9))) for _ in range(40)]
+    F, offsets = fx.factored_transform(sents)
+    X = F.tocsr()
+    y = rng.integers(0, 3, size=X.shape[0])
+    seqs = rng.permutation(len(sents))[:15].astype(np.int64)
+    nnz = int(X.nnz)
+    out = []
+    for call in ("csr", "factored"):
+        bufs = [np.zeros(X.shape[0] + 1, np.int32), np.zeros(nnz, np.int32), np.zeros(nnz),
+                np.zeros(X.shape[0], np.int64), np.zeros(16, np.int64),
+                np.zeros(X.shape[1], np.int64)]
+        local_of = np.full(X.shape[1], -1, dtype=np.int64)
+        if call == "csr":
+            r = _optim.batch_csr(X.indptr, X.indices, np.empty(0), offsets, y, seqs, local_of,
+                                 *bufs)
+        else:
+            r = _optim.batch_csr_factored(*F.gather_arrays(), offsets, y, seqs, local_of, *bufs)
+        assert (local_of == -1).all()
+        n_tok, nnz_b, n_cols = r
+        out.append((r, bufs[0][:n_tok + 1].copy(), bufs[1][:nnz_b].copy(),
+                    bufs[3][:n_tok].copy(), bufs[4][:16].copy(), bufs[5][:n_cols].copy()))
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(F.row_nnz(), np.diff(X.indptr))
 
 
 def test_bad_factors_are_refused():
@@ -100,3 +134,37 @@ def test_bad_factors_are_refused():
     model = LinearChainEnergy(5, 2)
     with pytest.raises(ValueError, match="4 feature columns, the model has 5"):
         model.unary(model.init_weights(), FactoredFeatures(S, sp.csr_matrix(np.ones((3, 4)))))
+
+
+def test_factored_products_check_their_operands():
+    fx = FeatureExtractor(templates=TEMPLATES).fit(TRAIN)
+    F, _ = fx.factored_transform(TRAIN)
+    N, n_features = F.shape
+    with pytest.raises(ValueError, match=r"W must be .* shape \(%d, 4\)" % n_features):
+        F.matmul(np.ones((2, 4)), np.empty((N, 4)))
+    with pytest.raises(ValueError, match="out must be a C-contiguous writable"):
+        F.matmul(np.ones((n_features, 4)), np.empty((1, 4)))
+    with pytest.raises(ValueError, match="G must be"):
+        F.rmatmul(np.ones((N + 1, 4)), np.empty((n_features, 4)))
+    with pytest.raises(ValueError, match="labels must lie in 0..3"):
+        F.rmatmul_labels(np.full((N, 2), 4), np.ones((N, 2)), np.empty((n_features, 4)))
+    with pytest.raises(ValueError, match="work must be"):
+        F.matmul(np.ones((n_features, 4)), np.empty((N, 4)), work=np.empty((1, 4)))
+
+
+def test_a_corpus_over_factored_features_trains_and_follows_its_matrix():
+    from factorebm.learning import ChainCorpus
+    fx = FeatureExtractor(templates=TEMPLATES).fit(TRAIN)
+    F, offsets = fx.factored_transform(TRAIN * 3)
+    y = np.arange(F.shape[0]) % 3
+    model = LinearChainEnergy(F.shape[1], 3)
+    corpus = ChainCorpus(model, F, offsets, y)
+    w, _ = fit_chain(model, corpus, offsets, y, loss="nll", optimizer="adagrad", max_iter=2,
+                     verbose=False)
+    assert np.isfinite(w).all() and np.abs(w).max() > 0
+    # the model's cached corpus follows X: new arrays in the same matrix object rebuild it
+    X = F.tocsr()
+    v1, _ = chain_objective(w, model, X, offsets, y, "nll")
+    X.data = 2.0 * X.data
+    v2, _ = chain_objective(w, model, X, offsets, y, "nll")
+    assert v1 != v2
