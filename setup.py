@@ -90,7 +90,12 @@ for pyx in sorted((HERE / "src_cython").glob("*.pyx")):
     if only and pyx.stem not in only:
         continue
     extensions.append(_extension(pyx.stem, str(pyx.relative_to(HERE))))
-    if V3 and pyx.stem in V3_MODULES:
+    if not V3:
+        # a wide build left by an earlier build would be picked (factorebm._isa) over the
+        # portable one just built, and run stale code
+        for stale in (HERE / "factorebm").glob(f"{pyx.stem}_v3.*"):
+            stale.unlink()
+    elif pyx.stem in V3_MODULES:
         # the same source under another module name: a one-line stub that includes it
         stub = HERE / "build" / "v3" / f"{pyx.stem}_v3.pyx"
         stub.parent.mkdir(parents=True, exist_ok=True)

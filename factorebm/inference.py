@@ -263,14 +263,6 @@ def _gibbs_terms(b, offsets, energy, beta, n_threads=1):
     return p[:len(b)], mean[:n], ent[:n]
 
 
-def _gibbs(b, offsets, beta):
-    """Per-segment Gibbs probabilities of energies b and their logs (0 log 0 = 0)."""
-    p, _, _ = _gibbs_terms(b, offsets, np.zeros(len(b)), beta)
-    with np.errstate(divide="ignore"):
-        logp = np.where(p > 0, np.log(p), 0.0)
-    return p, logp
-
-
 def sum_product(g, beta=1.0, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
     """Marginals, factor beliefs and free energy of the Gibbs distribution at 1/beta.
 

@@ -40,7 +40,7 @@
 # [fac_edge_offset[f], fac_edge_offset[f+1]) in scope order; edge e joins factor
 # edge_fac[e] to variable edge_var[e], has row-major stride edge_stride[e] in the
 # factor's table, and owns the message slots [edge_msg_offset[e], edge_msg_offset[e+1]).
-from cython.parallel cimport prange, parallel
+from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport exp, log, INFINITY, fabs
 from libc.stdlib cimport calloc, malloc, free
 
@@ -63,8 +63,9 @@ cdef extern from *:
     #include <stdint.h>
     #include <string.h>
     #include <math.h>
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 11
-    /* x86-64-v3 is AVX2 with FMA: the polynomials run 1.7x faster than with AVX2 alone */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 12
+    /* x86-64-v3 is AVX2 with FMA: the polynomials run 1.7x faster than with AVX2 alone
+       (ISA levels as target_clones names need GCC 12, PR101696) */
     #define BP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
     #elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
     #define BP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -945,15 +946,25 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
                 if fac_table[f] != fac_table[block_start[b]]:
                     block_kind[b] = 1
                     break
+    # Per-thread scratch, allocated here where a failure can raise, each thread's on its own
+    # cache lines; zeroed: bp_damp reads the fallback slots (fb) whether set or not.
+    cdef intp_t buf_len = (6 * max_slots + 3 * max_card + 8) // 8 * 8
+    cdef intp_t cnt_len = (2 * max_arity + 8) // 8 * 8
+    cdef double* bufs = <double*> calloc(n_threads * buf_len, sizeof(double))
+    cdef intp_t* cnts = <intp_t*> calloc(n_threads * cnt_len, sizeof(intp_t))
+    if bufs == NULL or cnts == NULL:
+        free(bufs)
+        free(cnts)
+        free(block_start)
+        raise MemoryError()
     try:
         with nogil:
             for v in prange(n_vars, num_threads=n_threads, schedule="static"):
                 _var_total(&g, v, tot, n_inf, track_inf)
             while it < max_iter:
                 with parallel(num_threads=n_threads):
-                    # zeroed: bp_damp reads the fallback slots (fb) whether set or not
-                    buf = <double*> calloc(6 * max_slots + 3 * max_card + 1, sizeof(double))
-                    cnt = <intp_t*> malloc((2 * max_arity + 1) * sizeof(intp_t))
+                    buf = bufs + threadid() * buf_len
+                    cnt = cnts + threadid() * cnt_len
                     for b in prange(n_blocks, schedule="static"):
                         if block_kind[b] == 0:
                             block_delta[b] = _flood_block(
@@ -966,8 +977,6 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
                                 tot, n_inf, track_inf, buf, buf + max_slots, buf + 2 * max_slots,
                                 buf + 3 * max_slots, buf + 4 * max_slots, buf + 5 * max_slots,
                                 cnt, damping)
-                    free(cnt)
-                    free(buf)
                 for v in prange(n_vars, num_threads=n_threads, schedule="static"):
                     _var_total(&g, v, tot, n_inf, track_inf)
                 dmax = 0.0
@@ -979,12 +988,13 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
                     break
             # the caller reads v2f (beliefs, decoding): set it from the final f2v
             with parallel(num_threads=n_threads):
-                q = <double*> malloc((max_card + 1) * sizeof(double))
+                q = bufs + threadid() * buf_len         # max_card + 1 <= buf_len doubles
                 for v in prange(n_vars, schedule="static"):
                     _var_update_flood(&g, v, q)
-                free(q)
     finally:
         free(block_start)
+        free(bufs)
+        free(cnts)
     return it, delta
 
 

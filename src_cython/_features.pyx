@@ -15,7 +15,7 @@
 # Two passes, both over (token, group) with no Python objects: the first counts each row's
 # entries (-> indptr), the second copies the ids into the indices buffer that the caller
 # allocated with the size the first pass found.
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport parallel, prange, threadid
 from _typedefs cimport intp_t
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -351,6 +351,7 @@ def type_emissions(const int32_t[::1] tok_type, const intp_t[::1] offsets,
     cdef int32_t* used
     cdef double* P
     cdef const double** rows
+    cdef const double** all_rows
     # no features: every segment is empty and the row sums never read W or the ids
     cdef const double* W0 = &W[0, 0] if W.shape[0] else NULL
     cdef const int32_t* ids0 = &type_ids[0] if type_ids.shape[0] else NULL
@@ -372,7 +373,11 @@ def type_emissions(const int32_t[::1] tok_type, const intp_t[::1] offsets,
                 used[n_used] = <int32_t>ty
                 n_used += 1
     P = <double*>malloc(n_used * G * S * sizeof(double) + 1)
-    if P == NULL:
+    # per-thread row pointers, padded so that threads do not share a cache line
+    all_rows = <const double**>malloc(max(n_threads, 1) * (G + 8) * sizeof(double*))
+    if P == NULL or all_rows == NULL:
+        free(P)
+        free(all_rows)
         free(used)
         raise MemoryError()
     try:
@@ -383,7 +388,7 @@ def type_emissions(const int32_t[::1] tok_type, const intp_t[::1] offsets,
                     febm_sum_rows_i32(ids0 + p0, seg[used[u], g + 1] - p0, W0, S,
                                       P + (u * G + g) * S)
             with parallel(num_threads=n_threads):
-                rows = <const double**>malloc(G * sizeof(double*) + 1)
+                rows = all_rows + threadid() * (G + 8)      # this thread's G row pointers
                 for i in prange(n_sents, schedule="dynamic", chunksize=64):
                     start = offsets[i]
                     stop = offsets[i + 1]
@@ -392,7 +397,7 @@ def type_emissions(const int32_t[::1] tok_type, const intp_t[::1] offsets,
                             ty = _neighbour_type(tok_type, t + shift[g], start, stop)
                             rows[g] = P + (slot[ty] * G + g) * S
                         febm_add_rows(rows, G, S, &out[t, 0])
-                free(rows)
     finally:
+        free(all_rows)
         free(P)
         free(used)
