@@ -164,6 +164,19 @@ cdef inline void _catch_up_row(float64_t* w, const float64_t* acc, intp_t K, int
 # ---------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------
+cdef inline intp_t _local_column(intp_t f, intp_t* local_of, intp_t* cols,
+                                 intp_t* n_cols) noexcept nogil:
+    # The batch's local id of feature f, the next one (and f recorded in cols) on its first
+    # occurrence: the column numbering both batch gathers share.
+    cdef intp_t loc = local_of[f]
+    if loc < 0:
+        loc = n_cols[0]
+        local_of[f] = loc
+        cols[loc] = f
+        n_cols[0] += 1
+    return loc
+
+
 def batch_csr(const index_t[::1] indptr, const index_t[::1] indices,
               const float64_t[::1] data, const intp_t[::1] offsets, const intp_t[::1] y,
               const intp_t[::1] seqs, intp_t[::1] local_of, out_index_t[::1] b_indptr,
@@ -205,7 +218,7 @@ def batch_csr(const index_t[::1] indptr, const index_t[::1] indices,
     (N_b, nnz_b, n_cols) : tuple of int
     """
     cdef intp_t n_b = seqs.shape[0]
-    cdef intp_t i, s, t, f, loc
+    cdef intp_t i, s, t, loc
     cdef intp_t n_tok = 0, nnz = 0, n_cols = 0
     cdef index_t p
     cdef bint ones = data.shape[0] == 0
@@ -217,13 +230,7 @@ def batch_csr(const index_t[::1] indptr, const index_t[::1] indices,
             for t in range(offsets[s], offsets[s + 1]):
                 b_y[n_tok] = y[t]
                 for p in range(indptr[t], indptr[t + 1]):
-                    f = indices[p]
-                    loc = local_of[f]
-                    if loc < 0:
-                        loc = n_cols
-                        local_of[f] = loc
-                        cols[n_cols] = f
-                        n_cols += 1
+                    loc = _local_column(indices[p], &local_of[0], &cols[0], &n_cols)
                     b_indices[nnz] = <out_index_t>loc
                     b_data[nnz] = 1.0 if ones else data[p]
                     nnz += 1
@@ -253,7 +260,7 @@ def batch_csr_factored(const int64_t[::1] s_indptr, const int32_t[::1] s_indices
     :func:`batch_csr` (``b_data`` is all ones).
     """
     cdef intp_t n_b = seqs.shape[0]
-    cdef intp_t i, s, t, f, loc, slot
+    cdef intp_t i, s, t, loc, slot
     cdef intp_t n_tok = 0, nnz = 0, n_cols = 0
     cdef int64_t p, q
     with nogil:
@@ -266,13 +273,7 @@ def batch_csr_factored(const int64_t[::1] s_indptr, const int32_t[::1] s_indices
                 for q in range(s_indptr[t], s_indptr[t + 1]):
                     slot = s_indices[q]
                     for p in range(phi_indptr[slot], phi_indptr[slot + 1]):
-                        f = phi_indices[p]
-                        loc = local_of[f]
-                        if loc < 0:
-                            loc = n_cols
-                            local_of[f] = loc
-                            cols[n_cols] = f
-                            n_cols += 1
+                        loc = _local_column(phi_indices[p], &local_of[0], &cols[0], &n_cols)
                         b_indices[nnz] = <out_index_t>loc
                         b_data[nnz] = 1.0
                         nnz += 1
