@@ -128,6 +128,28 @@ cdef inline uint64_t _fnv1a(const uint8_t* s, intp_t n) noexcept nogil:
     return h
 
 
+cdef intp_t _split(const uint8_t* base, intp_t size, uint8_t sep, intp_t n,
+                   intp_t* starts) noexcept nogil:
+    """Split base[:size] at every byte ``sep``, expecting n >= 1 strings: starts[k] is where
+    string k begins, for k < n, and starts[n] = size + 1, so that string k ends at
+    starts[k + 1] - 1. Returns the number of strings found (capped at n + 1); when it is not
+    n, starts is incomplete."""
+    cdef intp_t pos = 0, k = 0, end
+    cdef const uint8_t* hit
+    while True:
+        hit = <const uint8_t*>memchr(base + pos, sep, size - pos) if pos < size else NULL
+        end = size if hit == NULL else hit - base
+        if k >= n:
+            return k + 1
+        starts[k] = pos
+        k += 1
+        if hit == NULL:
+            break
+        pos = end + 1
+    starts[n] = size + 1
+    return k
+
+
 def split_and_build_string_table(const uint8_t[::1] buf, uint8_t sep, intp_t[::1] start_out,
                                  intp_t[::1] stop_out, int32_t[::1] table_out):
     """Split ``buf`` at every byte ``sep`` into n = len(start_out) strings and insert them
@@ -139,24 +161,21 @@ def split_and_build_string_table(const uint8_t[::1] buf, uint8_t sep, intp_t[::1
     """
     cdef intp_t n = start_out.shape[0]
     cdef intp_t size = buf.shape[0]
-    cdef intp_t pos = 0, k = 0, end
+    cdef intp_t k, i
     cdef const uint8_t* base = &buf[0] if size else NULL
-    cdef const uint8_t* hit
+    cdef intp_t* starts
     if n == 0:
         return 0
+    starts = <intp_t*>malloc((n + 1) * sizeof(intp_t))
+    if starts == NULL:
+        raise MemoryError()
     with nogil:
-        while True:
-            hit = <const uint8_t*>memchr(base + pos, sep, size - pos) if pos < size else NULL
-            end = size if hit == NULL else hit - base
-            if k >= n:
-                k += 1
-                break
-            start_out[k] = pos
-            stop_out[k] = end
-            k += 1
-            if hit == NULL:
-                break
-            pos = end + 1
+        k = _split(base, size, sep, n, starts)
+        if k == n:
+            for i in range(n):
+                start_out[i] = starts[i]
+                stop_out[i] = starts[i + 1] - 1
+    free(starts)
     if k != n:
         return k
     build_string_table(buf, start_out, stop_out, table_out)
@@ -223,11 +242,10 @@ def split_and_lookup_strings(const uint8_t[::1] buf, const intp_t[::1] start,
     cdef intp_t m = out.shape[0]
     cdef intp_t size = query.shape[0]
     cdef uint64_t mask = <uint64_t>table.shape[0] - 1
-    cdef intp_t pos = 0, k = 0, end, j, length
+    cdef intp_t pos, k, j, length
     cdef uint64_t slot
     cdef const uint8_t* base = &buf[0] if buf.shape[0] else NULL
     cdef const uint8_t* qbase = &query[0] if size else NULL
-    cdef const uint8_t* hit
     cdef intp_t* q_start
     cdef uint64_t* slots
     if m == 0:
@@ -239,20 +257,11 @@ def split_and_lookup_strings(const uint8_t[::1] buf, const intp_t[::1] start,
         free(slots)
         raise MemoryError()
     with nogil:
-        # Pass 1: split and hash (sequential); q_start[k + 1] - 1 ends string k.
-        while True:
-            hit = <const uint8_t*>memchr(qbase + pos, sep, size - pos) if pos < size else NULL
-            end = size if hit == NULL else hit - qbase
-            if k >= m:
-                k += 1
-                break
-            q_start[k] = pos
-            slots[k] = _fnv1a(qbase + pos, end - pos) & mask
-            k += 1
-            if hit == NULL:
-                break
-            pos = end + 1
-        q_start[m] = size + 1
+        # Pass 1: split, then hash (sequential); q_start[k + 1] - 1 ends string k.
+        k = _split(qbase, size, sep, m, q_start)
+        if k == m:
+            for j in range(m):
+                slots[j] = _fnv1a(qbase + q_start[j], q_start[j + 1] - 1 - q_start[j]) & mask
         # Pass 2: probe, prefetching the slot of the string _AHEAD places on.
         if k == m:
             for k in range(m):
