@@ -53,6 +53,7 @@ import numbers
 import numpy as np
 
 from ._isa import kernel_module
+from .checks import check_beta, check_threads
 
 _chain = kernel_module("_chain")   # the AVX2+FMA build where the CPU has it
 
@@ -104,17 +105,6 @@ def _energy_array(x, name, ndim):
 MAX_SEQUENCE_ENERGY = 1e300
 
 
-def _check_beta(beta):
-    """beta as a float: a finite real number > 0 (Python, numpy scalar or 0-d array)."""
-    b = np.asarray(beta) if not isinstance(beta, bool) else None
-    if b is None or b.ndim != 0 or b.dtype.kind not in "iuf":
-        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
-    value = float(b)
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
-    return value
-
-
 def _int_array(x, name, ndim=1):
     arr = np.asarray(x)
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
@@ -125,12 +115,10 @@ def _int_array(x, name, ndim=1):
 
 
 def _check_threads(n_threads):
-    if n_threads is None:
-        return 0
-    if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral) \
-            or n_threads < 1:
-        raise ValueError(f"n_threads must be None or a positive integer, got {n_threads!r}")
-    return int(n_threads)
+    """The kernels' thread argument: 0 lets them choose (all cores, serial for small
+    batches), else the validated, clamped request (:func:`factorebm.checks.check_threads`)."""
+    nt = check_threads(n_threads)
+    return 0 if nt is None else nt
 
 
 def _label_ids(gold, n_labels, name="gold"):
@@ -398,7 +386,7 @@ def forward_backward(unary, transition, offsets, beta=1.0, start=None, end=None,
     """
     b = _Batch(unary, transition, offsets, start, end, mask, state_label)
     nt = _check_threads(n_threads)
-    beta = _check_beta(beta)
+    beta = check_beta(beta)
     marg = np.empty((b.N, b.S), dtype=np.float64)   # the kernel writes every row
     free = np.empty(b.n, dtype=np.float64)
     pair = np.zeros((b.S, b.S) if return_pairwise else (0, 0), dtype=np.float64)

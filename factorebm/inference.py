@@ -30,6 +30,7 @@ from numbers import Real
 import numpy as np
 
 from . import _bp
+from .checks import check_beta, threads_for
 from .graph import FactorGraph, _is_int
 
 __all__ = ["min_sum", "sum_product", "free_energy", "most_offending",
@@ -118,23 +119,14 @@ def _check_graph(g):
 
 
 def _check_options(max_iter, damping, tol, n_threads):
+    """Validate the BP options; return the thread count to run with (None = all cores)."""
     if not _is_int(max_iter) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if not isinstance(damping, Real) or not 0.0 <= damping < 1.0:
         raise ValueError(f"damping must be in [0, 1), got {damping!r}")
     if not isinstance(tol, Real) or not tol >= 0.0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
-    if not _is_int(n_threads) or n_threads < 1:
-        raise ValueError(f"n_threads must be an integer >= 1, got {n_threads!r}")
-
-
-def _check_beta(beta):
-    if isinstance(beta, bool) or not isinstance(beta, (Real, np.floating, np.integer)):
-        raise ValueError(f"beta must be a positive number, got {beta!r}")
-    beta = float(beta)
-    if not (beta > 0.0) or not np.isfinite(beta):
-        raise ValueError(f"beta must be finite and > 0, got {beta!r} (use min_sum for beta = inf)")
-    return beta
+    return threads_for(n_threads)
 
 
 def _prepare(g, evidence):
@@ -189,8 +181,9 @@ def min_sum(g, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
         Weight of the old message in each (loopy) factor-to-variable update.
     tol : float
         Stop when the largest message change is at most ``tol``.
-    n_threads : int
-        OpenMP threads for the flooding updates.
+    n_threads : int or None
+        OpenMP threads for the flooding updates (None: all cores; larger requests are
+        clamped to the cores, see :mod:`factorebm.checks`).
 
     Returns
     -------
@@ -214,7 +207,7 @@ def min_sum(g, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
         loopy BP can neither prove that nor rule out a feasible assignment it missed.
     """
     _check_graph(g)
-    _check_options(max_iter, damping, tol, n_threads)
+    n_threads = _check_options(max_iter, damping, tol, n_threads)
     cg, clamped, unary, plan = _prepare(g, evidence)
     v2f, f2v, it, delta, exact = cg.run_bp(unary, plan, np.inf, True, max_iter, damping, tol, n_threads)
     var_b, fac_b = cg.beliefs(unary, v2f, f2v)
@@ -297,8 +290,8 @@ def sum_product(g, beta=1.0, evidence=None, max_iter=200, damping=0.0, tol=1e-9,
     assignment) or check a small graph with :mod:`factorebm.exhaustive`.
     """
     _check_graph(g)
-    beta = _check_beta(beta)
-    _check_options(max_iter, damping, tol, n_threads)
+    beta = check_beta(beta)
+    n_threads = _check_options(max_iter, damping, tol, n_threads)
     cg, clamped, unary, plan = _prepare(g, evidence)
     v2f, f2v, it, delta, exact = cg.run_bp(unary, plan, beta, False, max_iter, damping, tol, n_threads)
     var_b, _ = cg.beliefs(unary, v2f, f2v, factors=False)
@@ -345,7 +338,7 @@ def most_offending(g, target, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
         true energy of that assignment with the latent variables minimized.
     """
     _check_graph(g)
-    _check_options(max_iter, damping, tol, n_threads)
+    n_threads = _check_options(max_iter, damping, tol, n_threads)
     tgt = g._resolve_visible(target, "target", _LATENT_TARGET)
     visible = [v for v in range(len(g._names)) if not g._latent[v]]
     missing = [g._names[v] for v in visible if v not in tgt]

@@ -23,39 +23,16 @@ Two architectures live here:
 Both objectives are ``mean_i L(E+_i, E-_i) + 0.5 * l2 * ||w||^2``; L1 is handled by the
 optimizers (:mod:`factorebm.optimize`) because it is not differentiable.
 """
-import os
 import weakref
 
 import numpy as np
 import scipy.sparse as sp
 
 from . import losses as _losses
+from .checks import check_labels, check_offsets, threads_for
 
 __all__ = ["LinearChainEnergy", "chain_objective", "FactoredFeatures", "ParametricGraph",
            "graph_objective", "tied_phi"]
-
-
-def _default_threads(n_threads):
-    if n_threads is None:
-        env = os.environ.get("OMP_NUM_THREADS", "")
-        try:
-            return max(1, int(env.split(",")[0]))
-        except ValueError:
-            return max(1, os.cpu_count() or 1)
-    n_threads = int(n_threads)
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be >= 1 or None, got {n_threads}")
-    return n_threads
-
-
-def _threads_for(n_threads, n_rows):
-    """Threads for a call over ``n_rows`` tokens: an explicit ``n_threads`` is obeyed; the
-    default uses one thread per 8192 rows at most, since starting and joining an OpenMP team
-    costs more than it saves on small batches (and much more on a busy machine)."""
-    nt = _default_threads(n_threads)
-    if n_threads is None:
-        nt = max(1, min(nt, n_rows // 8192))
-    return nt
 
 
 def _check_csr(X, n_features, what="X"):
@@ -259,34 +236,6 @@ def _check_features(X, n_features, what="X"):
     return _check_csr(X, n_features, what)
 
 
-def _check_offsets(offsets, n_tokens, what="offsets"):
-    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    if offsets.ndim != 1 or offsets.size < 1:
-        raise ValueError(f"{what} must be a 1-D array of n_sequences + 1 int64, got shape "
-                         f"{offsets.shape}")
-    if offsets[0] != 0 or offsets[-1] != n_tokens:
-        raise ValueError(f"{what} must start at 0 and end at the number of tokens {n_tokens}, "
-                         f"got {offsets[0]} .. {offsets[-1]}")
-    if np.any(np.diff(offsets) < 0):
-        i = int(np.argmax(np.diff(offsets) < 0))
-        raise ValueError(f"{what} must be non-decreasing; {what}[{i}] > {what}[{i + 1}]")
-    return offsets
-
-
-def _check_labels(y, n_tokens, n_labels, what="y"):
-    y = np.asarray(y)
-    if y.shape != (n_tokens,):
-        raise ValueError(f"{what} must have one label per token, shape ({n_tokens},), got "
-                         f"{y.shape}")
-    if y.size and not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{what} must hold integer label ids, got dtype {y.dtype}")
-    y = np.ascontiguousarray(y, dtype=np.int64)
-    if y.size and (y.min() < 0 or y.max() >= n_labels):
-        bad = int(np.flatnonzero((y < 0) | (y >= n_labels))[0])
-        raise ValueError(f"{what}[{bad}] = {y[bad]} is not a label id in [0, {n_labels})")
-    return y
-
-
 # --------------------------------------------------------------------------------------------
 # Chains
 # --------------------------------------------------------------------------------------------
@@ -406,7 +355,7 @@ class LinearChainEnergy:
         W_emit = self.unpack(w)[0]
         X = _check_features(X, self.n_features)
         out = np.empty((X.shape[0], self.n_states))
-        nt = _threads_for(n_threads, X.shape[0])
+        nt = threads_for(n_threads, X.shape[0])
         if isinstance(X, FactoredFeatures):
             return X.matmul(W_emit, out, nt)
         _sparse.csr_dense_matmul(X.indptr, X.indices, _dense_data(X), W_emit, out, nt)
@@ -469,8 +418,8 @@ class ChainCorpus:
         self.model_shape = (model.n_features, model.n_labels)
         self.X = X
         self._XT = None
-        self.offsets = _check_offsets(offsets, N)
-        self.y = _check_labels(y, N, model.n_labels)
+        self.offsets = check_offsets(offsets, N)
+        self.y = check_labels(y, N, model.n_labels)
         self.n_sequences = self.offsets.size - 1
         self.n_tokens = N
         self.lengths = np.diff(self.offsets)
@@ -720,7 +669,7 @@ def chain_objective(w, model, X, offsets, y, loss="nll", *, l2=0.0, beta=1.0, n_
     else:
         corpus = model._corpus(X if sp.isspmatrix_csr(X) or isinstance(X, FactoredFeatures)
                                else _check_csr(X, model.n_features), offsets, y)
-    nt = _threads_for(n_threads, corpus.n_tokens)
+    nt = threads_for(n_threads, corpus.n_tokens)
     W_emit, transition, start, end = model.unpack(w)
     K = model.n_states
     # The (N, S) emission buffer is reused between calls on the same corpus (it never leaves

@@ -33,8 +33,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import losses as _losses
+from .checks import check_threads, threads_for
 from .learning import (ChainCorpus, FactoredFeatures, LinearChainEnergy, _check_csr,
-                       _default_threads, _dense_data, _is_binary_data, _loss_params,
+                       _dense_data, _is_binary_data, _loss_params,
                        chain_batch_gradient, chain_objective, graph_objective)
 
 __all__ = ["fit_chain", "fit_graphs", "OPTIMIZERS", "default_optimizer"]
@@ -161,7 +162,7 @@ def _lbfgs_smooth(fun, w0, max_iter, tol, reporter, n_pairs=6, gtol=1e-10, n_thr
     iterations, or when the line search fails (reported when verbose).
     """
     from . import _sparse
-    nt = _default_threads(n_threads)
+    nt = threads_for(n_threads)
     search = _wolfe_search()
     x = np.array(w0, dtype=np.float64)
     n = x.size
@@ -563,7 +564,7 @@ def fit_chain(model, X, offsets, y, *, loss="nll", optimizer=None, l1=0.0, l2=No
     w = (model.init_weights(random_state) if w0 is None
          else model.check_weights(w0).copy())
     if n_threads is not None:
-        _default_threads(n_threads)      # validates
+        check_threads(n_threads)      # validates
     reporter = _Reporter(optimizer, callback, verbose)
     if verbose:
         print(f"fit_chain: loss {spec.name}, optimizer {optimizer}, {corpus.n_sequences} "

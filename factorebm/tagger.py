@@ -22,7 +22,8 @@ import numpy as np
 
 from . import chain, losses
 from .features import FeatureExtractor
-from .learning import LinearChainEnergy, _threads_for
+from .checks import threads_for
+from .learning import LinearChainEnergy
 from .modelio import load_arrays, save_arrays
 from .optimize import fit_chain
 
@@ -278,7 +279,7 @@ class SequenceTagger:
         W_emit, transition, start, end = self.model_.unpack(self.coef_)
         # X @ W_emit without building X: summed once per word type present, then per token
         unary, offsets = self.feature_extractor_.emissions(
-            sents, W_emit, n_threads=_threads_for(self.n_threads, sum(map(len, sents))))
+            sents, W_emit, n_threads=threads_for(self.n_threads, sum(map(len, sents))))
         return unary, transition, start, end, offsets
 
     def _decode(self, w, X, offsets):
