@@ -6,6 +6,7 @@ builds cannot assume the CPU of the machine they run on, so the choice is made h
 time, from the instruction sets the operating system reports. ``FACTOREBM_ISA=baseline`` forces
 the portable build (to compare the two, or to rule the wider one out).
 """
+import functools
 import importlib
 import os
 import platform
@@ -16,8 +17,10 @@ __all__ = ["kernel_module", "has_x86_64_v3"]
 _X86_64_V3 = frozenset(["avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"])
 
 
+@functools.lru_cache(maxsize=None)
 def has_x86_64_v3():
-    """True when this is an x86-64 CPU (and OS) with every x86-64-v3 instruction set."""
+    """True when this is an x86-64 CPU (and OS) with every x86-64-v3 instruction set (read
+    once per process)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     try:

@@ -22,6 +22,7 @@
 # 1 / (1 + lr * l2) (composite mirror descent). k such steps have the closed form
 #     |w| -> max(0, c^k |w| - lr * l1 * (c + c^2 + ... + c^k)),   c = 1 / (1 + lr * l2),
 # because the map is monotone in |w| and stays at 0 once it gets there.
+from cython.parallel cimport parallel, prange
 from _typedefs cimport float64_t, intp_t
 from libc.math cimport copysign, fabs, sqrt
 from libc.stdlib cimport free, malloc
@@ -44,6 +45,13 @@ cdef extern from *:
 # accumulators are scattered over tables far larger than the cache, so without it every row
 # waits on memory in turn.
 cdef intp_t _AHEAD = 8
+
+# Below this many weights touched, a row kernel runs on one thread: waking a team costs more.
+cdef intp_t _MIN_PARALLEL_WEIGHTS = 16384
+
+
+cdef inline int _team(int n_threads, intp_t n_weights) noexcept nogil:
+    return n_threads if n_threads > 1 and n_weights >= _MIN_PARALLEL_WEIGHTS else 1
 
 
 ctypedef fused index_t:          # the index dtype of the corpus' CSR matrix
@@ -287,13 +295,13 @@ def batch_csr_factored(const int64_t[::1] s_indptr, const int32_t[::1] s_indices
 
 def catch_up_rows(float64_t[:, ::1] W, const intp_t[::1] cols, intp_t[::1] last, intp_t upto,
                   const float64_t[:, ::1] acc, bint adagrad, float64_t rate, float64_t eps,
-                  float64_t l1, float64_t l2, float64_t[:, ::1] out_rows):
-    """Bring the rows ``cols`` of W up to date as of step ``upto`` and copy them out.
+                  float64_t l1, float64_t l2, float64_t[:, ::1] out_rows, int n_threads=1):
+    """Bring the rows ``cols`` of W up to date as of step ``upto`` (and copy them out).
 
     Row r was last updated at step ``last[r]``; the ``upto - last[r]`` proximal steps it has
     missed since (steps whose gradient did not involve it) are applied in closed form, in
     place, and ``last[r]`` becomes ``upto``. Nothing is owed without regularization
-    (l1 = l2 = 0): then this is the gather ``out_rows = W[cols]``.
+    (l1 = l2 = 0).
 
     Parameters
     ----------
@@ -305,23 +313,33 @@ def catch_up_rows(float64_t[:, ::1] W, const intp_t[::1] cols, intp_t[::1] last,
         The last step already taken (the current step - 1).
     acc : (n_rows, K) float64
         AdaGrad's sums of squared gradients (read only when ``adagrad``; any (0, K) array
-        otherwise).
+        otherwise). Adam passes its second moments with ``rate`` and ``eps`` scaled by
+        ``sqrt(1 - beta2^t)``, which gives its per-coordinate rate.
     adagrad : bool
         Per-coordinate rates ``rate / (eps + sqrt(acc))`` (0 where acc = 0) instead of the
         scalar rate ``rate``.
     rate, eps, l1, l2 : float
-    out_rows : (>= R, K) float64
-        Out: the caught-up rows, ``out_rows[i] = W[cols[i]]``.
+    out_rows : (>= R, K) or (0, K) float64
+        Out: the caught-up rows, ``out_rows[i] = W[cols[i]]``; not written when it has no rows.
+    n_threads : int
+        Rows are split over this many threads when there are enough of them (distinct rows:
+        no two threads write the same memory).
     """
     cdef intp_t R = cols.shape[0]
     cdef intp_t K = W.shape[1]
     cdef intp_t i, j, r, k
     cdef bint regularized = l1 > 0 or l2 > 0
-    cdef float64_t* scratch = <float64_t*>malloc((5 * K + 1) * sizeof(float64_t))
-    if scratch == NULL:
-        raise MemoryError()
-    with nogil:
-        for i in range(R):
+    cdef bint copy = out_rows.shape[0] > 0
+    cdef float64_t* scratch
+    cdef int nt = _team(n_threads, R * K)
+    if R == 0:
+        return
+    with nogil, parallel(num_threads=nt):
+        scratch = <float64_t*>malloc((5 * K + 1) * sizeof(float64_t))
+        # every thread of the team must meet the work-sharing loop, scratch or not
+        for i in prange(R, schedule="static"):
+            if scratch == NULL:
+                continue
             if i + _AHEAD < R:
                 febm_prefetch_row(&W[0, 0], cols[i + _AHEAD], K)
                 if adagrad:
@@ -332,9 +350,14 @@ def catch_up_rows(float64_t[:, ::1] W, const intp_t[::1] cols, intp_t[::1] last,
                 _catch_up_row(&W[r, 0], &acc[r, 0] if adagrad else NULL, K, k, adagrad,
                               rate, eps, l1, l2, scratch)
             last[r] = upto
-            for j in range(K):
-                out_rows[i, j] = W[r, j]
-    free(scratch)
+            if copy:
+                for j in range(K):
+                    out_rows[i, j] = W[r, j]
+        free(scratch)
+    # a failed malloc of 5K doubles leaves rows un-caught-up; it cannot pass silently
+    for i in range(R):
+        if last[cols[i]] != upto:
+            raise MemoryError()
 
 
 def catch_up_all(float64_t[:, ::1] W, intp_t[::1] last, intp_t upto,
@@ -365,7 +388,7 @@ def catch_up_all(float64_t[:, ::1] W, intp_t[::1] last, intp_t upto,
 
 def adagrad_step(float64_t[:, ::1] W, float64_t[:, ::1] acc, const float64_t[:, ::1] G,
                  const intp_t[::1] cols, intp_t[::1] last, intp_t step, float64_t eta,
-                 float64_t eps, float64_t n_b, float64_t l1, float64_t l2):
+                 float64_t eps, float64_t n_b, float64_t l1, float64_t l2, int n_threads=1):
     """One AdaGrad step with a proximal step on the rows ``cols``, in one pass.
 
     Per coordinate of row r = cols[i]: g = G[i] / n_b (the batch mean), acc[r] += g^2,
@@ -382,6 +405,8 @@ def adagrad_step(float64_t[:, ::1] W, float64_t[:, ::1] acc, const float64_t[:, 
     step : int
     eta, eps, n_b, l1, l2 : float
         Base rate, AdaGrad's epsilon, the number of sequences in the batch, regularization.
+    n_threads : int
+        Rows split over threads when there are enough of them.
     """
     cdef intp_t R = cols.shape[0]
     cdef intp_t K = W.shape[1]
@@ -390,7 +415,7 @@ def adagrad_step(float64_t[:, ::1] W, float64_t[:, ::1] acc, const float64_t[:, 
     cdef float64_t* w
     cdef float64_t* ac
     with nogil:
-        for i in range(R):
+        for i in prange(R, num_threads=_team(n_threads, R * K), schedule="static"):
             if i + _AHEAD < R:
                 febm_prefetch_row(&W[0, 0], cols[i + _AHEAD], K)
                 febm_prefetch_row(&acc[0, 0], cols[i + _AHEAD], K)
@@ -414,9 +439,57 @@ def adagrad_step(float64_t[:, ::1] W, float64_t[:, ::1] acc, const float64_t[:, 
             last[r] = step
 
 
+def adam_step(float64_t[:, ::1] W, float64_t[:, ::1] M, float64_t[:, ::1] V,
+              const float64_t[:, ::1] G, const intp_t[::1] cols, intp_t[::1] last,
+              intp_t step, float64_t eta, float64_t beta1, float64_t beta2, float64_t eps,
+              intp_t t_adam, float64_t n_b, float64_t l1, float64_t l2, int n_threads=1):
+    """One Adam step (Kingma and Ba 2015) with a proximal step on the rows ``cols``.
+
+    Per coordinate of row r = cols[i]: g = G[i] / n_b, m = beta1 m + (1 - beta1) g,
+    v = beta2 v + (1 - beta2) g^2, and with the bias-corrected m^ = m / (1 - beta1^t),
+    v^ = v / (1 - beta2^t) and the rate lr = eta / (eps + sqrt(v^)): W[r] = prox_lr(W[r] -
+    lr m^) (soft-threshold by lr * l1, then scale by 1 / (1 + lr * l2)). Rows not in the
+    batch keep their moments (lazy Adam: only the rows a batch touches move).
+
+    Parameters
+    ----------
+    W, M, V : (n_rows, K) float64, updated in place
+    G : (>= R, K) float64, gradient of the batch's summed loss at ``W[cols]``
+    cols : (R,) int64 distinct rows; last : (n_rows,) int64, updated; step : int
+    eta, beta1, beta2, eps : float
+    t_adam : int
+        The 1-based Adam step (for the bias corrections).
+    n_b, l1, l2 : float
+    n_threads : int
+    """
+    cdef intp_t R = cols.shape[0]
+    cdef intp_t K = W.shape[1]
+    cdef intp_t i, j, r
+    cdef float64_t g, m, v, d, u, t
+    cdef float64_t bc1 = 1.0 - beta1 ** t_adam
+    cdef float64_t bc2 = 1.0 - beta2 ** t_adam
+    cdef float64_t* w
+    with nogil:
+        for i in prange(R, num_threads=_team(n_threads, R * K), schedule="static"):
+            r = cols[i]
+            w = &W[r, 0]
+            for j in range(K):
+                g = G[i, j] / n_b
+                m = beta1 * M[r, j] + (1.0 - beta1) * g
+                v = beta2 * V[r, j] + (1.0 - beta2) * g * g
+                M[r, j] = m
+                V[r, j] = v
+                # as in adagrad_step: (soft(w d - eta m^, eta l1)) / (d + eta l2)
+                d = eps + sqrt(v / bc2)
+                u = w[j] * d - eta * (m / bc1)
+                t = fabs(u) - eta * l1
+                w[j] = copysign(t if t > 0 else 0.0, u) / (d + eta * l2)
+            last[r] = step
+
+
 def sgd_step(float64_t[:, ::1] W, const float64_t[:, ::1] G, const intp_t[::1] cols,
              intp_t[::1] last, intp_t step, float64_t lr, float64_t n_b, float64_t l1,
-             float64_t l2):
+             float64_t l2, int n_threads=1):
     """One SGD step of rate ``lr`` with a proximal step on the rows ``cols``, in one pass.
 
     ``W[r] = prox(W[r] - lr * G[i] / n_b)`` for r = cols[i]; ``last[r]`` becomes ``step``.
@@ -427,7 +500,7 @@ def sgd_step(float64_t[:, ::1] W, const float64_t[:, ::1] G, const intp_t[::1] c
     cdef intp_t i, j, r
     cdef float64_t* w
     with nogil:
-        for i in range(R):
+        for i in prange(R, num_threads=_team(n_threads, R * K), schedule="static"):
             r = cols[i]
             w = &W[r, 0]
             for j in range(K):
@@ -436,7 +509,7 @@ def sgd_step(float64_t[:, ::1] W, const float64_t[:, ::1] G, const intp_t[::1] c
 
 
 def perceptron_step(float64_t[:, ::1] W, float64_t[:, ::1] U, const float64_t[:, ::1] G,
-                    const intp_t[::1] cols, float64_t lr, float64_t weight):
+                    const intp_t[::1] cols, float64_t lr, float64_t weight, int n_threads=1):
     """The averaged perceptron's step on the rows ``cols``, with its averaging sum.
 
     ``d = -lr * G[i]``, ``W[r] += d`` and ``U[r] += weight * d`` for r = cols[i], where
@@ -459,7 +532,7 @@ def perceptron_step(float64_t[:, ::1] W, float64_t[:, ::1] U, const float64_t[:,
     cdef float64_t d
     cdef float64_t neg_lr = -lr
     with nogil:
-        for i in range(R):
+        for i in prange(R, num_threads=_team(n_threads, R * K), schedule="static"):
             r = cols[i]
             for j in range(K):
                 d = neg_lr * G[i, j]

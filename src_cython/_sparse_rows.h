@@ -25,9 +25,10 @@
 #define FEBM_VAL(p) val[p]
 #define FEBM_ONE(p) 1.0
 
-#define FEBM_ROW_BODY(V)                                                                  \
+/* out = (ZERO ? 0 : out) + sum_p V(p) * dense[idx[p], :] */
+#define FEBM_ROW_BODY_INIT(V, ZERO)                                                       \
     int64_t p = 0, k;                                                                     \
-    for (k = 0; k < K; k++) out[k] = 0.0;                                                 \
+    if (ZERO) for (k = 0; k < K; k++) out[k] = 0.0;                                       \
     /* four nonzeros per pass: out is loaded/stored a quarter as often */                 \
     for (; p + 4 <= nnz; p += 4) {                                                        \
         const double v0 = V(p), v1 = V(p + 1), v2 = V(p + 2), v3 = V(p + 3);              \
@@ -41,6 +42,8 @@
         const double *d = dense + (int64_t)idx[p] * K;                                    \
         for (k = 0; k < K; k++) out[k] += v * d[k];                                       \
     }
+#define FEBM_ROW_BODY(V) FEBM_ROW_BODY_INIT(V, 1)
+#define FEBM_ROW_BODY_ACC(V) FEBM_ROW_BODY_INIT(V, 0)
 
 FEBM_CLONES
 static void febm_csr_row_i32(const int32_t *idx, const double *val, int64_t nnz,
@@ -58,6 +61,23 @@ static void febm_sum_rows_i32(const int32_t *idx, int64_t nnz, const double *den
 FEBM_CLONES
 static void febm_sum_rows_i64(const int64_t *idx, int64_t nnz, const double *dense, int64_t K,
                               double *out) { FEBM_ROW_BODY(FEBM_ONE) }
+
+/* The same four, adding into out instead of overwriting it (gradients accumulate). */
+FEBM_CLONES
+static void febm_csr_row_acc_i32(const int32_t *idx, const double *val, int64_t nnz,
+                                 const double *dense, int64_t K, double *out) { FEBM_ROW_BODY_ACC(FEBM_VAL) }
+
+FEBM_CLONES
+static void febm_csr_row_acc_i64(const int64_t *idx, const double *val, int64_t nnz,
+                                 const double *dense, int64_t K, double *out) { FEBM_ROW_BODY_ACC(FEBM_VAL) }
+
+FEBM_CLONES
+static void febm_sum_rows_acc_i32(const int32_t *idx, int64_t nnz, const double *dense, int64_t K,
+                                  double *out) { FEBM_ROW_BODY_ACC(FEBM_ONE) }
+
+FEBM_CLONES
+static void febm_sum_rows_acc_i64(const int64_t *idx, int64_t nnz, const double *dense, int64_t K,
+                                  double *out) { FEBM_ROW_BODY_ACC(FEBM_ONE) }
 
 /* out = sum_g rows[g][:]: n rows of length K, each given by a pointer. */
 FEBM_CLONES
