@@ -15,11 +15,14 @@ meanings are the same everywhere.
 """
 import numbers
 import os
+import sys
 
 import numpy as np
 
 __all__ = ["available_cores", "check_threads", "threads_for", "check_beta", "check_offsets",
-           "check_labels"]
+           "check_labels", "user_stacklevel"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def available_cores():
@@ -119,3 +122,16 @@ def check_labels(y, n_tokens, n_labels, what="y"):
         bad = int(np.flatnonzero((y < 0) | (y >= n_labels))[0])
         raise ValueError(f"{what}[{bad}] = {y[bad]} is not a label id in [0, {n_labels})")
     return y
+
+
+def user_stacklevel():
+    """The ``stacklevel`` for ``warnings.warn`` called by the caller of this function that
+    points at the first frame outside factorebm: a warning names the user's line, however
+    deep in the package it was raised."""
+    frame = sys._getframe(1)     # the function about to warn: stacklevel 1
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+            _PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level

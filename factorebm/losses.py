@@ -56,6 +56,8 @@ import warnings
 
 import numpy as np
 
+from .checks import user_stacklevel
+
 __all__ = [
     "energy", "perceptron", "hinge", "log", "lvq2", "mce", "square_square", "square_exp",
     "nll", "margin_loss", "get", "available", "LossSpec",
@@ -440,7 +442,7 @@ class LossSpec:
             raise ValueError(f"loss {self.name!r} takes no parameter(s) {', '.join(unknown)}; "
                              f"it takes: {', '.join(self.params) or 'none'}")
 
-    def check_energies(self, e_plus, e_minus=None, stacklevel=3):
+    def check_energies(self, e_plus, e_minus=None, stacklevel=None):
         """Warn (one RuntimeWarning) when this loss assumes non-negative energies and some
         ``e_plus`` or ``e_minus`` (arrays of any shape, or None) is negative.
 
@@ -448,6 +450,7 @@ class LossSpec:
         LVQ2 are meaningless on an architecture whose energies can go below zero, such as a
         log-linear model; the objectives call this once per evaluation. The message does not
         depend on the values, so Python's default filter shows it once per call site.
+        The warning points at ``stacklevel`` (default: the first caller outside factorebm).
         """
         if not self.needs_nonnegative:
             return
@@ -456,7 +459,8 @@ class LossSpec:
                 warnings.warn(
                     f"loss {self.name!r} assumes non-negative energies, but some E+ or E- is "
                     "negative: on this architecture it is meaningless (see factorebm.losses)",
-                    RuntimeWarning, stacklevel=stacklevel)
+                    RuntimeWarning,
+                    stacklevel=user_stacklevel() if stacklevel is None else stacklevel)
                 return
 
     def __call__(self, e_plus, e_minus=None, **params):

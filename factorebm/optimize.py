@@ -1,18 +1,27 @@
-"""Optimizers that minimize the learning objectives of :mod:`factorebm.learning`.
+"""The learner: one family of optimizers over the batch-objective interface.
+
+Every learning problem -- a chain fed by any module (:class:`factorebm.learning.ChainEnergy`),
+parametric factor graphs, anything implementing :class:`factorebm.objective.BatchObjective`
+-- is minimized here by the same code (:func:`minimize`); :func:`fit_chain` and
+:func:`fit_graphs` only build the objective. The objective is
+``mean_i L(E+_i, E-_i) + 0.5 * l2 * ||w||^2 + l1 * ||w||_1`` over the training units.
 
 * ``"lbfgs"`` -- full-batch L-BFGS for objectives smooth in the weights (nll): the two-loop
   recursion with scipy.optimize's strong-Wolfe line search. With L1, scipy's L-BFGS-B on the
   split ``w = w+ - w-``, ``w+, w- >= 0``, with the linear penalty ``l1 * sum(w+ + w-)``
   (exact; slower per iteration).
-* ``"sgd"`` and ``"adagrad"`` -- mini-batches of sequences (or graphs). A chain mini-batch
-  touches only the emission-weight rows of the features that occur in it: the batch's columns
-  are renumbered, the product and the gradient run on those rows only, and the regularization
-  of the other rows is applied lazily (proximal steps caught up in closed form the next time a
-  row is used, and for every row at the end of each epoch). Regularization is proximal
-  (composite mirror descent, Duchi, Hazan and Singer 2011): per step, soft-thresholding by
-  ``lr * l1`` then scaling by ``1 / (1 + lr * l2)``. SGD's learning rate is
+* ``"sgd"``, ``"adagrad"`` and ``"adam"`` -- mini-batches of units. Parameters in *row
+  blocks* (:mod:`factorebm.params`: sparse-feature weights, embedding tables) are updated only
+  for the rows a batch touches, and the regularization of the other rows is applied lazily
+  (proximal steps caught up in closed form the next time a row is used, and for every row at
+  the end of each epoch); the other parameters are updated at every step. Regularization is
+  proximal (composite mirror descent, Duchi, Hazan and Singer 2011): per step, soft-
+  thresholding by ``lr * l1`` then scaling by ``1 / (1 + lr * l2)``. SGD's learning rate is
   ``learning_rate / epoch`` (epochs counted from 1), constant within an epoch; AdaGrad's is
-  per coordinate, ``learning_rate / (eps + sqrt(sum of squared loss gradients))``.
+  per coordinate, ``learning_rate / (eps + sqrt(sum of squared loss gradients))``; Adam's
+  (Kingma and Ba 2015) ``learning_rate / (eps + sqrt(v^))`` on the bias-corrected first
+  moment m^, lazily for row blocks (a row's moments move only when a batch uses it, and its
+  owed regularization is caught up at its current rate).
 * ``"perceptron"`` -- the averaged perceptron (Collins 2002): steps of ``-learning_rate *
   gradient of the summed batch loss`` (with the perceptron loss this is the classic update
   ``w += phi(gold) - phi(prediction)`` in energy form), returning the average
@@ -21,28 +30,31 @@
   stay sparse: with step t adding ``d_t``, ``sum_t w_t = T w_T - sum_t (t - 1) d_t``, so it
   keeps ``u = sum_t (t - 1) d_t`` and returns ``w_T - u / T``.
 
-Every optimizer warm-starts from ``w0``, prints one line per iteration (L-BFGS) or epoch with
-the loss and whatever ``callback(w, epoch)`` returns (e.g. a dict with the dev accuracy), and
-is silent with ``verbose=False``. Each returns ``(w, history)`` with ``history`` a list of
-dicts (``"epoch"``, ``"loss"``, ``"time"`` and the callback's entries).
+Threads: ``n_threads`` (None = all cores) runs every kernel of an evaluation -- the chain
+kernels over a batch's sequences, the sparse products, the row updates -- on that many
+threads, for every optimizer. Every optimizer warm-starts from ``w0``, prints one line per
+iteration (L-BFGS) or epoch with the loss and whatever ``callback(w, epoch)`` returns (e.g. a
+dict with the dev accuracy), and is silent with ``verbose=False``. Each returns
+``(w, history)`` with ``history`` a list of dicts (``"epoch"``, ``"loss"``, ``"time"`` and the
+callback's entries).
 """
 import time
 import warnings
 
 import numpy as np
-import scipy.sparse as sp
 
 from . import losses as _losses
 from .checks import check_threads, threads_for
-from .learning import (ChainCorpus, FactoredFeatures, LinearChainEnergy, _check_csr,
-                       _dense_data, _is_binary_data, _loss_params,
-                       chain_batch_gradient, chain_objective, graph_objective)
+from .objective import BatchObjective
+from .params import dense_segments
 
-__all__ = ["fit_chain", "fit_graphs", "OPTIMIZERS", "default_optimizer"]
+__all__ = ["minimize", "fit_chain", "fit_graphs", "OPTIMIZERS", "default_optimizer"]
 
-OPTIMIZERS = ("lbfgs", "sgd", "adagrad", "perceptron")
+OPTIMIZERS = ("lbfgs", "sgd", "adagrad", "adam", "perceptron")
 
 _EPS_ADAGRAD = 1e-8
+_ADAM_BETAS = (0.9, 0.999)
+_EPS_ADAM = 1e-8
 
 
 def default_optimizer(loss):
@@ -70,29 +82,38 @@ def _check_common(optimizer, loss, l1, l2, max_iter, batch_size, learning_rate):
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     if l2 is None:
         l2 = 0.0 if optimizer == "perceptron" else 1e-4
-    l1 = float(l1)
-    l2 = float(l2)
-    if not (l1 >= 0 and l2 >= 0):
-        raise ValueError(f"l1 and l2 must be >= 0, got l1={l1}, l2={l2}")
+    l1 = _finite_nonnegative(l1, "l1")
+    l2 = _finite_nonnegative(l2, "l2")
     if optimizer == "perceptron" and (l1 or l2):
         raise ValueError("the averaged perceptron takes no regularization (l1 = l2 = 0); its "
                          "averaging is the regularizer")
     if max_iter is None:
         max_iter = 100 if optimizer == "lbfgs" else 10
-    max_iter = int(max_iter)
-    if max_iter < 0:
-        raise ValueError(f"max_iter must be >= 0, got {max_iter}")
-    if batch_size is None:
-        batch_size = 8
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    max_iter = _integer(max_iter, "max_iter", 0)
+    batch_size = _integer(8 if batch_size is None else batch_size, "batch_size", 1)
     if learning_rate is None:
-        learning_rate = {"sgd": 0.1, "adagrad": 0.1, "perceptron": 1.0}.get(optimizer, 0.0)
+        learning_rate = {"sgd": 0.1, "adagrad": 0.1, "adam": 0.01,
+                         "perceptron": 1.0}.get(optimizer, 0.0)
     learning_rate = float(learning_rate)
-    if optimizer != "lbfgs" and not learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if optimizer != "lbfgs" and not (learning_rate > 0 and np.isfinite(learning_rate)):
+        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate}")
     return spec, optimizer, l1, l2, max_iter, batch_size, learning_rate
+
+
+def _finite_nonnegative(x, name):
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number >= 0, got {x!r}") from None
+    if not (v >= 0 and np.isfinite(v)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {x!r}")
+    return v
+
+
+def _integer(x, name, minimum):
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {x!r}")
+    return int(x)
 
 
 class _Reporter:
@@ -125,14 +146,14 @@ class _Reporter:
             print("  ".join(parts), flush=True)
 
 
-def _lbfgs(fun, w0, l1, max_iter, tol, reporter):
+def _lbfgs(fun, w0, l1, max_iter, tol, reporter, n_threads=None):
     """Minimize fun(w) -> (value, grad) (+ l1 * ||w||_1): see :func:`_lbfgs_smooth` (l1 = 0)
     and :func:`_lbfgs_b_l1` (l1 > 0)."""
     if max_iter == 0:
         return w0.copy()
     if l1 > 0:
         return _lbfgs_b_l1(fun, w0, l1, max_iter, tol, reporter)
-    return _lbfgs_smooth(fun, w0, max_iter, tol, reporter)
+    return _lbfgs_smooth(fun, w0, max_iter, tol, reporter, n_threads=n_threads)
 
 
 def _wolfe_search():
@@ -295,251 +316,252 @@ def _lbfgs_b_l1(fun, w0, l1, max_iter, tol, reporter):
     return res.x[:n] - res.x[n:]
 
 
-def _prox_catch_up(W, lr, k, l1, l2):
-    """Apply k proximal steps (soft-threshold lr*l1, then scale 1/(1+lr*l2)) in closed form.
+def _mean_objective(objective, l2, n_threads):
+    """``fun(w) -> (mean loss + 0.5 l2 ||w||^2, its gradient)`` for full-batch optimizers."""
+    from . import _sparse
+    n = max(objective.n_units, 1)
+    nt = threads_for(n_threads)
 
-    With c = 1/(1+lr*l2), k steps give |w| -> max(0, c^k |w| - lr*l1*(c + ... + c^k)), since
-    the map is monotone and stays at 0 once it gets there. ``W`` (R, K) is modified in place;
-    ``lr`` broadcasts against it, ``k`` is (R,).
-    """
-    k = k.reshape(-1, 1).astype(np.float64)
-    lr = np.asarray(lr, dtype=np.float64)
-    ll = lr * l2
-    # c^k and c + c^2 + ... + c^k = (1 - c^k) / (lr * l2) with c = 1 / (1 + lr * l2), through
-    # log1p/expm1 so that a tiny lr * l2 does not cancel (the sum tends to k).
-    klog = -k * np.log1p(ll)
-    ck = np.exp(klog)
-    geo = np.where(ll > 0, -np.expm1(klog) / np.where(ll > 0, ll, 1.0), k)
-    if l1 > 0:
-        W[...] = np.sign(W) * np.maximum(0.0, ck * np.abs(W) - lr * l1 * geo)
-    elif l2 > 0:
-        W *= ck
+    def fun(w):
+        w = np.ascontiguousarray(w, dtype=np.float64)
+        # one parallel pass: the penalty's ||w||^2, and NaN or inf anywhere in w shows in it
+        ww = _sparse.vec_dot(w, w, nt)
+        if not np.isfinite(ww) and not np.isfinite(w).all():
+            raise ValueError("the weights became NaN or infinite (diverged?)")
+        loss_sum, grad = objective.value_and_grad(w, n_threads)
+        grad = np.ascontiguousarray(grad, dtype=np.float64)
+        _sparse.scale_add(grad, 1.0 / n, w, float(l2), nt)
+        return loss_sum / n + (0.5 * l2 * ww if l2 else 0.0), grad
+    return fun
 
 
-def _adagrad_rate(eta, acc):
-    """Per-coordinate AdaGrad step ``eta / (eps + sqrt(acc))``; 0 where nothing was seen yet,
-    so a coordinate's regularization starts with its first gradient (a warm-started weight of a
-    feature that has not occurred yet is not wiped out by the huge rate of an empty
-    accumulator)."""
-    return np.where(acc > 0, eta / (_EPS_ADAGRAD + np.sqrt(acc)), 0.0)
+class _Stochastic:
+    """Mini-batch SGD / AdaGrad / Adam / averaged perceptron over a BatchObjective.
 
-
-class _ChainStochastic:
-    """Mini-batch SGD / AdaGrad / averaged perceptron on a LinearChainEnergy, sparse rows.
-
-    Per mini-batch, the work outside the batch's gradient is a handful of Cython kernels
-    (:mod:`factorebm._optim`) over the rows of the features that occur in the batch: gather the
-    batch with its columns renumbered, catch those rows up on the proximal steps they missed,
-    evaluate the gradient at them, then one fused pass for the accumulator, the step and the
-    proximal step. All buffers are allocated once per :meth:`run`; no (n_cols, K) numpy
-    temporaries are built per batch (dense work per batch would dominate: a batch of 32 EWT
-    sentences touches ~3,700 of 127,000 feature rows).
+    Per mini-batch: gather it (:meth:`BatchObjective.batch`), bring the rows it touches up to
+    date (the proximal steps they missed, :func:`factorebm._optim.catch_up_rows`), evaluate
+    the gradient there, then one fused pass per touched row and per dense segment for the
+    accumulators, the step and the proximal step (:mod:`factorebm._optim`). A batch of 32
+    tagged sentences touches a few thousand of 127,000 feature rows: no work is proportional
+    to the whole weight vector except the end-of-epoch catch-up.
     """
 
-    def __init__(self, model, corpus, spec, params, beta, optimizer, l1, l2, batch_size,
-                 learning_rate, rng, n_threads):
-        self.model = model
-        self.corpus = corpus
-        self.spec = spec
-        self.params = params
-        self.beta = beta
+    def __init__(self, objective, optimizer, l1, l2, batch_size, learning_rate, rng,
+                 n_threads):
+        self.objective = objective
         self.optimizer = optimizer
         self.l1 = l1
         self.l2 = l2
         self.batch_size = batch_size
         self.eta = learning_rate
         self.rng = rng
-        self.n_threads = n_threads
-
-    def _batch_buffers(self):
-        """Output buffers of :func:`factorebm._optim.batch_csr`, sized for the largest batch.
-
-        No batch holds more tokens (nonzeros) than the ``batch_size`` longest (densest)
-        sequences, whatever the order. The batch's CSR indices are int32 whenever they fit,
-        the dtype scipy would convert them to anyway (a copy per batch).
-
-        Returns
-        -------
-        dict of arrays: ``indptr`` (max_tokens + 1,), ``indices`` (max_nnz,) int32 or int64,
-        ``data`` (max_nnz,) float64, ``y`` (max_tokens,) int64, ``offsets`` (batch_size + 1,)
-        int64, ``cols`` (max_cols,) int64, ``rows`` (max_cols, K) float64 (the caught-up
-        weight rows), ``local_of`` (n_features,) int64 all -1 (the column map's scratch).
-        """
-        c = self.corpus
-        X = c.X
-        b = min(self.batch_size, max(c.n_sequences, 1))
-        if isinstance(X, FactoredFeatures):
-            cum = np.zeros(c.n_tokens + 1, dtype=np.int64)
-            np.cumsum(X.row_nnz(), out=cum[1:])
-            seq_nnz = cum[c.offsets[1:]] - cum[c.offsets[:-1]]
-        else:
-            seq_nnz = (X.indptr[c.offsets[1:]] - X.indptr[c.offsets[:-1]]).astype(np.int64)
-        max_tok = int(np.sort(c.lengths)[::-1][:b].sum())
-        max_nnz = int(np.sort(seq_nnz)[::-1][:b].sum())
-        max_cols = min(max_nnz, self.model.n_features)
-        idx = np.int32 if max(max_nnz, max_cols) < np.iinfo(np.int32).max else np.int64
-        return {"indptr": np.empty(max_tok + 1, dtype=idx),
-                "indices": np.empty(max_nnz, dtype=idx),
-                "data": np.empty(max_nnz),
-                "y": np.empty(max_tok, dtype=np.int64),
-                "offsets": np.empty(b + 1, dtype=np.int64),
-                "cols": np.empty(max_cols, dtype=np.int64),
-                "rows": np.empty((max_cols, self.model.n_states)),
-                "local_of": np.full(self.model.n_features, -1, dtype=np.int64)}
+        self.n_threads = threads_for(n_threads)
 
     def run(self, w, max_iter, reporter):
-        """Run ``max_iter`` epochs from ``w`` (updated in place); return the final weights.
-
-        ``w`` (n_weights,) float64 holds the current iterate: its emission block ``W``
-        (n_features, K) is kept lazily (row r is exact as of step ``last[r]``; every row is
-        caught up at the end of each epoch), the transition/start/end block densely.
-        Returns ``w``, or for the perceptron the averaged weights (a new array).
-        """
+        """Run ``max_iter`` epochs from ``w`` (updated in place); return the final weights
+        (for the perceptron the averaged weights, a new array)."""
         from ._isa import kernel_module
         _optim = kernel_module("_optim")   # the AVX2+FMA build where the CPU has it
-        model = self.model
-        K = model.n_states
-        F = model.n_features
-        W, T, S, E = model.unpack(w)     # views into w: updating them updates w
-        c = self.corpus
-        X = c.X
-        n = c.n_sequences
+        obj = self.objective
         opt = self.optimizer
-        adagrad = opt == "adagrad"
-        l1, l2 = self.l1, self.l2
-        dense = w[model.n_emit:].reshape(1, -1)   # transition, start, end: one row, every step
-        dense_row = np.zeros(1, dtype=np.int64)
-        dense_last = np.zeros(1, dtype=np.int64)  # the dense row is never behind
-        # AdaGrad's sums of squared gradients; a (0, K) placeholder for the other optimizers
-        # (the kernels read it only when told it is AdaGrad's).
-        acc_rows = np.zeros((F, K) if adagrad else (0, K))
-        acc_dense = np.zeros(dense.shape if adagrad else (0, dense.shape[1]))
-        if opt == "perceptron":
+        adagrad, adam, perceptron = opt == "adagrad", opt == "adam", opt == "perceptron"
+        l1, l2, eta, nt = self.l1, self.l2, self.eta, self.n_threads
+        beta1, beta2 = _ADAM_BETAS
+        blocks = obj.row_blocks()
+        # Row blocks and dense segments are both (rows, cols) matrices for the kernels: a
+        # dense segment is one row that every step touches.
+        mats = [w[b.offset:b.offset + b.n_rows * b.n_cols].reshape(b.n_rows, b.n_cols)
+                for b in blocks]
+        mats += [w[a:b].reshape(1, b - a) for a, b in dense_segments(w.size, blocks)]
+        n_blocks = len(blocks)
+        one_row = np.zeros(1, dtype=np.int64)
+        last = [np.full(m.shape[0], -1, dtype=np.int64) for m in mats]
+        # AdaGrad's sums of squared gradients, or Adam's second moments; (0, K) placeholders
+        # for the other optimizers (the kernels read them only when told to)
+        acc = [np.zeros(m.shape) if (adagrad or adam) else np.zeros((0, m.shape[1]))
+               for m in mats]
+        first_moment = [np.zeros(m.shape) for m in mats] if adam else None
+        if perceptron:
             u = np.zeros_like(w)        # sum over steps t of (t - 1) * update (averaging)
-            U_rows = u[:model.n_emit].reshape(F, K)
-            u_dense = u[model.n_emit:].reshape(1, -1)
-        buf = self._batch_buffers()
-        if isinstance(X, FactoredFeatures):
-            # rows gathered through X = S @ Phi: the corpus never stores X itself
-            factors = X.gather_arrays()
-
-            def gather(seqs):
-                return _optim.batch_csr_factored(
-                    *factors, c.offsets, c.y, seqs, buf["local_of"], buf["indptr"],
-                    buf["indices"], buf["data"], buf["y"], buf["offsets"], buf["cols"])
-        else:
-            # batch_csr reads an empty data array as "all ones" (binary features, no ones)
-            X_data = np.empty(0) if _is_binary_data(X.data) else _dense_data(X)
-
-            def gather(seqs):
-                return _optim.batch_csr(
-                    X.indptr, X.indices, X_data, c.offsets, c.y, seqs, buf["local_of"],
-                    buf["indptr"], buf["indices"], buf["data"], buf["y"], buf["offsets"],
-                    buf["cols"])
-        last = np.full(F, -1, dtype=np.int64)
+            u_mats = [u[b.offset:b.offset + b.n_rows * b.n_cols].reshape(b.n_rows, b.n_cols)
+                      for b in blocks]
+            u_mats += [u[a:b].reshape(1, b - a) for a, b in dense_segments(w.size, blocks)]
+        # the caught-up rows of a batch, which the gradient is evaluated at
+        row_values = [np.empty((min(b.n_rows, self._max_rows(b)), b.n_cols)) for b in blocks]
+        n = obj.n_units
         step = 0
         for epoch in range(1, max_iter + 1):
-            lr_epoch = self.eta / epoch if opt == "sgd" else self.eta
-            # the catch-up's rate: AdaGrad's base rate, SGD's rate of this epoch (the
-            # previous epoch's rows were all caught up at its end)
-            rate = self.eta if adagrad else lr_epoch
+            lr_epoch = eta / epoch if opt == "sgd" else eta
             perm = self.rng.permutation(n)
             epoch_loss = 0.0
             for s0 in range(0, n, self.batch_size):
-                s1 = min(n, s0 + self.batch_size)
-                nb = s1 - s0
-                n_tok, nnz, R = gather(perm[s0:s1])
-                Xb = sp.csr_matrix((buf["data"][:nnz], buf["indices"][:nnz],
-                                    buf["indptr"][:n_tok + 1]), shape=(n_tok, R))
-                cols = buf["cols"][:R]
-                W_rows = buf["rows"][:R]
+                units = perm[s0:s0 + self.batch_size]
+                nb = float(units.shape[0])
+                batch = obj.batch(units)
                 # Rows untouched since their last step still owe their proximal steps; the
                 # gradient is taken at the caught-up rows.
-                _optim.catch_up_rows(W, cols, last, step - 1, acc_rows, adagrad, rate,
-                                     _EPS_ADAGRAD, l1, l2, W_rows)
-                loss_sum, g_rows, g_T, g_S, g_E = chain_batch_gradient(
-                    model, W_rows, T, S, E, Xb, buf["offsets"][:nb + 1], buf["y"][:n_tok],
-                    self.spec, self.params, self.beta)
-                epoch_loss += loss_sum
-                g_dense = np.concatenate([g_T.ravel(), g_S, g_E]).reshape(1, -1)
-                if opt == "perceptron":
-                    # this is step t = step + 1: its update enters u with weight t - 1
-                    _optim.perceptron_step(W, U_rows, g_rows, cols, lr_epoch, step)
-                    _optim.perceptron_step(dense, u_dense, g_dense, dense_row, lr_epoch, step)
-                elif adagrad:
-                    _optim.adagrad_step(W, acc_rows, g_rows, cols, last, step, self.eta,
-                                        _EPS_ADAGRAD, nb, l1, l2)
-                    _optim.adagrad_step(dense, acc_dense, g_dense, dense_row, dense_last, 0,
-                                        self.eta, _EPS_ADAGRAD, nb, l1, l2)
-                else:
-                    _optim.sgd_step(W, g_rows, cols, last, step, lr_epoch, nb, l1, l2)
-                    _optim.sgd_step(dense, g_dense, dense_row, dense_last, 0, lr_epoch, nb,
-                                    l1, l2)
+                rate, eps, per_coord = self._catch_up_rate(step, lr_epoch)
+                values = []
+                for k in range(n_blocks):
+                    R = batch.rows[k].shape[0]
+                    if R > row_values[k].shape[0]:
+                        row_values[k] = np.empty((R, blocks[k].n_cols))
+                    values.append(row_values[k][:R])
+                    _optim.catch_up_rows(mats[k], batch.rows[k], last[k], step - 1, acc[k],
+                                         per_coord, rate, eps, l1, l2, values[k], nt)
+                grad = obj.batch_gradient(batch)
+                epoch_loss += obj.batch_value_and_grad(w, batch, grad.view(), nt, values)
+                seg_grads = grad.values + _segment_rows(grad)
+                for k, (m, g) in enumerate(zip(mats, seg_grads)):
+                    rows = batch.rows[k] if k < n_blocks else one_row
+                    if perceptron:
+                        # this is step t = step + 1: its update enters u with weight t - 1
+                        _optim.perceptron_step(m, u_mats[k], g, rows, lr_epoch, step, nt)
+                    elif adagrad:
+                        _optim.adagrad_step(m, acc[k], g, rows, last[k], step, eta,
+                                            _EPS_ADAGRAD, nb, l1, l2, nt)
+                    elif adam:
+                        _optim.adam_step(m, first_moment[k], acc[k], g, rows, last[k], step,
+                                         eta, beta1, beta2, _EPS_ADAM, step + 1, nb, l1, l2,
+                                         nt)
+                    else:
+                        _optim.sgd_step(m, g, rows, last[k], step, lr_epoch, nb, l1, l2, nt)
                 step += 1
             # End of epoch: every row catches up, so w is the true iterate.
-            _optim.catch_up_all(W, last, step - 1, acc_rows, adagrad, rate, _EPS_ADAGRAD, l1,
-                                l2)
-            if opt == "perceptron":
-                w_report = w - u / max(step, 1)
-            else:
-                w_report = w
+            rate, eps, per_coord = self._catch_up_rate(step, lr_epoch)
+            for k in range(n_blocks):
+                _optim.catch_up_all(mats[k], last[k], step - 1, acc[k], per_coord, rate, eps,
+                                    l1, l2)
+            w_report = w - u / max(step, 1) if perceptron else w
             reporter(epoch, epoch_loss / max(n, 1), w_report)
-        if opt == "perceptron":
+        if perceptron:
             return w - u / max(step, 1)
         return w
 
+    def _max_rows(self, block):
+        """A first size for a block's buffer of caught-up rows (it grows when needed)."""
+        return 4096
 
-def fit_chain(model, X, offsets, y, *, loss="nll", optimizer=None, l1=0.0, l2=None,
-              max_iter=None, batch_size=None, learning_rate=None, w0=None, callback=None,
-              verbose=True, n_threads=None, random_state=None, beta=1.0, tol=1e-9,
-              **loss_params):
-    """Train a :class:`~factorebm.learning.LinearChainEnergy` on a tagged corpus.
+    def _catch_up_rate(self, step, lr_epoch):
+        """(rate, eps, per-coordinate) of the proximal steps a row owes at ``step``: SGD's
+        rate of this epoch (the previous epoch's rows were all caught up at its end),
+        AdaGrad's base rate over its accumulators, Adam's bias-corrected rate over its second
+        moments (``rate / (eps + sqrt(v))`` with both scaled by sqrt(1 - beta2^t) is
+        ``eta / (eps + sqrt(v^))``)."""
+        if self.optimizer == "adagrad":
+            return self.eta, _EPS_ADAGRAD, True
+        if self.optimizer == "adam":
+            c = np.sqrt(1.0 - _ADAM_BETAS[1] ** max(step, 1))
+            return self.eta * c, _EPS_ADAM * c, True
+        return lr_epoch, _EPS_ADAGRAD, False
 
-    Minimizes ``mean_i L(E+_i, E-_i) + 0.5 * l2 * ||w||^2 + l1 * ||w||_1`` (see
-    :func:`factorebm.learning.chain_objective`).
+
+def _segment_rows(grad):
+    """The dense gradient cut into (1, len) rows, one per dense segment."""
+    out = []
+    pos = 0
+    for a, b in grad.segments:
+        out.append(grad.dense[pos:pos + b - a].reshape(1, b - a))
+        pos += b - a
+    return out
+
+
+def minimize(objective, *, optimizer=None, l1=0.0, l2=None, max_iter=None,
+             batch_size=None, learning_rate=None, w0=None, callback=None, verbose=True,
+             n_threads=None, random_state=None, tol=1e-9):
+    """Minimize a :class:`factorebm.objective.BatchObjective`: the one learner.
+
+    Minimizes ``loss_sum(w) / n_units + 0.5 * l2 * ||w||^2 + l1 * ||w||_1``.
 
     Parameters
     ----------
-    model : LinearChainEnergy
-    X : scipy.sparse (N, n_features), CSR float64 (int32 or int64 indices), or FactoredFeatures
-        Token features of the whole corpus (a FactoredFeatures speeds up L-BFGS and spares
-        the stochastic optimizers, which gather their mini-batches through its factors,
-        the memory of X).
-    offsets : (n+1,) int64
-        Sequence i is tokens ``offsets[i]:offsets[i+1]``.
-    y : (N,) int64
-        Gold label ids.
-    loss : str or LossSpec
-        A loss of :mod:`factorebm.losses`.
-    optimizer : {"lbfgs", "sgd", "adagrad", "perceptron"} or None
-        None picks (:func:`default_optimizer`) L-BFGS for nll and energy, the averaged
-        perceptron for the perceptron loss, AdaGrad for the margin losses (hinge, log, mce,
-        lvq2, square_square, square_exp), whose E- is piecewise linear in the weights.
+    objective : BatchObjective
+    optimizer : {"lbfgs", "sgd", "adagrad", "adam", "perceptron"} or None
+        None picks by the loss (:func:`default_optimizer`).
     l1, l2 : float
-        Regularization; ``l2=None`` means 1e-4 (0 for the averaged perceptron, which takes
+        Regularization, finite and >= 0 (``l2=None``: 1e-4, 0 for the perceptron, which takes
         none).
     max_iter : int or None
-        L-BFGS iterations (default 100) or epochs (default 10).
+        L-BFGS iterations (default 100) or epochs (default 10); 0 returns the start.
     batch_size : int or None
-        Sequences per mini-batch (default 8) for the stochastic optimizers.
+        Units (sequences, graphs) per mini-batch (default 8).
     learning_rate : float or None
-        Step size (defaults: 0.1 for sgd and adagrad, 1.0 for the perceptron).
-    w0 : (n_weights,) float64 or None
-        Warm start (default ``model.init_weights(random_state)``: zeros, or small random
-        weights when the model has latent substates). Not modified.
+        Step size (defaults: 0.1 for sgd and adagrad, 0.01 for adam, 1.0 for the perceptron).
+    w0 : (n_params,) float64 or None
+        Warm start (default ``objective.init_params(random_state)``). Not modified.
     callback : callable ``callback(w, epoch)`` or None
         Called after every iteration/epoch with the current weights (the averaged ones for the
         perceptron); a returned dict is added to the history and the progress line.
     verbose : bool
         Print one progress line per iteration/epoch.
     n_threads : int or None
-        OpenMP threads of the full-batch objective (None = all cores).
+        Threads for every kernel of every evaluation (None = all cores).
     random_state : int, numpy Generator or None
-        Seed of the mini-batch order.
-    beta : float
-        Inverse temperature of the NLL's free energy.
+        Seed of the starting weights and of the mini-batch order.
     tol : float
         L-BFGS relative tolerance on the objective (``ftol``).
+
+    Returns
+    -------
+    w : (n_params,) float64
+    history : list of dict
+    """
+    if not isinstance(objective, BatchObjective):
+        raise ValueError(f"expected a factorebm.objective.BatchObjective, got "
+                         f"{type(objective).__name__}")
+    spec, optimizer, l1, l2, max_iter, batch_size, learning_rate = _check_common(
+        optimizer, objective.spec, l1, l2, max_iter, batch_size, learning_rate)
+    check_threads(n_threads)
+    if w0 is None:
+        w = objective.init_params(random_state)
+    else:
+        w = objective.check_params(w0).copy()
+        if not np.isfinite(w).all():
+            raise ValueError("w0 contains NaN or infinite weights")
+    reporter = _Reporter(optimizer, callback, verbose)
+    if optimizer == "lbfgs":
+        w = _lbfgs(_mean_objective(objective, l2, n_threads), w, l1, max_iter, tol, reporter,
+                   n_threads)
+    else:
+        runner = _Stochastic(objective, optimizer, l1, l2, batch_size, learning_rate,
+                             np.random.default_rng(random_state), n_threads)
+        w = runner.run(w, max_iter, reporter)
+    return np.ascontiguousarray(w), reporter.history
+
+
+def fit_chain(model, X, offsets, y, *, loss="nll", optimizer=None, l1=0.0, l2=None,
+              max_iter=None, batch_size=None, learning_rate=None, w0=None, callback=None,
+              verbose=True, n_threads=None, random_state=None, beta=1.0, tol=1e-9,
+              **loss_params):
+    """Train a :class:`~factorebm.learning.ChainEnergy` (e.g. a ``LinearChainEnergy``) on a
+    tagged corpus.
+
+    Minimizes ``mean_i L(E+_i, E-_i) + 0.5 * l2 * ||w||^2 + l1 * ||w||_1`` (see
+    :func:`factorebm.learning.chain_objective`) with :func:`minimize`.
+
+    Parameters
+    ----------
+    model : ChainEnergy
+    X : the emission's input: for sparse features a scipy.sparse (N, n_features) matrix or a
+        FactoredFeatures (which speeds up L-BFGS and spares the stochastic optimizers, which
+        gather their mini-batches through its factors, the memory of X); or a ChainCorpus.
+    offsets : (n+1,) int64
+        Sequence i is tokens ``offsets[i]:offsets[i+1]``.
+    y : (N,) int64
+        Gold label ids (-1 for an unknown label, with the NLL).
+    loss : str or LossSpec
+        A loss of :mod:`factorebm.losses`.
+    optimizer : {"lbfgs", "sgd", "adagrad", "adam", "perceptron"} or None
+        None picks (:func:`default_optimizer`) L-BFGS for nll and energy, the averaged
+        perceptron for the perceptron loss, AdaGrad for the margin losses (hinge, log, mce,
+        lvq2, square_square, square_exp), whose E- is piecewise linear in the weights.
+    l1, l2, max_iter, batch_size, learning_rate, w0, callback, verbose, n_threads,
+    random_state, tol
+        As in :func:`minimize` (``batch_size`` counts sequences; w0 defaults to
+        ``model.init_weights(random_state)``: zeros, or small random weights when the model
+        has latent substates).
+    beta : float
+        Inverse temperature of the NLL's free energy.
     **loss_params
         Passed to the loss (``margin``, ``gamma``, ...).
 
@@ -551,100 +573,46 @@ def fit_chain(model, X, offsets, y, *, loss="nll", optimizer=None, l1=0.0, l2=No
         mini-batch loss during the epoch otherwise), ``time`` (seconds since start), and the
         callback's entries.
     """
-    if not isinstance(model, LinearChainEnergy):
-        raise ValueError("fit_chain trains a factorebm.learning.LinearChainEnergy")
-    spec, optimizer, l1, l2, max_iter, batch_size, learning_rate = _check_common(
-        optimizer, loss, l1, l2, max_iter, batch_size, learning_rate)
-    params = _loss_params(spec, beta, loss_params)
-    if isinstance(X, ChainCorpus):
-        corpus = X
-    else:
-        corpus = model._corpus(X if isinstance(X, FactoredFeatures)
-                               else _check_csr(X, model.n_features), offsets, y)
-    w = (model.init_weights(random_state) if w0 is None
-         else model.check_weights(w0).copy())
-    if n_threads is not None:
-        check_threads(n_threads)      # validates
-    reporter = _Reporter(optimizer, callback, verbose)
+    from .energies.chain import ChainEnergy, ChainObjective
+    if not isinstance(model, ChainEnergy):
+        raise ValueError("fit_chain trains a factorebm.learning.ChainEnergy (or "
+                         "LinearChainEnergy)")
+    _check_common(optimizer, loss, l1, l2, max_iter, batch_size, learning_rate)
+    objective = ChainObjective(model, X, offsets, y, loss, beta, **loss_params)
     if verbose:
-        print(f"fit_chain: loss {spec.name}, optimizer {optimizer}, {corpus.n_sequences} "
-              f"sequences, {corpus.n_tokens} tokens, {model.n_weights} weights", flush=True)
-    if optimizer == "lbfgs":
-        def fun(wv):
-            return chain_objective(wv, model, corpus, None, None, spec, l2=l2, beta=beta,
-                                   n_threads=n_threads, **loss_params)
-        w = _lbfgs(fun, w, l1, max_iter, tol, reporter)
-    else:
-        rng = np.random.default_rng(random_state)
-        runner = _ChainStochastic(model, corpus, spec, params, beta, optimizer, l1, l2,
-                                  batch_size, learning_rate, rng, n_threads)
-        w = runner.run(w, max_iter, reporter)
-    return np.ascontiguousarray(w), reporter.history
+        print(f"fit_chain: loss {objective.spec.name}, optimizer "
+              f"{optimizer or default_optimizer(objective.spec)}, {objective.n_units} "
+              f"sequences, {objective.corpus.n_tokens} tokens, {model.n_weights} weights",
+              flush=True)
+    w0 = None if w0 is None else model.check_weights(w0)
+    return minimize(objective, optimizer=optimizer, l1=l1, l2=l2, max_iter=max_iter,
+                    batch_size=batch_size, learning_rate=learning_rate, w0=w0,
+                    callback=callback, verbose=verbose, n_threads=n_threads,
+                    random_state=random_state, tol=tol)
 
 
 def fit_graphs(samples, *, loss="nll", optimizer=None, l1=0.0, l2=None, max_iter=None,
                batch_size=None, learning_rate=None, w0=None, callback=None, verbose=True,
-               random_state=None, beta=1.0, tol=1e-9, **loss_params):
-    """Train the shared weights of parametric factor graphs.
+               n_threads=None, random_state=None, beta=1.0, tol=1e-9, **loss_params):
+    """Train the shared weights of parametric factor graphs with :func:`minimize`.
 
     Minimizes ``mean_i L(E+_i, E-_i) + 0.5 * l2 * ||w||^2 + l1 * ||w||_1`` over
     ``samples``, a sequence of ``(ParametricGraph, target)`` pairs sharing one weight vector
     (see :func:`factorebm.learning.graph_objective`). Parameters, defaults and the returned
-    ``(w, history)`` are as in :func:`fit_chain`, except that the stochastic optimizers
-    update the weight vector densely (graphs are small) and ``batch_size`` counts graphs.
+    ``(w, history)`` are as in :func:`fit_chain` (``batch_size`` counts graphs; the weights
+    start at zero).
     """
+    from .energies.graph import GraphObjective
     samples = list(samples)
     if not samples:
         raise ValueError("fit_graphs needs at least one (ParametricGraph, target) sample")
-    spec, optimizer, l1, l2, max_iter, batch_size, learning_rate = _check_common(
-        optimizer, loss, l1, l2, max_iter, batch_size, learning_rate)
-    _loss_params(spec, beta, loss_params)
-    n_weights = samples[0][0].n_weights
-    w = np.zeros(n_weights) if w0 is None else np.array(w0, dtype=np.float64)
-    if w.shape != (n_weights,):
-        raise ValueError(f"w0 must have shape ({n_weights},), got {w.shape}")
-    reporter = _Reporter(optimizer, callback, verbose)
-
-    def objective(wv, subset):
-        return graph_objective(wv, subset, spec, l2=0.0, beta=beta, **loss_params)
-
-    if optimizer == "lbfgs":
-        def fun(wv):
-            v, g = objective(wv, samples)
-            return v + 0.5 * l2 * float(wv @ wv), g + l2 * wv
-        return np.ascontiguousarray(_lbfgs(fun, w, l1, max_iter, tol, reporter)), \
-            reporter.history
-
-    rng = np.random.default_rng(random_state)
-    n = len(samples)
-    acc = np.zeros(n_weights)
-    u = np.zeros(n_weights)
-    step = 0
-    one = np.ones(1, dtype=np.int64)
-    for epoch in range(1, max_iter + 1):
-        lr_epoch = learning_rate / epoch if optimizer == "sgd" else learning_rate
-        perm = rng.permutation(n)
-        total = 0.0
-        for s0 in range(0, n, batch_size):
-            batch = [samples[i] for i in perm[s0:s0 + batch_size]]
-            v, g = objective(w, batch)
-            total += v * len(batch)
-            if optimizer == "perceptron":
-                upd = -lr_epoch * g * len(batch)
-                w += upd
-                u += step * upd          # step t = step + 1 enters with weight t - 1
-            else:
-                if optimizer == "adagrad":
-                    acc += g * g
-                    lr = _adagrad_rate(learning_rate, acc)
-                else:
-                    lr = lr_epoch
-                w -= lr * g
-                w2 = w.reshape(1, -1)
-                _prox_catch_up(w2, np.reshape(lr, (1, -1)) if np.ndim(lr) else lr, one, l1, l2)
-            step += 1
-        w_report = w - u / max(step, 1) if optimizer == "perceptron" else w
-        reporter(epoch, total / n, w_report)
-    if optimizer == "perceptron":
-        w = w - u / max(step, 1)
-    return np.ascontiguousarray(w), reporter.history
+    _check_common(optimizer, loss, l1, l2, max_iter, batch_size, learning_rate)
+    objective = GraphObjective(samples, loss, beta, **loss_params)
+    if w0 is not None:
+        w0 = np.asarray(w0, dtype=np.float64)
+        if w0.shape != (objective.n_params,):
+            raise ValueError(f"w0 must have shape ({objective.n_params},), got {w0.shape}")
+    return minimize(objective, optimizer=optimizer, l1=l1, l2=l2, max_iter=max_iter,
+                    batch_size=batch_size, learning_rate=learning_rate, w0=w0,
+                    callback=callback, verbose=verbose, n_threads=n_threads,
+                    random_state=random_state, tol=tol)

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from factorebm import _optim
-from factorebm.optimize import _EPS_ADAGRAD, _adagrad_rate, _prox_catch_up
+from optim_reference import EPS_ADAGRAD as _EPS_ADAGRAD
+from optim_reference import adagrad_rate as _adagrad_rate, prox_catch_up as _prox_catch_up
 
 EPS = _EPS_ADAGRAD
 REGS = [(0.0, 0.0), (0.03, 0.0), (0.0, 0.2), (0.03, 0.2)]

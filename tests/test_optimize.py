@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 import factorebm as fe
 from factorebm.learning import LinearChainEnergy, chain_objective
-from factorebm.optimize import _prox_catch_up, default_optimizer, fit_chain
+from factorebm.optimize import default_optimizer, fit_chain
+from optim_reference import prox_catch_up as _prox_catch_up
 
 
 def _corpus(seed=0, F=60, K=4, n=40, max_len=8, density=0.08):
@@ -230,12 +231,15 @@ def test_default_optimizers():
 
 def test_bad_arguments_raise_clear_errors():
     model, X, offsets, y = _corpus(6)
-    with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
-        fit_chain(model, X, offsets, y, optimizer="adam", verbose=False)
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        fit_chain(model, X, offsets, y, optimizer="rmsprop", verbose=False)
     with pytest.raises(ValueError, match="no regularization"):
         fit_chain(model, X, offsets, y, loss="perceptron", l2=0.1, verbose=False)
-    with pytest.raises(ValueError, match="l1 and l2 must be >= 0"):
+    with pytest.raises(ValueError, match="l1 must be a finite number >= 0"):
         fit_chain(model, X, offsets, y, l1=-1.0, verbose=False)
+    for bad in (np.inf, np.nan):
+        with pytest.raises(ValueError, match="l2 must be a finite number >= 0"):
+            fit_chain(model, X, offsets, y, l2=bad, verbose=False)
     with pytest.raises(ValueError, match="batch_size"):
         fit_chain(model, X, offsets, y, loss="hinge", batch_size=0, verbose=False)
     with pytest.raises(ValueError, match="learning_rate"):

@@ -1,0 +1,300 @@
+"""Factor graphs whose energy tables are linear in shared weights, and their objective.
+
+:class:`ParametricGraph` -- any :class:`factorebm.FactorGraph` whose concatenated, flattened
+factor tables are ``tables = Phi @ w + offset`` with ``Phi`` a scipy.sparse matrix: weights
+can be tied across factors and across graphs (templates, :func:`tied_phi`). The gradient is
+``dL/dw = Phi^T dL/dtables`` with ``dL/dtables = dL/dE+ * b+ + dL/dE- * b-``, where ``b+`` and
+``b-`` are the belief tables of E+ and E-: 0/1 indicators of the configuration for an energy
+(min-sum, latent variables minimized), the factor beliefs for a free energy (sum-product;
+clamped beliefs for the correct answer with latent variables summed out). See
+:class:`GraphObjective`.
+"""
+import threading
+
+import numpy as np
+
+from .. import inference
+from ..objective import BatchObjective, loss_setup
+
+__all__ = ["ParametricGraph", "tied_phi", "GraphObjective", "graph_objective",
+           "graph_sample_terms"]
+
+
+def tied_phi(table_sizes, template_of_factor, n_templates=None):
+    """The Phi of factors that share templates: factor f's table is template ``t_f``'s weights.
+
+    Parameters
+    ----------
+    table_sizes : sequence of int
+        Flattened table size of each factor, in the graph's factor order.
+    template_of_factor : sequence of int
+        Template id of each factor; factors with the same id must have the same table size.
+    n_templates : int or None
+        Number of templates (default: max id + 1).
+
+    Returns
+    -------
+    Phi : (sum(table_sizes), n_weights) scipy.sparse.csr_matrix of 0/1
+        The weights are the templates' tables concatenated in template-id order.
+    template_offset : (n_templates + 1,) int64
+        Template t owns weights ``template_offset[t]:template_offset[t+1]``.
+    """
+    sizes = np.asarray(table_sizes, dtype=np.int64)
+    tmpl = np.asarray(template_of_factor, dtype=np.int64)
+    if sizes.shape != tmpl.shape:
+        raise ValueError("table_sizes and template_of_factor must have one entry per factor")
+    if tmpl.size and tmpl.min() < 0:
+        raise ValueError("template ids must be >= 0")
+    n_templates = int(tmpl.max()) + 1 if n_templates is None and tmpl.size else (
+        n_templates or 0)
+    tsize = np.full(n_templates, -1, dtype=np.int64)
+    for f, (s, t) in enumerate(zip(sizes, tmpl)):
+        if t >= n_templates:
+            raise ValueError(f"factor {f}: template id {t} >= n_templates {n_templates}")
+        if tsize[t] not in (-1, s):
+            raise ValueError(f"factor {f}: table size {s} differs from the size {tsize[t]} of "
+                             f"other factors using template {t}")
+        tsize[t] = s
+    tsize[tsize < 0] = 0
+    toff = np.concatenate([[0], np.cumsum(tsize)])
+    cols = np.concatenate([toff[t] + np.arange(s) for s, t in zip(sizes, tmpl)]) \
+        if sizes.size else np.zeros(0, dtype=np.int64)
+    rows = np.arange(cols.size)
+    import scipy.sparse as sp
+    Phi = sp.csr_matrix((np.ones(cols.size), (rows, cols)), shape=(cols.size, int(toff[-1])))
+    return Phi, toff
+
+
+class ParametricGraph:
+    """A factor graph whose factor tables are a linear function of shared weights.
+
+    ``tables = Phi @ w + offset`` where ``tables`` is the concatenation of every factor's
+    energy table flattened row-major over its scope, in the graph's factor insertion order.
+
+    Parameters
+    ----------
+    graph : FactorGraph
+        Its structure (variables, factor scopes) is used; its tables are overwritten by
+        :meth:`set_weights` (through ``graph.set_factor_energies``).
+    phi : scipy.sparse matrix or array, shape (total_table_size, n_weights)
+    offset : (total_table_size,) float64 or None
+        Constant energies added to the tables (e.g. +inf for forbidden configurations).
+    """
+
+    def __init__(self, graph, phi, offset=None):
+        self.graph = graph
+        shapes = [tuple(graph.cardinality(v) for v in scope) for scope in self._scopes(graph)]
+        self.table_shapes = shapes
+        sizes = np.array([int(np.prod(s)) for s in shapes], dtype=np.int64)
+        self.table_offset = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        total = int(self.table_offset[-1])
+        import scipy.sparse as sp
+        phi = sp.csr_matrix(phi, dtype=np.float64)
+        if phi.shape[0] != total:
+            raise ValueError(f"phi has {phi.shape[0]} rows but the graph's factor tables have "
+                             f"{total} entries in all")
+        if phi.nnz and not np.all(np.isfinite(phi.data)):
+            raise ValueError("phi contains NaN or infinite entries (use offset for +inf)")
+        self.phi = phi
+        self.phi_T = phi.T.tocsr()
+        self.n_weights = phi.shape[1]
+        if offset is None:
+            self.offset = None
+        else:
+            offset = np.asarray(offset, dtype=np.float64).ravel()
+            if offset.shape != (total,):
+                raise ValueError(f"offset must have shape ({total},), got {offset.shape}")
+            if np.any(np.isnan(offset)) or np.any(offset == -np.inf):
+                raise ValueError("offset contains NaN or -inf")
+            self.offset = offset
+        self._scope_vars = self._scopes(graph)
+
+    @staticmethod
+    def _scopes(graph):
+        return [graph.factor_scope(i) for i in range(graph.n_factors)]
+
+    def tables(self, w):
+        """Flat energy tables ``Phi @ w + offset``, shape (total_table_size,)."""
+        t = self.phi @ np.asarray(w, dtype=np.float64)
+        if self.offset is not None:
+            t = t + self.offset
+        return t
+
+    def set_weights(self, w):
+        """Write ``Phi @ w + offset`` into the graph's factors."""
+        w = np.asarray(w, dtype=np.float64)
+        if w.shape != (self.n_weights,):
+            raise ValueError(f"weights must have shape ({self.n_weights},), got {w.shape}")
+        t = self.tables(w)
+        for i, shape in enumerate(self.table_shapes):
+            self.graph.set_factor_energies(i, t[self.table_offset[i]:self.table_offset[i + 1]]
+                                           .reshape(shape))
+
+    def indicator(self, assignment):
+        """0/1 flat table vector of a full assignment (every variable in every scope)."""
+        out = np.zeros(self.table_offset[-1])
+        for i, scope in enumerate(self._scope_vars):
+            idx = tuple(self._label_index(v, assignment[v]) for v in scope)
+            out[self.table_offset[i] + np.ravel_multi_index(idx, self.table_shapes[i])] = 1.0
+        return out
+
+    def _label_index(self, var, label):
+        if isinstance(label, (int, np.integer)):
+            return int(label)
+        return list(self.graph.labels(var)).index(label)
+
+    def beliefs_vector(self, factor_beliefs):
+        """Concatenate per-factor belief tables (insertion order) into a flat vector."""
+        return np.concatenate([np.asarray(b, dtype=np.float64).ravel()
+                               for b in factor_beliefs]) if factor_beliefs else np.zeros(0)
+
+
+def _latent_vars(graph):
+    return [v for v in graph.variables if graph.is_latent(v)]
+
+
+def graph_sample_terms(pg, target, spec, beta, params):
+    """(loss, dL/dtables, min(E+, E-)) for one sample; the graph's tables already hold
+    Phi @ w + offset."""
+    g = pg.graph
+    latent = _latent_vars(g)
+    visible = [v for v in g.variables if v not in latent]
+    missing = [v for v in visible if v not in target]
+    if missing:
+        raise ValueError(f"target does not give a label to visible variable {missing[0]!r}")
+    target = {v: target[v] for v in visible}
+    kind = spec.e_minus
+    if kind == "free_energy":
+        clamped = inference.sum_product(g, beta=beta, evidence=target)
+        free = inference.sum_product(g, beta=beta)
+        e_plus = clamped.free_energy
+        b_plus = pg.beliefs_vector(clamped.factor_beliefs)
+        e_minus = free.free_energy
+        b_minus = pg.beliefs_vector(free.factor_beliefs)
+    else:
+        if latent:
+            r = inference.min_sum(g, evidence=target)
+            full = dict(target)
+            full.update(r.latent)
+            e_plus = r.energy
+        else:
+            full = target
+            e_plus = g.energy(target)
+        b_plus = pg.indicator(full)
+        e_minus = b_minus = None
+        if kind in ("most_offending", "min_all"):
+            if kind == "most_offending":
+                assign, e_minus = inference.most_offending(g, target)
+            else:
+                r = inference.min_sum(g)
+                assign = dict(r.assignment)
+                assign.update(r.latent)
+                e_minus = r.energy
+            assign = dict(assign)
+            if latent and any(v not in assign for v in latent):
+                r = inference.min_sum(g, evidence={v: assign[v] for v in visible})
+                assign.update(r.latent)
+            b_minus = pg.indicator(assign)
+    lo, dp, dm = spec(e_plus, e_minus, **params)
+    dtab = dp * b_plus
+    if b_minus is not None and dm != 0.0:
+        dtab = dtab + dm * b_minus
+    return float(lo), dtab, min(e_plus, np.inf if e_minus is None else e_minus)
+
+
+class GraphObjective(BatchObjective):
+    """The batch objective of parametric factor graphs (units: the (graph, target) samples).
+
+    Every sample's graph gets its tables ``Phi @ w + offset``; E+ is the target's energy
+    (latent variables minimized) or clamped free energy (NLL), E- the most offending answer,
+    the minimum (perceptron) or the free energy, by belief propagation: exact on forests,
+    min-sum / Bethe approximations on loopy graphs. One inference call per sample.
+
+    Parameters
+    ----------
+    samples : sequence of (ParametricGraph, dict)
+        Each target gives every visible variable a label (index or name); every graph has
+        the same ``n_weights``.
+    loss, beta, **loss_params : as in :func:`graph_objective`
+    """
+
+    def __init__(self, samples, loss="nll", beta=1.0, **loss_params):
+        self.spec, self.params = loss_setup(loss, beta, loss_params)
+        self.beta = float(beta)
+        self.samples = list(samples)
+        if not self.samples:
+            raise ValueError("a graph objective needs at least one (ParametricGraph, target) "
+                             "sample")
+        for i, sample in enumerate(self.samples):
+            if not (isinstance(sample, tuple) and len(sample) == 2
+                    and isinstance(sample[0], ParametricGraph)):
+                raise ValueError(f"sample {i} must be a (ParametricGraph, target dict) pair")
+        self.n_params = self.samples[0][0].n_weights
+        for i, (pg, _) in enumerate(self.samples):
+            if pg.n_weights != self.n_params:
+                raise ValueError(f"sample {i}: its ParametricGraph has {pg.n_weights} weights, "
+                                 f"sample 0's has {self.n_params}")
+        self.n_units = len(self.samples)
+        self._lock = threading.Lock()
+
+    def unit_value_and_grad(self, w, units, n_threads=None):
+        w = self.check_params(w)
+        grad = np.zeros(self.n_params)
+        total = 0.0
+        lowest = np.inf
+        # the graphs' tables are set per evaluation: one evaluation at a time
+        with self._lock:
+            for i in np.asarray(units, dtype=np.int64).tolist():
+                pg, target = self.samples[i]
+                pg.set_weights(w)
+                lo, dtab, low = graph_sample_terms(pg, target, self.spec, self.beta,
+                                                   self.params)
+                total += lo
+                grad += pg.phi_T @ dtab
+                lowest = min(lowest, low)
+        self.spec.check_energies(lowest)
+        return total, grad
+
+
+def graph_objective(w, samples, loss="nll", *, l2=0.0, beta=1.0, **loss_params):
+    """Average loss over (ParametricGraph, target) samples plus ``0.5 * l2 * ||w||^2``.
+
+    For each sample the graph's tables are set to ``Phi @ w + offset``; E+ is the target's
+    energy with latent variables minimized (``fe.min_sum`` with the visible target as evidence),
+    or its clamped free energy (latent variables summed out) for NLL; E- is
+    ``fe.most_offending``, the ``fe.min_sum`` minimum (perceptron) or ``fe.free_energy`` (NLL).
+    ``dL/dtables = dL/dE+ * b+ + dL/dE- * b-`` (indicator tables of the minimizing
+    configurations, or factor beliefs for free energies), ``dL/dw = Phi^T dL/dtables``.
+    Exact on forests (trees, chains); on loopy graphs min-sum / the Bethe free energy make it
+    an approximation.
+
+    Parameters
+    ----------
+    w : (n_weights,) float64
+    samples : sequence of (ParametricGraph, dict)
+        Each target dict gives every visible variable a label (index or name); every graph has
+        the same ``n_weights``.
+    loss, l2, beta, **loss_params
+        As in :func:`factorebm.learning.chain_objective` (including the RuntimeWarning for a
+        loss that assumes non-negative energies).
+
+    Returns
+    -------
+    value : float
+    grad : (n_weights,) float64
+    """
+    if len(samples) == 0:
+        raise ValueError("graph_objective needs at least one sample")
+    obj = GraphObjective(samples, loss, beta, **loss_params)
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    if w.shape != (obj.n_params,):
+        raise ValueError(f"sample 0: its ParametricGraph has {obj.n_params} weights, w has "
+                         f"{w.size}")
+    total, grad = obj.value_and_grad(w)
+    n = obj.n_units
+    value = total / n
+    grad /= n
+    if l2:
+        value += 0.5 * l2 * float(w @ w)
+        grad += l2 * w
+    return value, grad
