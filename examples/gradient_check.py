@@ -5,7 +5,10 @@ over a small random dataset) is differentiated analytically by factorebm and num
 central differences, on
 
 * a linear chain (:func:`factorebm.learning.chain_objective`), with and without two latent
-  substates per label, and
+  substates per label,
+* a chain whose emission energies come from a two-layer network (a
+  :class:`factorebm.learning.ChainEnergy` over ``Linear -> Tanh -> Linear``, two substates per
+  label: the gradient flows through the chain and back through the modules' bprop), and
 * a parametric tree-shaped factor graph with a latent variable
   (:func:`factorebm.learning.graph_objective`, tied weights).
 
@@ -16,8 +19,9 @@ import numpy as np
 import scipy.sparse as sp
 
 import factorebm as fe
-from factorebm.learning import (LinearChainEnergy, ParametricGraph, chain_objective,
-                                graph_objective)
+from factorebm import modules as nn
+from factorebm.learning import (ChainEnergy, LinearChainEnergy, ParametricGraph,
+                                chain_objective, graph_objective)
 
 EPS = 1e-6
 # Loss parameters of the check. Square-square's margin lies inside the range of the cases' E-,
@@ -50,6 +54,24 @@ def chain_case(loss, n_substates, rng):
                                                **PARAMS.get(loss, {})), w)
 
 
+def mlp_chain_case(loss, rng):
+    lengths = rng.integers(1, 6, size=6)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    N, d, K, H = int(offsets[-1]), 4, 3, 2
+    X = rng.standard_normal((N, d))
+    y = rng.integers(0, K, size=N)
+    positive = fe.losses.get(loss).needs_nonnegative
+    layers = [nn.Linear(d, 6), nn.Tanh(), nn.Linear(6, K * H)]
+    if positive:                # energies in (0, 1), chain energies > 0: E >= 0 throughout
+        layers.append(nn.Sigmoid())
+    model = ChainEnergy(nn.Sequential(*layers), K, H)
+    w = model.init_weights(random_state=1) + rng.normal(scale=0.3, size=model.n_weights)
+    if positive:
+        w[model.n_emit:] = np.abs(w[model.n_emit:]) + 0.1
+    return rel_error(lambda v: chain_objective(v, model, X, offsets, y, loss, l2=0.01,
+                                               **PARAMS.get(loss, {})), w)
+
+
 def graph_case(loss, rng):
     g = fe.FactorGraph()
     g.add_variable("a", 3)
@@ -75,11 +97,17 @@ def graph_case(loss, rng):
 
 def main():
     rng = np.random.default_rng(0)
-    print(f"{'loss':>14}  {'chain':>9}  {'chain, 2 substates':>18}  {'graph, latent':>13}")
+    print(f"{'loss':>14}  {'chain':>9}  {'chain, 2 substates':>18}  {'MLP chain':>9}  "
+          f"{'graph, latent':>13}")
+    worst = 0.0
     for loss in fe.losses.available():
-        errors = (chain_case(loss, 1, rng), chain_case(loss, 2, rng), graph_case(loss, rng))
-        print(f"{loss:>14}  {errors[0]:9.1e}  {errors[1]:18.1e}  {errors[2]:13.1e}")
-    print("relative error of the analytic gradient against central differences (eps = 1e-6)")
+        errors = (chain_case(loss, 1, rng), chain_case(loss, 2, rng), mlp_chain_case(loss, rng),
+                  graph_case(loss, rng))
+        worst = max(worst, *errors)
+        print(f"{loss:>14}  {errors[0]:9.1e}  {errors[1]:18.1e}  {errors[2]:9.1e}  "
+              f"{errors[3]:13.1e}")
+    print(f"worst {worst:.1e}: relative error of the analytic gradient against central "
+          "differences (eps = 1e-6)")
 
 
 if __name__ == "__main__":

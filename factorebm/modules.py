@@ -39,7 +39,7 @@ import weakref
 import numpy as np
 
 from .params import GradientView, RowBlock, dense_gradient
-from .sparse import LocalRows, as_features
+from .sparse import CSRFeatures, FactoredFeatures, LocalRows, as_features
 
 __all__ = ["Module", "Linear", "SparseLinear", "Embedding", "Tanh", "ReLU", "Sigmoid",
            "Sequential", "Concat", "Sum", "Parallel", "Select", "LabelGradient", "Context"]
@@ -160,8 +160,17 @@ def _rng(random_state):
 class Module:
     """Base class: a map from an input (and its slice of ``w``) to an output, and back.
 
-    Subclasses set ``n_params`` and implement ``_fprop(w, x, ctx)`` and
-    ``_bprop(w, dy, grad, ctx)``; ``n_in`` / ``n_out`` (input / output width) when known.
+    Two levels of the same passes:
+
+    * :meth:`fprop` / :meth:`bprop` -- for users: validate everything (lengths, NaN, shapes)
+      and keep the forward state per thread;
+    * :meth:`forward` / :meth:`backward` -- for composites and learning objectives, which
+      validated their inputs once: the state travels in an explicit :class:`Context` (one per
+      evaluation), with the thread count and reusable buffers.
+
+    Subclasses set ``n_params`` (and ``n_in`` / ``n_out``, input / output width, when known)
+    and implement ``forward(w, x, ctx)``, ``backward(w, dy, grad, ctx)``, and where they
+    apply ``check_input(x)`` and ``_init(rng)``.
     """
 
     n_params = 0
@@ -181,9 +190,9 @@ class Module:
         kernel runs.
         """
         w = self.check_params(w)
-        x = self._check_input(x)
+        x = self.check_input(x)
         ctx = Context()
-        y = self._fprop(w, x, ctx)
+        y = self.forward(w, x, ctx)
         _contexts()[self] = ctx
         return y
 
@@ -212,7 +221,7 @@ class Module:
         if ctx is None:
             raise ValueError(f"{self!r}: bprop without a matching fprop (call fprop first, "
                              "in the same thread)")
-        return self._bprop(w, dy, grad, ctx)
+        return self.backward(w, dy, grad, ctx)
 
     def check_params(self, w):
         """``w`` as a contiguous (n_params,) float64 array; ValueError naming the module for
@@ -239,18 +248,24 @@ class Module:
     def __call__(self, w, x):
         return self.fprop(w, x)
 
+    def check_input(self, x):
+        """``x`` validated (NaN included) and converted to what :meth:`forward` takes;
+        ValueError naming the module and the expected shape otherwise."""
+        return x
+
+    def forward(self, w, x, ctx):
+        """The output for input ``x`` and parameters ``w`` (trusted), keeping in ``ctx`` what
+        :meth:`backward` needs."""
+        raise NotImplementedError
+
+    def backward(self, w, dy, grad, ctx):
+        """Add dL/dw into ``grad`` (an array or a :class:`factorebm.params.GradientView`) for
+        the matching :meth:`forward` of ``ctx``; return dL/d(input) or None."""
+        raise NotImplementedError
+
     # ---------------------------------------------------------------- for subclasses
     def _init(self, rng):
         return np.zeros(self.n_params)
-
-    def _check_input(self, x):
-        return x
-
-    def _fprop(self, w, x, ctx):
-        raise NotImplementedError
-
-    def _bprop(self, w, dy, grad, ctx):
-        raise NotImplementedError
 
 
 def _check_count(value, name, minimum=1):
@@ -303,12 +318,12 @@ class Linear(Module):
         w[:self.n_in * self.n_out] = rng.uniform(-s, s, self.n_in * self.n_out)
         return w
 
-    def _check_input(self, x):
+    def check_input(self, x):
         return _check_float_input(self, x, self.n_in)
 
-    def _fprop(self, w, x, ctx):
-        if x.ndim != 2 or x.shape[1] != self.n_in:
-            raise ValueError(f"{self!r}: input must have shape (n, {self.n_in}), got {x.shape}")
+    def forward(self, w, x, ctx):
+        if not (isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] == self.n_in):
+            x = _check_float_input(self, x, self.n_in)
         W = w[:self.n_in * self.n_out].reshape(self.n_in, self.n_out)
         y = x @ W
         if self.bias:
@@ -316,7 +331,7 @@ class Linear(Module):
         ctx.save(self, x)
         return y
 
-    def _bprop(self, w, dy, grad, ctx):
+    def backward(self, w, dy, grad, ctx):
         x = ctx.restore(self)
         dy = _dense_dy(dy)
         _check_output_grad(self, dy, (x.shape[0], self.n_out))
@@ -361,12 +376,14 @@ class SparseLinear(Module):
         X = X if not hasattr(X, "tocsr") else X.tocsr()
         return [np.unique(X.indices).astype(np.int64)]
 
-    def _check_input(self, x):
+    def check_input(self, x):
         return as_features(x, self.n_in, f"{self!r} input")
 
-    def _fprop(self, w, x, ctx):
+    def forward(self, w, x, ctx):
         from . import _sparse
         from .checks import threads_for
+        if not isinstance(x, (LocalRows, CSRFeatures, FactoredFeatures)):     # raw input inside a composite
+            x = self.check_input(x)
         W = w.reshape(self.n_in, self.n_out)
         N = x.shape[0]
         nt = threads_for(ctx.n_threads, N)
@@ -386,7 +403,7 @@ class SparseLinear(Module):
         ctx.save(self, x)
         return out
 
-    def _bprop(self, w, dy, grad, ctx):
+    def backward(self, w, dy, grad, ctx):
         from . import _sparse
         from .checks import threads_for
         x = ctx.restore(self)
@@ -444,9 +461,9 @@ class Embedding(Module):
         return [RowBlock(0, self.n_items, self.n_out)]
 
     def touched_rows(self, x):
-        return [np.unique(self._check_input(x))]
+        return [np.unique(self.check_input(x))]
 
-    def _check_input(self, x):
+    def check_input(self, x):
         ids = np.asarray(x)
         if ids.ndim != 1 or not (ids.dtype.kind in "iu" or ids.size == 0):
             raise ValueError(f"{self!r}: input must be a 1-D array of integer ids, got "
@@ -458,11 +475,12 @@ class Embedding(Module):
                              f"0..{self.n_items - 1}")
         return ids
 
-    def _fprop(self, w, x, ctx):
+    def forward(self, w, x, ctx):
+        x = self.check_input(x)
         ctx.save(self, x)
         return w.reshape(self.n_items, self.n_out)[x]
 
-    def _bprop(self, w, dy, grad, ctx):
+    def backward(self, w, dy, grad, ctx):
         ids = ctx.restore(self)
         dy = _dense_dy(dy)
         _check_output_grad(self, dy, (ids.shape[0], self.n_out))
@@ -477,18 +495,18 @@ class Embedding(Module):
 class _Elementwise(Module):
     """A parameter-free elementwise nonlinearity."""
 
-    def _fprop(self, w, x, ctx):
+    def forward(self, w, x, ctx):
         y = self._forward(x)
         ctx.save(self, y)
         return y
 
-    def _bprop(self, w, dy, grad, ctx):
+    def backward(self, w, dy, grad, ctx):
         y = ctx.restore(self)
         dy = _dense_dy(dy)
         _check_output_grad(self, dy, y.shape)
         return dy * self._derivative(y)
 
-    def _check_input(self, x):
+    def check_input(self, x):
         a = np.asarray(x, dtype=np.float64)
         if not np.isfinite(a).all():
             raise ValueError(f"{self!r}: input contains NaN or infinite values")
@@ -546,10 +564,10 @@ class Select(Module):
         except (KeyError, IndexError, TypeError):
             raise ValueError(f"{self!r}: the input has no part {self.key!r}") from None
 
-    def _fprop(self, w, x, ctx):
+    def forward(self, w, x, ctx):
         return self._pick(x)
 
-    def _bprop(self, w, dy, grad, ctx):
+    def backward(self, w, dy, grad, ctx):
         return None
 
 
@@ -576,7 +594,7 @@ class _Composite(Module):
         return [w[o[i]:o[i + 1]] for i in range(len(self.modules))]
 
     def _init(self, rng):
-        return np.concatenate([m._init(rng) for m in self.modules]) if self.n_params \
+        return np.concatenate([m.init_params(rng) for m in self.modules]) if self.n_params \
             else np.zeros(0)
 
     def row_blocks(self):
@@ -590,7 +608,7 @@ class _Composite(Module):
         return [r for m, xi in zip(self.modules, self._children_inputs(x))
                 for r in m.touched_rows(xi)]
 
-    def _check_input(self, x):
+    def check_input(self, x):
         return x
 
 
@@ -618,8 +636,8 @@ class Sequential(_Composite):
         outs = [m.n_out for m in self.modules if m.n_out is not None]
         self.n_out = outs[-1] if outs else None
 
-    def _check_input(self, x):
-        return self.modules[0]._check_input(x)
+    def check_input(self, x):
+        return self.modules[0].check_input(x)
 
     def touched_rows(self, x):
         # Row blocks take the architecture's input: only modules before the first one with
@@ -631,7 +649,7 @@ class Sequential(_Composite):
                 rows.extend(m.touched_rows(x))
             if m.n_params:
                 break
-            x = m._fprop(np.zeros(0), x, Context(keep=False))
+            x = m.forward(np.zeros(0), x, Context(keep=False))
         seen = len(rows)
         if seen != len(self.row_blocks()):
             raise ValueError(f"{self!r}: a module with row blocks (SparseLinear, Embedding) "
@@ -639,19 +657,19 @@ class Sequential(_Composite):
                              "a module with parameters")
         return rows
 
-    def _fprop(self, w, x, ctx):
+    def forward(self, w, x, ctx):
         for m, wi in zip(self.modules, self._slices(w)):
-            x = m._fprop(wi, x, ctx)
+            x = m.forward(wi, x, ctx)
         return x
 
-    def _bprop(self, w, dy, grad, ctx):
+    def backward(self, w, dy, grad, ctx):
         o = self.offsets
         for i in range(len(self.modules) - 1, -1, -1):
             if dy is None:
                 raise ValueError(f"{self!r}: {self.modules[i + 1]!r} returns no input gradient "
                                  f"but {self.modules[i]!r} before it has parameters")
             m = self.modules[i]
-            dy = m._bprop(w[o[i]:o[i + 1]], dy, grad[o[i]:o[i + 1]], ctx)
+            dy = m.backward(w[o[i]:o[i + 1]], dy, grad[o[i]:o[i + 1]], ctx)
             if dy is None and not any(mm.n_params for mm in self.modules[:i]):
                 return None
         return dy
@@ -667,8 +685,8 @@ class Sum(_Composite):
             raise ValueError(f"Sum: the modules output different widths {sorted(outs)}")
         self.n_out = outs.pop() if outs else None
 
-    def _fprop(self, w, x, ctx):
-        ys = [m._fprop(wi, x, ctx) for m, wi in zip(self.modules, self._slices(w))]
+    def forward(self, w, x, ctx):
+        ys = [m.forward(wi, x, ctx) for m, wi in zip(self.modules, self._slices(w))]
         y = ys[0]
         for other in ys[1:]:
             if other.shape != y.shape:
@@ -678,9 +696,9 @@ class Sum(_Composite):
             y = y + other if y is ys[0] else np.add(y, other, out=y)
         return y
 
-    def _bprop(self, w, dy, grad, ctx):
+    def backward(self, w, dy, grad, ctx):
         o = self.offsets
-        dxs = [m._bprop(w[o[i]:o[i + 1]], dy, grad[o[i]:o[i + 1]], ctx)
+        dxs = [m.backward(w[o[i]:o[i + 1]], dy, grad[o[i]:o[i + 1]], ctx)
                for i, m in reversed(list(enumerate(self.modules)))]
         return _sum_inputs(dxs)
 
@@ -693,8 +711,8 @@ class Concat(_Composite):
         outs = [m.n_out for m in self.modules]
         self.n_out = sum(outs) if all(o is not None for o in outs) else None
 
-    def _fprop(self, w, x, ctx):
-        ys = [m._fprop(wi, x, ctx) for m, wi in zip(self.modules, self._slices(w))]
+    def forward(self, w, x, ctx):
+        ys = [m.forward(wi, x, ctx) for m, wi in zip(self.modules, self._slices(w))]
         ctx.save(self, [y.shape[-1] for y in ys])
         return np.concatenate(ys, axis=-1)
 
@@ -706,10 +724,10 @@ class Concat(_Composite):
         return [np.ascontiguousarray(dy[..., bounds[i]:bounds[i + 1]])
                 for i in range(len(widths))]
 
-    def _bprop(self, w, dy, grad, ctx):
+    def backward(self, w, dy, grad, ctx):
         parts = self._split(dy, ctx.restore(self))
         o = self.offsets
-        dxs = [m._bprop(w[o[i]:o[i + 1]], parts[i], grad[o[i]:o[i + 1]], ctx)
+        dxs = [m.backward(w[o[i]:o[i + 1]], parts[i], grad[o[i]:o[i + 1]], ctx)
                for i, m in reversed(list(enumerate(self.modules)))]
         return _sum_inputs(dxs)
 
@@ -724,20 +742,20 @@ class Parallel(Concat):
                              f" one per module")
         return list(x)
 
-    def _check_input(self, x):
-        return tuple(m._check_input(xi) for m, xi in zip(self.modules, self._children_inputs(x)))
+    def check_input(self, x):
+        return tuple(m.check_input(xi) for m, xi in zip(self.modules, self._children_inputs(x)))
 
-    def _fprop(self, w, x, ctx):
+    def forward(self, w, x, ctx):
         parts = self._children_inputs(x)
-        ys = [m._fprop(wi, xi, ctx) for m, wi, xi in zip(self.modules, self._slices(w), parts)]
+        ys = [m.forward(wi, xi, ctx) for m, wi, xi in zip(self.modules, self._slices(w), parts)]
         ctx.save(self, [y.shape[-1] for y in ys])
         return np.concatenate(ys, axis=-1)
 
-    def _bprop(self, w, dy, grad, ctx):
+    def backward(self, w, dy, grad, ctx):
         parts = self._split(dy, ctx.restore(self))
         o = self.offsets
         dxs = [None] * len(self.modules)
         for i in range(len(self.modules) - 1, -1, -1):
-            dxs[i] = self.modules[i]._bprop(w[o[i]:o[i + 1]], parts[i], grad[o[i]:o[i + 1]],
+            dxs[i] = self.modules[i].backward(w[o[i]:o[i + 1]], parts[i], grad[o[i]:o[i + 1]],
                                             ctx)
         return tuple(dxs)

@@ -20,7 +20,7 @@ import numpy as np
 from .checks import check_threads
 
 __all__ = ["FactoredFeatures", "CSRFeatures", "LocalRows", "SequenceGather", "as_features",
-           "check_csr", "is_binary_data", "NO_DATA"]
+           "prepare_features", "check_csr", "is_binary_data", "NO_DATA"]
 
 NO_DATA = np.empty(0)      # the kernels' "every stored value is 1"
 
@@ -329,6 +329,19 @@ class LocalRows:
     def __repr__(self):
         return (f"LocalRows({self.X.shape[0]} tokens using {self.cols.shape[0]} of "
                 f"{self.n_features} features)")
+
+
+def prepare_features(x):
+    """``x`` with every scipy.sparse matrix in it (at top level, or inside tuples, lists and
+    dicts) validated and wrapped as :class:`CSRFeatures`, once: a corpus given as raw CSR then
+    keeps its transpose between evaluations."""
+    if hasattr(x, "format") and hasattr(x, "tocsr"):        # a scipy.sparse matrix
+        return CSRFeatures(x)
+    if isinstance(x, (tuple, list)):
+        return type(x)(prepare_features(p) for p in x)
+    if isinstance(x, dict):
+        return {k: prepare_features(v) for k, v in x.items()}
+    return x
 
 
 def as_features(X, n_features=None, what="X"):

@@ -26,3 +26,13 @@ def test_gradient_check_finds_every_gradient_right():
     assert sorted(r[0] for r in rows) == fe.losses.available()
     for name, *errors in rows:
         assert all(float(e) < 1e-6 for e in errors), (name, errors)
+
+
+def test_multimodule_learns_xor_only_with_a_hidden_layer():
+    lines = run("multimodule.py").splitlines()
+
+    def acc(name):
+        line = next(ln for ln in lines if ln.strip().startswith(name))
+        return float(line.split("accuracy")[1].split()[0])
+    assert acc("linear energy") < 0.7 and acc("two-layer network") > 0.95
+    assert acc("linear emission") < 0.7 and acc("MLP emission") > 0.98

@@ -31,7 +31,7 @@ from .. import chain
 from ..checks import check_labels, check_offsets, threads_for
 from ..modules import Context, LabelGradient, Module, SparseLinear
 from ..objective import Batch, BatchObjective, loss_setup
-from ..sparse import CSRFeatures, FactoredFeatures, SequenceGather
+from ..sparse import CSRFeatures, FactoredFeatures, SequenceGather, prepare_features
 
 __all__ = ["ChainEnergy", "LinearChainEnergy", "ChainCorpus", "ChainObjective",
            "chain_objective", "chain_terms"]
@@ -99,7 +99,7 @@ class ChainEnergy:
         rng = (random_state if isinstance(random_state, np.random.Generator)
                else np.random.default_rng(random_state))
         w = np.zeros(self.n_weights)
-        w[:self.n_emit] = self.emission._init(rng)
+        w[:self.n_emit] = self.emission.init_params(rng)
         if self.n_substates > 1:
             noise = rng.standard_normal(self.n_weights)
             noise *= scale       # in place: w may be the model's largest array
@@ -144,15 +144,15 @@ class ChainEnergy:
         return self.emission.row_blocks()
 
     # ---------------------------------------------------------------- inference
-    def _check_input(self, X):
-        return self.emission._check_input(X)
+    def check_input(self, X):
+        return self.emission.check_input(prepare_features(X))
 
     def unary(self, w, X, n_threads=None):
         """Emission energies ``U = emission(w_emit, X)``, shape (N, S) float64."""
         w = self.check_weights(w)
         _check_finite(w)
-        X = self._check_input(X)
-        U = self.emission._fprop(w[:self.n_emit], X, Context(n_threads, keep=False))
+        X = self.check_input(X)
+        U = self.emission.forward(w[:self.n_emit], X, Context(n_threads, keep=False))
         return self._check_unary(U, _n_tokens(X))
 
     def _check_unary(self, U, N):
@@ -296,7 +296,7 @@ class ChainCorpus:
     """
 
     def __init__(self, model, X, offsets, y):
-        X = model._check_input(X)
+        X = model.check_input(X)
         N = _n_tokens(X)
         self.model_key = model._corpus_key()
         self.X = X
@@ -312,11 +312,11 @@ def _check_gold(y, n_tokens, n_labels, what="y"):
     """Gold labels: ids in 0..n_labels-1, or -1 for an unknown label (partial labelling)."""
     y = np.asarray(y)
     if y.size and np.issubdtype(y.dtype, np.integer) and y.min() < 0:
-        known = check_labels(np.where(y == -1, 0, y), n_tokens, n_labels, what)
         if (y < -1).any():
             bad = int(np.flatnonzero(y < -1)[0])
             raise ValueError(f"{what}[{bad}] = {y[bad]} is not a label id in [0, {n_labels}) "
                              "(or -1 for an unknown label)")
+        known = check_labels(np.where(y == -1, 0, y), n_tokens, n_labels, what)
         known[y == -1] = -1
         return known
     return check_labels(y, n_tokens, n_labels, what)
@@ -544,11 +544,11 @@ class ChainObjective(BatchObjective):
         emission's slice: an array or a GradientView) and ``grad_chain`` ((S*S + 2S,))."""
         model = self.model
         w_emit, T, S, E = ChainEnergy.unpack(model, w)
-        U = model._check_unary(model.emission._fprop(w_emit, X, ctx), offsets[-1])
+        U = model._check_unary(model.emission.forward(w_emit, X, ctx), offsets[-1])
         loss_i, g_trans, g_start, g_end, dU = chain_terms(
             U, T, S, E, y, index, self.spec, self.beta, self.params, n_threads,
             model.state_label)
-        model.emission._bprop(w_emit, dU, grad_emit, ctx)
+        model.emission.backward(w_emit, dU, grad_emit, ctx)
         k = model.n_states
         grad_chain[:k * k] += g_trans.ravel()
         grad_chain[k * k:k * k + k] += g_start
