@@ -451,3 +451,30 @@ def test_emissions_refuse_a_wrong_weight_shape():
         fx.emissions(TRAIN, np.zeros((fx.n_features_ + 1, 3)))
     with pytest.raises(ValueError, match="not fitted"):
         FeatureExtractor().emissions(TRAIN, np.zeros((1, 3)))
+
+
+def test_emissions_take_threads_by_the_package_rule():
+    # refused before anything is cached, clamped to the cores above them (400 aborted in
+    # libgomp and 10**6 crashed before the rule)
+    fx = FeatureExtractor().fit(TRAIN)
+    W = np.random.default_rng(0).normal(size=(fx.n_features_, 3))
+    cache = fx._cache
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="n_threads"):
+            fx.emissions([["brandnew"]], W, n_threads=bad)
+    assert fx._cache is cache
+    ref, _ = fx.emissions(TRAIN, W, n_threads=1)
+    for n in (None, 2, 400, 10**6):
+        U, _ = fx.emissions(TRAIN, W, n_threads=n)
+        assert np.array_equal(U, ref)
+
+
+def test_template_offsets_are_bounded():
+    # an offset of 2**70 in a model file was a raw OverflowError
+    with pytest.raises(ValueError, match="offset 1180591620717411303424 is out of range"):
+        FeatureExtractor(templates={0: ["word"], 2**70: ["lower"]})
+    with pytest.raises(ValueError, match="out of range"):
+        FeatureExtractor(templates=[[-(2**17), ["lower"]]])
+    assert FeatureExtractor(templates={-(2**16): ["lower"], 0: ["word"]}).fit(TRAIN)
+    with pytest.raises(ValueError, match="cache_size"):
+        FeatureExtractor(cache_size=float("inf"))
