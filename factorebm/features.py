@@ -347,13 +347,16 @@ class _TypeCache:
 def _type_of(index, n_known, overflow, word):
     """Type id of ``word`` for a batch read against a snapshot of ``n_known`` types: its
     cached id, else its id among the batch's new words (``overflow``, numbered on from
-    ``n_known`` in order of first appearance). ``_features.map_tokens`` is the compiled twin."""
+    ``n_known`` in order of first appearance, keyed by plain str). TypeError for a token that
+    is not a str. ``_features.map_tokens`` is the compiled twin."""
     ty = index.get(word)
     if ty is not None and ty < n_known:
         return ty
     ty = overflow.get(word)
     if ty is None:
-        ty = overflow[word] = n_known + len(overflow)
+        if not isinstance(word, str):
+            raise TypeError("tokens must be strings")
+        ty = overflow[_as_str(word)] = n_known + len(overflow)
     return ty
 
 
@@ -537,6 +540,17 @@ class FeatureExtractor:
         self._affixes = tuple(affixes.values())
         self._lock = threading.Lock()     # held to publish or trim the word-type cache
         self._fitted = False
+
+    def __getstate__(self):
+        # copy.deepcopy and pickle (a Dask worker's copy, never a model file): all but the
+        # lock, which belongs to this object alone
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- fitted state
 
@@ -729,7 +743,7 @@ class FeatureExtractor:
             # even when an interrupt falls between the two.
             self._cache = nxt
             added = words if fresh is None else itertools.compress(words, fresh.tolist())
-            cur.index.update(zip(map(_as_str, added), range(cur.n_types, nxt.n_types)))
+            cur.index.update(zip(added, range(cur.n_types, nxt.n_types)))
         if new_ids is not None and m:
             new = tok_type >= snap.n_types
             tok_type[new] = new_ids[tok_type[new] - snap.n_types]
@@ -801,7 +815,7 @@ class FeatureExtractor:
             ``cache.n_types`` on, in order of first appearance.
         offsets : (n+1,) int64
         new : list of str
-            The words not in ``cache``, in id order. Nothing is cached yet.
+            The words not in ``cache``, in id order, as plain str. Nothing is cached yet.
         """
         n = len(sents)
         try:
@@ -823,15 +837,12 @@ class FeatureExtractor:
                 tok_type = np.fromiter(map(lookup, itertools.chain.from_iterable(sents)),
                                        dtype=np.int32, count=n_tokens)
         except TypeError:
-            bad = next((w for s in sents for w in s if not _hashable(w)), None)
-            if bad is None:
+            bad = [w for s in sents for w in s if not isinstance(w, str)][:1]
+            if not bad:
                 raise
+            bad = bad[0]
             raise ValueError(f"tokens must be strings, found {type(bad).__name__} "
                              f"{bad!r}") from None
-        for word in overflow:
-            if not isinstance(word, str):
-                raise ValueError(f"tokens must be strings, found {type(word).__name__} "
-                                 f"{word!r}")
         return tok_type, offsets, list(overflow)
 
     def _assemble(self, tok_type, offsets, cache, binary=False):
@@ -889,7 +900,6 @@ class FeatureExtractor:
         n_tokens = tok_type.shape[0]
         if n_tokens == 0:
             raise ValueError("fit: the training sentences hold no tokens")
-        words = list(map(_as_str, words))
         _check_encodable(words)
         n_types = len(words) + _N_PSEUDO
         counts = self._neighbour_counts(tok_type, offsets, n_types)
@@ -1291,10 +1301,3 @@ def _encodable(word):
         return False
     return True
 
-
-def _hashable(x):
-    try:
-        hash(x)
-    except TypeError:
-        return False
-    return True

@@ -299,10 +299,10 @@ def map_tokens(list sents, object index, Py_ssize_t n_known, object overflow,
 
     A word of ``index`` (a dict) whose id is below ``n_known`` keeps that id; any other word
     is looked up in, or numbered into, ``overflow`` (a dict, ids ``n_known``, ``n_known + 1``,
-    ... in order of first appearance), as ``features._type_of`` does. ``index`` is only read.
-    ``sents`` must be a list of lists (returns False, touching nothing, when one is not);
-    ``out`` has one slot per token. An unhashable token raises TypeError. Returns True when
-    done.
+    ... in order of first appearance), as ``features._type_of`` does: ``overflow``'s keys
+    are plain str (a str subclass's value is copied). ``index`` is only read. ``sents`` must
+    be a list of lists (returns False, touching nothing, when one is not); ``out`` has one
+    slot per token. A token that is not a str raises TypeError. Returns True when done.
     """
     cdef Py_ssize_t pos = 0, n = out.shape[0], ty
     cdef PyObject* found
@@ -324,8 +324,12 @@ def map_tokens(list sents, object index, Py_ssize_t n_known, object overflow,
                     continue
             found = PyDict_GetItem(overflow, word)
             if found == NULL:
+                if type(word) is not str:
+                    if not isinstance(word, str):
+                        raise TypeError("tokens must be strings")
+                    word = str.__str__(word)    # numpy.str_ & co: cache a plain str
                 ty = n_known + len(<dict>overflow)
-                overflow[word] = ty         # TypeError here for an unhashable token
+                overflow[word] = ty
             else:
                 ty = <object>found
             out[pos] = <int32_t>ty

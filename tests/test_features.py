@@ -478,3 +478,15 @@ def test_template_offsets_are_bounded():
     assert FeatureExtractor(templates={-(2**16): ["lower"], 0: ["word"]}).fit(TRAIN)
     with pytest.raises(ValueError, match="cache_size"):
         FeatureExtractor(cache_size=float("inf"))
+
+
+def test_a_fitted_extractor_copies_with_its_own_lock():
+    import copy
+    import pickle
+    fx = FeatureExtractor().fit(TRAIN)
+    fx.transform([["brandnew", "dog"]])
+    for twin in (copy.deepcopy(fx), pickle.loads(pickle.dumps(fx))):
+        assert twin._lock is not fx._lock
+        X, _ = twin.transform([["brandnew", "dog"], ["other"]])
+        Y, _ = fx.transform([["brandnew", "dog"], ["other"]])
+        assert np.array_equal(X.indices, Y.indices) and np.array_equal(X.indptr, Y.indptr)

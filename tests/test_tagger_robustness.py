@@ -105,12 +105,27 @@ def test_concurrent_cache_publications_renumber_a_late_batch(model_path):
 
 # ----------------------------------------------------------------------------- failed calls
 
-@pytest.mark.parametrize("where", ["_type_rows", "extended", "_as_str"])
+class _InterruptedUpdate(dict):
+    """A word index whose next update stops halfway with KeyboardInterrupt, as a signal
+    arriving while the words of a published snapshot are being indexed would."""
+
+    armed = True
+
+    def update(self, items):
+        items = list(items)
+        dict.update(self, items[:len(items) // 2])
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+        dict.update(self, items[len(items) // 2:])
+
+
+@pytest.mark.parametrize("where", ["_type_rows", "extended", "index.update"])
 def test_keyboard_interrupt_midway_leaves_the_tagger_as_it_was(ewt, model_path, monkeypatch,
                                                               where):
     # Interrupted while computing the new words' features, while publishing them (under the
     # lock) and while indexing them (after publishing): the next predicts give the answers of
-    # an uninterrupted tagger, and then nothing is left of the interruption.
+    # an uninterrupted tagger.
     _, (dev, _), _ = ewt
     reference = _fresh(model_path).predict(dev[:150])
     tagger = _fresh(model_path)
@@ -120,13 +135,15 @@ def test_keyboard_interrupt_midway_leaves_the_tagger_as_it_was(ewt, model_path, 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    target = {"_type_rows": features.FeatureExtractor, "extended": features._TypeCache,
-              "_as_str": features}[where]
     with monkeypatch.context() as m:
-        m.setattr(target, where, interrupt)
+        if where == "index.update":
+            cache.index = _InterruptedUpdate(cache.index)
+        else:
+            m.setattr(features.FeatureExtractor if where == "_type_rows"
+                      else features._TypeCache, where, interrupt)
         with pytest.raises(KeyboardInterrupt):
             tagger.predict(dev[50:150])
-    if where != "_as_str":      # interrupted before publishing: the cache is untouched
+    if where != "index.update":     # interrupted before publishing: the cache is untouched
         assert tagger.feature_extractor_._cache is cache
     assert tagger.predict(dev[:50]) == first
     assert tagger.predict(dev[:150]) == reference
