@@ -153,7 +153,9 @@ def _cmd_tag(args):
 
 
 def _add_threads(parser, default="all cores"):
-    parser.add_argument("--threads", type=int, help=f"kernel threads (default: {default})")
+    parser.add_argument("--threads", type=int,
+                        help=f"kernel threads, an integer >= 1; more than the cores are clamped "
+                             f"to them (default: {default})")
 
 
 def build_parser():
