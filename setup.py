@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 from Cython.Build import cythonize
 
 HERE = Path(__file__).parent
@@ -104,7 +105,18 @@ for pyx in sorted((HERE / "src_cython").glob("*.pyx")):
             stub.write_text(text)
         extensions.append(_extension(pyx.stem + "_v3", str(stub.relative_to(HERE)), V3))
 
+class BuildExtWithNotice(build_ext):
+    """build_ext that says, before the compiler's silence, that the build takes a while (pip
+    shows it with ``-v``; ``python setup.py build_ext`` always)."""
+
+    def run(self):
+        print(f"factorebm: compiling the Cython kernels ({len(self.extensions)} modules; a "
+              "full build takes about two minutes)", file=sys.stderr, flush=True)
+        super().run()
+
+
 setup(
     ext_modules=cythonize(extensions, compiler_directives=directives,
                           build_dir="build/cython", include_path=["src_cython"]),
+    cmdclass={"build_ext": BuildExtWithNotice},
 )

@@ -3,11 +3,12 @@
     factorebm train --model PATH [--train FILE] [--dev FILE] [--test FILE] [--loss NAME] ...
     factorebm evaluate --model PATH [FILE] [--json] [--threads N]
     factorebm tag --model PATH [FILE|-] [--format auto|conllu|text] [--output FILE] [--threads N]
+    factorebm --version
 
-With no data files, ``train`` uses the bundled UD English EWT (train; dev and test are reported)
-and ``evaluate`` the bundled EWT test split. Errors print one line and exit with status 1; a
-closed output pipe (``factorebm tag ... | head``) ends quietly with status 141, as a program
-killed by SIGPIPE does.
+``python -m factorebm`` is the same command line. With no data files, ``train`` uses the
+bundled UD English EWT (train; dev and test are reported) and ``evaluate`` the bundled EWT test
+split. Errors print one line and exit with status 1; a closed output pipe
+(``factorebm tag ... | head``) ends quietly with status 141, as a program killed by SIGPIPE does.
 """
 import argparse
 import json
@@ -15,11 +16,16 @@ import os
 import sys
 import time
 
-from . import datasets
-from .tagger import TAGGER_LOSSES, SequenceTagger
+from . import __version__, datasets
+from .tagger import OPTIMIZERS, TAGGER_LOSSES, SequenceTagger
 
 DESCRIPTION = __doc__.splitlines()[0].replace("``", "")     # --help shows no RST markup
 EXIT_BROKEN_PIPE = 128 + 13     # the shell's status for a process killed by SIGPIPE
+# SequenceTagger parameter -> the option that sets it, for error messages
+_OPTIONS = {"l1": "--l1", "l2": "--l2", "max_iter": "--max-iter", "batch_size": "--batch-size",
+            "learning_rate": "--learning-rate", "min_count": "--min-count",
+            "n_substates": "--substates", "n_threads": "--threads", "optimizer": "--optimizer",
+            "loss": "--loss"}
 
 
 def _load_gold(path):
@@ -52,7 +58,27 @@ def _load_model(args):
     return SequenceTagger.load(args.model, **overrides)
 
 
+def _new_tagger(args):
+    """The SequenceTagger the train options describe; a bad value is refused here, before any
+    data is read, in the words of the option that gave it."""
+    params = {"loss": args.loss, "verbose": not args.quiet, "n_threads": args.threads}
+    for name in ("optimizer", "l1", "l2", "max_iter", "batch_size", "learning_rate", "min_count",
+                 "n_substates"):
+        value = getattr(args, name)
+        if value is not None:
+            params[name] = value
+    try:
+        return SequenceTagger(**params)
+    except ValueError as exc:
+        msg = str(exc)
+        name = msg.split(" ", 1)[0]
+        if name in _OPTIONS:
+            msg = _OPTIONS[name] + msg[len(name):].replace(" must be None or ", " must be ", 1)
+        raise ValueError(msg) from None
+
+
 def _cmd_train(args):
+    tagger = _new_tagger(args)
     _check_model_target(args.model)
     bundled = args.train is None
     train_path = args.train or datasets.ud_english_ewt_path("train")
@@ -62,13 +88,6 @@ def _cmd_train(args):
     sents, tags = _load_gold(train_path)
     dev = _load_gold(dev_path) if dev_path else None
     test = _load_gold(test_path) if test_path else None
-    params = {"loss": args.loss, "verbose": not args.quiet, "n_threads": args.threads}
-    for name in ("optimizer", "l1", "l2", "max_iter", "batch_size", "learning_rate", "min_count",
-                 "n_substates"):
-        value = getattr(args, name)
-        if value is not None:
-            params[name] = value
-    tagger = SequenceTagger(**params)
     tagger.fit(sents, tags, dev=dev)
     tagger.save(args.model)
     train_s = time.perf_counter() - t0
@@ -101,9 +120,15 @@ def _cmd_evaluate(args):
 
 
 def _cmd_tag(args):
+    from_stdin = args.file in (None, "-")
+    # A closed descriptor (``factorebm tag <&-``) leaves sys.stdin / sys.stdout None.
+    if from_stdin and sys.stdin is None:
+        raise ValueError("standard input is closed; give an input FILE")
+    if not args.output and sys.stdout is None:
+        raise ValueError("standard output is closed; give --output FILE")
     tagger = _load_model(args)
     # Bytes in and out keep the input's line endings (CRLF stays CRLF) byte for byte.
-    source = sys.stdin.buffer if args.file in (None, "-") else args.file
+    source = sys.stdin.buffer if from_stdin else args.file
     try:
         sentences = datasets.read_sentences(source, format=args.format)
     except datasets.ConlluSyntaxError as exc:
@@ -128,11 +153,14 @@ def _cmd_tag(args):
 
 
 def _add_threads(parser, default="all cores"):
-    parser.add_argument("--threads", type=int, help=f"kernel threads (default: {default})")
+    parser.add_argument("--threads", type=int,
+                        help=f"kernel threads, an integer >= 1; more than the cores are clamped "
+                             f"to them (default: {default})")
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="factorebm", description=DESCRIPTION)
+    p.add_argument("--version", action="version", version=f"factorebm {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a tagger (defaults: bundled UD English EWT)",
@@ -143,7 +171,7 @@ def build_parser():
     t.add_argument("--dev", help="dev CoNLL-U file reported during training")
     t.add_argument("--test", help="test CoNLL-U file whose accuracy is printed at the end")
     t.add_argument("--loss", default="nll", choices=TAGGER_LOSSES, help="default: nll (a CRF)")
-    t.add_argument("--optimizer", choices=["lbfgs", "sgd", "adagrad", "perceptron"],
+    t.add_argument("--optimizer", choices=OPTIMIZERS,
                    help="default: perceptron for --loss perceptron, adagrad otherwise; "
                         "lbfgs takes only --loss nll")
     t.add_argument("--l1", type=float, help="L1 regularization strength (default: 0)")
@@ -204,6 +232,9 @@ def _quiet_broken_pipe():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be an integer >= 1 (default: all cores), got "
+                             f"{args.threads}")
         return args.func(args)
     except BrokenPipeError:     # an OSError: handled before the clause below
         return _quiet_broken_pipe()

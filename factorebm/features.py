@@ -46,13 +46,16 @@ offset. Valued templates give ``name=value`` (``name[+1]=value`` away from offse
 ``punct``                 flag: every character is Unicode punctuation or a symbol
 ========================  ==================================================================
 """
+import functools
 import itertools
 import re
 import string
+import threading
 import unicodedata
 
 import numpy as np
-import scipy.sparse as sp
+
+from .checks import check_threads, threads_for
 
 __all__ = ["FeatureExtractor", "default_templates", "TEMPLATE_NAMES"]
 
@@ -60,6 +63,9 @@ __all__ = ["FeatureExtractor", "default_templates", "TEMPLATE_NAMES"]
 _FORMAT_VERSION = 1
 _N_PSEUDO = 2            # type 0: before the sentence start, type 1: after its end
 _SEP = "\x1f"            # ASCII unit separator between strings in a saved buffer
+# Template offsets beyond this many tokens only ever see the sentence boundary; the bound
+# keeps the compiled position arithmetic (and int64 arrays of offsets) far from overflow.
+_MAX_OFFSET = 1 << 16
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,6 +207,9 @@ def _normalize_templates(templates):
         if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
             raise ValueError(f"templates: offset {offset!r} is not an integer")
         offset = int(offset)
+        if abs(offset) > _MAX_OFFSET:
+            raise ValueError(f"templates: offset {offset} is out of range (at most "
+                             f"{_MAX_OFFSET} tokens either way)")
         if offset in out:
             raise ValueError(f"templates: offset {offset} given twice")
         if isinstance(names, str):
@@ -272,20 +281,122 @@ class _AutoIndex(dict):
         return i
 
 
-class _TypeIndex(dict):
-    """word -> type id (>= 2); a missing word gets the next id and is queued in ``new``."""
+class _TypeCache:
+    """One published state of the word-type cache: what the compiled passes of a batch read.
 
-    __slots__ = ("new",)
+    ``index`` maps a word to its type id (>= 2; ids 0 and 1 are the sentence-boundary
+    pseudo-types). ``seg[:n_types]`` and ``ids[:n_ids]`` hold every type's column ids per
+    offset group, as ``factorebm._features`` reads them: type ``ty``'s ids in group ``g`` are
+    ``ids[seg[ty, g]:seg[ty, g + 1]]``.
 
-    def __init__(self):
-        super().__init__()
-        self.new = []
+    Why it is safe to share between threads: a snapshot never changes once published. The
+    cache grows by publishing a new snapshot (under the extractor's lock) whose arrays extend
+    the old ones, in the same buffers when they have room: rows below an earlier snapshot's
+    ``n_types`` (and ids below its ``n_ids``) are never written again, so a kernel still
+    reading an older snapshot, without the GIL, sees the very bytes it was handed. The
+    snapshots of one generation share ``index``, which only gains entries, each added after
+    the snapshot that holds its row was published; a reader takes an entry only when its id
+    lies below its own snapshot's ``n_types``. Trimming the cache starts a new generation:
+    a new dict and new buffers, never the old ones.
+    """
 
-    def __missing__(self, word):
-        ty = len(self) + _N_PSEUDO
-        self[word] = ty
-        self.new.append(word)
+    __slots__ = ("index", "seg", "ids", "n_types", "n_ids")
+
+    def __init__(self, index, seg, ids, n_types, n_ids):
+        self.index = index
+        self.seg = seg          # (capacity >= n_types, G+1) int64
+        self.ids = ids          # (capacity >= n_ids,) int32
+        self.n_types = n_types
+        self.n_ids = n_ids
+
+    def seg_view(self):
+        return self.seg[:self.n_types]
+
+    def ids_view(self):
+        return self.ids[:self.n_ids]
+
+    def extended(self, seg_rel, flat, shared=True):
+        """A new snapshot holding this one's types plus ``seg_rel.shape[0]`` more.
+
+        Parameters
+        ----------
+        seg_rel : (m, G+1) int64
+            The new types' segment bounds, counted from 0 in ``flat``.
+        flat : (M,) int32
+            Their column ids.
+        shared : bool
+            Write the new rows into this snapshot's buffers when they have room (only for
+            the latest snapshot of its generation, under the lock); else copy everything.
+        """
+        t0, i0 = self.n_types, self.n_ids
+        t1, i1 = t0 + seg_rel.shape[0], i0 + flat.shape[0]
+        seg, ids = self.seg, self.ids
+        if not shared or t1 > seg.shape[0]:
+            seg = np.empty((max(t1, 2 * seg.shape[0]) if shared else t1, seg.shape[1]),
+                           dtype=np.int64)
+            seg[:t0] = self.seg[:t0]
+        if not shared or i1 > ids.shape[0]:
+            ids = np.empty(max(i1, 2 * ids.shape[0]) if shared else i1, dtype=np.int32)
+            ids[:i0] = self.ids[:i0]
+        seg[t0:t1] = seg_rel
+        seg[t0:t1] += i0
+        ids[i0:i1] = flat
+        return _TypeCache(self.index if shared else None, seg, ids, t1, i1)
+
+
+def _type_of(index, n_known, overflow, word):
+    """Type id of ``word`` for a batch read against a snapshot of ``n_known`` types: its
+    cached id, else its id among the batch's new words (``overflow``, numbered on from
+    ``n_known`` in order of first appearance, keyed by plain str). TypeError for a token that
+    is not a str. ``_features.map_tokens`` is the compiled twin."""
+    ty = index.get(word)
+    if ty is not None and ty < n_known:
         return ty
+    ty = overflow.get(word)
+    if ty is None:
+        if not isinstance(word, str):
+            raise TypeError("tokens must be strings")
+        ty = overflow[_as_str(word)] = n_known + len(overflow)
+    return ty
+
+
+def _segments(ids, key, n_new, n_groups, n_features):
+    """Segment table and flat column ids of new word types, their strings in any order.
+
+    Parameters
+    ----------
+    ids : (M,) int64
+        Column id of each feature string of the new types, -1 for a string outside the
+        vocabulary (dropped).
+    key : (M,) int64
+        ``new_type * G + group`` of each string (``new_type`` counted from 0).
+    n_new, n_groups, n_features : int
+
+    Returns
+    -------
+    seg : (n_new, G+1) int64
+        Type ``i``'s ids in group ``g`` are ``flat[seg[i, g]:seg[i, g + 1]]``.
+    flat : (number kept,) int32
+        Sorted within every (type, group) segment.
+    """
+    keep = ids >= 0
+    ids = ids[keep]
+    key = key[keep]
+    # Order the strings by (type, group) segment and by id within it: ids lie below
+    # n_features, so key dominates the combined value.
+    stride = max(n_features, 1)
+    combined = key * stride + ids
+    combined.sort()
+    flat = (combined % stride).astype(np.int32)
+    bounds = np.zeros(n_new * n_groups + 1, dtype=np.int64)
+    np.cumsum(np.bincount(key, minlength=n_new * n_groups), out=bounds[1:])
+    rows = np.arange(n_new)[:, None] * n_groups + np.arange(n_groups + 1)[None, :]
+    return bounds[rows], flat
+
+
+def _as_str(word):
+    """``word`` as an exact str (a str subclass such as numpy.str_ becomes a plain copy)."""
+    return word if type(word) is str else str.__str__(word)
 
 
 class _TemplateColumns(dict):
@@ -397,8 +508,9 @@ class FeatureExtractor:
 
     Notes
     -----
-    ``transform`` updates the word-type cache, so one extractor must not be used from several
-    threads at once.
+    A fitted extractor is safe to use from several threads at once: word types first seen
+    after ``fit`` join the cache as a new immutable snapshot published under a lock (see
+    ``_TypeCache``), and a call that raises leaves the cache as it was.
     """
 
     def __init__(self, templates=None, window=None, cache_size=500_000):
@@ -407,9 +519,10 @@ class FeatureExtractor:
         if templates is None:
             templates = default_templates(2 if window is None else window)
         self.templates = _normalize_templates(templates)
+        if isinstance(cache_size, bool) or not isinstance(cache_size, (int, np.integer)) \
+                or cache_size < 0:
+            raise ValueError(f"cache_size must be an integer >= 0, got {cache_size!r}")
         cache_size = int(cache_size)
-        if cache_size < 0:
-            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         self.cache_size = cache_size
         self._shift = np.array(list(self.templates), dtype=np.int64)
         # Per group: (template name, feature-string prefix) pairs.
@@ -425,23 +538,50 @@ class FeatureExtractor:
                 if parsed is not None:
                     affixes[name] = (name,) + parsed
         self._affixes = tuple(affixes.values())
+        self._lock = threading.Lock()     # held to publish or trim the word-type cache
         self._fitted = False
+
+    def __getstate__(self):
+        # copy.deepcopy and pickle (a Dask worker's copy, never a model file): all but the
+        # lock, which belongs to this object alone
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- fitted state
 
-    def _reset(self):
-        n_groups = len(self._groups)
-        self._fitted = False
-        self._index = _TypeIndex()
-        self._seg = np.zeros((64, n_groups + 1), dtype=np.int64)
-        self._ids = np.zeros(1024, dtype=np.int32)
-        self._n_types = _N_PSEUDO
-        self._n_ids = 0
+    def _set_fitted(self, names_buf, names_len, min_count, group_bounds, cache):
+        """Install a fitted state, all of it at once (a fit that raises changes nothing)."""
         self._names = None          # list of str, decoded from _names_buf on first need
-        self._names_buf = None      # uint8: UTF-8 feature names joined by _SEP
-        self._names_len = None      # (n_features_,) int64: their lengths in characters
+        self._names_buf = names_buf     # uint8: UTF-8 feature names joined by _SEP
+        self._names_len = names_len     # (n_features_,) int64: their lengths in characters
         self._table = None          # (start, stop, table) of the compiled string lookup
         self._vocab = None          # dict, built on first need
+        self.n_features_ = names_len.shape[0]
+        self.min_count_ = min_count
+        self._group_bounds = group_bounds
+        # The training types: kept when the cache is trimmed, and saved with the model.
+        self._n_fit_types = cache.n_types
+        self._n_fit_ids = cache.n_ids
+        self._cache = cache
+        self._fitted = True
+
+    def _snapshot(self):
+        """The current word-type cache, trimmed back to the training types first when more
+        than ``cache_size`` types have joined it since."""
+        with self._lock:        # the lock also orders this read after the last publication
+            cache = self._cache
+            if cache.n_types - self._n_fit_types > self.cache_size:
+                n_words = self._n_fit_types - _N_PSEUDO
+                cache = self._cache = _TypeCache(
+                    dict(itertools.islice(cache.index.items(), n_words)),
+                    cache.seg[:self._n_fit_types].copy(), cache.ids[:self._n_fit_ids].copy(),
+                    self._n_fit_types, self._n_fit_ids)
+            return cache
 
     @property
     def vocabulary_(self):
@@ -488,7 +628,10 @@ class FeatureExtractor:
         if m == 0:
             return np.zeros(0, dtype=np.int64)
         from . import _features
-        query = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        # A lone surrogate (from surrogateescape decoding) has no UTF-8 form; its surrogatepass
+        # bytes are invalid UTF-8, so they match no vocabulary string, as an unseen string
+        # would not.
+        query = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
         start, stop, table = self._string_table()
         out = np.empty(m, dtype=np.int64)
         if _features.split_and_lookup_strings(self._names_buf, start, stop, table, query,
@@ -553,73 +696,58 @@ class FeatureExtractor:
                 append(len(feats))
         return flat, np.array(lengths, dtype=np.int64)
 
-    def _append_types(self, ids, lengths):
-        """Append new word types to the cache.
-
-        Parameters
-        ----------
-        ids : (M,) int64
-            Column id of each feature string of the new types, flat as ``_flat_strings``
-            orders them, -1 for a string outside the vocabulary (dropped).
-        lengths : (n_new * G,) int64
-            Number of strings per (type, group), row-major.
-        """
-        key = np.repeat(np.arange(lengths.shape[0], dtype=np.int64), lengths)
-        self._append_keyed(ids, key, lengths.shape[0] // len(self._groups))
-
-    def _append_keyed(self, ids, key, n_new):
-        """Append ``n_new`` word types to the cache, their strings in any order.
-
-        Parameters
-        ----------
-        ids : (M,) int64
-            Column id of each feature string of the new types, -1 for a string outside the
-            vocabulary (dropped).
-        key : (M,) int64
-            ``new_type * G + group`` of each string (``new_type`` counted from 0).
-        n_new : int
-        """
-        n_groups = len(self._groups)
-        if n_new == 0:
-            return
-        keep = ids >= 0
-        ids = ids[keep]
-        key = key[keep]
-        # Order the strings by (type, group) segment and by id within it: ids lie below
-        # n_features_, so key dominates the combined value.
-        stride = max(self.n_features_, 1)
-        combined = key * stride + ids
-        combined.sort()
-        flat = (combined % stride).astype(np.int32)
-        counts = np.bincount(key, minlength=n_new * n_groups)
-        bounds = np.empty(n_new * n_groups + 1, dtype=np.int64)
-        bounds[0] = self._n_ids
-        np.cumsum(counts, out=bounds[1:])
-        bounds[1:] += self._n_ids
-        rows = (np.arange(n_new)[:, None] * n_groups + np.arange(n_groups + 1)[None, :])
-        seg = bounds[rows]
-        t0, t1 = self._n_types, self._n_types + n_new
-        i0, i1 = self._n_ids, self._n_ids + flat.shape[0]
-        if t1 > self._seg.shape[0]:
-            grown = np.zeros((max(t1, 2 * self._seg.shape[0]), n_groups + 1), dtype=np.int64)
-            grown[:t0] = self._seg[:t0]
-            self._seg = grown
-        if i1 > self._ids.shape[0]:
-            grown = np.zeros(max(i1, 2 * self._ids.shape[0]), dtype=np.int32)
-            grown[:i0] = self._ids[:i0]
-            self._ids = grown
-        self._seg[t0:t1] = seg
-        self._ids[i0:i1] = flat
-        self._n_types = t1
-        self._n_ids = i1
-
-    def _add_new_types(self, words):
-        """Cache the column ids of word types first seen after fit."""
+    def _type_rows(self, words):
+        """Segment table (from 0) and column ids of word types not in the cache, as
+        :func:`_segments` returns them. Reads the fitted vocabulary only."""
         query, key = self._batch_strings(words, joined=True)
         ids = self._lookup_joined(query, key.shape[0])
         if ids is None:     # a word holding the separator: look its strings up one by one
             ids = self._lookup(self._batch_strings(words)[0])
-        self._append_keyed(ids, key, len(words))
+        return _segments(ids, key, len(words), len(self._groups), self.n_features_)
+
+    def _publish(self, snap, words, seg_rel, flat, tok_type):
+        """Add a batch's new word types to the cache; return the batch's types and the
+        snapshot that covers them.
+
+        ``words`` were numbered from ``snap.n_types`` on (``tok_type`` refers to them so);
+        another thread may have published since ``snap`` was taken, some of the same words
+        among others: those keep the id they already have, the rest are appended, and
+        ``tok_type`` is renumbered to match (in place).
+        """
+        m = len(words)
+        with self._lock:
+            cur = self._cache
+            if cur.index is not snap.index:
+                # Trimmed since: the old generation's buffers may be in use beyond
+                # snap.n_types, so this batch gets a private copy (rare).
+                return tok_type, snap.extended(seg_rel, flat, shared=False)
+            if cur is snap:
+                fresh = None
+                new_ids = None
+                add_seg, add_flat = seg_rel, flat
+            else:
+                index = cur.index
+                known = np.fromiter((index.get(w, -1) for w in words), dtype=np.int64,
+                                    count=m)
+                fresh = known < 0
+                new_ids = known
+                new_ids[fresh] = cur.n_types + np.arange(int(fresh.sum()))
+                lengths = seg_rel[:, -1] - seg_rel[:, 0]
+                add_flat = flat[np.repeat(fresh, lengths)]
+                add_seg = seg_rel[fresh]
+                start = np.zeros(add_seg.shape[0], dtype=np.int64)
+                np.cumsum(lengths[fresh][:-1], out=start[1:])
+                add_seg = add_seg - add_seg[:, :1] + start[:, None]
+            nxt = cur.extended(add_seg, add_flat)
+            # Publish first, then index: an index entry never points past a published row,
+            # even when an interrupt falls between the two.
+            self._cache = nxt
+            added = words if fresh is None else itertools.compress(words, fresh.tolist())
+            cur.index.update(zip(added, range(cur.n_types, nxt.n_types)))
+        if new_ids is not None and m:
+            new = tok_type >= snap.n_types
+            tok_type[new] = new_ids[tok_type[new] - snap.n_types]
+        return tok_type, nxt
 
     def _batch_strings(self, words, joined=False):
         """Feature strings of a batch of word types, built template by template.
@@ -662,14 +790,6 @@ class FeatureExtractor:
         key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
         return (_SEP.join(flat) if joined else flat), key
 
-    def _trim_cache(self):
-        """Forget the word types first seen after fit (they are recomputed when seen again)."""
-        n_extra = self._n_types - self._n_fit_types
-        for _ in range(n_extra):
-            self._index.popitem()   # dicts pop the most recently inserted key first
-        self._n_types = self._n_fit_types
-        self._n_ids = int(self._seg[self._n_types - 1, -1])
-
     # ---------------------------------------------------------------- batches
 
     @staticmethod
@@ -685,13 +805,17 @@ class FeatureExtractor:
                              "not a list of strings: wrap a single sentence as [tokens]")
         return sents
 
-    def _map_tokens(self, sents):
-        """Token -> type id for a batch, queueing unseen words in ``self._index.new``.
+    def _map_tokens(self, sents, cache):
+        """Token -> type id for a batch read against the snapshot ``cache``.
 
         Returns
         -------
         tok_type : (N,) int32
+            Words of the cache keep their ids; the others (``new``) are numbered from
+            ``cache.n_types`` on, in order of first appearance.
         offsets : (n+1,) int64
+        new : list of str
+            The words not in ``cache``, in id order, as plain str. Nothing is cached yet.
         """
         n = len(sents)
         try:
@@ -702,43 +826,39 @@ class FeatureExtractor:
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         n_tokens = int(offsets[-1])
-        index = self._index
+        overflow = {}
         try:
             tok_type = np.empty(n_tokens, dtype=np.int32)
             # Compiled for the usual list of lists; anything else takes the generic path.
-            if not (type(sents) is list and _map_compiled(sents, index, tok_type)):
-                tok_type = np.fromiter(map(index.__getitem__,
-                                           itertools.chain.from_iterable(sents)),
+            if not (type(sents) is list
+                    and _map_compiled(sents, cache.index, cache.n_types, overflow, tok_type)):
+                overflow.clear()
+                lookup = functools.partial(_type_of, cache.index, cache.n_types, overflow)
+                tok_type = np.fromiter(map(lookup, itertools.chain.from_iterable(sents)),
                                        dtype=np.int32, count=n_tokens)
         except TypeError:
-            self._forget_new()
-            bad = next(w for s in sents for w in s if not _hashable(w))
+            bad = [w for s in sents for w in s if not isinstance(w, str)][:1]
+            if not bad:
+                raise
+            bad = bad[0]
             raise ValueError(f"tokens must be strings, found {type(bad).__name__} "
                              f"{bad!r}") from None
-        for word in index.new:
-            if not isinstance(word, str):
-                self._forget_new()
-                raise ValueError(f"tokens must be strings, found {type(word).__name__} "
-                                 f"{word!r}")
-        return tok_type, offsets
+        return tok_type, offsets, list(overflow)
 
-    def _forget_new(self):
-        for word in self._index.new:
-            del self._index[word]
-        self._index.new = []
-
-    def _assemble(self, tok_type, offsets, binary=False):
-        """The CSR feature matrix of a mapped batch; ``binary=True`` stores its data (all
-        1.0) as a read-only stride-0 view instead of an (nnz,) array of ones (see
-        :func:`factorebm.learning._is_binary_data`)."""
+    def _assemble(self, tok_type, offsets, cache, binary=False):
+        """The CSR feature matrix of a batch mapped against ``cache``; ``binary=True`` stores
+        its data (all 1.0) as a read-only stride-0 view instead of an (nnz,) array of ones
+        (see :func:`factorebm.learning._is_binary_data`)."""
+        import scipy.sparse as sp
         from . import _features
         n_tokens = tok_type.shape[0]
-        seg = self._seg[:self._n_types]
+        seg = cache.seg_view()
         indptr = np.empty(n_tokens + 1, dtype=np.int64)
         _features.row_lengths(tok_type, offsets, self._shift, seg, indptr)
         nnz = int(indptr[-1])
         indices = np.empty(nnz, dtype=np.int32)
-        _features.fill_indices(tok_type, offsets, self._shift, seg, self._ids, indptr, indices)
+        _features.fill_indices(tok_type, offsets, self._shift, seg, cache.ids_view(), indptr,
+                               indices)
         if nnz <= np.iinfo(np.int32).max:
             indptr = indptr.astype(np.int32)
         else:   # scipy keeps indices and indptr in one dtype
@@ -773,15 +893,15 @@ class FeatureExtractor:
                 or min_count < 1:
             raise ValueError(f"min_count must be an integer >= 1, got {min_count!r}")
         sents = self._check_sents(sents)
-        self._reset()
-        tok_type, offsets = self._map_tokens(sents)
-        words = self._index.new
-        self._index.new = []
+        n_groups = len(self._groups)
+        empty = _TypeCache({}, np.zeros((0, n_groups + 1), dtype=np.int64),
+                           np.zeros(0, dtype=np.int32), _N_PSEUDO, 0)
+        tok_type, offsets, words = self._map_tokens(sents, empty)
         n_tokens = tok_type.shape[0]
         if n_tokens == 0:
             raise ValueError("fit: the training sentences hold no tokens")
+        _check_encodable(words)
         n_types = len(words) + _N_PSEUDO
-        n_groups = len(self._groups)
         counts = self._neighbour_counts(tok_type, offsets, n_types)
         # Provisional ids in order of first appearance, one C-level dict lookup per string.
         # The types' strings are made a chunk of types at a time: most are repeats of
@@ -814,27 +934,25 @@ class FeatureExtractor:
         feature_group[prov_ids] = entry_group
         kept = np.flatnonzero(feature_count >= min_count)
         kept = kept[np.argsort(feature_group[kept], kind="stable")]
-        self._group_bounds = np.zeros(n_groups + 1, dtype=np.int64)
-        np.cumsum(np.bincount(feature_group[kept], minlength=n_groups),
-                  out=self._group_bounds[1:])
+        group_bounds = np.zeros(n_groups + 1, dtype=np.int64)
+        np.cumsum(np.bincount(feature_group[kept], minlength=n_groups), out=group_bounds[1:])
         remap = np.full(n_prov, -1, dtype=np.int64)
         remap[kept] = np.arange(kept.shape[0])
         prov_names = list(provisional)
         del provisional
         names = [prov_names[p] for p in kept.tolist()]
         del prov_names
-        self._names_buf, self._names_len = _encode_strings(names)
-        self.n_features_ = len(names)
         # The names as Python strings cost more than the fitted model's weights' worth of
         # memory; the UTF-8 buffer holds them and feature_names_ decodes it on demand.
+        names_buf, names_len = _encode_strings(names)
         del names
-        self.min_count_ = int(min_count)
-        self._fitted = True
-        self._n_types = 0
-        self._append_types(remap[prov_ids], lengths)
-        self._n_fit_types = self._n_types
+        seg, flat = _segments(remap[prov_ids], key, n_types, n_groups, names_len.shape[0])
+        del key, prov_ids
+        cache = _TypeCache(dict(zip(words, range(_N_PSEUDO, n_types))), seg, flat, n_types,
+                           flat.shape[0])
+        self._set_fitted(names_buf, names_len, int(min_count), group_bounds, cache)
         _release_free_heap()
-        return tok_type, offsets
+        return tok_type, offsets, cache
 
     def _neighbour_counts(self, tok_type, offsets, n_types):
         """counts[g, ty]: how many tokens have type ``ty`` at their group-``g`` offset."""
@@ -856,18 +974,23 @@ class FeatureExtractor:
     def _map_batch(self, sents):
         """Token types and offsets of a batch, the types first seen in it added to the cache.
 
-        Returns ``(tok_type (N,) int32, offsets (n+1,) int64)`` as :meth:`_map_tokens`.
+        Returns
+        -------
+        tok_type : (N,) int32
+        offsets : (n+1,) int64
+        cache : _TypeCache
+            A snapshot holding every type of ``tok_type``: hand the compiled passes its
+            arrays, never the extractor's current ones (another thread may publish a new
+            snapshot meanwhile).
         """
         self._check_fitted()
         sents = self._check_sents(sents)
-        if self._n_types - self._n_fit_types > self.cache_size:
-            self._trim_cache()
-        tok_type, offsets = self._map_tokens(sents)
-        new = self._index.new
+        cache = self._snapshot()
+        tok_type, offsets, new = self._map_tokens(sents, cache)
         if new:
-            self._index.new = []
-            self._add_new_types(new)
-        return tok_type, offsets
+            seg_rel, flat = self._type_rows(new)
+            tok_type, cache = self._publish(cache, new, seg_rel, flat, tok_type)
+        return tok_type, offsets, cache
 
     def transform(self, sents):
         """The feature matrix of a batch of sentences.
@@ -887,10 +1010,10 @@ class FeatureExtractor:
         offsets : ndarray, shape (n+1,), int64
             Sentence ``i`` is rows ``offsets[i]:offsets[i+1]``.
         """
-        tok_type, offsets = self._map_batch(sents)
-        return self._assemble(tok_type, offsets), offsets
+        tok_type, offsets, cache = self._map_batch(sents)
+        return self._assemble(tok_type, offsets, cache), offsets
 
-    def emissions(self, sents, W, n_threads=1):
+    def emissions(self, sents, W, n_threads=None):
         """Emission energies ``X @ W`` of a batch, without building the feature matrix X.
 
         What :meth:`transform` followed by the sparse product gives (up to the order of the
@@ -902,8 +1025,9 @@ class FeatureExtractor:
         sents : list of list of str
         W : (n_features_, S) float64
             Energy of each of S states per unit of each feature.
-        n_threads : int
-            OpenMP threads.
+        n_threads : int or None
+            OpenMP threads (:func:`factorebm.checks.threads_for`: None uses every core, as
+            the batch's size warrants; more than the cores is clamped to them).
 
         Returns
         -------
@@ -913,14 +1037,16 @@ class FeatureExtractor:
         """
         from . import _features
         self._check_fitted()
+        check_threads(n_threads)        # refused before any work, not after
         W = np.ascontiguousarray(W, dtype=np.float64)
         if W.ndim != 2 or W.shape[0] != self.n_features_:
             raise ValueError(f"W must have shape ({self.n_features_}, S), got {W.shape}")
-        tok_type, offsets = self._map_batch(sents)
-        U = np.empty((tok_type.shape[0], W.shape[1]))
-        slot = np.full(self._n_types, -1, dtype=np.int32)
-        _features.type_emissions(tok_type, offsets, self._shift, self._seg[:self._n_types],
-                                 self._ids, W, slot, U, int(n_threads))
+        tok_type, offsets, cache = self._map_batch(sents)
+        n_tokens = tok_type.shape[0]
+        U = np.empty((n_tokens, W.shape[1]))
+        slot = np.full(cache.n_types, -1, dtype=np.int32)
+        _features.type_emissions(tok_type, offsets, self._shift, cache.seg_view(),
+                                 cache.ids_view(), W, slot, U, threads_for(n_threads, n_tokens))
         return U, offsets
 
     def factored_transform(self, sents):
@@ -937,15 +1063,17 @@ class FeatureExtractor:
         X : FactoredFeatures, shape (N, n_features_)
         offsets : (n+1,) int64
         """
-        tok_type, offsets = self._map_batch(sents)
-        return self._factored(tok_type, offsets), offsets
+        tok_type, offsets, cache = self._map_batch(sents)
+        return self._factored(tok_type, offsets, cache), offsets
 
-    def _factored(self, tok_type, offsets):
-        """The :class:`~factorebm.learning.FactoredFeatures` of a mapped batch."""
+    def _factored(self, tok_type, offsets, cache):
+        """The :class:`~factorebm.learning.FactoredFeatures` of a batch mapped against
+        ``cache``."""
+        import scipy.sparse as sp
         from .learning import FactoredFeatures
         N = tok_type.shape[0]
         G = len(self._groups)
-        seg = self._seg[:self._n_types]
+        seg = cache.seg_view()
         # the type at t + shift[g] of every (token, group), as in _features.row_lengths
         seq = np.repeat(np.arange(offsets.shape[0] - 1), np.diff(offsets))
         start, stop = offsets[:-1][seq], offsets[1:][seq]
@@ -955,7 +1083,7 @@ class FeatureExtractor:
                       np.where(pos < start[:, None], 0, 1))
         # number the (type, group) pairs that occur, in (type, group) order
         key = (ty * G + np.arange(G)[None, :]).ravel()
-        used = np.zeros(self._n_types * G, dtype=bool)
+        used = np.zeros(cache.n_types * G, dtype=bool)
         used[key] = True
         slot_key = np.flatnonzero(used)
         slot_of = np.cumsum(used, dtype=np.int64) - 1
@@ -970,20 +1098,21 @@ class FeatureExtractor:
         np.cumsum(lengths, out=indptr[1:])
         flat = np.repeat(lo - indptr[:-1], lengths) + np.arange(int(indptr[-1]))
         Phi = sp.csr_matrix((np.broadcast_to(np.float64(1.0), (flat.shape[0],)),
-                             self._ids[flat], indptr),
+                             cache.ids_view()[flat], indptr),
                             shape=(slot_key.shape[0], self.n_features_), copy=False)
         return FactoredFeatures(S, Phi)
 
-    def fit_transform(self, sents, min_count=1):
-        """``fit(sents, min_count)`` then ``transform(sents)``, sharing the token mapping."""
-        return self._fit_transform(sents, min_count)
+    def fit_transform(self, sents, min_count=1, factored=False):
+        """``fit(sents, min_count)`` then ``transform(sents)``, sharing the token mapping;
+        with ``factored=True``, :meth:`factored_transform`'s ``X = S @ Phi`` instead."""
+        return self._fit_transform(sents, min_count, factored=factored)
 
     def _fit_transform(self, sents, min_count=1, binary=False, factored=False):
         """:meth:`fit_transform`, optionally with binary (data-free) X as in ``_assemble``, or
         factored as :meth:`factored_transform` gives it."""
-        tok_type, offsets = self._fit(sents, min_count)
-        X = (self._factored(tok_type, offsets) if factored
-             else self._assemble(tok_type, offsets, binary))
+        tok_type, offsets, cache = self._fit(sents, min_count)
+        X = (self._factored(tok_type, offsets, cache) if factored
+             else self._assemble(tok_type, offsets, cache, binary))
         del tok_type
         _release_free_heap()        # the factoring's temporaries too
         return X, offsets
@@ -1015,23 +1144,25 @@ class FeatureExtractor:
             ``feature_names`` (uint8): the feature strings in column order, UTF-8, joined by
             ``\\x1f``; ``feature_name_lengths`` (n_features_,) int64: their lengths in
             characters; ``group_bounds`` (G+1,) int64: the columns of offset group ``g`` are
-            ``group_bounds[g]:group_bounds[g+1]``. ``type_words`` (uint8) and ``type_word_lengths`` (int64): the training
-            word types in type-id order (ids 2, 3, ...); ``type_seg`` (n_types, G+1) int64 and
+            ``group_bounds[g]:group_bounds[g+1]``. ``type_words`` (uint8) and
+            ``type_word_lengths`` (int64): the training word types in type-id order (ids 2, 3, ...); ``type_seg`` (n_types, G+1) int64 and
             ``type_ids`` int32: their cached column ids per offset group (types 0 and 1 are
             the sentence-boundary pseudo-types), so a loaded extractor starts with a warm cache.
         """
         self._check_fitted()
         n_words = self._n_fit_types - _N_PSEUDO
-        words, word_lengths = _encode_strings(list(itertools.islice(self._index, n_words)))
-        n_ids = int(self._seg[self._n_fit_types - 1, -1])
+        with self._lock:        # no thread adds to the index while it is read
+            cache = self._cache
+            words = list(itertools.islice(cache.index, n_words))
+        words, word_lengths = _encode_strings(words)
         return {
             "feature_names": self._names_buf.copy(),
             "feature_name_lengths": self._names_len.copy(),
             "type_words": words,
             "type_word_lengths": word_lengths,
             "group_bounds": self._group_bounds.copy(),
-            "type_seg": self._seg[:self._n_fit_types].copy(),
-            "type_ids": self._ids[:n_ids].copy(),
+            "type_seg": cache.seg[:self._n_fit_types].copy(),
+            "type_ids": cache.ids[:self._n_fit_ids].copy(),
         }
 
     @classmethod
@@ -1104,24 +1235,15 @@ class FeatureExtractor:
                          or np.any((np.diff(ids) <= 0) & ~starts[1:])):
             raise ValueError("feature extractor arrays: type_ids holds column ids outside "
                              "their group's range or out of order")
-        fx._reset()
-        fx._index.update(zip(words, range(_N_PSEUDO, n_types)))
-        if len(fx._index) != len(words):
+        index = dict(zip(words, range(_N_PSEUDO, n_types)))
+        if len(index) != len(words):
             raise ValueError("feature extractor arrays: duplicate word types")
-        # Feature names are decoded, and their lookup table built, on first need.
-        fx._names_buf = names_buf.copy()
-        fx._names_len = names_len.copy()
-        fx.n_features_ = n_features
         min_count = config["min_count"]
-        if not isinstance(min_count, int) or min_count < 1:
+        if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
             raise ValueError(f"feature extractor config: bad min_count {min_count!r}")
-        fx.min_count_ = min_count
-        fx._group_bounds = bounds.copy()
-        fx._seg = seg.copy()
-        fx._ids = ids.copy()
-        fx._n_types = fx._n_fit_types = n_types
-        fx._n_ids = ids.shape[0]
-        fx._fitted = True
+        # Feature names are decoded, and their lookup table built, on first need.
+        fx._set_fitted(names_buf.copy(), names_len.copy(), min_count, bounds.copy(),
+                       _TypeCache(index, seg.copy(), ids.copy(), n_types, ids.shape[0]))
         return fx
 
     def __repr__(self):
@@ -1154,14 +1276,28 @@ def _release_free_heap():
 _malloc_trim = None      # libc's malloc_trim once looked up, False where there is none
 
 
-def _map_compiled(sents, index, out):
+def _map_compiled(sents, index, n_known, overflow, out):
     from ._features import map_tokens
-    return map_tokens(sents, index, out)
+    return map_tokens(sents, index, n_known, overflow, out)
 
 
-def _hashable(x):
+def _check_encodable(words):
+    """ValueError naming the first word that UTF-8 cannot encode (a lone surrogate such as
+    '\\udcff', left by ``errors="surrogateescape"`` decoding): a fitted vocabulary is saved as
+    UTF-8."""
     try:
-        hash(x)
-    except TypeError:
+        _SEP.join(words).encode("utf-8")
+    except UnicodeEncodeError:
+        bad = next(w for w in words if not _encodable(w))
+        raise ValueError(f"cannot fit on the token {bad!r}: it holds a lone surrogate, which "
+                         "is not Unicode text (decode the input strictly, or replace such "
+                         "characters)") from None
+
+
+def _encodable(word):
+    try:
+        word.encode("utf-8")
+    except UnicodeEncodeError:
         return False
     return True
+

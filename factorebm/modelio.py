@@ -5,27 +5,54 @@ fixed-width string arrays, plus one member ``__metadata__``: a uint8 array holdi
 at least ``format_version`` (int) and ``kind`` (str, e.g. ``"SequenceTagger"``) and the list of
 array names the writer stored.
 
-Loading uses ``np.load(..., allow_pickle=False)``, so an untrusted file can never run code;
-every way a file can be wrong (not a zip archive, no metadata, another kind of model, a newer
-format, a missing array, a member holding pickled Python objects, a truncated archive) becomes
-a ``ValueError`` that names the file.
+Loading reads every member with ``allow_pickle=False``, so an untrusted file can never run
+code; every way a file can be wrong (not a zip archive, no metadata, another kind of model, a
+newer format, a missing array, a member holding pickled Python objects, a truncated or
+bit-flipped archive) becomes a ``ValueError`` that names the file. Nothing is read before its
+declared size is checked: the zip directory's sizes against the file's own size (a stored
+member holds what it declares, a compressed one inflates at most ``MAX_COMPRESSION_RATIO``
+times, and the members together fit in the file), and each ``.npy`` header's shape times item
+size against its member's size and against the shapes the metadata lists. So a hostile file
+makes the loader allocate at most ``MAX_COMPRESSION_RATIO`` times its own size, and a file
+written by :func:`save_arrays`, which never compresses, no more than its own size.
 
-Saving writes a temporary file in the target's folder, flushes and fsyncs it, then renames it
-over the target with ``os.replace`` (atomic on POSIX and Windows), so a crash leaves either the
-old file or the new one, never half of one.
+Saving writes a temporary file ``.NAME.<12 hex digits>.tmp`` in the target's folder, flushes
+and fsyncs it, then renames it over the target with ``os.replace`` (atomic on POSIX and
+Windows), so a crash leaves either the old file or the new one, never half of one. A save
+holds a lock on its temporary file (POSIX ``flock``) while it writes, and removes the
+unlocked temporary files of its own naming that a killed save left beside the same target.
+Re-saving keeps the existing file's permission bits, and saving to a symbolic link writes
+the file the link points to (the link stays a link).
 """
 import json
 import os
+import re
 import secrets
+import stat
 import zipfile
 
 import numpy as np
 
-__all__ = ["save_arrays", "load_arrays", "FORMAT_VERSION"]
+try:
+    import fcntl
+except ImportError:     # Windows: an open file cannot be removed there, which is the lock
+    fcntl = None
+
+__all__ = ["save_arrays", "load_arrays", "FORMAT_VERSION", "MAX_COMPRESSION_RATIO"]
 
 FORMAT_VERSION = 1
 _METADATA_KEY = "__metadata__"
 _ZIP_MAGIC = b"PK\x03\x04"
+# A compressed member may declare at most this many bytes per compressed byte. save_arrays
+# never compresses; np.savez_compressed of model arrays (weights, ids, names) stays far below
+# it, while a zip bomb needs hundreds to a thousand.
+MAX_COMPRESSION_RATIO = 50
+_MAX_MEMBERS = 4096
+_MAX_METADATA_BYTES = 16 << 20
+_MAX_HEADER_BYTES = 1 << 16
+# dtype kinds a model array may have: booleans, integers, floats, complex, strings (no
+# objects, structured records, sub-arrays or datetimes)
+_ARRAY_KINDS = "biufcSU"
 
 
 def _library_version():
@@ -47,8 +74,9 @@ def save_arrays(path, arrays, metadata, kind):
     arrays : dict of str -> array_like
         The model's arrays. Object dtypes (which would need pickle) are refused.
     metadata : dict
-        JSON-serializable settings. ``format_version``, ``kind`` and ``arrays`` are added
-        (and must not be given).
+        JSON-serializable settings. ``format_version``, ``kind``, ``arrays`` (the sorted
+        names) and ``shapes`` (name -> ``[dtype string, shape]``, which :func:`load_arrays`
+        holds every member to) are added (and must not be given).
     kind : str
         What the file holds, e.g. ``"SequenceTagger"``; :func:`load_arrays` checks it.
 
@@ -60,13 +88,18 @@ def save_arrays(path, arrays, metadata, kind):
     OSError
         When the file cannot be written (missing or read-only folder, ``path`` a directory, a
         full disk); the error names ``path``, not the temporary file.
+
+    Notes
+    -----
+    An existing file keeps its permission bits; a symbolic link keeps pointing where it did,
+    at the new contents.
     """
     path = os.fspath(path)
     if not isinstance(kind, str) or not kind:
         raise ValueError(f"kind must be a non-empty string, got {kind!r}")
     if not isinstance(metadata, dict):
         raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
-    for key in ("format_version", "kind", "arrays"):
+    for key in _RESERVED:
         if key in metadata:
             raise ValueError(f"metadata key {key!r} is reserved (save_arrays sets it)")
     checked = {}
@@ -84,6 +117,7 @@ def save_arrays(path, arrays, metadata, kind):
     meta["format_version"] = FORMAT_VERSION
     meta["kind"] = kind
     meta["arrays"] = sorted(checked)
+    meta["shapes"] = {name: [a.dtype.str, list(a.shape)] for name, a in checked.items()}
     meta.setdefault("library_version", _library_version())
     try:
         text = json.dumps(meta, sort_keys=True, allow_nan=True)
@@ -91,18 +125,33 @@ def save_arrays(path, arrays, metadata, kind):
         raise ValueError(f"metadata is not JSON-serializable: {exc}") from None
     checked[_METADATA_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
-    folder = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
+    # Through a symbolic link to the file it names: replacing the link itself would cut it.
+    target = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
+    folder = os.path.dirname(target)
+    base = os.path.basename(target)
+    try:
+        mode = os.stat(target).st_mode
+        mode = stat.S_IMODE(mode) if stat.S_ISREG(mode) else None
+    except OSError:
+        mode = None         # a new file: 0o666 minus the umask, as open() makes it
     try:
         fd, tmp = _create_temp(folder, base)
     except OSError as exc:
         raise _naming_target(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
+            if mode is not None:
+                _chmod(fh.fileno(), tmp, mode)
+            _remove_stale_temps(folder, base, tmp)
             _write_npz(fh, checked)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+            if fcntl is not None:
+                # renamed while still open and locked: a concurrent save's clean-up must
+                # not take a finished file for a killed save's leftover
+                os.replace(tmp, target)
+        if fcntl is None:
+            os.replace(tmp, target)     # Windows renames only closed files
     except BaseException as exc:
         try:
             os.unlink(tmp)
@@ -112,6 +161,63 @@ def save_arrays(path, arrays, metadata, kind):
             raise _naming_target(exc, path) from exc
         raise
     _fsync_dir(folder)
+
+
+_RESERVED = ("format_version", "kind", "arrays", "shapes")
+
+
+def _chmod(fd, path, mode):
+    try:
+        os.fchmod(fd, mode)
+    except AttributeError:      # no fchmod (Windows)
+        os.chmod(path, mode)
+
+
+def _temp_pattern(base):
+    """The names :func:`_create_temp` gives temporary files for target ``base``."""
+    return re.compile(r"\." + re.escape(base) + r"\.[0-9a-f]{12}\.tmp\Z")
+
+
+def _remove_stale_temps(folder, base, own):
+    """Remove the temporary files of ``base`` that no save is writing any more.
+
+    Only files of our own naming (``.BASE.<12 hex>.tmp``) are candidates, and of those only
+    the ones no live save holds: a save keeps its temporary file locked until it is renamed,
+    and a killed process's locks die with it. Where there is no ``flock`` (Windows), an open
+    file cannot be removed, which serves the same end.
+    """
+    pattern = _temp_pattern(base)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    for name in names:
+        candidate = os.path.join(folder, name)
+        if not pattern.match(name) or candidate == own:
+            continue
+        try:
+            fd = os.open(candidate, flags)
+        except OSError:
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue        # a save in progress
+                os.unlink(candidate)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        if fcntl is None:
+            try:
+                os.unlink(candidate)
+            except OSError:
+                pass
 
 
 def _write_npz(fh, arrays):
@@ -137,15 +243,30 @@ def _naming_target(exc, path):
 
 
 def _create_temp(folder, base):
-    """Open a new, uniquely named file beside the target; created with the usual permissions
-    (``0o666`` minus the umask), unlike ``tempfile.mkstemp``'s owner-only ``0o600``."""
+    """Open a new, uniquely named file beside the target, locked (see
+    :func:`_remove_stale_temps`); created with the usual permissions (``0o666`` minus the
+    umask), unlike ``tempfile.mkstemp``'s owner-only ``0o600``."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
         tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
         try:
-            return os.open(tmp, flags, 0o666), tmp
+            fd = os.open(tmp, flags, 0o666)
         except FileExistsError:
             continue
+        if fcntl is None:
+            return fd, tmp
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # Another save's clean-up may have taken the file between its creation and the
+            # lock: then the name is gone (or another file's), and a new one is needed.
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return fd, tmp
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
     raise FileExistsError(f"could not create a temporary file in {folder}")
 
 
@@ -161,6 +282,17 @@ def _fsync_dir(folder):
         pass
     finally:
         os.close(fd)
+
+
+class _FileError(ValueError):
+    """A ValueError that already names the file (not to be wrapped again)."""
+
+
+def _corrupt(exc):
+    """True for what a damaged archive makes zipfile, zlib, struct or numpy's header parser
+    raise (BadZipFile, zlib.error, struct.error, tokenize.TokenError, EOFError, ...): every
+    exception but ours and MemoryError, which the size checks leave to honest large files."""
+    return not isinstance(exc, (_FileError, MemoryError))
 
 
 def load_arrays(path, kind, required=()):
@@ -187,78 +319,180 @@ def load_arrays(path, kind, required=()):
         If ``path`` does not exist.
     ValueError
         Naming the file: not a model file, a different ``kind``, a newer format version, a
-        missing array, or an array holding pickled Python objects.
+        missing array, an array holding pickled Python objects, or sizes that do not add up
+        (checked before anything is read, see the module docstring).
     """
     path = os.fspath(path)
     try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
+        fh = open(path, "rb")
     except FileNotFoundError:
         raise FileNotFoundError(f"model file not found: {path}") from None
     except IsADirectoryError:
         raise ValueError(f"{path}: is a directory, not a model file") from None
-    if magic != _ZIP_MAGIC:
-        raise ValueError(f"{path}: not a factorebm model file (not an .npz archive)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if _METADATA_KEY not in npz.files:
-                raise ValueError(f"{path}: not a factorebm model file (no {_METADATA_KEY})")
-            metadata = _read_metadata(path, _read_member(path, npz, _METADATA_KEY))
-            _check_header(path, metadata, kind)
-            names = [n for n in npz.files if n != _METADATA_KEY]
-            arrays = {name: _read_member(path, npz, name) for name in names}
-    except ValueError:
-        raise
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError, RuntimeError) as exc:
-        raise ValueError(f"{path}: corrupt or truncated model file ({exc})") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    with fh:
+        try:
+            if fh.read(4) != _ZIP_MAGIC:
+                raise _FileError(f"{path}: not a factorebm model file (not an .npz archive)")
+            with zipfile.ZipFile(fh) as zf:
+                arrays, metadata = _read_archive(path, zf, os.fstat(fh.fileno()).st_size,
+                                                 kind)
+        except Exception as exc:
+            if not _corrupt(exc):
+                raise
+            raise ValueError(f"{path}: corrupt or truncated model file ({exc})") from None
     missing = [n for n in list(metadata["arrays"]) + list(required) if n not in arrays]
     if missing:
         raise ValueError(f"{path}: model file is missing array(s) {', '.join(missing)}")
     return arrays, metadata
 
 
-def _read_member(path, npz, name):
+def _read_archive(path, zf, file_size, kind):
+    """The arrays and metadata of an open archive, every size checked before it is read."""
+    members = _check_directory(path, zf, file_size)
+    if _METADATA_KEY not in members:
+        raise _FileError(f"{path}: not a factorebm model file (no {_METADATA_KEY})")
+    info = members[_METADATA_KEY]
+    dtype, shape, _ = _read_header(path, zf, info, _METADATA_KEY)
+    if dtype != np.uint8 or len(shape) != 1:
+        raise _FileError(f"{path}: {_METADATA_KEY} must be a 1-D uint8 array, got "
+                         f"{len(shape)}-D {dtype}")
+    if shape[0] > _MAX_METADATA_BYTES:
+        raise _FileError(f"{path}: metadata of {shape[0]} bytes is implausibly large")
+    metadata = _read_metadata(path, _read_member(path, zf, info, _METADATA_KEY))
+    _check_header(path, metadata, kind)
+    declared = metadata.get("shapes")
+    if declared is not None and not isinstance(declared, dict):
+        raise _FileError(f"{path}: metadata 'shapes' is not a JSON object")
+    for name, info in members.items():
+        if name == _METADATA_KEY:
+            continue
+        dtype, shape, _ = _read_header(path, zf, info, name)
+        if declared is not None:
+            want = declared.get(name)
+            if (not isinstance(want, list) or len(want) != 2
+                    or want[0] != dtype.str or want[1] != list(shape)):
+                raise _FileError(f"{path}: array {name!r} is {dtype.str} of shape {shape}, "
+                                 f"but the metadata lists {want!r}")
+    arrays = {name: _read_member(path, zf, info, name) for name, info in members.items()
+              if name != _METADATA_KEY}
+    return arrays, metadata
+
+
+def _check_directory(path, zf, file_size):
+    """name -> ZipInfo of every member, once its declared sizes are checked against the
+    file's size: no member may make the reader allocate more than its share of the file
+    (times MAX_COMPRESSION_RATIO when compressed)."""
+    infos = zf.infolist()
+    if len(infos) > _MAX_MEMBERS:
+        raise _FileError(f"{path}: {len(infos)} archive members, more than any model has")
+    members = {}
+    stored_total = 0
+    for info in infos:
+        name = info.filename
+        if not name.endswith(".npy"):
+            raise _FileError(f"{path}: member {name!r} is not a numpy array (.npy)")
+        name = name[:-len(".npy")]
+        if name in members:
+            raise _FileError(f"{path}: member {name!r} appears twice")
+        if info.flag_bits & 0x1:
+            raise _FileError(f"{path}: member {name!r} is encrypted")
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.file_size != info.compress_size:
+                raise _FileError(f"{path}: member {name!r} is stored but declares "
+                                 f"{info.file_size} bytes in {info.compress_size}")
+        elif info.compress_type == zipfile.ZIP_DEFLATED:
+            if info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+                raise _FileError(f"{path}: member {name!r} declares {info.file_size} bytes "
+                                 f"from {info.compress_size} compressed (more than "
+                                 f"{MAX_COMPRESSION_RATIO} times): refusing a likely zip bomb")
+        else:
+            raise _FileError(f"{path}: member {name!r} uses compression method "
+                             f"{info.compress_type}; model files are stored or deflated")
+        stored_total += info.compress_size
+        members[name] = info
+    if stored_total > file_size:
+        raise _FileError(f"{path}: the archive's members declare {stored_total} bytes, more "
+                         f"than the file's {file_size}")
+    return members
+
+
+def _read_header(path, zf, info, name):
+    """``(dtype, shape, fortran_order)`` of a member's .npy header, read alone, once the
+    shape times the item size is known to be exactly the member's size past the header."""
+    fmt = np.lib.format
     try:
-        a = npz[name]
-    except ValueError as exc:
-        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
-            raise ValueError(f"{path}: array {name!r} holds pickled Python objects; refusing "
-                             "to load it (model files never need pickle)") from None
-        raise ValueError(f"{path}: array {name!r} is unreadable ({exc})") from None
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError, RuntimeError) as exc:
-        raise ValueError(f"{path}: array {name!r} is unreadable ({exc})") from None
-    if not isinstance(a, np.ndarray):
-        # np.load returns the raw bytes of a member that is not in .npy format.
-        raise ValueError(f"{path}: member {name!r} is not a numpy array")
-    if a.dtype.hasobject:   # defensive: allow_pickle=False already refuses these
-        raise ValueError(f"{path}: array {name!r} holds Python objects; refusing to load it")
+        with zf.open(info) as fp:
+            version = fmt.read_magic(fp)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(fp)
+            elif version == (2, 0):
+                shape, fortran, dtype = fmt.read_array_header_2_0(fp)
+            else:
+                raise _FileError(f"{path}: array {name!r} has .npy format version "
+                                 f"{version}, not 1.0 or 2.0")
+            data_start = fp.tell()
+    except Exception as exc:
+        if not _corrupt(exc):
+            raise
+        raise _FileError(f"{path}: array {name!r} is unreadable ({exc})") from None
+    if dtype.hasobject:
+        raise _FileError(f"{path}: array {name!r} holds pickled Python objects; refusing "
+                         "to load it (model files never need pickle)")
+    if (dtype.kind not in _ARRAY_KINDS or dtype.fields is not None
+            or dtype.subdtype is not None or dtype.itemsize == 0):
+        raise _FileError(f"{path}: array {name!r} has dtype {dtype}, not a plain number or "
+                         "string type")
+    if any(not isinstance(n, int) or n < 0 for n in shape):
+        raise _FileError(f"{path}: array {name!r} has a bad shape {shape}")
+    n_bytes = dtype.itemsize
+    for n in shape:
+        n_bytes *= n            # Python integers: no overflow
+    if n_bytes != info.file_size - data_start:
+        raise _FileError(f"{path}: array {name!r} declares shape {shape} of {dtype} "
+                         f"({n_bytes} bytes), but its member holds "
+                         f"{info.file_size - data_start}")
+    return dtype, shape, fortran
+
+
+def _read_member(path, zf, info, name):
+    """The array of one member, its header already checked by :func:`_read_header`."""
+    try:
+        with zf.open(info) as fp:
+            a = np.lib.format.read_array(fp, allow_pickle=False)
+            # reaching the end makes zipfile compare the member's CRC-32
+            extra = fp.read(1)
+    except Exception as exc:
+        if not _corrupt(exc):
+            raise
+        raise _FileError(f"{path}: array {name!r} is unreadable ({exc})") from None
+    if extra:
+        raise _FileError(f"{path}: array {name!r} has bytes after its data")
     return a
 
 
 def _read_metadata(path, raw):
-    if raw.dtype != np.uint8 or raw.ndim != 1:
-        raise ValueError(f"{path}: {_METADATA_KEY} must be a 1-D uint8 array, got "
-                         f"{raw.ndim}-D {raw.dtype}")
     try:
         metadata = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"{path}: metadata is not valid UTF-8 JSON ({exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _FileError(f"{path}: metadata is not valid UTF-8 JSON ({exc})") from None
     if not isinstance(metadata, dict):
-        raise ValueError(f"{path}: metadata is not a JSON object")
+        raise _FileError(f"{path}: metadata is not a JSON object")
     return metadata
 
 
 def _check_header(path, metadata, kind):
     version = metadata.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"{path}: metadata has no valid format_version ({version!r})")
+        raise _FileError(f"{path}: metadata has no valid format_version ({version!r})")
     if version > FORMAT_VERSION:
-        raise ValueError(f"{path}: written by a newer factorebm (model format version "
+        raise _FileError(f"{path}: written by a newer factorebm (model format version "
                          f"{version}; this version reads up to {FORMAT_VERSION}); upgrade "
                          "factorebm to load it")
     found = metadata.get("kind")
     if found != kind:
-        raise ValueError(f"{path}: holds a {found!r} model, expected {kind!r}")
+        raise _FileError(f"{path}: holds a {found!r} model, expected {kind!r}")
     names = metadata.get("arrays")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{path}: metadata has no valid list of arrays")
+        raise _FileError(f"{path}: metadata has no valid list of arrays")

@@ -16,16 +16,17 @@ LeCun et al., "A Tutorial on Energy-Based Learning", 2006, sections 2-3 and 6.
 Lafferty et al., "Conditional Random Fields", 2001 (the NLL loss on this architecture).
 Collins, "Discriminative Training Methods for Hidden Markov Models", 2002 (the perceptron).
 """
+import math
+import numbers
 import time
 
 import numpy as np
 
 from . import chain, losses
 from .features import FeatureExtractor
-from .checks import threads_for
+from .checks import check_threads, threads_for
 from .learning import LinearChainEnergy
 from .modelio import load_arrays, save_arrays
-from .optimize import fit_chain
 
 MODEL_KIND = "SequenceTagger"
 
@@ -37,6 +38,7 @@ _PARAM_NAMES = ("loss", "optimizer", "l1", "l2", "max_iter", "batch_size", "lear
                 "features", "min_count", "n_substates", "n_threads", "random_state", "verbose")
 # Settings of how a fitted tagger runs, not of how it was trained: load() may replace them.
 _RUNTIME_PARAMS = ("n_threads", "verbose")
+OPTIMIZERS = ("lbfgs", "sgd", "adagrad", "perceptron")
 
 
 def _check_corpus(sents, tags=None, what="sentences"):
@@ -62,9 +64,64 @@ def _split(flat, offsets):
 
 
 def _check_substates(n):
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n_substates must be an integer >= 1, got {n!r}")
-    return int(n)
+    return _check_count("n_substates", n)
+
+
+def _check_count(name, value, optional=False):
+    """An integer >= 1 (or None when ``optional``), as int."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be {'None or ' if optional else ''}an integer >= 1, "
+                         f"got {value!r}")
+    return int(value)
+
+
+def _check_real(name, value, optional=False, positive=False):
+    """A finite real number >= 0 (> 0 when ``positive``; None when ``optional``)."""
+    if value is None and optional:
+        return None
+    bound = "> 0" if positive else ">= 0"
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or value < 0 or (positive and value == 0)):
+        raise ValueError(f"{name} must be {'None or ' if optional else ''}a finite number "
+                         f"{bound}, got {value!r}")
+    return float(value)
+
+
+def _check_saved_labels(labels):
+    """The tag set of a model file: a 1-D array of distinct strings."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind != "U" or labels.shape[0] == 0:
+        raise ValueError(f"labels must be a non-empty 1-D string array, got "
+                         f"{labels.ndim}-D {labels.dtype}")
+    if np.unique(labels).shape[0] != labels.shape[0]:
+        raise ValueError("labels holds a tag twice")
+    return labels
+
+
+def _check_saved_coef(coef):
+    """The weights of a model file: 1-D float64 without NaN or -inf (+inf is a forbidden
+    state and allowed)."""
+    coef = np.asarray(coef)
+    if coef.ndim != 1 or coef.dtype != np.float64:
+        raise ValueError(f"coef must be a 1-D float64 array, got {coef.ndim}-D {coef.dtype}")
+    if np.isnan(coef).any() or np.isneginf(coef).any():
+        raise ValueError("coef holds NaN or -inf weights")
+    return np.ascontiguousarray(coef)
+
+
+def _check_feasible(energies, sents):
+    """ValueError naming the first sentence whose best energy (or free energy) is not finite:
+    +inf means the model forbids every tagging of it, and the kernels then return label -1,
+    which must never be read as a tag."""
+    bad = ~np.isfinite(energies)
+    if bad.any():
+        i = int(np.argmax(bad))
+        words = " ".join(map(str, sents[i][:8])) + (" ..." if len(sents[i]) > 8 else "")
+        raise ValueError(f"sentence {i} ({words!r}) has no tagging of finite energy: the "
+                         "model's +inf energies forbid every tag sequence (energy "
+                         f"{energies[i]})")
 
 
 class SequenceTagger:
@@ -142,12 +199,52 @@ class SequenceTagger:
         self.random_state = random_state
         self.verbose = verbose
         self.loss_params = dict(loss_params)
+        self._check_params()
 
     # ------------------------------------------------------------------ parameters
     def get_params(self, deep=True):
         params = {k: getattr(self, k) for k in _PARAM_NAMES}
         params.update(self.loss_params)
         return params
+
+    def _check_params(self):
+        """Raise ValueError naming the first bad hyper-parameter (called by ``__init__``,
+        ``fit`` and ``load``): a value that would train nothing (``max_iter=0``), diverge
+        (``l1=inf``) or poison the weights with NaN is refused before any work."""
+        self._check_loss()
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be None or one of {', '.join(OPTIMIZERS)}; got "
+                             f"{self.optimizer!r}")
+        _check_real("l1", self.l1)
+        _check_real("l2", self.l2, optional=True)
+        _check_count("max_iter", self.max_iter, optional=True)
+        _check_count("batch_size", self.batch_size, optional=True)
+        _check_real("learning_rate", self.learning_rate, optional=True, positive=True)
+        _check_count("min_count", self.min_count)
+        _check_substates(self.n_substates)
+        check_threads(self.n_threads)
+        rs = self.random_state
+        if rs is not None and (isinstance(rs, bool) or not isinstance(rs, numbers.Integral)
+                               or rs < 0):
+            raise ValueError(f"random_state must be None or an integer >= 0, got {rs!r}")
+        if self.features is not None:
+            if not isinstance(self.features, dict):
+                raise ValueError("features must be None or a dict of FeatureExtractor "
+                                 f"arguments, got {type(self.features).__name__}")
+            try:
+                FeatureExtractor(**self.features)
+            except TypeError as exc:
+                raise ValueError(f"features: {exc}") from None
+        spec = losses.get(self.loss)
+        unknown = sorted(set(self.loss_params) - set(spec.params))
+        if unknown:
+            takes = (f"takes only {', '.join(spec.params)}" if spec.params
+                     else "takes no parameters")
+            raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))}: loss "
+                             f"{self.loss!r} {takes}")
+        if self.loss_params:
+            # the loss checks its own parameters (finite and > 0) on a dummy call
+            spec.func(np.zeros(1), np.zeros(1), **self.loss_params)
 
     def _check_loss(self):
         if self.loss not in TAGGER_LOSSES:
@@ -204,14 +301,17 @@ class SequenceTagger:
         dev : (sents, tags) or None
             Held-out data whose token accuracy is reported with the progress lines.
         """
-        self._check_loss()
+        self._check_params()
+        from .optimize import fit_chain
         n_substates = _check_substates(self.n_substates)
         n_tokens = _check_corpus(sents, tags)
         if n_tokens == 0:
             raise ValueError("cannot fit a tagger on zero tokens")
         t0 = time.perf_counter()
-        self.labels_ = np.array(sorted({t for ts in tags for t in ts}))
-        index = {t: i for i, t in enumerate(self.labels_.tolist())}
+        # Everything fitted is built in locals and installed at the end: a fit that raises
+        # (bad data, KeyboardInterrupt) leaves a fitted tagger as it was, still usable.
+        labels = np.array(sorted({t for ts in tags for t in ts}))
+        index = {t: i for i, t in enumerate(labels.tolist())}
         y = np.fromiter((index[t] for ts in tags for t in ts), dtype=np.int64, count=n_tokens)
 
         schedule = self._training_schedule()
@@ -220,13 +320,11 @@ class SequenceTagger:
         # 2.5 times fewer nonzeros than X itself. L-BFGS multiplies through the factors (two
         # to three times faster than through X), and the mini-batch optimizers gather their
         # batches' rows of X through them.
-        X, offsets = fx._fit_transform(sents, self.min_count, factored=True)
-        self.feature_extractor_ = fx
-        model = LinearChainEnergy(fx.n_features_, len(self.labels_), n_substates)
-        self.model_ = model
+        X, offsets = fx.fit_transform(sents, self.min_count, factored=True)
+        model = LinearChainEnergy(fx.n_features_, len(labels), n_substates)
         if self.verbose:
             print(f"factorebm: {len(sents)} sentences, {n_tokens} tokens, "
-                  f"{fx.n_features_} features, {len(self.labels_)} tags "
+                  f"{fx.n_features_} features, {len(labels)} tags "
                   f"(features in {time.perf_counter() - t0:.1f} s)", flush=True)
 
         callback = None
@@ -234,10 +332,11 @@ class SequenceTagger:
             dev_sents, dev_tags = dev
             _check_corpus(dev_sents, dev_tags, what="dev sentences")
             Xd, od = fx.transform(dev_sents)
-            yd = np.array([index.get(t, -1) for ts in dev_tags for t in ts], dtype=np.int64)
+            # -2 for a tag unseen in training: no prediction (not even -1) matches it
+            yd = np.array([index.get(t, -2) for ts in dev_tags for t in ts], dtype=np.int64)
 
             def callback(w, epoch):
-                pred = self._decode(w, Xd, od)
+                pred = model.predict(w, Xd, od, n_threads=self.n_threads)
                 return {"dev_accuracy": float(np.mean(pred == yd)) if len(yd) else float("nan")}
 
         kwargs = dict(self.loss_params)
@@ -251,7 +350,11 @@ class SequenceTagger:
             # The model caches the validated training corpus (X and its transpose) for
             # repeated objective calls; a fitted tagger must not keep the corpus alive.
             model._cache = None
-        self.coef_ = np.ascontiguousarray(w, dtype=np.float64)
+        coef = np.ascontiguousarray(w, dtype=np.float64)
+        self.labels_ = labels
+        self.feature_extractor_ = fx
+        self.model_ = model
+        self.coef_ = coef
         self.history_ = history
         self.fit_time_ = time.perf_counter() - t0
         return self
@@ -274,33 +377,54 @@ class SequenceTagger:
         The states are the tags (S = K) or, with ``n_substates = H``, the substates of the
         tags: state s belongs to tag ``s // H`` (``model_.state_label``).
         """
+        return self._energies(sents)[:5]
+
+    def _energies(self, sents):
+        """:meth:`energies` plus the model and tag set they were computed with (each read
+        once, so a call sees one fitted state) and the number of threads to use."""
         self._check_fitted()
         _check_corpus(sents)
-        W_emit, transition, start, end = self.model_.unpack(self.coef_)
+        fx, model, coef, labels = (self.feature_extractor_, self.model_, self.coef_,
+                                   self.labels_)
+        n_threads = threads_for(self.n_threads, sum(map(len, sents)))
+        W_emit, transition, start, end = model.unpack(coef)
         # X @ W_emit without building X: summed once per word type present, then per token
-        unary, offsets = self.feature_extractor_.emissions(
-            sents, W_emit, n_threads=threads_for(self.n_threads, sum(map(len, sents))))
-        return unary, transition, start, end, offsets
+        unary, offsets = fx.emissions(sents, W_emit, n_threads=n_threads)
+        return unary, transition, start, end, offsets, model, labels, n_threads
 
-    def _decode(self, w, X, offsets):
-        return self.model_.predict(w, X, offsets, n_threads=self.n_threads)
+    def _viterbi(self, sents):
+        """Best state path of every sentence: ``(labels (N,) int64 tag ids, offsets,
+        labels_)``; ValueError when a sentence has no finite-energy tagging."""
+        unary, transition, start, end, offsets, model, labels, n_threads = \
+            self._energies(sents)
+        tag_ids, energies = chain.viterbi(unary, transition, offsets, start, end,
+                                          state_label=model.state_label, n_threads=n_threads)
+        _check_feasible(energies, sents)
+        return tag_ids, offsets, labels
 
     def predict(self, sents):
-        """Tag each sentence with its minimum-energy tag sequence: list of list of str."""
-        unary, transition, start, end, offsets = self.energies(sents)
-        labels, _ = chain.viterbi(unary, transition, offsets, start, end,
-                                  state_label=self.model_.state_label, n_threads=self.n_threads)
-        return _split(self.labels_[labels].tolist(), offsets)
+        """Tag each sentence with its minimum-energy tag sequence: list of list of str.
+
+        Raises ValueError when the model forbids every tagging of a sentence (its +inf
+        energies leave no finite path), rather than returning a made-up answer.
+        """
+        tag_ids, offsets, labels = self._viterbi(sents)
+        return _split(labels[tag_ids].tolist(), offsets)
 
     def predict_marginals(self, sents, beta=1.0):
         """Per-token tag probabilities under the Gibbs distribution at inverse temperature beta.
 
-        Returns a list of (T_i, K) float64 arrays, columns in ``labels_`` order.
+        Returns
+        -------
+        list of ndarray
+            One (T_i, K) float64 array per sentence (T_i its tokens, K the tags), columns in
+            ``labels_`` order; each row sums to 1.
         """
-        unary, transition, start, end, offsets = self.energies(sents)
-        marginals, _ = chain.forward_backward(unary, transition, offsets, beta, start, end,
-                                              state_label=self.model_.state_label,
-                                              n_threads=self.n_threads)
+        unary, transition, start, end, offsets, model, _, n_threads = self._energies(sents)
+        marginals, free_energies = chain.forward_backward(
+            unary, transition, offsets, beta, start, end, state_label=model.state_label,
+            n_threads=n_threads)
+        _check_feasible(free_energies, sents)
         return _split(marginals, offsets)
 
     def score(self, sents, tags):
@@ -308,13 +432,11 @@ class SequenceTagger:
         n_tokens = _check_corpus(sents, tags)
         if n_tokens == 0:
             raise ValueError("cannot score zero tokens")
-        unary, transition, start, end, offsets = self.energies(sents)
-        labels, _ = chain.viterbi(unary, transition, offsets, start, end,
-                                  state_label=self.model_.state_label, n_threads=self.n_threads)
-        index = {t: i for i, t in enumerate(self.labels_.tolist())}
+        tag_ids, _, labels = self._viterbi(sents)
+        index = {t: i for i, t in enumerate(labels.tolist())}
         gold = np.fromiter((index.get(t, -1) for ts in tags for t in ts), dtype=np.int64,
                            count=n_tokens)
-        return float(np.mean(labels == gold))
+        return float(np.mean(tag_ids == gold))
 
     # ------------------------------------------------------------------ model files
     def save(self, path):
@@ -344,31 +466,39 @@ class SequenceTagger:
         if unknown:
             raise ValueError(f"load() can override only {', '.join(_RUNTIME_PARAMS)}, not "
                              f"{', '.join(unknown)} (the other settings describe the training)")
+        if "n_threads" in params:
+            check_threads(params["n_threads"])      # the caller's error, not the file's
         arrays, metadata = load_arrays(path, kind=MODEL_KIND)
         try:
-            saved = dict(metadata["params"])
+            saved = metadata["params"]
+            if not isinstance(saved, dict):
+                raise ValueError("params is not a JSON object")
+            saved = dict(saved)
             saved.setdefault("n_substates", 1)      # files written before substates existed
             params = {**saved, **params}
             loss_params = {k: params.pop(k) for k in list(params) if k not in _PARAM_NAMES}
+            # __init__ validates every setting, the saved n_threads among them
             tagger = cls(**params, **loss_params)
             feature_arrays = {k[len("features."):]: v for k, v in arrays.items()
                               if k.startswith("features.")}
-            tagger.feature_extractor_ = FeatureExtractor.from_config_and_arrays(
-                metadata["feature_config"], feature_arrays)
-            tagger.labels_ = np.asarray(arrays["labels"]).astype(str)
-            tagger.coef_ = np.ascontiguousarray(arrays["coef"], dtype=np.float64)
+            fx = FeatureExtractor.from_config_and_arrays(metadata["feature_config"],
+                                                         feature_arrays)
+            labels = _check_saved_labels(arrays["labels"])
+            coef = _check_saved_coef(arrays["coef"])
+            # the expected size from Python integers, before anything of that size is made
+            n_states = len(labels) * tagger.n_substates
+            n_weights = fx.n_features_ * n_states + n_states * n_states + 2 * n_states
+            if coef.shape != (n_weights,):
+                raise ValueError(f"weight vector has shape {coef.shape}, expected "
+                                 f"({n_weights},) for {len(labels)} tags with "
+                                 f"{tagger.n_substates} substate(s) each")
+            model = LinearChainEnergy(fx.n_features_, len(labels), tagger.n_substates)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: not a valid SequenceTagger model ({exc})") from None
-        try:
-            tagger.model_ = LinearChainEnergy(tagger.feature_extractor_.n_features_,
-                                              len(tagger.labels_),
-                                              _check_substates(tagger.n_substates))
-        except ValueError as exc:
-            raise ValueError(f"{path}: not a valid SequenceTagger model ({exc})") from None
-        if tagger.coef_.shape != (tagger.model_.n_weights,):
-            raise ValueError(f"{path}: weight vector has shape {tagger.coef_.shape}, expected "
-                             f"({tagger.model_.n_weights},) for {len(tagger.labels_)} tags "
-                             f"with {tagger.n_substates} substate(s) each")
+        tagger.feature_extractor_ = fx
+        tagger.labels_ = labels
+        tagger.model_ = model
+        tagger.coef_ = coef
         return tagger
 
     def __repr__(self):

@@ -293,20 +293,21 @@ cdef extern from "Python.h":
     PyObject* PyDict_GetItem(object d, object key)
 
 
-def map_tokens(list sents, object index, int32_t[::1] out):
-    """Fill ``out`` (N,) with ``index[word]`` for every token of ``sents``, in order.
+def map_tokens(list sents, object index, Py_ssize_t n_known, object overflow,
+               int32_t[::1] out):
+    """Fill ``out`` (N,) with the type id of every token of ``sents``, in order.
 
-    ``index`` is a dict (or dict subclass); ``sents`` must be a list of lists (returns False,
-    touching nothing, when one is not);
-    ``out`` has one slot per token. A word missing from ``index`` is looked up with
-    ``index[word]`` so that the dict subclass's ``__missing__`` numbers and queues it; an
-    unhashable token raises TypeError. Returns True when done.
+    A word of ``index`` (a dict) whose id is below ``n_known`` keeps that id; any other word
+    is looked up in, or numbered into, ``overflow`` (a dict, ids ``n_known``, ``n_known + 1``,
+    ... in order of first appearance), as ``features._type_of`` does: ``overflow``'s keys
+    are plain str (a str subclass's value is copied). ``index`` is only read. ``sents`` must
+    be a list of lists (returns False, touching nothing, when one is not); ``out`` has one
+    slot per token. A token that is not a str raises TypeError. Returns True when done.
     """
-    cdef Py_ssize_t pos = 0, n = out.shape[0]
+    cdef Py_ssize_t pos = 0, n = out.shape[0], ty
     cdef PyObject* found
-    cdef object obj = index
-    if not isinstance(index, dict):
-        raise TypeError("map_tokens: index must be a dict")
+    if not isinstance(index, dict) or not isinstance(overflow, dict):
+        raise TypeError("map_tokens: index and overflow must be dicts")
     for sent in sents:
         if type(sent) is not list:
             return False
@@ -315,10 +316,23 @@ def map_tokens(list sents, object index, int32_t[::1] out):
             if pos >= n:
                 raise ValueError("map_tokens: more tokens than output slots")
             found = PyDict_GetItem(index, word)
+            if found != NULL:
+                ty = <object>found
+                if ty < n_known:
+                    out[pos] = <int32_t>ty
+                    pos += 1
+                    continue
+            found = PyDict_GetItem(overflow, word)
             if found == NULL:
-                out[pos] = obj[word]
+                if type(word) is not str:
+                    if not isinstance(word, str):
+                        raise TypeError("tokens must be strings")
+                    word = str.__str__(word)    # numpy.str_ & co: cache a plain str
+                ty = n_known + len(<dict>overflow)
+                overflow[word] = ty
             else:
-                out[pos] = <object>found
+                ty = <object>found
+            out[pos] = <int32_t>ty
             pos += 1
     if pos != n:
         raise ValueError("map_tokens: fewer tokens than output slots")

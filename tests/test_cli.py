@@ -153,8 +153,30 @@ def test_threads_option_of_tag_and_evaluate(files):
     assert r.returncode == 0, r.stderr
     r = run_cli("tag", "--model", files["model"], files["dev"], "--threads", 2)
     assert r.returncode == 0, r.stderr
-    r = run_cli("tag", "--model", files["model"], files["dev"], "--threads", 0)
-    assert_one_line_error(r, "n_threads")
+
+
+def run_main(capsys, *args):
+    """The command line in this process (fast, for errors found before any real work)."""
+    from factorebm.cli import main
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, out, err)
+
+
+def test_threads_below_one_are_a_one_line_error(files, capsys):
+    for command in ("tag", "evaluate"):
+        for bad in (0, -3):
+            r = run_main(capsys, command, "--model", files["model"], files["dev"], "--threads",
+                         bad)
+            assert_one_line_error(r, f"--threads must be an integer >= 1 (default: all cores), "
+                                     f"got {bad}")
+
+
+def test_more_threads_than_cores_are_clamped(files):
+    # more threads than cores: clamped to the cores, the same tags
+    r400 = run_cli("tag", "--model", files["model"], files["dev"], "--threads", 400)
+    r1 = run_cli("tag", "--model", files["model"], files["dev"], "--threads", 1)
+    assert r400.returncode == 0 and r400.stdout == r1.stdout, r400.stderr
 
 
 def test_files_without_tokens_or_gold_tags_are_named(files, tmp_path):
@@ -200,3 +222,73 @@ def test_benchmark_reports_a_child_that_died():
 def test_benchmark_without_python_crfsuite_says_how_to_install_it():
     r = run_bench_snippet("sys.modules['pycrfsuite'] = None\nsys.exit(c.main([]))")
     assert r.returncode == 1 and "pip install python-crfsuite" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--l1", "inf", "--l1 must be a finite number >= 0, got inf"),
+    ("--l1", "-0.5", "--l1 must be a finite number >= 0"),
+    ("--l2", "nan", "--l2 must be a finite number >= 0, got nan"),
+    ("--max-iter", "0", "--max-iter must be an integer >= 1, got 0"),
+    ("--batch-size", "-2", "--batch-size must be an integer >= 1"),
+    ("--learning-rate", "0", "--learning-rate must be a finite number > 0"),
+    ("--min-count", "0", "--min-count must be an integer >= 1"),
+    ("--substates", "0", "--substates must be an integer >= 1"),
+    ("--threads", "0", "--threads must be an integer >= 1"),
+])
+def test_bad_training_options_are_refused_before_reading_data(tmp_path, capsys, option, value,
+                                                             message):
+    model = tmp_path / "m.npz"
+    r = run_main(capsys, "train", "--model", model, "--train", tmp_path / "never_read.conllu",
+                 option, value)
+    assert_one_line_error(r, message)
+    assert not model.exists() and r.stdout == ""
+
+
+def test_hostile_model_files_are_one_line_errors(files, tmp_path, capsys):
+    from factorebm.modelio import load_arrays, save_arrays
+    arrays, meta = load_arrays(files["model"], kind="SequenceTagger")
+    for key in ("format_version", "kind", "arrays", "shapes"):
+        meta.pop(key, None)
+    meta["params"]["n_threads"] = 0
+    bad_threads = tmp_path / "threads.npz"
+    save_arrays(bad_threads, arrays, meta, kind="SequenceTagger")
+    truncated = tmp_path / "cut.npz"
+    truncated.write_bytes(files["model"].read_bytes()[:5000])
+    for path in (bad_threads, truncated):
+        for command in ("tag", "evaluate"):
+            r = run_main(capsys, command, "--model", path, files["dev"])
+            assert_one_line_error(r, str(path))
+    r = run_cli("tag", "--model", bad_threads, files["dev"])        # the real process too
+    assert_one_line_error(r, str(bad_threads), "n_threads")
+
+
+def test_closed_stdin_is_a_one_line_error(files):
+    r = subprocess.run(["sh", "-c", f'"$0" -m factorebm.cli tag --model "$1" <&-',
+                        sys.executable, str(files["model"])],
+                       capture_output=True, text=True, timeout=300)
+    assert_one_line_error(r, "standard input is closed")
+
+
+def test_plain_text_sent_ids_stay_input_line_numbers(files):
+    # pdftotext's form feeds and other characters str.splitlines breaks at are not line ends
+    text = "The dog\n\fbarks .\x1cI\x0bsaw\x85her\u2028too\n\nGood .\n"
+    r = run_cli("tag", "--model", files["model"], "--format", "text", stdin=text)
+    assert r.returncode == 0, r.stderr
+    ids = [line for line in r.stdout.splitlines() if line.startswith("# sent_id")]
+    assert ids == ["# sent_id = 1", "# sent_id = 2", "# sent_id = 4"]
+    forms = [line.split("\t")[1] for line in r.stdout.split("\n") if line[:1].isdigit()]
+    assert forms == ["The", "dog", "barks", ".", "I", "saw", "her", "too", "Good", "."]
+
+
+def test_version_and_python_dash_m_factorebm(files):
+    r = subprocess.run([sys.executable, "-m", "factorebm", "--version"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == f"factorebm {fe.__version__}"
+    r = subprocess.run([sys.executable, "-m", "factorebm", "tag", "--model", str(files["model"]),
+                        "-"], input="The dog barks .\n", capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout == run_cli("tag", "--model", files["model"], "-",
+                                                     stdin="The dog barks .\n").stdout
+    r = subprocess.run([sys.executable, "-m", "factorebm"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "usage: factorebm" in r.stderr

@@ -281,6 +281,18 @@ def test_plain_text_to_conllu_and_back():
     assert [s.comments[0] for s in sentences] == ["# sent_id = 1", "# sent_id = 3"]
 
 
+def test_plain_text_lines_end_at_newline_only():
+    # str.splitlines also breaks at these: sent_id would drift from the input line number
+    breaks = ["\f", "\v", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+    text = "".join(f"a{b}b\n" for b in breaks) + "last line\r\n"
+    sentences = sentences_from_text(text)
+    assert [s.comments[0] for s in sentences] == [f"# sent_id = {i}"
+                                                  for i in range(1, len(breaks) + 2)]
+    assert [s.forms for s in sentences] == [["a", "b"]] * len(breaks) + [["last", "line"]]
+    assert [s.comments[0] for s in read_sentences(io.StringIO(text))] == [
+        s.comments[0] for s in sentences]
+
+
 def test_read_sentences_detects_the_format():
     conllu = read_sentences(io.StringIO(SAMPLE))
     assert [s.forms for s in conllu] == SAMPLE_SENTS

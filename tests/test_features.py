@@ -245,7 +245,7 @@ def test_cache_trimming_does_not_change_output():
         X, _ = fx.transform(batch)
         Y, _ = fresh.transform(batch)
         assert np.array_equal(X.indptr, Y.indptr) and np.array_equal(X.indices, Y.indices)
-    assert fx._n_types - fx._n_fit_types <= 2
+    assert fx._cache.n_types - fx._n_fit_types <= 2
 
 
 def test_ewt_dev_slice():
@@ -418,10 +418,10 @@ def test_list_and_other_sequences_map_alike():
     X2, o2 = fx2.transform(tuple(tuple(s) for s in sents))
     assert np.array_equal(o1, o2) and np.array_equal(X1.indptr, X2.indptr)
     assert np.array_equal(X1.indices, X2.indices)
-    n_types = fx._n_types
+    cache = fx._cache
     with pytest.raises(ValueError, match="tokens must be strings, found list"):
         fx.transform([["new1", "new2", ["x"]]])
-    assert fx._n_types == n_types and "new1" not in fx._index     # nothing half-cached
+    assert fx._cache is cache and "new1" not in cache.index     # nothing half-cached
     assert np.array_equal(fx.transform(sents)[0].indices, X1.indices)
 
 
@@ -451,3 +451,42 @@ def test_emissions_refuse_a_wrong_weight_shape():
         fx.emissions(TRAIN, np.zeros((fx.n_features_ + 1, 3)))
     with pytest.raises(ValueError, match="not fitted"):
         FeatureExtractor().emissions(TRAIN, np.zeros((1, 3)))
+
+
+def test_emissions_take_threads_by_the_package_rule():
+    # refused before anything is cached, clamped to the cores above them (400 aborted in
+    # libgomp and 10**6 crashed before the rule)
+    fx = FeatureExtractor().fit(TRAIN)
+    W = np.random.default_rng(0).normal(size=(fx.n_features_, 3))
+    cache = fx._cache
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="n_threads"):
+            fx.emissions([["brandnew"]], W, n_threads=bad)
+    assert fx._cache is cache
+    ref, _ = fx.emissions(TRAIN, W, n_threads=1)
+    for n in (None, 2, 400, 10**6):
+        U, _ = fx.emissions(TRAIN, W, n_threads=n)
+        assert np.array_equal(U, ref)
+
+
+def test_template_offsets_are_bounded():
+    # an offset of 2**70 in a model file was a raw OverflowError
+    with pytest.raises(ValueError, match="offset 1180591620717411303424 is out of range"):
+        FeatureExtractor(templates={0: ["word"], 2**70: ["lower"]})
+    with pytest.raises(ValueError, match="out of range"):
+        FeatureExtractor(templates=[[-(2**17), ["lower"]]])
+    assert FeatureExtractor(templates={-(2**16): ["lower"], 0: ["word"]}).fit(TRAIN)
+    with pytest.raises(ValueError, match="cache_size"):
+        FeatureExtractor(cache_size=float("inf"))
+
+
+def test_a_fitted_extractor_copies_with_its_own_lock():
+    import copy
+    import pickle
+    fx = FeatureExtractor().fit(TRAIN)
+    fx.transform([["brandnew", "dog"]])
+    for twin in (copy.deepcopy(fx), pickle.loads(pickle.dumps(fx))):
+        assert twin._lock is not fx._lock
+        X, _ = twin.transform([["brandnew", "dog"], ["other"]])
+        Y, _ = fx.transform([["brandnew", "dog"], ["other"]])
+        assert np.array_equal(X.indices, Y.indices) and np.array_equal(X.indptr, Y.indptr)

@@ -229,3 +229,169 @@ def test_files_are_what_np_savez_writes(tmp_path):
         for name, a in arrays.items():
             assert z[name].dtype == a.dtype and z[name].shape == a.shape
             np.testing.assert_array_equal(z[name], a)
+
+
+# ----------------------------------------------------------------------------- hostile sizes
+
+def _npy_bytes(header, data=b""):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    return buf.getvalue() + data
+
+
+def _archive(path, members, meta=None):
+    """A zip of raw members {name: (bytes, compress_type)} plus valid metadata."""
+    meta = meta or {"format_version": 1, "kind": "K", "arrays": sorted(members)}
+    raw = json.dumps(meta).encode()
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("__metadata__.npy", _npy_bytes(
+            {"descr": "|u1", "fortran_order": False, "shape": (len(raw),)}, raw))
+        for name, (data, method) in members.items():
+            zf.writestr(name + ".npy", data, compress_type=method)
+    return path
+
+
+def test_zip_bomb_member_is_refused_before_it_is_inflated(tmp_path):
+    # 64 MB of zeros deflate to about 64 KB: the member declares a thousand times its size
+    import tracemalloc
+    n = 8 << 20
+    data = _npy_bytes({"descr": "<f8", "fortran_order": False, "shape": (n,)},
+                      bytes(8 * n))
+    path = _archive(tmp_path / "bomb.npz", {"x": (data, zipfile.ZIP_DEFLATED)})
+    del data
+    assert path.stat().st_size < (1 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"bomb\.npz: member 'x' declares \d+ bytes from "
+                                             r"\d+ compressed.*zip bomb"):
+            load_arrays(path, kind="K")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < (4 << 20)
+
+
+def test_moderately_compressed_members_still_load(tmp_path):
+    # np.savez_compressed of ordinary model arrays stays well within the ratio limit
+    a = np.random.default_rng(0).normal(size=1000)
+    path = tmp_path / "c.npz"
+    meta = json.dumps({"format_version": 1, "kind": "K", "arrays": ["a"]}).encode()
+    np.savez_compressed(path, __metadata__=np.frombuffer(meta, dtype=np.uint8), a=a)
+    arrays, _ = load_arrays(path, kind="K")
+    assert np.array_equal(arrays["a"], a)
+
+
+@pytest.mark.parametrize("shape, descr", [((10**12,), "<f8"), ((2**62, 2**62), "<f8"),
+                                          ((3,), "<f8"), ((5, -1), "<i4")])
+def test_npy_header_sizes_must_match_the_member(tmp_path, shape, descr):
+    # a header claiming 8 TB (or an overflowing or negative shape) over 8 bytes of data is
+    # refused from the header alone: no MemoryError, no OverflowError
+    data = _npy_bytes({"descr": descr, "fortran_order": False, "shape": shape}, bytes(16))
+    path = _archive(tmp_path / "huge.npz", {"x": (data, zipfile.ZIP_STORED)})
+    with pytest.raises(ValueError, match=r"huge\.npz: .*'x'"):
+        load_arrays(path, kind="K")
+
+
+@pytest.mark.parametrize("descr", ["|O", "|V8", "<M8[s]", [("a", "<f8")], ("<f8", (2,))])
+def test_only_plain_number_and_string_dtypes_load(tmp_path, descr):
+    dtype = np.dtype(descr) if not isinstance(descr, str) or descr != "|O" else np.dtype(object)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": (1,)}
+    path = _archive(tmp_path / "odd.npz",
+                    {"x": (_npy_bytes(header, bytes(dtype.itemsize)), zipfile.ZIP_STORED)})
+    with pytest.raises(ValueError, match=r"odd\.npz: array 'x'"):
+        load_arrays(path, kind="K")
+
+
+def test_array_shapes_must_match_the_metadata(tmp_path):
+    path = tmp_path / "m.npz"
+    save_arrays(path, {"w": np.ones(3), "v": np.zeros((2, 2), dtype=np.int32)}, {}, kind="K")
+    _, meta = load_arrays(path, kind="K")
+    assert meta["shapes"] == {"w": ["<f8", [3]], "v": ["<i4", [2, 2]]}
+    meta["shapes"]["w"] = ["<f8", [4]]
+    _raw_model(path, meta, w=np.ones(3), v=np.zeros((2, 2), dtype=np.int32))
+    with pytest.raises(ValueError, match=r"m\.npz: array 'w' is <f8 of shape \(3,\), but the "
+                                         r"metadata lists"):
+        load_arrays(path, kind="K")
+
+
+def test_duplicate_and_foreign_members_are_refused(tmp_path):
+    path = tmp_path / "dup.npz"
+    ok = _npy_bytes({"descr": "<f8", "fortran_order": False, "shape": (1,)}, bytes(8))
+    _archive(path, {"x": (ok, zipfile.ZIP_STORED)})
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        with zipfile.ZipFile(path, "a") as zf:
+            zf.writestr("x.npy", ok)
+    with pytest.raises(ValueError, match=r"dup\.npz: member 'x' appears twice"):
+        load_arrays(path, kind="K")
+    _archive(path, {"x": (ok, zipfile.ZIP_BZIP2)})
+    with pytest.raises(ValueError, match=r"dup\.npz: member 'x' uses compression method"):
+        load_arrays(path, kind="K")
+
+
+# ----------------------------------------------------------------------------- saving
+
+def test_stale_temp_file_of_a_killed_save_is_removed_by_the_next_save(tmp_path):
+    # A save killed (SIGKILL) in the middle of writing leaves its hidden temp file; the next
+    # save to the same target removes it, and leaves alone what is not a dead save's.
+    import subprocess
+    import sys
+    import textwrap
+    path = tmp_path / "model.npz"
+    script = textwrap.dedent(f"""
+        import os, signal
+        import numpy as np
+        from factorebm import modelio
+        def killed(fh, arrays):
+            fh.write(b"half a model")
+            fh.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        modelio._write_npz = killed
+        modelio.save_arrays({str(path)!r}, {{"x": np.ones(3)}}, {{}}, kind="K")
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert r.returncode == -9
+    stale = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert len(stale) == 1 and stale[0].startswith(".model.npz.")
+    # not ours to remove: another target's temp file, another naming, and one a live save holds
+    others = [".other.npz.0123456789ab.tmp", ".model.npz.tmp", ".model.npz.0123456789ab.tmp"]
+    for name in others:
+        (tmp_path / name).write_bytes(b"")
+    import fcntl
+    with open(tmp_path / others[2], "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        save_arrays(path, {"x": np.zeros(2)}, {}, kind="K")
+        assert sorted(os.listdir(tmp_path)) == sorted(others + ["model.npz"])
+    save_arrays(path, {"x": np.zeros(2)}, {}, kind="K")     # now the held one is stale too
+    assert sorted(os.listdir(tmp_path)) == sorted(others[:2] + ["model.npz"])
+    assert np.array_equal(load_arrays(path, kind="K")[0]["x"], np.zeros(2))
+
+
+def test_resaving_keeps_the_file_mode(tmp_path):
+    path = tmp_path / "m.npz"
+    save_arrays(path, {"x": np.ones(2)}, {}, kind="K")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask     # a new file: as open() makes it
+    for mode in (0o600, 0o640, 0o444):
+        os.chmod(path, mode)
+        save_arrays(path, {"x": np.zeros(2)}, {}, kind="K")
+        assert os.stat(path).st_mode & 0o777 == mode
+
+
+def test_saving_to_a_symlink_writes_through_it(tmp_path):
+    real_dir = tmp_path / "store"
+    real_dir.mkdir()
+    target = real_dir / "model.npz"
+    save_arrays(target, {"x": np.ones(2)}, {}, kind="K")
+    link = tmp_path / "current.npz"
+    link.symlink_to(target)
+    save_arrays(link, {"x": np.full(2, 7.0)}, {"v": 2}, kind="K")
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert np.array_equal(load_arrays(target, kind="K")[0]["x"], np.full(2, 7.0))
+    assert sorted(os.listdir(tmp_path)) == ["current.npz", "store"]
+    assert os.listdir(real_dir) == ["model.npz"]
+    dangling = tmp_path / "next.npz"
+    dangling.symlink_to(real_dir / "new.npz")       # a link to a file not written yet
+    save_arrays(dangling, {"x": np.ones(1)}, {}, kind="K")
+    assert dangling.is_symlink() and (real_dir / "new.npz").is_file()

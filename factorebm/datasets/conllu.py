@@ -602,8 +602,16 @@ def sentences_from_text(text):
         per token with every column but ID and FORM set to ``_``. Blank lines make no sentence
         but keep their place in the numbering, so ``sent_id`` always points back to the input
         line.
+
+    Notes
+    -----
+    Lines end at ``"\n"`` only (a ``"\r\n"`` line's ``"\r"`` is whitespace), as ``wc -l``,
+    ``sed`` and editors count them; not at every character ``str.splitlines`` breaks on: a
+    form feed (pdftotext's page break), ``"\v"``, ``"\x1c"``-``"\x1e"``, ``"\x85"`` or
+    ``"\u2028"`` inside a line separates tokens, like any whitespace, and leaves the
+    numbering alone.
     """
-    lines = text.splitlines() if isinstance(text, str) else text
+    lines = text.split("\n") if isinstance(text, str) else text
     out = []
     for lineno, line in enumerate(lines, 1):
         tokens = line.split()
