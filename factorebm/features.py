@@ -1070,7 +1070,7 @@ class FeatureExtractor:
         """The :class:`~factorebm.learning.FactoredFeatures` of a batch mapped against
         ``cache``."""
         import scipy.sparse as sp
-        from .learning import FactoredFeatures
+        from .sparse import FactoredFeatures
         N = tok_type.shape[0]
         G = len(self._groups)
         seg = cache.seg_view()
