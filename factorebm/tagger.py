@@ -27,6 +27,7 @@ from .features import FeatureExtractor
 from .checks import check_threads, threads_for
 from .learning import LinearChainEnergy
 from .modelio import load_arrays, save_arrays
+from .optimize import OPTIMIZERS
 
 MODEL_KIND = "SequenceTagger"
 
@@ -38,7 +39,6 @@ _PARAM_NAMES = ("loss", "optimizer", "l1", "l2", "max_iter", "batch_size", "lear
                 "features", "min_count", "n_substates", "n_threads", "random_state", "verbose")
 # Settings of how a fitted tagger runs, not of how it was trained: load() may replace them.
 _RUNTIME_PARAMS = ("n_threads", "verbose")
-OPTIMIZERS = ("lbfgs", "sgd", "adagrad", "perceptron")
 
 
 def _check_corpus(sents, tags=None, what="sentences"):
