@@ -8,12 +8,13 @@ the energy with the tutorial's losses.
 """
 from .graph import FactorGraph
 from .inference import free_energy, min_sum, most_offending, sum_product
-from . import chain, datasets, learning, losses, optimize
+from . import chain, datasets, learning, losses, optimize, sampling
+from .sampling import sample
 from .tagger import SequenceTagger
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FactorGraph", "min_sum", "sum_product", "free_energy", "most_offending",
-    "chain", "losses", "learning", "optimize", "datasets", "SequenceTagger", "__version__",
+    "FactorGraph", "min_sum", "sum_product", "free_energy", "most_offending", "sample",
+    "sampling", "chain", "losses", "learning", "optimize", "datasets", "SequenceTagger", "__version__",
 ]
