@@ -47,9 +47,15 @@ from libc.stdint cimport uint64_t, int32_t
 from _typedefs cimport float64_t, intp_t
 
 cdef extern from "_sample_site.h":
+    void smp_pair_weights(intp_t K, const double* eu, const int32_t* slot, intp_t n_slots,
+                          const double* et, const intp_t* x, double* w) noexcept nogil
+    intp_t smp_inverse_cdf(const double* w, intp_t K, double total, double u) noexcept nogil
     intp_t smp_draw_pairwise(intp_t K, const double* eu, const int32_t* slot, intp_t n_slots,
                              const double* et, const intp_t* x, double u,
                              double tiny) noexcept nogil
+    intp_t smp_draw_pairwise_2(const double* eu, const int32_t* slot, intp_t n_slots,
+                               const double* et, const intp_t* x, double u,
+                               double tiny) noexcept nogil
 
 # below this weight sum the product of exponentials may have lost precision (or underflowed
 # although the energies are finite): the site is redone in energy space
@@ -134,17 +140,9 @@ cdef inline double _exp_weights(const Model* m, const intp_t* x, intp_t v, intp_
                                 double* w) noexcept nogil:
     """w[k] = exp(-beta (e_v(k) - shifts)) as a product of precomputed exponentials; their sum."""
     cdef intp_t j, k, row, step
-    cdef const int32_t* s
-    cdef const float64_t* t
     cdef double total = 0.0
-    for k in range(K):
-        w[k] = m.exp_unary[lo + k]
-    for j in range(m.pair_offset[v], m.pair_offset[v + 1]):
-        s = m.pair_slot + 3 * j
-        step = s[2]
-        t = m.exp_tables + s[1] + x[s[0]] * (K if step == 1 else 1)
-        for k in range(K):
-            w[k] *= t[k * step]
+    smp_pair_weights(K, m.exp_unary + lo, m.pair_slot + 3 * m.pair_offset[v],
+                     m.pair_offset[v + 1] - m.pair_offset[v], m.exp_tables, x, w)
     for j in range(m.high_offset[v], m.high_offset[v + 1]):
         row = _high_row(m, x, m.high_edge[j])
         step = m.edge_stride[m.high_edge[j]]
@@ -155,26 +153,13 @@ cdef inline double _exp_weights(const Model* m, const intp_t* x, intp_t v, intp_
     return total
 
 
-cdef inline intp_t _inverse_cdf(const double* w, intp_t K, double total, double u) noexcept nogil:
-    """The state drawn with the uniform u from weights w (sum total > 0), branch-free: the first
-    state whose cumulative weight exceeds r = u total is the number of cumulative weights <= r;
-    when r rounds up to the total, the last state of positive weight."""
-    cdef double r = u * total, c = 0.0
-    cdef intp_t k, sel = 0
-    for k in range(K - 1):
-        c += w[k]
-        sel += c <= r
-    while w[sel] == 0.0:
-        sel -= 1
-    return sel
-
-
 cdef inline void _gibbs_site(const Model* m, intp_t* x, intp_t v, double u,
                              double* scratch) noexcept nogil:
     """Draw x_v from its conditional distribution with the uniform u (inverse CDF)."""
     cdef intp_t lo = m.var_state_offset[v], K = m.var_state_offset[v + 1] - lo, sel = -2
     cdef double total
-    # small K: the weights in a local array, which the compiler knows no table pointer aliases
+    # the weights in a local array when K is small: the compiler then knows that no table
+    # pointer aliases them
     cdef double local[_SMALL_K]
     if m.high_offset[v] == m.high_offset[v + 1]:
         sel = smp_draw_pairwise(K, m.exp_unary + lo, m.pair_slot + 3 * m.pair_offset[v],
@@ -188,36 +173,29 @@ cdef inline void _gibbs_site(const Model* m, intp_t* x, intp_t v, double u,
     elif K <= _SMALL_K:
         total = _exp_weights(m, x, v, lo, K, local)
         if total >= _TINY:
-            x[v] = _inverse_cdf(local, K, total, u)
+            x[v] = smp_inverse_cdf(local, K, total, u)
             return
     else:
         total = _exp_weights(m, x, v, lo, K, scratch)
         if total >= _TINY:
-            x[v] = _inverse_cdf(scratch, K, total, u)
+            x[v] = smp_inverse_cdf(scratch, K, total, u)
             return
     total = _energy_weights(m, x, v, scratch)
     if total > 0.0:         # else every state is forbidden: x has infinite energy, keep x_v
-        x[v] = _inverse_cdf(scratch, K, total, u)
+        x[v] = smp_inverse_cdf(scratch, K, total, u)
 
 
 cdef inline void _gibbs_binary(const Model* m, intp_t* x, intp_t v, double u,
-                               double* w) noexcept nogil:
-    """_gibbs_site when every variable is binary and every factor pairwise (states of v are
-    2v and 2v + 1): two running products and one branch-free comparison."""
-    cdef intp_t j
-    cdef const int32_t* s
-    cdef const float64_t* t
-    cdef double w0 = m.exp_unary[2 * v], w1 = m.exp_unary[2 * v + 1]
-    for j in range(m.pair_offset[v], m.pair_offset[v + 1]):
-        s = m.pair_slot + 3 * j
-        t = m.exp_tables + s[1] + x[s[0]] * (2 if s[2] == 1 else 1)
-        w0 *= t[0]
-        w1 *= t[s[2]]
-    if w0 + w1 >= _TINY:
-        # w1 > 0 guards u * total rounding up to the total when state 1 is forbidden
-        x[v] = <intp_t>(u * (w0 + w1) >= w0) & <intp_t>(w1 > 0.0)
+                               double* scratch) noexcept nogil:
+    """_gibbs_site when every variable is binary and every factor pairwise: the states of v
+    are 2v and 2v + 1, and no arity or cardinality is looked up."""
+    cdef intp_t sel = smp_draw_pairwise_2(m.exp_unary + 2 * v, m.pair_slot + 3 * m.pair_offset[v],
+                                          m.pair_offset[v + 1] - m.pair_offset[v], m.exp_tables,
+                                          x, u, _TINY)
+    if sel >= 0:
+        x[v] = sel
     else:
-        _gibbs_site(m, x, v, u, w)
+        _gibbs_site(m, x, v, u, scratch)
 
 
 cdef inline intp_t _mh_site(const Model* m, intp_t* x, intp_t v, double u_propose,
