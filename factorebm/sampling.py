@@ -85,8 +85,9 @@ class _Layout:
         self.n_colours = int(n_colours)
         arity = np.diff(cg.fac_edge_offset)
         ve = np.asarray(cg.var_edges, dtype=_I)
-        pair_ok = V <= _INT32_MAX and cg.unique_tables.size <= _INT32_MAX
-        is_pair = (arity[cg.edge_fac[ve]] == 2) if (pair_ok and ve.size) else np.zeros(ve.size, bool)
+        # int32 slots: table offsets below the size of all tables (the shared ones are fewer)
+        pair_ok = V <= _INT32_MAX and cg.tables.size <= _INT32_MAX
+        is_pair = (arity[cg.edge_fac[ve]] == 2) & pair_ok
         pe = ve[is_pair]
         first = pe == cg.fac_edge_offset[cg.edge_fac[pe]]
         self.pair_edge = pe
