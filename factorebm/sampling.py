@@ -225,12 +225,20 @@ def _energies(cg, states, n_threads):
     return out[:states.shape[0]]
 
 
-def _check_states(g, cg, states, what="states"):
-    """In-place chain states: an int64 C-contiguous writeable (n_chains, V) array of valid states."""
+def _check_states(g, cg, states, in_place=True, what="states"):
+    """Chain states: an int64 (n_chains, V) array of valid states; C-contiguous and writeable
+    when they are updated in place, else converted. Returns the array."""
+    if not in_place:
+        states = np.asarray(states)
+        if states.dtype.kind not in "iu":
+            raise ValueError(f"{what} must be an integer array of shape (n, {cg.n_vars}), got "
+                             f"dtype {states.dtype}")
+        states = np.ascontiguousarray(states, dtype=_I)
     if not isinstance(states, np.ndarray) or states.dtype != _I or states.ndim != 2 \
-            or not states.flags.c_contiguous or not states.flags.writeable:
+            or not states.flags.c_contiguous or (in_place and not states.flags.writeable):
         raise ValueError(f"{what} must be a writeable C-contiguous int64 array of shape "
-                         f"(n_chains, {cg.n_vars}) (it is updated in place)")
+                         f"(n_chains, {cg.n_vars}) (it is updated in place)" if in_place else
+                         f"{what} must be a 2-D array of shape (n, {cg.n_vars})")
     if states.shape[1] != cg.n_vars:
         raise ValueError(f"{what} has {states.shape[1]} columns, the graph has {cg.n_vars} variables")
     if states.shape[0] < 1:
@@ -240,6 +248,7 @@ def _check_states(g, cg, states, what="states"):
         c, v = np.argwhere(bad)[0]
         raise ValueError(f"{what}[{c}, {v}] = {states[c, v]} is not a state of variable "
                          f"{g.variables[v]!r} (0..{cg.var_n_states[v] - 1})")
+    return states
 
 
 # ---------------------------------------------------------------------- public API
@@ -258,10 +267,7 @@ def colouring(g):
 def state_energies(g, states, n_threads=None):
     """Energy E(x) of each row of ``states`` (n, V) int64: float64 (n,) (+inf if forbidden)."""
     cg = _check_graph(g)
-    states = np.ascontiguousarray(states)
-    if states.ndim != 2 or states.dtype != _I:
-        raise ValueError(f"states must be an int64 array of shape (n, {cg.n_vars})")
-    _check_states(g, cg, states.copy() if not states.flags.writeable else states)
+    states = _check_states(g, cg, states, in_place=False)
     return _energies(cg, states, threads_for(n_threads, states.shape[0], 64))
 
 
@@ -435,10 +441,7 @@ def accumulate_beliefs(g, states, var_out, fac_out=None, weight=None, n_threads=
         Added per chain (default 1 / n_chains).
     """
     cg = _check_graph(g)
-    states = np.ascontiguousarray(states)
-    if states.ndim != 2 or states.dtype != _I:
-        raise ValueError(f"states must be an int64 array of shape (n_chains, {cg.n_vars})")
-    _check_states(g, cg, states if states.flags.writeable else states.copy())
+    states = _check_states(g, cg, states, in_place=False)
     for name, arr, size in (("var_out", var_out, cg.n_states_total),
                             ("fac_out", fac_out, cg.tables.size)):
         if arr is None and name == "fac_out":
