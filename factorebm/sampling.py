@@ -63,7 +63,8 @@ class _Layout:
     """What the kernel reads besides the compiled arrays, built once per compiled structure.
 
     * the colouring (V,) and, per set of clamped variables, the update order;
-    * the pairwise slots of every variable: (other variable, table offset, step), int32;
+    * the pairwise slots of every variable: (other variable, offset of the oriented table),
+      int32, and the oriented tables;
     * the slots in factors of arity >= 3 (the edge of the variable).
 
     The table offsets and the exponentiated energies follow the compiled graph's current
@@ -85,25 +86,29 @@ class _Layout:
         self.n_colours = int(n_colours)
         arity = np.diff(cg.fac_edge_offset)
         ve = np.asarray(cg.var_edges, dtype=_I)
-        # int32 slots: table offsets below the size of all tables (the shared ones are fewer)
-        pair_ok = V <= _INT32_MAX and cg.tables.size <= _INT32_MAX
+        # int32 slots: the oriented tables (the shared ones, at most one transposed copy per
+        # pairwise factor) hold fewer than twice as many entries as all tables
+        pair_ok = V <= _INT32_MAX and 2 * cg.tables.size <= _INT32_MAX
         is_pair = (arity[cg.edge_fac[ve]] == 2) & pair_ok
         pe = ve[is_pair]
         first = pe == cg.fac_edge_offset[cg.edge_fac[pe]]
         self.pair_edge = pe
+        self.pair_first = first
         self.pair_other = cg.edge_var[np.where(first, pe + 1, pe - 1)]
-        # v's stride in the table: K_other when v comes first, 1 when second (see _sample.pyx)
-        self.pair_step = cg.edge_stride[pe]
         self.pair_offset = np.zeros(V + 1, dtype=_I)
         np.cumsum(np.bincount(cg.edge_var[pe], minlength=V), out=self.pair_offset[1:])
         self.high_edge = _padded(ve[~is_pair], _I)
         self.high_offset = np.zeros(V + 1, dtype=_I)
         np.cumsum(np.bincount(cg.edge_var[ve[~is_pair]], minlength=V), out=self.high_offset[1:])
         self.var_card = np.asarray(cg.var_n_states, dtype=_I)
-        # the kernel's binary path indexes states as 2v, 2v + 1 and has no arity >= 3 walk
-        self.binary_pairwise = bool((self.var_card == 2).all() and not (~is_pair).any())
+        # the kernel's specialized sweeps index the states of v as K v .. K v + K - 1 and
+        # have no arity >= 3 walk
+        K = int(self.var_card[0]) if V else 0
+        self.uniform_k = K if (V and 2 <= K <= 8 and (self.var_card == K).all()
+                               and is_pair.all()) else 0
         self._orders = {}
-        self._slots = (None, None)
+        self._tables = (None, None)
+        self._exp_tables = (None, None, None)
         self._exp_unary = (None, None, None)
 
     def order(self, clamped):
@@ -127,19 +132,69 @@ class _Layout:
             self._orders[key] = hit
         return hit
 
-    def slots(self, cg):
-        """(P, 3) int32: other variable, offset of the factor's table, step of the variable."""
-        src, slots = self._slots
+    def tables(self, cg):
+        """(slots, gather, tables): the pairwise slots and the oriented energy tables.
+
+        slots : int32 (P, 2)
+            Other variable, and offset of the factor's table read as a (K_other, K_v)
+            matrix in ``tables``.
+        gather : int64 (N,)
+            ``tables = cg.unique_tables[gather]``: the shared tables as they are (so the
+            compiled offsets stay valid), then one transposed copy of each shared table that
+            some variable reads as the first axis of its factor (a table shared by factors of
+            shapes (a, b) and (b, a) gets one copy per such slot).
+        """
+        src, out = self._tables
         if src is not cg.fac_table:
             src = cg.fac_table
-            slots = np.empty((max(self.pair_edge.size, 1), 3), dtype=np.int32)
-            slots[:] = 0
-            if self.pair_edge.size:
-                slots[:, 0] = self.pair_other
-                slots[:, 1] = src[cg.edge_fac[self.pair_edge]]
-                slots[:, 2] = self.pair_step
-            self._slots = (src, slots)
-        return slots
+            n_shared = cg.unique_tables.size
+            off = src[cg.edge_fac[self.pair_edge]]
+            rows = off.copy()
+            gather = np.arange(n_shared, dtype=_I)
+            f = np.flatnonzero(self.pair_first)
+            if f.size:
+                o = off[f]
+                kv = self.var_card[cg.edge_var[self.pair_edge[f]]]
+                ko = self.var_card[self.pair_other[f]]
+                kv_of = np.full(n_shared, -1, dtype=_I)
+                kv_of[o] = kv
+                own = kv_of[o] != kv                 # shared with another shape: own copy
+                mark = np.zeros(n_shared, dtype=bool)
+                mark[o[~own]] = True
+                shared = np.flatnonzero(mark)
+                ko_of = np.zeros(n_shared, dtype=_I)
+                ko_of[o[~own]] = ko[~own]
+                c_src = np.concatenate([shared, o[own]])
+                c_kv = np.concatenate([kv_of[shared], kv[own]])
+                c_ko = np.concatenate([ko_of[shared], ko[own]])
+                sizes = c_kv * c_ko
+                starts = np.zeros(len(sizes) + 1, dtype=_I)
+                np.cumsum(sizes, out=starts[1:])
+                copy_of = np.zeros(n_shared, dtype=_I)
+                copy_of[shared] = np.arange(len(shared))
+                copy = np.where(own, len(shared) + np.cumsum(own) - 1, copy_of[o])
+                rows[f] = n_shared + starts[copy]
+                rep = np.repeat(np.arange(len(sizes)), sizes)
+                local = np.arange(int(starts[-1])) - starts[rep]
+                # entry (j, i) of copy c: other variable's state j, v's state i
+                j, i = np.divmod(local, c_kv[rep])
+                gather = np.concatenate([gather, c_src[rep] + i * c_ko[rep] + j])
+            slots = np.zeros((max(self.pair_edge.size, 1), 2), dtype=np.int32)
+            slots[:self.pair_edge.size, 0] = self.pair_other
+            slots[:self.pair_edge.size, 1] = rows
+            out = (slots, gather, _padded(cg.unique_tables[gather], np.float64))
+            self._tables = (src, out)
+        return out
+
+    def exp_tables(self, cg, beta):
+        """exp(-beta (T - min T)) of the oriented tables (see :meth:`tables`)."""
+        _, gather, _ = self.tables(cg)
+        exp_shared = cg.exp_tables(beta)
+        g_src, e_src, out = self._exp_tables
+        if g_src is not gather or e_src is not exp_shared:
+            out = _padded(exp_shared[gather], np.float64)
+            self._exp_tables = (gather, exp_shared, out)
+        return out
 
     def exp_unary(self, cg, beta):
         """exp(-beta (U_v - min U_v)) per state (S,): a variable's weights before its factors'."""
@@ -406,14 +461,14 @@ def _run(cg, states, keys, sweep0, n_burn, n_record, thin, out, beta, method, cl
     accepted = np.zeros((nt, 8), dtype=_I)
     if out is None:
         out = np.zeros((1, 1, 1), dtype=_I)
-    exp_tables = cg.exp_tables(beta)
+    slots, _, tables = lay.tables(cg)
     _sample.run(cg.var_state_offset, _padded(cg.unary, np.float64), lay.exp_unary(cg, beta),
-                lay.pair_offset, lay.slots(cg), lay.high_offset, lay.high_edge,
+                lay.pair_offset, slots, lay.high_offset, lay.high_edge,
                 _padded(cg.fac_edge_offset, _I), _padded(cg.edge_var, _I),
                 _padded(cg.edge_stride, _I), _padded(cg.edge_fac, _I), _padded(cg.fac_table, _I),
-                _padded(cg.unique_tables, np.float64), _padded(exp_tables, np.float64),
+                tables, lay.exp_tables(cg, beta),
                 order, colour_offset, states, keys, int(sweep0), int(n_burn), int(n_record),
-                int(thin), out, float(beta), method == "mh", lay.binary_pairwise, int(nt),
+                int(thin), out, float(beta), method == "mh", lay.uniform_k, int(nt),
                 bool(by_chain), scratch, accepted)
     n_proposed = n_chains * (n_burn + n_record * thin) * moving
     n_accepted = int(accepted[:, 0].sum()) if method == "mh" else n_proposed

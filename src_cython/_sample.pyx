@@ -33,13 +33,14 @@
 # on the parallel layout, or on how many calls the sweeps were split into (s is global).
 #
 # Layout: var_state_offset, fac_edge_offset, edge_var, edge_stride, edge_fac, fac_table as in
-# compiled.py (fac_table[f]: offset of f's table in the shared tables). Pairwise factors are
-# walked through per-variable slots (pair_slot, CSR by pair_offset): slot j of variable v
-# holds (other variable o, table offset, step of v) and reads the entry
-#     table offset + x_o * ostride + k * step,   ostride = K_v if step == 1 else 1
-# (v second in the scope: step 1, o's stride K_v; v first: step K_o, o's stride 1; when
-# K_o == 1, x_o = 0 and ostride does not matter). Factors of arity >= 3 are walked through
-# the edges high_edge (CSR by high_offset): the other edges' strides give the row.
+# compiled.py (fac_table[f]: offset of f's table in the shared tables). The tables passed
+# here are compiled.py's shared tables followed by transposed copies (factorebm/sampling.py
+# builds them), so that every pairwise table can be read with the updated variable's states
+# contiguous: slot j of variable v (pair_slot, CSR by pair_offset) holds (other variable o,
+# offset of f's table as a (K_o, K_v) matrix) and reads the entry offset + x_o K_v + k -- the
+# shared table itself when v is second in f's scope, a transposed copy when v is first.
+# Factors of arity >= 3 are walked through the edges high_edge (CSR by high_offset): the
+# other edges' strides give the row.
 from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport exp, INFINITY
 from libc.stdint cimport uint64_t, int32_t
@@ -53,14 +54,15 @@ cdef extern from "_sample_site.h":
     intp_t smp_draw_pairwise(intp_t K, const double* eu, const int32_t* slot, intp_t n_slots,
                              const double* et, const intp_t* x, double u,
                              double tiny) noexcept nogil
-    intp_t smp_draw_pairwise_2(const double* eu, const int32_t* slot, intp_t n_slots,
-                               const double* et, const intp_t* x, double u,
-                               double tiny) noexcept nogil
+    double smp_uniform(uint64_t key, uint64_t counter) noexcept nogil
+    intp_t smp_sweep_pairwise(intp_t K, const intp_t* order, intp_t lo, intp_t hi,
+                              const intp_t* pair_offset, const int32_t* slot,
+                              const double* exp_unary, const double* et, intp_t* x,
+                              uint64_t key, uint64_t ctr, double tiny) noexcept nogil
 
 # below this weight sum the product of exponentials may have lost precision (or underflowed
 # although the energies are finite): the site is redone in energy space
 cdef double _TINY = 1e-250
-cdef uint64_t _GOLDEN = 0x9E3779B97F4A7C15ULL
 # variables with at most this many states keep their weights in a local array
 DEF _SMALL_K = 16
 # sites per unit of parallel work within a colour
@@ -73,7 +75,7 @@ cdef struct Model:
     const float64_t* unary           # (S,) unary energies
     const float64_t* exp_unary       # (S,) exp(-beta (U_v - min U_v))
     const intp_t* pair_offset        # (V+1,) pairwise slots of v
-    const int32_t* pair_slot         # (P, 3) other variable, table offset, step of v
+    const int32_t* pair_slot         # (P, 2) other variable, offset of the oriented table
     const intp_t* high_offset        # (V+1,) slots of v in factors of arity >= 3
     const intp_t* high_edge          # (H,) the edge of v in that factor
     const intp_t* fac_edge_offset    # (F+1,)
@@ -81,19 +83,12 @@ cdef struct Model:
     const intp_t* edge_stride        # (E,)
     const intp_t* edge_fac           # (E,)
     const intp_t* fac_table          # (F,) offset of f's table in tables / exp_tables
-    const float64_t* tables          # energy tables (shared copies)
+    const float64_t* tables          # energy tables: the shared ones, then the transposed
+                                     # copies that orient pairwise tables
     const float64_t* exp_tables      # exp(-beta (T_f - min T_f)), same layout
     double beta
-    bint binary_pairwise             # every variable has 2 states, every factor arity <= 2
-
-
-cdef inline double _uniform(uint64_t key, uint64_t counter) noexcept nogil:
-    """A uniform double in [0, 1) (53 bits): SplitMix64's output at ``counter`` of stream ``key``."""
-    cdef uint64_t z = key + (counter + 1) * _GOLDEN
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
-    z = z ^ (z >> 31)
-    return <double>(z >> 11) * (1.0 / 9007199254740992.0)
+    intp_t uniform_k                 # K when every variable has K (2..8) states and every
+                                     # factor is pairwise (the specialized sweeps), else 0
 
 
 cdef inline intp_t _high_row(const Model* m, const intp_t* x, intp_t e) noexcept nogil:
@@ -107,13 +102,10 @@ cdef inline intp_t _high_row(const Model* m, const intp_t* x, intp_t e) noexcept
 
 cdef inline double _cond_energy(const Model* m, const intp_t* x, intp_t v, intp_t k) noexcept nogil:
     """e_v(k): v's unary energy plus one entry of each of its factors, the others at x."""
-    cdef intp_t lo = m.var_state_offset[v], K = m.var_state_offset[v + 1] - lo, j, ostride
-    cdef const int32_t* s
+    cdef intp_t lo = m.var_state_offset[v], K = m.var_state_offset[v + 1] - lo, j
     cdef double e = m.unary[lo + k]
     for j in range(m.pair_offset[v], m.pair_offset[v + 1]):
-        s = m.pair_slot + 3 * j
-        ostride = K if s[2] == 1 else 1
-        e += m.tables[s[1] + x[s[0]] * ostride + k * s[2]]
+        e += m.tables[m.pair_slot[2 * j + 1] + x[m.pair_slot[2 * j]] * K + k]
     for j in range(m.high_offset[v], m.high_offset[v + 1]):
         e += m.tables[_high_row(m, x, m.high_edge[j]) + k * m.edge_stride[m.high_edge[j]]]
     return e
@@ -141,7 +133,7 @@ cdef inline double _exp_weights(const Model* m, const intp_t* x, intp_t v, intp_
     """w[k] = exp(-beta (e_v(k) - shifts)) as a product of precomputed exponentials; their sum."""
     cdef intp_t j, k, row, step
     cdef double total = 0.0
-    smp_pair_weights(K, m.exp_unary + lo, m.pair_slot + 3 * m.pair_offset[v],
+    smp_pair_weights(K, m.exp_unary + lo, m.pair_slot + 2 * m.pair_offset[v],
                      m.pair_offset[v + 1] - m.pair_offset[v], m.exp_tables, x, w)
     for j in range(m.high_offset[v], m.high_offset[v + 1]):
         row = _high_row(m, x, m.high_edge[j])
@@ -162,7 +154,7 @@ cdef inline void _gibbs_site(const Model* m, intp_t* x, intp_t v, double u,
     # pointer aliases them
     cdef double local[_SMALL_K]
     if m.high_offset[v] == m.high_offset[v + 1]:
-        sel = smp_draw_pairwise(K, m.exp_unary + lo, m.pair_slot + 3 * m.pair_offset[v],
+        sel = smp_draw_pairwise(K, m.exp_unary + lo, m.pair_slot + 2 * m.pair_offset[v],
                                 m.pair_offset[v + 1] - m.pair_offset[v], m.exp_tables, x, u,
                                 _TINY)
         if sel >= 0:
@@ -183,19 +175,6 @@ cdef inline void _gibbs_site(const Model* m, intp_t* x, intp_t v, double u,
     total = _energy_weights(m, x, v, scratch)
     if total > 0.0:         # else every state is forbidden: x has infinite energy, keep x_v
         x[v] = smp_inverse_cdf(scratch, K, total, u)
-
-
-cdef inline void _gibbs_binary(const Model* m, intp_t* x, intp_t v, double u,
-                               double* scratch) noexcept nogil:
-    """_gibbs_site when every variable is binary and every factor pairwise: the states of v
-    are 2v and 2v + 1, and no arity or cardinality is looked up."""
-    cdef intp_t sel = smp_draw_pairwise_2(m.exp_unary + 2 * v, m.pair_slot + 3 * m.pair_offset[v],
-                                          m.pair_offset[v + 1] - m.pair_offset[v], m.exp_tables,
-                                          x, u, _TINY)
-    if sel >= 0:
-        x[v] = sel
-    else:
-        _gibbs_site(m, x, v, u, scratch)
 
 
 cdef inline intp_t _mh_site(const Model* m, intp_t* x, intp_t v, double u_propose,
@@ -227,16 +206,21 @@ cdef intp_t _sweep_range(const Model* m, intp_t* x, const intp_t* order, intp_t 
     if mh:
         for i in range(lo, hi):
             v = order[i]
-            n_acc += _mh_site(m, x, v, _uniform(key, 2 * (ctr + v)),
-                              _uniform(key, 2 * (ctr + v) + 1))
-    elif m.binary_pairwise:
-        for i in range(lo, hi):
-            v = order[i]
-            _gibbs_binary(m, x, v, _uniform(key, 2 * (ctr + v)), w)
+            n_acc += _mh_site(m, x, v, smp_uniform(key, 2 * (ctr + v)),
+                              smp_uniform(key, 2 * (ctr + v) + 1))
+    elif m.uniform_k:
+        i = lo
+        while i < hi:
+            i = smp_sweep_pairwise(m.uniform_k, order, i, hi, m.pair_offset, m.pair_slot,
+                                   m.exp_unary, m.exp_tables, x, key, 2 * ctr, _TINY)
+            if i < hi:      # the weights of site i underflowed: redo it exactly
+                v = order[i]
+                _gibbs_site(m, x, v, smp_uniform(key, 2 * (ctr + v)), w)
+                i += 1
     else:
         for i in range(lo, hi):
             v = order[i]
-            _gibbs_site(m, x, v, _uniform(key, 2 * (ctr + v)), w)
+            _gibbs_site(m, x, v, smp_uniform(key, 2 * (ctr + v)), w)
     return n_acc
 
 
@@ -268,7 +252,7 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
         const float64_t[::1] exp_tables, const intp_t[::1] order,
         const intp_t[::1] colour_offset, intp_t[:, ::1] states, const uint64_t[::1] keys,
         uint64_t sweep0, intp_t n_burn, intp_t n_record, intp_t thin, intp_t[:, :, ::1] out,
-        double beta, bint mh, bint binary_pairwise, int n_threads, bint by_chain,
+        double beta, bint mh, intp_t uniform_k, int n_threads, bint by_chain,
         float64_t[:, ::1] scratch, intp_t[:, ::1] accepted):
     """Run ``n_burn + n_record * thin`` sweeps on every chain of ``states`` (in place).
 
@@ -288,8 +272,9 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
         n_record == 0).
     mh : bool
         Metropolis-Hastings instead of Gibbs.
-    binary_pairwise : bool
-        Every variable has two states and no factor has arity >= 3 (a faster Gibbs path).
+    uniform_k : int
+        K when every variable has K states, 2 <= K <= 8, and no factor has arity >= 3 (the
+        specialized Gibbs sweeps of _sample_site.h), else 0.
     by_chain : bool
         Parallel over chains instead of over the variables of a colour.
     scratch : float64 (n_threads, >= max cardinality)
@@ -321,7 +306,7 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
     m.tables = &tables[0]
     m.exp_tables = &exp_tables[0]
     m.beta = beta
-    m.binary_pairwise = binary_pairwise
+    m.uniform_k = uniform_k
     if n_chains == 0 or V == 0:
         return
     if by_chain:

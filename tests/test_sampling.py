@@ -170,6 +170,41 @@ def test_underflowing_weights_are_redone_in_energy_space():
         check_against_enumeration(g, s, 1.0)
 
 
+@pytest.mark.parametrize("K", range(2, 9))
+def test_every_specialized_cardinality(K):
+    # all variables with K states and pairwise factors only: the unrolled sweeps of
+    # _sample_site.h (a triangle, so that each site has two factors, one in each orientation)
+    rng = np.random.default_rng(K)
+    g = fe.FactorGraph()
+    for v in "abc":
+        g.add_variable(v, K)
+        g.add_factor([v], rng.normal(size=K))
+    for pair in (["a", "b"], ["b", "c"], ["a", "c"]):
+        table = rng.normal(size=(K, K))
+        table[0, 1] = np.inf
+        g.add_factor(pair, table)
+    s = fe.sample(g, n_samples=1, burn_in=60, n_chains=N_CHAINS, random_state=K)
+    check_against_enumeration(g, s, 1.0)
+
+
+def test_a_table_shared_by_factors_of_two_shapes_is_read_right():
+    # the compiled graph stores equal tables once: a 2 x 3 and a 3 x 2 factor with the same
+    # six entries share one, which the sampler must orient per factor
+    g = fe.FactorGraph()
+    for name, k in (("a", 2), ("b", 3), ("c", 3), ("d", 2)):
+        g.add_variable(name, k)
+    values = np.array([0.3, -1.2, 0.8, 1.5, -0.4, 0.0])
+    g.add_factor(["a", "b"], values.reshape(2, 3))
+    g.add_factor(["c", "d"], values.reshape(3, 2))
+    g.add_factor(["b", "c"], [[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 0.0]])
+    g.add_factor(["d", "a"], [[0.5, 0.0], [0.0, 0.5]])
+    assert g.compile().unique_tables.size < g.compile().tables.size
+    for method in ("gibbs", "mh"):
+        s = fe.sample(g, n_samples=1, burn_in=60, n_chains=N_CHAINS, method=method,
+                      random_state=6)
+        check_against_enumeration(g, s, 1.0)
+
+
 def test_many_states_take_the_generic_paths():
     # 10 states: past the specialized K <= 8 code; 20: past the local weight array
     rng = np.random.default_rng(4)
