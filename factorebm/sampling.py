@@ -88,7 +88,7 @@ class _Layout:
         ve = np.asarray(cg.var_edges, dtype=_I)
         # int32 slots: the oriented tables (the shared ones, at most one transposed copy per
         # pairwise factor) hold fewer than twice as many entries as all tables
-        pair_ok = V <= _INT32_MAX and 2 * cg.tables.size <= _INT32_MAX
+        pair_ok = V <= _INT32_MAX and 2 * int(cg.fac_table_offset[-1]) <= _INT32_MAX
         is_pair = (arity[cg.edge_fac[ve]] == 2) & pair_ok
         pe = ve[is_pair]
         first = pe == cg.fac_edge_offset[cg.edge_fac[pe]]
@@ -498,7 +498,7 @@ def accumulate_beliefs(g, states, var_out, fac_out=None, weight=None, n_threads=
     cg = _check_graph(g)
     states = _check_states(g, cg, states, in_place=False)
     for name, arr, size in (("var_out", var_out, cg.n_states_total),
-                            ("fac_out", fac_out, cg.tables.size)):
+                            ("fac_out", fac_out, int(cg.fac_table_offset[-1]))):
         if arr is None and name == "fac_out":
             continue
         if not isinstance(arr, np.ndarray) or arr.dtype != np.float64 or arr.shape != (size,) \
