@@ -142,7 +142,7 @@ def bench_grid(n, K, n_sweeps, repeats, threads):
                   f"    : {rate / 1e6:8.2f} M site updates/s = {rate / rates['numpy']:6.1f}x numpy{extra}"
                   f"   ({how})")
     # the same chain law: the energy per site after the same sweeps from the same start
-    burn, n_runs = 30, 4
+    burn, n_runs = 30, 8
     x_np = np.repeat(start[:1], n_runs, 0)
     for i in range(n_runs):
         NumpyCheckerboard(n, K, unary, seed=100 + i).sweep(x_np[i], burn)
