@@ -428,6 +428,22 @@ def sweep_chains(g, states, n_sweeps=1, *, beta=1.0, method="gibbs", clamped=Non
     ------
     ValueError
         Bad input, or a chain whose state has infinite energy.
+
+    Examples
+    --------
+    Persistent contrastive divergence keeps the chains across steps and reads their
+    empirical beliefs after k sweeps under the current tables:
+
+    >>> states = initial_states(g, n_chains=20, random_state=0)      # doctest: +SKIP
+    >>> done = 0
+    >>> for step in range(n_steps):                                   # doctest: +SKIP
+    ...     # ... write the current weights' tables into g (g.set_factor_energies) ...
+    ...     sweep_chains(g, states, k, seed=0, sweep=done)
+    ...     done += k
+    ...     cg = g.compile()
+    ...     var_b, fac_b = np.zeros(cg.n_states_total), np.zeros(cg.fac_table_offset[-1])
+    ...     accumulate_beliefs(g, states, var_b, fac_b)
+    ...     model_beliefs = cg.factor_belief_list(var_b, fac_b)      # per factor, in order
     """
     cg = _check_graph(g)
     n_sweeps = check_count(n_sweeps, "n_sweeps", 0)
