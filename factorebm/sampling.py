@@ -126,7 +126,8 @@ class _Layout:
             offset = np.zeros(len(sizes) + 1, dtype=_I)
             np.cumsum(sizes, out=offset[1:])
             moving = int((self.var_card[idx] > 1).sum())
-            hit = (_padded(order, _I), offset, int(sizes.max()) if sizes.size else 0, moving)
+            hit = (_padded(order, _I), offset, int(sizes.max()) if sizes.size else 0, moving,
+                   {})     # the last: the specialized sweeps' arrays in this order (positions)
             if len(self._orders) > 64:
                 self._orders.clear()
             self._orders[key] = hit
@@ -185,6 +186,29 @@ class _Layout:
             out = (slots, gather, _padded(cg.unique_tables[gather], np.float64))
             self._tables = (src, out)
         return out
+
+    def positions(self, cg, order, cache, beta):
+        """With uniform_k, (pos_offset, pos_slot, pos_exp_unary): the slots and the unary
+        weights of the variables in update order (see _sample_site.h); else dummies."""
+        if not self.uniform_k:
+            return np.zeros(1, dtype=_I), np.zeros((1, 2), dtype=np.int32), np.zeros(1)
+        slots, _, _ = self.tables(cg)
+        eu = self.exp_unary(cg, beta)
+        hit = cache.get("slots")
+        if hit is None or hit[0] is not slots:
+            deg = np.diff(self.pair_offset)[order]
+            pos_offset = np.zeros(len(order) + 1, dtype=_I)
+            np.cumsum(deg, out=pos_offset[1:])
+            rows = (np.repeat(self.pair_offset[order] - pos_offset[:-1], deg)
+                    + np.arange(int(pos_offset[-1])))
+            hit = (slots, pos_offset, _padded(slots[rows], np.int32))
+            cache["slots"] = hit
+        K = self.uniform_k
+        hit_u = cache.get("unary")
+        if hit_u is None or hit_u[0] is not eu:
+            hit_u = (eu, _padded(eu.reshape(-1, K)[order].ravel(), np.float64))
+            cache["unary"] = hit_u
+        return hit[1], hit[2], hit_u[1]
 
     def exp_tables(self, cg, beta):
         """exp(-beta (T - min T)) of the oriented tables (see :meth:`tables`)."""
@@ -467,7 +491,7 @@ def sweep_chains(g, states, n_sweeps=1, *, beta=1.0, method="gibbs", clamped=Non
 def _run(cg, states, keys, sweep0, n_burn, n_record, thin, out, beta, method, clamped, nt):
     """Call the kernel; returns (n_accepted, n_proposed)."""
     lay = _layout(cg)
-    order, colour_offset, largest, moving = lay.order(clamped)
+    order, colour_offset, largest, moving, pos_cache = lay.order(clamped)
     n_chains = states.shape[0]
     by_chain = nt == 1 or n_chains % nt == 0 or largest < _MIN_COLOUR_PER_THREAD * nt
     if by_chain:
@@ -484,7 +508,8 @@ def _run(cg, states, keys, sweep0, n_burn, n_record, thin, out, beta, method, cl
                 _padded(cg.edge_stride, _I), _padded(cg.edge_fac, _I), _padded(cg.fac_table, _I),
                 tables, lay.exp_tables(cg, beta),
                 order, colour_offset, states, keys, int(sweep0), int(n_burn), int(n_record),
-                int(thin), out, float(beta), method == "mh", lay.uniform_k, int(nt),
+                int(thin), out, float(beta), method == "mh", lay.uniform_k,
+                *lay.positions(cg, order[:colour_offset[-1]], pos_cache, beta), int(nt),
                 bool(by_chain), scratch, accepted)
     n_proposed = n_chains * (n_burn + n_record * thin) * moving
     n_accepted = int(accepted[:, 0].sum()) if method == "mh" else n_proposed

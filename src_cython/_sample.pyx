@@ -56,8 +56,8 @@ cdef extern from "_sample_site.h":
                              double tiny) noexcept nogil
     double smp_uniform(uint64_t key, uint64_t counter) noexcept nogil
     intp_t smp_sweep_pairwise(intp_t K, const intp_t* order, intp_t lo, intp_t hi,
-                              const intp_t* pair_offset, const int32_t* slot,
-                              const double* exp_unary, const double* et, intp_t* x,
+                              const intp_t* pos_offset, const int32_t* pos_slot,
+                              const double* pos_eu, const double* et, intp_t* x,
                               uint64_t key, uint64_t ctr, double tiny) noexcept nogil
 
 # below this weight sum the product of exponentials may have lost precision (or underflowed
@@ -89,6 +89,9 @@ cdef struct Model:
     double beta
     intp_t uniform_k                 # K when every variable has K (2..8) states and every
                                      # factor is pairwise (the specialized sweeps), else 0
+    const intp_t* pos_offset         # (n_order+1,) the slots of order[i], with uniform_k:
+    const int32_t* pos_slot          # (P', 2) pair_slot rows in update order
+    const float64_t* pos_exp_unary   # (n_order K,) exp_unary rows in update order
 
 
 cdef inline intp_t _high_row(const Model* m, const intp_t* x, intp_t e) noexcept nogil:
@@ -211,8 +214,8 @@ cdef intp_t _sweep_range(const Model* m, intp_t* x, const intp_t* order, intp_t 
     elif m.uniform_k:
         i = lo
         while i < hi:
-            i = smp_sweep_pairwise(m.uniform_k, order, i, hi, m.pair_offset, m.pair_slot,
-                                   m.exp_unary, m.exp_tables, x, key, 2 * ctr, _TINY)
+            i = smp_sweep_pairwise(m.uniform_k, order, i, hi, m.pos_offset, m.pos_slot,
+                                   m.pos_exp_unary, m.exp_tables, x, key, 2 * ctr, _TINY)
             if i < hi:      # the weights of site i underflowed: redo it exactly
                 v = order[i]
                 _gibbs_site(m, x, v, smp_uniform(key, 2 * (ctr + v)), w)
@@ -252,8 +255,9 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
         const float64_t[::1] exp_tables, const intp_t[::1] order,
         const intp_t[::1] colour_offset, intp_t[:, ::1] states, const uint64_t[::1] keys,
         uint64_t sweep0, intp_t n_burn, intp_t n_record, intp_t thin, intp_t[:, :, ::1] out,
-        double beta, bint mh, intp_t uniform_k, int n_threads, bint by_chain,
-        float64_t[:, ::1] scratch, intp_t[:, ::1] accepted):
+        double beta, bint mh, intp_t uniform_k, const intp_t[::1] pos_offset,
+        const int32_t[:, ::1] pos_slot, const float64_t[::1] pos_exp_unary, int n_threads,
+        bint by_chain, float64_t[:, ::1] scratch, intp_t[:, ::1] accepted):
     """Run ``n_burn + n_record * thin`` sweeps on every chain of ``states`` (in place).
 
     Parameters
@@ -275,6 +279,9 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
     uniform_k : int
         K when every variable has K states, 2 <= K <= 8, and no factor has arity >= 3 (the
         specialized Gibbs sweeps of _sample_site.h), else 0.
+    pos_offset, pos_slot, pos_exp_unary
+        With uniform_k: the slots (CSR over positions in ``order``) and the unary weights of
+        the variable ``order[i]`` at position i (read in update order); else one dummy entry.
     by_chain : bool
         Parallel over chains instead of over the variables of a colour.
     scratch : float64 (n_threads, >= max cardinality)
@@ -307,6 +314,9 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
     m.exp_tables = &exp_tables[0]
     m.beta = beta
     m.uniform_k = uniform_k
+    m.pos_offset = &pos_offset[0]
+    m.pos_slot = &pos_slot[0, 0]
+    m.pos_exp_unary = &pos_exp_unary[0]
     if n_chains == 0 or V == 0:
         return
     if by_chain:

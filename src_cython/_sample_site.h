@@ -91,20 +91,24 @@ static inline int64_t smp_draw_pairwise(int64_t K, const double* eu, const int32
         default: return -2;
     }
 }
-/* Gibbs updates of the sites order[lo:hi] of chain x when every variable has K states (its
-   states are K v .. K v + K - 1) and every factor is pairwise: the loop of _sample.pyx's
-   _sweep_range with the site inlined, for K = 2..8. The uniform of site v is draw
-   ctr + 2 v of stream key. Returns hi, or the position i of the first site whose weights
-   underflowed (left unchanged: the caller redoes it in energy space and resumes at i + 1). */
+/* Gibbs updates of the sites order[lo:hi] of chain x when every variable has K states and
+   every factor is pairwise: the loop of _sample.pyx's _sweep_range with the site inlined,
+   for K = 2..8. The site at position i of the order reads its unary weights at
+   pos_eu[K i ..] and its slots at pos_slot[2 pos_offset[i] ..]: laid out in update order, so
+   that a sweep streams through them once (in variable order, the sites of one colour of a
+   checkerboard would use every other entry, and each cache line would be fetched twice per
+   sweep). The uniform of site v is draw ctr + 2 v of stream key. Returns hi, or the position
+   i of the first site whose weights underflowed (left unchanged: the caller redoes it in
+   energy space and resumes at i + 1). */
 #define SMP_DEFINE_SWEEP_PAIRWISE(K)                                                        \
 static int64_t smp_sweep_pairwise_##K(const int64_t* order, int64_t lo, int64_t hi,         \
-                                      const int64_t* pair_offset, const int32_t* slot,      \
-                                      const double* exp_unary, const double* et,            \
+                                      const int64_t* pos_offset, const int32_t* pos_slot,   \
+                                      const double* pos_eu, const double* et,               \
                                       int64_t* x, uint64_t key, uint64_t ctr, double tiny) {\
     for (int64_t i = lo; i < hi; i++) {                                                     \
         const int64_t v = order[i];                                                         \
         const int64_t sel = smp_draw_pairwise_##K(                                          \
-            exp_unary + (K) * v, slot + 2 * pair_offset[v], pair_offset[v + 1] - pair_offset[v], \
+            pos_eu + (K) * i, pos_slot + 2 * pos_offset[i], pos_offset[i + 1] - pos_offset[i], \
             et, x, smp_uniform(key, ctr + 2 * v), tiny);                                    \
         if (sel < 0) return i;                                                              \
         x[v] = sel;                                                                         \
@@ -122,17 +126,17 @@ SMP_DEFINE_SWEEP_PAIRWISE(8)
 
 /* smp_sweep_pairwise_K for K = 2..8 (the caller checks K). */
 static inline int64_t smp_sweep_pairwise(int64_t K, const int64_t* order, int64_t lo, int64_t hi,
-                                         const int64_t* pair_offset, const int32_t* slot,
-                                         const double* exp_unary, const double* et, int64_t* x,
+                                         const int64_t* pos_offset, const int32_t* pos_slot,
+                                         const double* pos_eu, const double* et, int64_t* x,
                                          uint64_t key, uint64_t ctr, double tiny) {
     switch (K) {
-        case 2: return smp_sweep_pairwise_2(order, lo, hi, pair_offset, slot, exp_unary, et, x, key, ctr, tiny);
-        case 3: return smp_sweep_pairwise_3(order, lo, hi, pair_offset, slot, exp_unary, et, x, key, ctr, tiny);
-        case 4: return smp_sweep_pairwise_4(order, lo, hi, pair_offset, slot, exp_unary, et, x, key, ctr, tiny);
-        case 5: return smp_sweep_pairwise_5(order, lo, hi, pair_offset, slot, exp_unary, et, x, key, ctr, tiny);
-        case 6: return smp_sweep_pairwise_6(order, lo, hi, pair_offset, slot, exp_unary, et, x, key, ctr, tiny);
-        case 7: return smp_sweep_pairwise_7(order, lo, hi, pair_offset, slot, exp_unary, et, x, key, ctr, tiny);
-        default: return smp_sweep_pairwise_8(order, lo, hi, pair_offset, slot, exp_unary, et, x, key, ctr, tiny);
+        case 2: return smp_sweep_pairwise_2(order, lo, hi, pos_offset, pos_slot, pos_eu, et, x, key, ctr, tiny);
+        case 3: return smp_sweep_pairwise_3(order, lo, hi, pos_offset, pos_slot, pos_eu, et, x, key, ctr, tiny);
+        case 4: return smp_sweep_pairwise_4(order, lo, hi, pos_offset, pos_slot, pos_eu, et, x, key, ctr, tiny);
+        case 5: return smp_sweep_pairwise_5(order, lo, hi, pos_offset, pos_slot, pos_eu, et, x, key, ctr, tiny);
+        case 6: return smp_sweep_pairwise_6(order, lo, hi, pos_offset, pos_slot, pos_eu, et, x, key, ctr, tiny);
+        case 7: return smp_sweep_pairwise_7(order, lo, hi, pos_offset, pos_slot, pos_eu, et, x, key, ctr, tiny);
+        default: return smp_sweep_pairwise_8(order, lo, hi, pos_offset, pos_slot, pos_eu, et, x, key, ctr, tiny);
     }
 }
 #endif
