@@ -15,7 +15,9 @@ per thread), against peers timed in the same run:
   variable), so it cannot take a grid of more than a few variables: it is timed on a small
   grid, and the kernel on that same grid, as site updates per second.
 
-A site update is one variable drawn from its conditional distribution. The kernel and the
+A site update is one variable drawn from its conditional distribution. Each line also gives
+the rate per CPU second (process CPU time, summed over threads): on a shared machine, wall
+time counts the time other processes hold the cores, CPU time mostly does not. The kernel and the
 numpy sampler run the same Markov chain (same scan order), so their mean energies after the
 same number of sweeps from the same start must agree: the script prints both.
 
@@ -111,19 +113,24 @@ def bench_grid(n, K, n_sweeps, repeats, threads):
     start = fe.sampling.initial_states(g, 2, random_state=1)
     rates = {}
 
-    def run_numpy(cls):
+    cpu_rates = {}
+
+    def run_numpy(cls, key):
         sampler = cls(n, K, unary)
         x = start[0].copy()
-        t_np, _ = median_time(lambda: sampler.sweep(x, n_sweeps), repeats,
+        cpu = []
+        t_np, _ = median_time(lambda: sampler.sweep(x, n_sweeps), repeats, cpu,
                               warmup=lambda: sampler.sweep(x, 1))
-        return n_sweeps * V / t_np
+        rates[key] = n_sweeps * V / t_np
+        cpu_rates[key] = n_sweeps * V / cpu[0]
 
-    rates["numpy"] = run_numpy(NumpyCheckerboard)
+    run_numpy(NumpyCheckerboard, "numpy")
     print(f"  numpy checkerboard (1 thread)         : {rates['numpy'] / 1e6:8.2f} M site updates/s   "
-          f"(the baseline of the ratios)")
+          f"(per CPU second {cpu_rates['numpy'] / 1e6:7.2f} M; the baseline of the ratios)")
     if K == 2:
-        rates["numpy2"] = run_numpy(NumpyCheckerboardBinary)
-        print(f"  numpy checkerboard, K=2 specialized   : {rates['numpy2'] / 1e6:8.2f} M site updates/s")
+        run_numpy(NumpyCheckerboardBinary, "numpy2")
+        print(f"  numpy checkerboard, K=2 specialized   : {rates['numpy2'] / 1e6:8.2f} M site updates/s   "
+              f"(per CPU second {cpu_rates['numpy2'] / 1e6:7.2f} M)")
     for n_chains in (1, 2):
         for nt in threads:
             states = start[:n_chains].copy()
@@ -133,14 +140,17 @@ def bench_grid(n, K, n_sweeps, repeats, threads):
                 fe.sampling.sweep_chains(g, states, k, sweep=sweep[0], n_threads=nt)
                 sweep[0] += k
 
-            tk, _ = median_time(run, repeats, warmup=lambda: run(1))
+            cpu = []
+            tk, _ = median_time(run, repeats, cpu, warmup=lambda: run(1))
             rate = n_sweeps * n_chains * V / tk
+            per_cpu = n_sweeps * n_chains * V / cpu[0]
             rates[(n_chains, nt)] = rate
             extra = f" = {rate / rates['numpy2']:5.1f}x the K=2 numpy" if K == 2 else ""
             how = "colours in parallel" if n_chains == 1 else "one chain per thread"
             print(f"  kernel {n_chains} chain{'s' if n_chains > 1 else ' '}, {nt} thread{'s' if nt > 1 else ' '} "
                   f"    : {rate / 1e6:8.2f} M site updates/s = {rate / rates['numpy']:6.1f}x numpy{extra}"
-                  f"   ({how})")
+                  f"   ({how}; per CPU second {per_cpu / 1e6:7.2f} M = "
+                  f"{per_cpu / cpu_rates['numpy']:5.1f}x numpy's)")
     # the same chain law: the energy per site after the same sweeps from the same start
     burn, n_runs = 30, 8
     x_np = np.repeat(start[:1], n_runs, 0)
