@@ -9,6 +9,7 @@
 * ``offsets``: the ragged-batch boundaries (n+1,) int64 from 0 to the number of tokens,
   non-decreasing.
 * Labels: one integer id per token in ``0..n_labels-1``.
+* Counts (samples, sweeps, chains): an integer (not a bool) >= a stated minimum.
 
 Every public function of the package validates through these, so the messages and the
 meanings are the same everywhere.
@@ -20,7 +21,7 @@ import sys
 import numpy as np
 
 __all__ = ["available_cores", "check_threads", "threads_for", "check_beta", "check_offsets",
-           "check_labels", "user_stacklevel"]
+           "check_labels", "check_count", "user_stacklevel"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -122,6 +123,14 @@ def check_labels(y, n_tokens, n_labels, what="y"):
         bad = int(np.flatnonzero((y < 0) | (y >= n_labels))[0])
         raise ValueError(f"{what}[{bad}] = {y[bad]} is not a label id in [0, {n_labels})")
     return y
+
+
+def check_count(value, what, minimum=1):
+    """``value`` as an int: an integer (Python or numpy, not a bool) >= ``minimum``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)) \
+            or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def user_stacklevel():

@@ -1,0 +1,142 @@
+/* The Gibbs draw of one site from products of precomputed exponentials (see _sample.pyx).
+ *
+ * A site v with K states has weights w[k] = exp_unary[k] times, for each pairwise slot j
+ * (other variable o, offset of the factor's table oriented with v's states contiguous),
+ * the entry exp_tables[offset + x_o * K + k] (times one entry per factor of arity >= 3,
+ * multiplied in by the caller), and is drawn by inverse CDF from one uniform.
+ *
+ * One body, SMP_PAIR_WEIGHTS, serves every K: smp_pair_weights takes K at run time, and
+ * smp_draw_pairwise_K (K = 2..8) is the same body with K a compile-time constant, so that
+ * the K running products live in registers and every loop unrolls -- twice as fast on a
+ * Potts grid as the run-time loops, which keep the weights in memory.
+ */
+#ifndef FACTOREBM_SAMPLE_SITE_H
+#define FACTOREBM_SAMPLE_SITE_H
+#include <stdint.h>
+
+/* A uniform double in [0, 1) (53 bits): SplitMix64's output function (Steele, Lea and Flood
+   2014) at state key + (counter + 1) * golden, i.e. the counter-th draw of stream `key`. */
+static inline double smp_uniform(uint64_t key, uint64_t counter) {
+    uint64_t z = key + (counter + 1) * 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z = z ^ (z >> 31);
+    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+#define SMP_PAIR_WEIGHTS(K)                                                                 \
+    for (int64_t k = 0; k < (K); k++) w[k] = eu[k];                                         \
+    for (int64_t j = 0; j < n_slots; j++) {                                                 \
+        const double* t = et + slot[2 * j + 1] + x[slot[2 * j]] * (K);                      \
+        for (int64_t k = 0; k < (K); k++) w[k] *= t[k];                                     \
+    }
+
+/* w[k] for k < K: the unary weight times one entry of each pairwise slot's table. */
+static inline void smp_pair_weights(int64_t K, const double* eu, const int32_t* slot,
+                                    int64_t n_slots, const double* et, const int64_t* x,
+                                    double* w) {
+    SMP_PAIR_WEIGHTS(K)
+}
+
+/* The state drawn with the uniform u from weights w of sum total > 0, branch-free: the
+   first state whose cumulative weight exceeds r = u * total is the number of cumulative
+   weights <= r. When r rounds up to the total (u close to 1), that count can land on a
+   trailing state of weight 0: the draw is then the last state of positive weight, and in
+   every other case the draw is at most that state, hence the min. (No index into w depends
+   on the data, so that w can stay in registers.) */
+static inline int64_t smp_inverse_cdf(const double* w, int64_t K, double total, double u) {
+    double r = u * total, c = 0.0;
+    int64_t sel = 0, last = 0;
+    for (int64_t k = 0; k < K; k++) {
+        c += w[k];
+        sel += k < K - 1 && c <= r;
+        last = w[k] > 0.0 ? k : last;
+    }
+    return sel < last ? sel : last;
+}
+
+/* The drawn state of a site whose factors are all pairwise, or -1 when the weights' sum is
+   below `tiny` (the products may have underflowed: the caller redoes the site in energy
+   space). */
+#define SMP_DEFINE_DRAW_PAIRWISE(K)                                                         \
+static inline int64_t smp_draw_pairwise_##K(const double* eu, const int32_t* slot,         \
+                                            int64_t n_slots, const double* et,             \
+                                            const int64_t* x, double u, double tiny) {     \
+    double w[K], total = 0.0;                                                               \
+    SMP_PAIR_WEIGHTS(K)                                                                     \
+    for (int k = 0; k < (K); k++) total += w[k];                                            \
+    return total >= tiny ? smp_inverse_cdf(w, K, total, u) : -1;                            \
+}
+
+SMP_DEFINE_DRAW_PAIRWISE(2)
+SMP_DEFINE_DRAW_PAIRWISE(3)
+SMP_DEFINE_DRAW_PAIRWISE(4)
+SMP_DEFINE_DRAW_PAIRWISE(5)
+SMP_DEFINE_DRAW_PAIRWISE(6)
+SMP_DEFINE_DRAW_PAIRWISE(7)
+SMP_DEFINE_DRAW_PAIRWISE(8)
+
+/* smp_draw_pairwise_K for K = 2..8; -2 for other K (the caller takes the run-time path). */
+static inline int64_t smp_draw_pairwise(int64_t K, const double* eu, const int32_t* slot,
+                                        int64_t n_slots, const double* et, const int64_t* x,
+                                        double u, double tiny) {
+    switch (K) {
+        case 2: return smp_draw_pairwise_2(eu, slot, n_slots, et, x, u, tiny);
+        case 3: return smp_draw_pairwise_3(eu, slot, n_slots, et, x, u, tiny);
+        case 4: return smp_draw_pairwise_4(eu, slot, n_slots, et, x, u, tiny);
+        case 5: return smp_draw_pairwise_5(eu, slot, n_slots, et, x, u, tiny);
+        case 6: return smp_draw_pairwise_6(eu, slot, n_slots, et, x, u, tiny);
+        case 7: return smp_draw_pairwise_7(eu, slot, n_slots, et, x, u, tiny);
+        case 8: return smp_draw_pairwise_8(eu, slot, n_slots, et, x, u, tiny);
+        default: return -2;
+    }
+}
+/* Gibbs updates of the sites order[lo:hi] of chain x when every variable has K states and
+   every factor is pairwise: the loop of _sample.pyx's _sweep_range with the site inlined,
+   for K = 2..8. The site at position i of the order reads its unary weights at
+   pos_eu[K i ..] and its slots at pos_slot[2 pos_offset[i] ..]: laid out in update order, so
+   that a sweep streams through them once (in variable order, the sites of one colour of a
+   checkerboard would use every other entry, and each cache line would be fetched twice per
+   sweep). The uniform of site v is draw ctr + 2 v of stream key. Returns hi, or the position
+   i of the first site whose weights underflowed (left unchanged: the caller redoes it in
+   energy space and resumes at i + 1). */
+#define SMP_DEFINE_SWEEP_PAIRWISE(K)                                                        \
+static int64_t smp_sweep_pairwise_##K(const int64_t* order, int64_t lo, int64_t hi,         \
+                                      const int64_t* pos_offset, const int32_t* pos_slot,   \
+                                      const double* pos_eu, const double* et,               \
+                                      int64_t* x, uint64_t key, uint64_t ctr, double tiny) {\
+    for (int64_t i = lo; i < hi; i++) {                                                     \
+        const int64_t v = order[i];                                                         \
+        const int64_t sel = smp_draw_pairwise_##K(                                          \
+            pos_eu + (K) * i, pos_slot + 2 * pos_offset[i], pos_offset[i + 1] - pos_offset[i], \
+            et, x, smp_uniform(key, ctr + 2 * v), tiny);                                    \
+        if (sel < 0) return i;                                                              \
+        x[v] = sel;                                                                         \
+    }                                                                                       \
+    return hi;                                                                              \
+}
+
+SMP_DEFINE_SWEEP_PAIRWISE(2)
+SMP_DEFINE_SWEEP_PAIRWISE(3)
+SMP_DEFINE_SWEEP_PAIRWISE(4)
+SMP_DEFINE_SWEEP_PAIRWISE(5)
+SMP_DEFINE_SWEEP_PAIRWISE(6)
+SMP_DEFINE_SWEEP_PAIRWISE(7)
+SMP_DEFINE_SWEEP_PAIRWISE(8)
+
+/* smp_sweep_pairwise_K for K = 2..8 (the caller checks K). */
+static inline int64_t smp_sweep_pairwise(int64_t K, const int64_t* order, int64_t lo, int64_t hi,
+                                         const int64_t* pos_offset, const int32_t* pos_slot,
+                                         const double* pos_eu, const double* et, int64_t* x,
+                                         uint64_t key, uint64_t ctr, double tiny) {
+    switch (K) {
+        case 2: return smp_sweep_pairwise_2(order, lo, hi, pos_offset, pos_slot, pos_eu, et, x, key, ctr, tiny);
+        case 3: return smp_sweep_pairwise_3(order, lo, hi, pos_offset, pos_slot, pos_eu, et, x, key, ctr, tiny);
+        case 4: return smp_sweep_pairwise_4(order, lo, hi, pos_offset, pos_slot, pos_eu, et, x, key, ctr, tiny);
+        case 5: return smp_sweep_pairwise_5(order, lo, hi, pos_offset, pos_slot, pos_eu, et, x, key, ctr, tiny);
+        case 6: return smp_sweep_pairwise_6(order, lo, hi, pos_offset, pos_slot, pos_eu, et, x, key, ctr, tiny);
+        case 7: return smp_sweep_pairwise_7(order, lo, hi, pos_offset, pos_slot, pos_eu, et, x, key, ctr, tiny);
+        default: return smp_sweep_pairwise_8(order, lo, hi, pos_offset, pos_slot, pos_eu, et, x, key, ctr, tiny);
+    }
+}
+#endif
