@@ -355,7 +355,10 @@ class _Stochastic:
         self.batch_size = batch_size
         self.eta = learning_rate
         self.rng = rng
-        self.n_threads = threads_for(n_threads)
+        # The row kernels get every core and decide by their work whether a team pays; the
+        # objective gets the request as it is (None: it sizes the teams by its batches).
+        self.n_threads = n_threads
+        self.row_threads = threads_for(n_threads)
 
     def run(self, w, max_iter, reporter):
         """Run ``max_iter`` epochs from ``w`` (updated in place); return the final weights
@@ -365,7 +368,7 @@ class _Stochastic:
         obj = self.objective
         opt = self.optimizer
         adagrad, adam, perceptron = opt == "adagrad", opt == "adam", opt == "perceptron"
-        l1, l2, eta, nt = self.l1, self.l2, self.eta, self.n_threads
+        l1, l2, eta, nt = self.l1, self.l2, self.eta, self.row_threads
         beta1, beta2 = _ADAM_BETAS
         blocks = obj.row_blocks()
         # Row blocks and dense segments are both (rows, cols) matrices for the kernels: a
@@ -410,7 +413,8 @@ class _Stochastic:
                     _optim.catch_up_rows(mats[k], batch.rows[k], last[k], step - 1, acc[k],
                                          per_coord, rate, eps, l1, l2, values[k], nt)
                 grad = obj.batch_gradient(batch)
-                epoch_loss += obj.batch_value_and_grad(w, batch, grad.view(), nt, values)
+                epoch_loss += obj.batch_value_and_grad(w, batch, grad.view(), self.n_threads,
+                                                       values)
                 seg_grads = grad.values + _segment_rows(grad)
                 for k, (m, g) in enumerate(zip(mats, seg_grads)):
                     rows = batch.rows[k] if k < n_blocks else one_row
@@ -591,23 +595,62 @@ def fit_chain(model, X, offsets, y, *, loss="nll", optimizer=None, l1=0.0, l2=No
                     random_state=random_state, tol=tol)
 
 
+INFERENCES = ("bp", "gibbs")
+
+
 def fit_graphs(samples, *, loss="nll", optimizer=None, l1=0.0, l2=None, max_iter=None,
                batch_size=None, learning_rate=None, w0=None, callback=None, verbose=True,
-               n_threads=None, random_state=None, beta=1.0, tol=1e-9, **loss_params):
+               n_threads=None, random_state=None, beta=1.0, tol=1e-9, inference="bp",
+               inference_options=None, **loss_params):
     """Train the shared weights of parametric factor graphs with :func:`minimize`.
 
     Minimizes ``mean_i L(E+_i, E-_i) + 0.5 * l2 * ||w||^2 + l1 * ||w||_1`` over
     ``samples``, a sequence of ``(ParametricGraph, target)`` pairs sharing one weight vector
     (see :func:`factorebm.learning.graph_objective`). Parameters, defaults and the returned
     ``(w, history)`` are as in :func:`fit_chain` (``batch_size`` counts graphs; the weights
-    start at zero).
+    start at zero), and:
+
+    inference : {"bp", "gibbs"}
+        ``"bp"``: E+, E- and the beliefs by belief propagation (exact on forests).
+        ``"gibbs"``: the NLL's contrastive term from persistent Gibbs chains (persistent
+        contrastive divergence, :class:`factorebm.energies.pcd.PCDGraphObjective`); loss
+        "nll" only, with a stochastic optimizer (default AdaGrad; the estimate is noisy, so
+        L-BFGS is refused).
+    inference_options : dict or None
+        With ``"gibbs"``: ``n_chains`` (persistent chains per graph, default 1), ``n_sweeps``
+        (sweeps per step, default 1), ``method`` ("gibbs" or "mh").
     """
     from .energies.graph import GraphObjective
     samples = list(samples)
     if not samples:
         raise ValueError("fit_graphs needs at least one (ParametricGraph, target) sample")
-    _check_common(optimizer, loss, l1, l2, max_iter, batch_size, learning_rate)
-    objective = GraphObjective(samples, loss, beta, **loss_params)
+    if inference not in INFERENCES:
+        raise ValueError(f"unknown inference {inference!r}; use one of {', '.join(INFERENCES)}")
+    options = dict(inference_options or {})
+    if inference == "gibbs":
+        from .energies.pcd import PCD_OPTIONS, PCDGraphObjective
+        if _losses.get(loss).name != "nll":
+            raise ValueError(f"inference='gibbs' estimates the NLL's contrastive term: it "
+                             f"trains loss='nll' only, not {loss!r}")
+        optimizer = "adagrad" if optimizer is None else optimizer
+        if optimizer == "lbfgs":
+            raise ValueError("inference='gibbs' gives a stochastic gradient (persistent "
+                             "chains): use a stochastic optimizer (sgd, adagrad, adam), not "
+                             "lbfgs")
+        unknown = sorted(set(options) - set(PCD_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown inference_options {unknown} for inference='gibbs'; "
+                             f"it takes {', '.join(PCD_OPTIONS)}")
+        _check_common(optimizer, loss, l1, l2, max_iter, batch_size, learning_rate)
+        if loss_params:
+            raise ValueError(f"loss 'nll' takes no parameter(s) {', '.join(loss_params)}")
+        objective = PCDGraphObjective(samples, beta, random_state=random_state, **options)
+    else:
+        if options:
+            raise ValueError(f"inference='bp' takes no inference_options, got "
+                             f"{sorted(options)}")
+        _check_common(optimizer, loss, l1, l2, max_iter, batch_size, learning_rate)
+        objective = GraphObjective(samples, loss, beta, **loss_params)
     if w0 is not None:
         w0 = np.asarray(w0, dtype=np.float64)
         if w0.shape != (objective.n_params,):

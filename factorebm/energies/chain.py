@@ -616,7 +616,10 @@ class ChainObjective(BatchObjective):
         return Batch(seqs, rows, X=Xb, offsets=offsets, y=y, index=_SequenceIndex(offsets))
 
     def batch_value_and_grad(self, w, batch, grad, n_threads=None, row_values=None):
-        nt = threads_for(n_threads, int(batch.offsets[-1]))
+        # None: a thread team only where the batch's chain work (tokens x states^2) pays
+        # for one -- a mini-batch of 32 tagged sentences with 34 states does, a toy one not
+        S = self.model.n_states
+        nt = threads_for(n_threads, int(batch.offsets[-1]) * S * S, 65536)
         e = self.model.n_emit
         ctx = Context(nt)
         if row_values is not None:

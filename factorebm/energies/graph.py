@@ -17,7 +17,7 @@ from .. import inference
 from ..objective import BatchObjective, loss_setup
 
 __all__ = ["ParametricGraph", "tied_phi", "GraphObjective", "graph_objective",
-           "graph_sample_terms"]
+           "graph_sample_terms", "check_samples", "SampleGroups", "clamped_free_energy"]
 
 
 def tied_phi(table_sizes, template_of_factor, n_templates=None):
@@ -202,13 +202,35 @@ def graph_sample_terms(pg, target, spec, beta, params):
     return float(lo), dtab, min(e_plus, np.inf if e_minus is None else e_minus)
 
 
+def check_samples(samples):
+    """Training samples as a list of (ParametricGraph, target dict) pairs sharing one weight
+    vector; returns ``(samples, n_weights)``."""
+    samples = list(samples)
+    if not samples:
+        raise ValueError("a graph objective needs at least one (ParametricGraph, target) "
+                         "sample")
+    for i, sample in enumerate(samples):
+        if not (isinstance(sample, tuple) and len(sample) == 2
+                and isinstance(sample[0], ParametricGraph) and isinstance(sample[1], dict)):
+            raise ValueError(f"sample {i} must be a (ParametricGraph, target dict) pair")
+    n_weights = samples[0][0].n_weights
+    for i, (pg, _) in enumerate(samples):
+        if pg.n_weights != n_weights:
+            raise ValueError(f"sample {i}: its ParametricGraph has {pg.n_weights} weights, "
+                             f"sample 0's has {n_weights}")
+    return samples, n_weights
+
+
 class GraphObjective(BatchObjective):
     """The batch objective of parametric factor graphs (units: the (graph, target) samples).
 
     Every sample's graph gets its tables ``Phi @ w + offset``; E+ is the target's energy
     (latent variables minimized) or clamped free energy (NLL), E- the most offending answer,
     the minimum (perceptron) or the free energy, by belief propagation: exact on forests,
-    min-sum / Bethe approximations on loopy graphs. One inference call per sample.
+    min-sum / Bethe approximations on loopy graphs. Samples may share one ParametricGraph
+    (many observations of one model): the tables are then set once per batch, and for the
+    NLL the free energy -- which does not depend on the target -- is computed once, while a
+    target without latent variables needs no inference at all.
 
     Parameters
     ----------
@@ -221,39 +243,117 @@ class GraphObjective(BatchObjective):
     def __init__(self, samples, loss="nll", beta=1.0, **loss_params):
         self.spec, self.params = loss_setup(loss, beta, loss_params)
         self.beta = float(beta)
-        self.samples = list(samples)
-        if not self.samples:
-            raise ValueError("a graph objective needs at least one (ParametricGraph, target) "
-                             "sample")
-        for i, sample in enumerate(self.samples):
-            if not (isinstance(sample, tuple) and len(sample) == 2
-                    and isinstance(sample[0], ParametricGraph)):
-                raise ValueError(f"sample {i} must be a (ParametricGraph, target dict) pair")
-        self.n_params = self.samples[0][0].n_weights
-        for i, (pg, _) in enumerate(self.samples):
-            if pg.n_weights != self.n_params:
-                raise ValueError(f"sample {i}: its ParametricGraph has {pg.n_weights} weights, "
-                                 f"sample 0's has {self.n_params}")
+        self.samples, self.n_params = check_samples(samples)
         self.n_units = len(self.samples)
         self._lock = threading.Lock()
+        self.groups = SampleGroups(self.samples)
 
     def unit_value_and_grad(self, w, units, n_threads=None):
         w = self.check_params(w)
         grad = np.zeros(self.n_params)
         total = 0.0
         lowest = np.inf
+        free_energy_loss = self.spec.e_minus == "free_energy"
         # the graphs' tables are set per evaluation: one evaluation at a time
         with self._lock:
-            for i in np.asarray(units, dtype=np.int64).tolist():
-                pg, target = self.samples[i]
+            for pg, mine in self.groups.split(units):
                 pg.set_weights(w)
-                lo, dtab, low = graph_sample_terms(pg, target, self.spec, self.beta,
-                                                   self.params)
-                total += lo
-                grad += pg.phi_T @ dtab
-                lowest = min(lowest, low)
+                if free_energy_loss:
+                    lo, dtab, low = self._nll_group(pg, mine, w)
+                    total += lo
+                    grad += pg.phi_T @ dtab
+                    lowest = min(lowest, low)
+                    continue
+                for i in mine:
+                    lo, dtab, low = graph_sample_terms(pg, self.samples[i][1], self.spec,
+                                                       self.beta, self.params)
+                    total += lo
+                    grad += pg.phi_T @ dtab
+                    lowest = min(lowest, low)
         self.spec.check_energies(lowest)
         return total, grad
+
+    def _nll_group(self, pg, mine, w):
+        """(loss sum, dL/dtables, lowest energy) of the samples ``mine`` of one graph: one
+        free sum-product for all of them; clamped ones only for targets with latent
+        variables."""
+        g = pg.graph
+        free = inference.sum_product(g, beta=self.beta)
+        b_free = pg.beliefs_vector(free.factor_beliefs)
+        tables = None
+        total = 0.0
+        lowest = free.free_energy
+        dtab = np.zeros_like(b_free)
+        for i in mine:
+            entries = self.groups.target_entries(i)
+            if entries is None:             # latent variables: the clamped free energy
+                e_plus, b_plus = clamped_free_energy(pg, self.samples[i][1], self.beta)
+            else:
+                if tables is None:
+                    tables = pg.tables(w)
+                e_plus = float(tables[entries].sum())
+                b_plus = None
+            lo, dp, dm = self.spec(e_plus, free.free_energy, **self.params)
+            total += float(lo)
+            if b_plus is None:
+                np.add.at(dtab, entries, dp)
+            else:
+                dtab += dp * b_plus
+            dtab += dm * b_free
+            lowest = min(lowest, e_plus)
+        return total, dtab, lowest
+
+
+class SampleGroups:
+    """Samples grouped by their ParametricGraph object, and each target's table entries.
+
+    Parameters
+    ----------
+    samples : list of (ParametricGraph, dict)
+    """
+
+    def __init__(self, samples):
+        self.samples = samples
+        ids = {}
+        self.graphs = []
+        self.graph_of = np.empty(len(samples), dtype=np.int64)
+        for i, (pg, _) in enumerate(samples):
+            j = ids.setdefault(id(pg), len(self.graphs))
+            if j == len(self.graphs):
+                self.graphs.append(pg)
+            self.graph_of[i] = j
+        self._entries = {}
+
+    def split(self, units):
+        """``[(pg, [sample ids]), ...]`` for the units, graph by graph (first use order)."""
+        units = np.asarray(units, dtype=np.int64)
+        g = self.graph_of[units]
+        return [(self.graphs[j], units[g == j].tolist()) for j in np.unique(g).tolist()]
+
+    def target_entries(self, i):
+        """(n_factors,) int64: the flat table entry each factor takes at sample i's target,
+        or None when its graph has latent variables (the target is not a full assignment).
+        Raises ValueError naming a visible variable the target leaves out."""
+        if i not in self._entries:
+            pg, target = self.samples[i]
+            g = pg.graph
+            latent = {v for v in g.variables if g.is_latent(v)}
+            missing = [v for v in g.variables if v not in latent and v not in target]
+            if missing:
+                raise ValueError(f"sample {i}: the target does not give a label to visible "
+                                 f"variable {missing[0]!r}")
+            self._entries[i] = (None if latent else
+                                np.flatnonzero(pg.indicator({v: target[v]
+                                                             for v in g.variables})))
+        return self._entries[i]
+
+
+def clamped_free_energy(pg, target, beta):
+    """F(Y) of a target with latent variables summed out, and its factor beliefs (flat)."""
+    g = pg.graph
+    visible = {v: target[v] for v in g.variables if not g.is_latent(v)}
+    clamped = inference.sum_product(g, beta=beta, evidence=visible)
+    return clamped.free_energy, pg.beliefs_vector(clamped.factor_beliefs)
 
 
 def graph_objective(w, samples, loss="nll", *, l2=0.0, beta=1.0, **loss_params):
