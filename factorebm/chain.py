@@ -19,8 +19,9 @@ the labels must be 0..L-1, each with at least one state. Decoders (``viterbi``,
 substate paths decoded as labels, ``min_marginals`` the minimum over a label's
 substates and ``forward_backward`` sums the substates into label marginals.
 ``kbest`` with ``state_label`` gives the k best distinct label sequences (not
-the labels of the k best state sequences, which repeat). To clamp to gold labels, ``gold_mask(gold, state_label)``
-gives the mask allowing exactly the gold label's substates at every token::
+the labels of the k best state sequences, which repeat). To clamp to gold
+labels, ``gold_mask(gold, state_label)`` gives the mask allowing exactly the
+gold label's substates at every token::
 
     mask = chain.gold_mask(gold, state_label)
     _, F_clamped = chain.forward_backward(U, tr, off, beta, mask=mask, state_label=state_label)

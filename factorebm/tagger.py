@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from . import chain, constraints, losses
+from . import chain, losses
 from .features import FeatureExtractor
 from .checks import check_threads, threads_for
 from .constraints import constraint_mask, forbid_transitions, observed_transitions
