@@ -18,9 +18,10 @@ the labels must be 0..L-1, each with at least one state. Decoders (``viterbi``,
 ``loss_augmented_viterbi``, ``most_offending``) return the JOINT minimum over
 substate paths decoded as labels, ``min_marginals`` the minimum over a label's
 substates and ``forward_backward`` sums the substates into label marginals.
-``kbest`` works on states only (the k best label sequences are not the k best
-state sequences). To clamp to gold labels, ``gold_mask(gold, state_label)``
-gives the mask allowing exactly the gold label's substates at every token::
+``kbest`` with ``state_label`` gives the k best distinct label sequences (not
+the labels of the k best state sequences, which repeat). To clamp to gold
+labels, ``gold_mask(gold, state_label)`` gives the mask allowing exactly the
+gold label's substates at every token::
 
     mask = chain.gold_mask(gold, state_label)
     _, F_clamped = chain.forward_backward(U, tr, off, beta, mask=mask, state_label=state_label)
@@ -44,7 +45,8 @@ Algorithms: Viterbi and min-marginals in energy space (min-plus); forward-
 backward in scaled probability space (Rabiner 1989), with an exact energy-space
 (soft-min) recursion for the sequences where scaled probabilities would lose
 precision (energy differences beyond ~670 / beta), so results are accurate to
-rounding at any beta; exact k-best Viterbi;
+rounding at any beta; exact k-best Viterbi (over state paths or distinct label
+sequences);
 most offending incorrect answer from min-marginals (LeCun et al. 2006,
 section 2.2); Hamming-loss-augmented Viterbi (Taskar et al. 2003).
 """
@@ -442,54 +444,74 @@ def min_marginals(unary, transition, offsets, start=None, end=None, *, mask=None
 KBEST_MAX_BYTES = 4 << 30
 
 
-def kbest(unary, transition, offsets, k, start=None, end=None, *, mask=None, n_threads=None):
-    """The k lowest-energy state sequences of every sequence, best first (exact).
+def kbest(unary, transition, offsets, k, start=None, end=None, *, mask=None,
+          state_label=None, return_states=False, n_threads=None):
+    """The k lowest-energy sequences of every sequence, best first (exact).
 
-    Latent substates are not supported: the k best LABEL sequences are not the
-    k best state sequences (several state paths can share one label sequence),
-    so there is no ``state_label`` option; map ``paths`` through the state ->
-    label map yourself if the k best state paths are what you need.
+    Without ``state_label``: the k best state sequences. With it (latent
+    substates): the k best DISTINCT label sequences, the energy of a label
+    sequence being the minimum over its state paths -- not the labels of the k
+    best state paths, which repeat a label sequence once per substate path.
 
     Parameters
     ----------
-    unary, transition, offsets, start, end, mask, n_threads
+    unary, transition, offsets, start, end, mask, state_label, n_threads
         As in :func:`viterbi`.
     k : int
-        Number of sequences to return, >= 1. The outputs (``8 k (N + n)`` bytes)
-        and the workspace (about ``16 k threads * longest * S`` bytes, with k capped
-        at the number of state paths of the longest sequence) must fit in
-        ``KBEST_MAX_BYTES`` (4 GiB); a larger request raises ValueError.
+        Number of sequences to return, >= 1. The outputs (``8 k (N + n)`` bytes,
+        twice that with ``return_states``) and the workspace (about ``16 k threads
+        * longest * S`` bytes, 24 with ``state_label``, with k capped at the number
+        of paths of the longest sequence) must fit in ``KBEST_MAX_BYTES`` (4 GiB);
+        a larger request raises ValueError.
+    return_states : bool
+        Also return each answer's state path (its best one, with ``state_label``).
 
     Returns
     -------
     paths : ndarray of int64, shape (k, N)
-        ``paths[r]`` holds the (r+1)-th best state sequence of every sequence.
+        ``paths[r]`` holds the (r+1)-th best sequence of every sequence: state
+        ids, or label ids with ``state_label``.
     energies : ndarray of float64, shape (k, n)
         Their energies, ascending along axis 0. Where a sequence has fewer than
-        k finite-energy state sequences, the missing rows have energy +inf and
-        path -1. An empty sequence has exactly one (empty) answer, energy 0.
+        k finite-energy sequences, the missing rows have energy +inf and path -1.
+        An empty sequence has exactly one (empty) answer, energy 0.
+    states : ndarray of int64, shape (k, N)
+        The state paths (only with ``return_states``).
     """
-    b = _Batch(unary, transition, offsets, start, end, mask, None)
+    b = _Batch(unary, transition, offsets, start, end, mask, state_label)
     nt = _check_threads(n_threads)
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     k = int(k)
-    # no sequence has more than S**longest paths: rows beyond that are +inf / -1
-    T, S = b.max_len, b.S
-    k_run = k if T * np.log2(max(S, 1)) >= 62 else min(k, S ** T)
+    # no sequence has more than L**longest label (S**longest state) sequences: rows
+    # beyond that are +inf / -1
+    T, S, L = b.max_len, b.S, b.n_labels
+    k_run = k if T * np.log2(max(L, 1)) >= 62 else min(k, L ** T)
     threads = max(_chain.max_threads() if nt == 0 else nt, 1)
     # outputs (k, N) + (k, n); per thread (see _chain.kbest) float and int workspaces
-    need = 8 * (k * (b.N + b.n) + threads * (T * S * (2 * k_run + 1) + 2 * (S + k_run)))
+    per_thread = T * S * (2 * k_run + 1) + 2 * (S + k_run)
+    if b.has_labels:
+        hk = int(np.bincount(b.state_label).max()) * k_run
+        per_thread += T * S * k_run + L * hk + hk + k_run + L * hk // 8
+        label_states = np.argsort(b.state_label, kind="stable").astype(np.int64)
+        label_ptr = np.zeros(L + 1, dtype=np.int64)
+        np.cumsum(np.bincount(b.state_label, minlength=L), out=label_ptr[1:])
+        state_label = b.state_label
+    else:
+        label_states = label_ptr = state_label = np.zeros(0, dtype=np.int64)
+    need = 8 * (k * (b.N + b.n) * (2 if return_states and b.has_labels else 1)
+                + threads * per_thread)
     if need > KBEST_MAX_BYTES:
         raise ValueError(f"k = {k} needs about {need / 2**30:.3g} GiB for kbest's outputs "
                          f"and workspace ({b.N} tokens, longest sequence {T}, {S} states), "
                          f"more than KBEST_MAX_BYTES = {KBEST_MAX_BYTES / 2**30:g} GiB; "
                          "ask for fewer sequences")
-    paths = np.full((k, b.N), -1, dtype=np.int64)
+    states = np.full((k, b.N), -1, dtype=np.int64)
     energies = np.full((k, b.n), np.inf)
     _chain.kbest(b.unary, b.transition, b.offsets, k_run, b.start, b.end, b.mask,
-                 paths[:k_run], energies[:k_run], nt)
-    return paths, energies
+                 state_label, label_ptr, label_states, states[:k_run], energies[:k_run], nt)
+    paths = b.decode(states)
+    return (paths, energies, states) if return_states else (paths, energies)
 
 
 def most_offending(unary, transition, offsets, gold, start=None, end=None, *, mask=None,

@@ -1117,6 +1117,79 @@ class FeatureExtractor:
         _release_free_heap()        # the factoring's temporaries too
         return X, offsets
 
+    def extended(self, sents, min_count=1):
+        """A new extractor whose vocabulary is this one's plus the features of ``sents`` seen
+        on at least ``min_count`` of their tokens: the vocabulary of warm-started training.
+        This extractor is left as it is.
+
+        Every column keeps its offset group, so rows stay sorted; the columns are renumbered
+        (``column_map`` says where each of this extractor's features went). The new
+        extractor's training word types are this one's and those of ``sents``, their columns
+        looked up in the grown vocabulary.
+
+        Parameters
+        ----------
+        sents : list of list of str
+        min_count : int
+            Count threshold of the features first seen in ``sents`` (all of this extractor's
+            features are kept).
+
+        Returns
+        -------
+        fx : FeatureExtractor
+            Fitted; ``fx.n_features_ >= self.n_features_``.
+        column_map : (self.n_features_,) int64
+            Column of each of this extractor's features in ``fx``.
+        """
+        self._check_fitted()
+        new = FeatureExtractor(templates=self.templates, cache_size=self.cache_size)
+        new._fit(sents, min_count)          # validates sents and min_count
+        n_groups = len(self._groups)
+        old_bounds = self._group_bounds
+        n_old = np.diff(old_bounds)
+        # new.feature_names_ are in group order, and a name belongs to one group (it holds
+        # its offset), so the added names come out in group order too
+        new_names = new.feature_names_
+        added = np.flatnonzero(self._lookup(new_names) < 0)
+        added_group = np.repeat(np.arange(n_groups), np.diff(new._group_bounds))[added]
+        n_added = np.bincount(added_group, minlength=n_groups)
+        bounds = np.zeros(n_groups + 1, dtype=np.int64)
+        np.cumsum(n_old + n_added, out=bounds[1:])
+        column_map = (np.arange(self.n_features_, dtype=np.int64)
+                      + np.repeat(bounds[:-1] - old_bounds[:-1], n_old))
+        old_names = self.feature_names_
+        added_bounds = np.concatenate([[0], np.cumsum(n_added)]).tolist()
+        names = []
+        for g, (a, b) in enumerate(zip(old_bounds[:-1].tolist(), old_bounds[1:].tolist())):
+            names.extend(old_names[a:b])
+            names.extend(new_names[i]
+                         for i in added[added_bounds[g]:added_bounds[g + 1]].tolist())
+        names_buf, names_len = _encode_strings(names)
+        del names
+        with self._lock:        # no thread adds to the index while it is read
+            n_words = self._n_fit_types - _N_PSEUDO
+            words = list(itertools.islice(self._cache.index, n_words))
+        known = set(words)
+        words += [w for w in itertools.islice(new._cache.index, new._n_fit_types - _N_PSEUDO)
+                  if w not in known]
+        fx = FeatureExtractor(templates=self.templates, cache_size=self.cache_size)
+        # the vocabulary first (the lookups below read it), then the types' columns in it
+        blank = _TypeCache({}, np.zeros((_N_PSEUDO, n_groups + 1), dtype=np.int64),
+                           np.zeros(0, dtype=np.int32), _N_PSEUDO, 0)
+        fx._set_fitted(names_buf, names_len, int(min_count), bounds, blank)
+        flat, lengths = fx._flat_strings(fx._pseudo_strings())
+        key = np.repeat(np.arange(_N_PSEUDO * n_groups, dtype=np.int64), lengths)
+        seg, ids = _segments(fx._lookup(flat), key, _N_PSEUDO, n_groups, fx.n_features_)
+        if words:
+            word_seg, word_ids = fx._type_rows(words)
+            seg = np.concatenate([seg, word_seg + ids.shape[0]])
+            ids = np.concatenate([ids, word_ids])
+        n_types = _N_PSEUDO + len(words)
+        fx._set_fitted(names_buf, names_len, int(min_count), bounds,
+                       _TypeCache(dict(zip(words, range(_N_PSEUDO, n_types))), seg, ids,
+                                  n_types, ids.shape[0]))
+        return fx, column_map
+
     # ---------------------------------------------------------------- saving
 
     def get_config(self):

@@ -25,6 +25,7 @@ import numpy as np
 from . import chain, losses
 from .features import FeatureExtractor
 from .checks import check_threads, threads_for
+from .constraints import constraint_mask, forbid_transitions, observed_transitions
 from .learning import LinearChainEnergy
 from .modelio import load_arrays, save_arrays
 from .optimize import OPTIMIZERS
@@ -37,8 +38,12 @@ TAGGER_LOSSES = ("nll", "hinge", "perceptron", "log", "mce")
 
 _PARAM_NAMES = ("loss", "optimizer", "l1", "l2", "max_iter", "batch_size", "learning_rate",
                 "features", "min_count", "n_substates", "n_threads", "random_state", "verbose")
+_PARAM_NAMES += ("transitions", "warm_start")
+# What a model file saved before a setting existed meant by it.
+_PARAM_DEFAULTS = {"n_substates": 1, "transitions": "all", "warm_start": False}
 # Settings of how a fitted tagger runs, not of how it was trained: load() may replace them.
 _RUNTIME_PARAMS = ("n_threads", "verbose")
+TRANSITIONS = ("all", "observed")
 
 
 def _check_corpus(sents, tags=None, what="sentences"):
@@ -111,17 +116,96 @@ def _check_saved_coef(coef):
     return np.ascontiguousarray(coef)
 
 
-def _check_feasible(energies, sents):
+def _check_saved_allowed(arrays, transitions, n_labels):
+    """The allowed transitions of a model file: None for transitions="all", else a
+    (K+1, K+1) bool array."""
+    if transitions == "all":
+        return None
+    if "allowed_transitions" not in arrays:
+        raise ValueError(f"transitions={transitions!r} but the file holds no "
+                         "allowed_transitions")
+    allowed = np.asarray(arrays["allowed_transitions"])
+    if allowed.dtype != np.bool_ or allowed.shape != (n_labels + 1, n_labels + 1):
+        raise ValueError(f"allowed_transitions must be a ({n_labels + 1}, {n_labels + 1}) bool "
+                         f"array, got {allowed.shape} {allowed.dtype}")
+    return np.ascontiguousarray(allowed)
+
+
+def _check_feasible(energies, sents, constrained=False):
     """ValueError naming the first sentence whose best energy (or free energy) is not finite:
-    +inf means the model forbids every tagging of it, and the kernels then return label -1,
-    which must never be read as a tag."""
+    +inf means the model (or the caller's constraints) forbids every tagging of it, and the
+    kernels then return label -1, which must never be read as a tag."""
     bad = ~np.isfinite(energies)
     if bad.any():
         i = int(np.argmax(bad))
         words = " ".join(map(str, sents[i][:8])) + (" ..." if len(sents[i]) > 8 else "")
-        raise ValueError(f"sentence {i} ({words!r}) has no tagging of finite energy: the "
-                         "model's +inf energies forbid every tag sequence (energy "
+        which = " that obeys its constraints" if constrained else ""
+        raise ValueError(f"sentence {i} ({words!r}) has no tagging of finite energy{which}: "
+                         "the model's +inf energies forbid every tag sequence (energy "
                          f"{energies[i]})")
+
+
+def _encode_tags(tags, n_tokens, loss, known=None):
+    """The tag set and tag ids of a training corpus, None meaning an unknown tag.
+
+    Returns
+    -------
+    labels : (K,) ndarray of str
+        The known tags (and those of ``known``, the tag set of a warm-started tagger), sorted.
+    y : (N,) int64
+        Tag ids, -1 for None.
+    """
+    flat = [t for ts in tags for t in ts]
+    tag_set = set(flat)
+    if None in tag_set:
+        tag_set.discard(None)
+        if losses.get(loss).e_minus != "free_energy":
+            i, t = next((i, t) for i, ts in enumerate(tags) for t, x in enumerate(ts)
+                        if x is None)
+            raise ValueError(f"sentence {i}, position {t}: an unknown tag (None) needs "
+                             f"loss='nll', which sums over it; loss {loss!r} compares the "
+                             "gold sequence with the most offending one, which an unknown "
+                             "tag leaves undefined")
+    if known is not None:
+        tag_set.update(known.tolist())
+    if not tag_set:
+        raise ValueError("every tag is None (unknown): fit needs some known tags")
+    labels = np.array(sorted(tag_set))
+    index = {t: i for i, t in enumerate(labels.tolist())}
+    index[None] = -1
+    y = np.fromiter(map(index.__getitem__, flat), dtype=np.int64, count=n_tokens)
+    return labels, y
+
+
+def _label_map(labels, old_labels):
+    """Position in ``labels`` of each of ``old_labels`` (all of which it holds)."""
+    index = {t: i for i, t in enumerate(labels.tolist())}
+    return np.array([index[t] for t in old_labels.tolist()], dtype=np.int64)
+
+
+def _warm_weights(model, warm, labels, column_map, random_state):
+    """Initial weights of a warm-started fit: the fitted tagger's weights, moved to their
+    features' and tags' new places, and the model's fresh initial weights elsewhere."""
+    _, old_model, old_coef, old_labels, _ = warm
+    H = model.n_substates
+    states = (_label_map(labels, old_labels)[:, None] * H + np.arange(H)).ravel()
+    w0 = model.init_weights(random_state)
+    W_emit, transition, start, end = model.unpack(w0)       # views: writing them writes w0
+    W_old, transition_old, start_old, end_old = old_model.unpack(old_coef)
+    W_emit[np.ix_(column_map, states)] = W_old
+    transition[np.ix_(states, states)] = transition_old
+    start[states] = start_old
+    end[states] = end_old
+    return w0
+
+
+def _allowed_transitions(y, offsets, labels, warm):
+    """The transitions seen in training, and those of a warm-started tagger's earlier ones."""
+    allowed = observed_transitions(y, offsets, len(labels))
+    if warm is not None and warm[4] is not None:
+        where = np.append(_label_map(labels, warm[3]), len(labels))
+        allowed[np.ix_(where, where)] |= warm[4]
+    return allowed
 
 
 class SequenceTagger:
@@ -168,6 +252,17 @@ class SequenceTagger:
         Seed of the stochastic optimizers.
     verbose : bool
         Print one progress line per iteration (loss and, with ``dev=``, dev accuracy).
+    transitions : {"all", "observed"}, default "all"
+        "observed": a tag transition never seen in training (and a tag never seen first or
+        last in a sentence) gets +inf energy when tagging, so that, say, BIO output never
+        has ``I-X`` after ``O``. Training is unchanged (its gold sequences obey the rule); a
+        bigram with an unknown (None) tag is not seen.
+    warm_start : bool, default False
+        ``fit`` on a fitted tagger continues from its weights: features first seen in the
+        new data (at least ``min_count`` times there) and new tags (new chain states) are
+        added, with fresh weights, and the others keep their values. The optimizer's own
+        state (AdaGrad's accumulated squares) starts afresh. ``n_substates`` and
+        ``features`` must be those of the fitted tagger.
     **loss_params
         Passed to the loss (e.g. ``margin=`` for hinge).
 
@@ -180,11 +275,15 @@ class SequenceTagger:
     feature_extractor_ : FeatureExtractor
     history_ : list
         Per-iteration progress records of the optimizer.
+    allowed_transitions_ : ndarray of bool, shape (K+1, K+1), or None
+        With ``transitions="observed"``: ``[i, j]`` tag i may be followed by tag j, row K:
+        may start a sentence, column K: may end one (:mod:`factorebm.constraints`).
     """
 
     def __init__(self, loss="nll", *, optimizer=None, l1=0.0, l2=None, max_iter=None,
                  batch_size=None, learning_rate=None, features=None, min_count=2,
-                 n_substates=2, n_threads=None, random_state=0, verbose=True, **loss_params):
+                 n_substates=2, n_threads=None, random_state=0, verbose=True,
+                 transitions="all", warm_start=False, **loss_params):
         self.loss = loss
         self.optimizer = optimizer
         self.l1 = l1
@@ -198,6 +297,8 @@ class SequenceTagger:
         self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
+        self.transitions = transitions
+        self.warm_start = warm_start
         self.loss_params = dict(loss_params)
         self._check_params()
 
@@ -223,6 +324,11 @@ class SequenceTagger:
         _check_count("min_count", self.min_count)
         _check_substates(self.n_substates)
         check_threads(self.n_threads)
+        if not (isinstance(self.transitions, str) and self.transitions in TRANSITIONS):
+            raise ValueError(f"transitions must be one of {', '.join(map(repr, TRANSITIONS))}, "
+                             f"got {self.transitions!r}")
+        if not isinstance(self.warm_start, (bool, np.bool_)):
+            raise ValueError(f"warm_start must be True or False, got {self.warm_start!r}")
         rs = self.random_state
         if rs is not None and (isinstance(rs, bool) or not isinstance(rs, numbers.Integral)
                                or rs < 0):
@@ -310,18 +416,26 @@ class SequenceTagger:
         t0 = time.perf_counter()
         # Everything fitted is built in locals and installed at the end: a fit that raises
         # (bad data, KeyboardInterrupt) leaves a fitted tagger as it was, still usable.
-        labels = np.array(sorted({t for ts in tags for t in ts}))
+        warm = self._warm_state(n_substates)
+        labels, y = _encode_tags(tags, n_tokens, self.loss, None if warm is None else warm[3])
         index = {t: i for i, t in enumerate(labels.tolist())}
-        y = np.fromiter((index[t] for ts in tags for t in ts), dtype=np.int64, count=n_tokens)
 
         schedule = self._training_schedule()
-        fx = FeatureExtractor(**(self.features or {}))
         # The corpus is kept factored, X = S @ Phi (FeatureExtractor.factored_transform):
         # 2.5 times fewer nonzeros than X itself. L-BFGS multiplies through the factors (two
         # to three times faster than through X), and the mini-batch optimizers gather their
         # batches' rows of X through them.
-        X, offsets = fx.fit_transform(sents, self.min_count, factored=True)
+        if warm is None:
+            fx = FeatureExtractor(**(self.features or {}))
+            X, offsets = fx.fit_transform(sents, self.min_count, factored=True)
+        else:
+            fx, column_map = warm[0].extended(sents, self.min_count)
+            X, offsets = fx.factored_transform(sents)
         model = LinearChainEnergy(fx.n_features_, len(labels), n_substates)
+        w0 = (None if warm is None else
+              _warm_weights(model, warm, labels, column_map, self.random_state))
+        allowed = (None if self.transitions == "all" else
+                   _allowed_transitions(y, offsets, labels, warm))
         if self.verbose:
             print(f"factorebm: {len(sents)} sentences, {n_tokens} tokens, "
                   f"{fx.n_features_} features, {len(labels)} tags "
@@ -342,7 +456,7 @@ class SequenceTagger:
         kwargs = dict(self.loss_params)
         kwargs.update(schedule)
         try:
-            w, history = fit_chain(model, X, offsets, y, loss=self.loss, l1=self.l1,
+            w, history = fit_chain(model, X, offsets, y, loss=self.loss, l1=self.l1, w0=w0,
                                    callback=callback, verbose=self.verbose,
                                    n_threads=self.n_threads, random_state=self.random_state,
                                    **kwargs)
@@ -355,14 +469,48 @@ class SequenceTagger:
         self.feature_extractor_ = fx
         self.model_ = model
         self.coef_ = coef
+        self.allowed_transitions_ = allowed
         self.history_ = history
         self.fit_time_ = time.perf_counter() - t0
         return self
+
+    def _warm_state(self, n_substates):
+        """The fitted state that a warm-started fit continues from, or None (cold start)."""
+        if not self.warm_start or not hasattr(self, "coef_"):
+            return None
+        fitted = self._fitted_state()
+        fx, model = fitted[0], fitted[1]
+        if model.n_substates != n_substates:
+            raise ValueError(f"warm_start: the fitted tagger has {model.n_substates} "
+                             f"substate(s) per tag, n_substates is now {n_substates}; set it "
+                             "back or fit with warm_start=False")
+        if FeatureExtractor(**(self.features or {})).templates != fx.templates:
+            raise ValueError("warm_start: features (the feature templates) differ from those "
+                             "of the fitted tagger; set them back or fit with "
+                             "warm_start=False")
+        return fitted
 
     # ------------------------------------------------------------------ inference
     def _check_fitted(self):
         if not hasattr(self, "coef_"):
             raise ValueError("this SequenceTagger is not fitted yet: call fit() or load()")
+
+    def _fitted_state(self):
+        """``(feature_extractor_, model_, coef_, labels_, allowed_transitions_)``, read
+        together: a call that reads them once sees one fitted state, even while another
+        thread fits."""
+        self._check_fitted()
+        return (self.feature_extractor_, self.model_, self.coef_, self.labels_,
+                getattr(self, "allowed_transitions_", None))
+
+    @staticmethod
+    def _constraint_mask(sents, constraints, fitted):
+        """The (N, S) state mask of ``constraints`` (validated), or None."""
+        if constraints is None:
+            return None
+        _check_corpus(sents)
+        return constraint_mask(constraints, [len(x) for x in sents], fitted[3],
+                               fitted[1].state_label)
 
     def energies(self, sents):
         """The chain energies of ``sents``.
@@ -375,44 +523,63 @@ class SequenceTagger:
         offsets : (n+1,) int64, sentence i is rows offsets[i]:offsets[i+1]
 
         The states are the tags (S = K) or, with ``n_substates = H``, the substates of the
-        tags: state s belongs to tag ``s // H`` (``model_.state_label``).
+        tags: state s belongs to tag ``s // H`` (``model_.state_label``). With
+        ``transitions="observed"`` the transitions, starts and ends never seen in training
+        are +inf.
         """
         return self._energies(sents)[:5]
 
-    def _energies(self, sents):
+    def _energies(self, sents, fitted=None):
         """:meth:`energies` plus the model and tag set they were computed with (each read
-        once, so a call sees one fitted state) and the number of threads to use."""
+        once, so a call sees one fitted state: ``fitted``, from :meth:`_fitted_state`, when
+        the caller read it already) and the number of threads to use."""
         self._check_fitted()
         _check_corpus(sents)
-        fx, model, coef, labels = (self.feature_extractor_, self.model_, self.coef_,
-                                   self.labels_)
+        fx, model, coef, labels, allowed = fitted or self._fitted_state()
         n_threads = threads_for(self.n_threads, sum(map(len, sents)))
         W_emit, transition, start, end = model.unpack(coef)
+        if allowed is not None:
+            transition, start, end = forbid_transitions(transition, start, end, allowed,
+                                                        model.state_label)
         # X @ W_emit without building X: summed once per word type present, then per token
         unary, offsets = fx.emissions(sents, W_emit, n_threads=n_threads)
         return unary, transition, start, end, offsets, model, labels, n_threads
 
-    def _viterbi(self, sents):
+    def _viterbi(self, sents, constraints=None):
         """Best state path of every sentence: ``(labels (N,) int64 tag ids, offsets,
         labels_)``; ValueError when a sentence has no finite-energy tagging."""
+        fitted = self._fitted_state()
+        mask = self._constraint_mask(sents, constraints, fitted)
         unary, transition, start, end, offsets, model, labels, n_threads = \
-            self._energies(sents)
-        tag_ids, energies = chain.viterbi(unary, transition, offsets, start, end,
+            self._energies(sents, fitted)
+        tag_ids, energies = chain.viterbi(unary, transition, offsets, start, end, mask=mask,
                                           state_label=model.state_label, n_threads=n_threads)
-        _check_feasible(energies, sents)
+        _check_feasible(energies, sents, mask is not None)
         return tag_ids, offsets, labels
 
-    def predict(self, sents):
+    def predict(self, sents, constraints=None):
         """Tag each sentence with its minimum-energy tag sequence: list of list of str.
 
-        Raises ValueError when the model forbids every tagging of a sentence (its +inf
-        energies leave no finite path), rather than returning a made-up answer.
+        Parameters
+        ----------
+        sents : list of list of str
+        constraints : None or list of (dict or None)
+            One entry per sentence: ``{position: tag}`` forces a tag, ``{position: set (or
+            list) of tags}`` allows only those; the answer is the best tag sequence that obeys
+            them, exactly (every substate of an allowed tag stays allowed).
+
+        Raises ValueError when the model (or the constraints) forbids every tagging of a
+        sentence (its +inf energies leave no finite path), rather than returning a made-up
+        answer, and on a bad constraint (naming its sentence, position and tag).
         """
-        tag_ids, offsets, labels = self._viterbi(sents)
+        tag_ids, offsets, labels = self._viterbi(sents, constraints)
         return _split(labels[tag_ids].tolist(), offsets)
 
-    def predict_marginals(self, sents, beta=1.0):
+    def predict_marginals(self, sents, beta=1.0, constraints=None):
         """Per-token tag probabilities under the Gibbs distribution at inverse temperature beta.
+
+        With ``constraints`` (as in :meth:`predict`), the distribution is conditioned on them:
+        the probabilities of the tag sequences that obey them, renormalized.
 
         Returns
         -------
@@ -420,11 +587,14 @@ class SequenceTagger:
             One (T_i, K) float64 array per sentence (T_i its tokens, K the tags), columns in
             ``labels_`` order; each row sums to 1.
         """
-        unary, transition, start, end, offsets, model, _, n_threads = self._energies(sents)
+        fitted = self._fitted_state()
+        mask = self._constraint_mask(sents, constraints, fitted)
+        unary, transition, start, end, offsets, model, _, n_threads = \
+            self._energies(sents, fitted)
         marginals, free_energies = chain.forward_backward(
-            unary, transition, offsets, beta, start, end, state_label=model.state_label,
-            n_threads=n_threads)
-        _check_feasible(free_energies, sents)
+            unary, transition, offsets, beta, start, end, mask=mask,
+            state_label=model.state_label, n_threads=n_threads)
+        _check_feasible(free_energies, sents, mask is not None)
         return _split(marginals, offsets)
 
     def score(self, sents, tags):
@@ -438,15 +608,109 @@ class SequenceTagger:
                            count=n_tokens)
         return float(np.mean(tag_ids == gold))
 
+    def predict_kbest(self, sents, k, constraints=None):
+        """The k lowest-energy tag sequences of each sentence, best first (exact).
+
+        The energy of a tag sequence is the minimum over its latent substate paths; the
+        answers are distinct tag sequences (:func:`factorebm.chain.kbest` over labels).
+
+        Parameters
+        ----------
+        sents : list of list of str
+        k : int
+            How many sequences per sentence, >= 1.
+        constraints : None or list of (dict or None)
+            As in :meth:`predict`.
+
+        Returns
+        -------
+        list of list of (list of str, float)
+            Per sentence, up to k ``(tags, energy)`` pairs with ascending energies (fewer
+            when the sentence has fewer finite-energy tag sequences; one, ``([], 0.0)``, for
+            an empty sentence).
+        """
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        fitted = self._fitted_state()
+        mask = self._constraint_mask(sents, constraints, fitted)
+        unary, transition, start, end, offsets, model, labels, n_threads = \
+            self._energies(sents, fitted)
+        paths, energies = chain.kbest(unary, transition, offsets, int(k), start, end,
+                                      mask=mask, state_label=model.state_label,
+                                      n_threads=n_threads)
+        _check_feasible(energies[0], sents, mask is not None)
+        found = np.isfinite(energies).sum(axis=0).tolist()
+        ranked = [_split(labels[np.maximum(p, 0)].tolist(), offsets)
+                  for p in paths[:max(found, default=0)]]
+        energies = energies.T.tolist()
+        return [[(ranked[r][i], energies[i][r]) for r in range(m)]
+                for i, m in enumerate(found)]
+
+    def explain(self, words):
+        """Why the tagger tags a sentence as it does: the parts of its energy, per token.
+
+        The energy of the predicted tags (of their best substate path, with latent
+        substates) is the sum over tokens of the emission energies of the token's features
+        for its state, plus the transition energies (the start energy at the first token)
+        and the end energy at the last.
+
+        Parameters
+        ----------
+        words : list of str
+            One sentence.
+
+        Returns
+        -------
+        list of dict, one per token
+            ``"tag"`` (str); ``"substate"`` (int, 0 without substates); ``"emission"``: list
+            of ``(feature name, energy)`` for every feature of the token, lowest energy (most
+            in favour of the tag) first; ``"transition"`` (float): the energy of the
+            transition from the previous token's state, or the start energy at the first
+            token; and at the last token ``"end"`` (float). All of them add up to the
+            sentence's energy, ``min E`` (:meth:`energies`, :func:`factorebm.chain.viterbi`).
+        """
+        if isinstance(words, (str, bytes)) or not hasattr(words, "__len__"):
+            raise ValueError("explain takes one sentence: a list of token strings")
+        sents = [words]
+        fitted = self._fitted_state()
+        fx, model, coef = fitted[0], fitted[1], fitted[2]
+        unary, transition, start, end, offsets, _, labels, _ = self._energies(sents, fitted)
+        _, energy, states = chain.viterbi(unary, transition, offsets, start, end,
+                                          return_states=True, n_threads=1)
+        _check_feasible(energy, sents)
+        X, _ = fx.transform(sents)
+        W_emit = model.unpack(coef)[0]
+        names = fx.feature_names_
+        H = model.n_substates
+        states = states.tolist()
+        parts = []
+        for t, s in enumerate(states):
+            cols = X.indices[X.indptr[t]:X.indptr[t + 1]]
+            contrib = X.data[X.indptr[t]:X.indptr[t + 1]] * W_emit[cols, s]
+            order = np.lexsort((cols, contrib))
+            parts.append({
+                "tag": str(labels[s // H]), "substate": s % H,
+                "emission": [(names[c], e) for c, e in zip(cols[order].tolist(),
+                                                           contrib[order].tolist())],
+                "transition": float(start[s] if t == 0 else transition[states[t - 1], s]),
+            })
+        if parts:
+            parts[-1]["end"] = float(end[states[-1]])
+        return parts
+
     # ------------------------------------------------------------------ model files
     def save(self, path):
         """Write the fitted tagger to ``path`` (numpy .npz + JSON metadata; no pickle, atomic)."""
         self._check_fitted()
         arrays = {"coef": self.coef_, "labels": self.labels_.astype(str)}
+        allowed = getattr(self, "allowed_transitions_", None)
+        if allowed is not None:
+            arrays["allowed_transitions"] = allowed
         for key, value in self.feature_extractor_.to_arrays().items():
             arrays["features." + key] = value
         params = self.get_params()
         params["verbose"] = bool(params["verbose"])
+        params["warm_start"] = bool(params["warm_start"])
         metadata = {"params": params, "feature_config": self.feature_extractor_.get_config()}
         save_arrays(path, arrays, metadata, kind=MODEL_KIND)
 
@@ -474,7 +738,8 @@ class SequenceTagger:
             if not isinstance(saved, dict):
                 raise ValueError("params is not a JSON object")
             saved = dict(saved)
-            saved.setdefault("n_substates", 1)      # files written before substates existed
+            for key, value in _PARAM_DEFAULTS.items():    # files written before key existed
+                saved.setdefault(key, value)
             params = {**saved, **params}
             loss_params = {k: params.pop(k) for k in list(params) if k not in _PARAM_NAMES}
             # __init__ validates every setting, the saved n_threads among them
@@ -493,12 +758,14 @@ class SequenceTagger:
                                  f"({n_weights},) for {len(labels)} tags with "
                                  f"{tagger.n_substates} substate(s) each")
             model = LinearChainEnergy(fx.n_features_, len(labels), tagger.n_substates)
+            allowed = _check_saved_allowed(arrays, tagger.transitions, len(labels))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: not a valid SequenceTagger model ({exc})") from None
         tagger.feature_extractor_ = fx
         tagger.labels_ = labels
         tagger.model_ = model
         tagger.coef_ = coef
+        tagger.allowed_transitions_ = allowed
         return tagger
 
     def __repr__(self):

@@ -939,19 +939,28 @@ def forward_backward(const float64_t[:, ::1] unary, const float64_t[:, ::1] tran
 
 
 # ---------------------------------------------------------------------------
-# exact k-best Viterbi
+# exact k-best Viterbi (over state paths, or over label sequences with substates)
 # ---------------------------------------------------------------------------
 
 cdef void _kbest_merge(const float64_t* E, const float64_t* add, intp_t S, intp_t K,
-                       float64_t u, intp_t* heads, float64_t* out_e,
-                       intp_t* out_bp) noexcept nogil:
+                       float64_t u, intp_t* heads, float64_t* out_e, intp_t* out_bp,
+                       const intp_t* lab, const intp_t* pid, intp_t HK, bool_t* seen,
+                       intp_t* out_key) noexcept nogil:
     """The K smallest of {E[i, r] + add[i]} (each E[i, :] sorted ascending),
-    plus u, best first, with back-pointers i * K + r; +inf and -1 past the end."""
-    cdef intp_t i, r, bi
+    plus u, best first, with back-pointers i * K + r; +inf and -1 past the end.
+
+    With ``lab`` (not NULL), candidates are label prefixes: candidate (i, r) is the
+    prefix ``pid[i * K + r]`` of label ``lab[i]``, identified by the key
+    ``lab[i] * HK + pid[i * K + r]``; only the first (lowest) candidate of a key is
+    kept, and the kept keys go to ``out_key``. ``seen`` (all 0) flags the keys
+    taken and is all 0 again on return.
+    """
+    cdef intp_t i, r, bi, rk, key, n_out
     cdef float64_t best, v
     for i in range(S):
         heads[i] = 0
-    for r in range(K):
+    r = 0
+    while r < K:
         best = INF
         bi = -1
         if u < INF:
@@ -962,24 +971,78 @@ cdef void _kbest_merge(const float64_t* E, const float64_t* add, intp_t S, intp_
                         best = v
                         bi = i
         if bi < 0:
-            out_e[r] = INF
-            out_bp[r] = -1
-        else:
-            out_e[r] = best + u
-            out_bp[r] = bi * K + heads[bi]
-            heads[bi] += 1
+            break
+        rk = heads[bi]
+        heads[bi] += 1
+        if lab != NULL:
+            # every list holds distinct prefixes, so a key repeats only across the
+            # substates of one label: at most H pops per answer
+            key = lab[bi] * HK + pid[bi * K + rk]
+            if seen[key]:
+                continue
+            seen[key] = 1
+            out_key[r] = key
+        out_e[r] = best + u
+        out_bp[r] = bi * K + rk
+        r += 1
+    n_out = r
+    for r in range(n_out, K):
+        out_e[r] = INF
+        out_bp[r] = -1
+    if lab != NULL:
+        for r in range(n_out):
+            seen[out_key[r]] = 0
+        for r in range(n_out, K):
+            out_key[r] = -1
+
+
+cdef void _kbest_number_prefixes(const float64_t* E, intp_t* pid, intp_t S, intp_t K,
+                                 intp_t L, const intp_t* label_ptr,
+                                 const intp_t* label_states, intp_t* remap,
+                                 intp_t* touched) noexcept nogil:
+    """Replace the keys of one position's lists (``pid``, (S, K)) by prefix ids: the
+    lists of label l's states share one numbering, 0, 1, ..., of their distinct keys.
+    ``remap`` (all -1) is all -1 again on return."""
+    cdef intp_t l, q, j, r, key, cnt, c, at
+    for l in range(L):
+        cnt = 0
+        for q in range(label_ptr[l], label_ptr[l + 1]):
+            j = label_states[q]
+            for r in range(K):
+                at = j * K + r
+                if E[at] == INF:
+                    break
+                key = pid[at]
+                if remap[key] < 0:
+                    remap[key] = cnt
+                    touched[cnt] = key
+                    cnt += 1
+                pid[at] = remap[key]
+        for c in range(cnt):
+            remap[touched[c]] = -1
 
 
 def kbest(const float64_t[:, ::1] unary, const float64_t[:, ::1] transition,
           const intp_t[::1] offsets, intp_t K, const float64_t[::1] start,
-          const float64_t[::1] end, const bool_t[:, ::1] mask, intp_t[:, ::1] paths_out,
+          const float64_t[::1] end, const bool_t[:, ::1] mask,
+          const intp_t[::1] state_label, const intp_t[::1] label_ptr,
+          const intp_t[::1] label_states, intp_t[:, ::1] paths_out,
           float64_t[:, ::1] energies_out, int n_threads):
     """The K lowest-energy state paths of every sequence, best first (``mask`` of
-    shape (0, 0): no mask).
+    shape (0, 0): no mask), or with ``state_label`` (S,) (length 0: none) the K
+    lowest-energy LABEL sequences, each by its best state path (latent substates
+    minimized). ``label_ptr`` (L+1,) and ``label_states`` (S,) list the states of
+    each label (label l: ``label_states[label_ptr[l]:label_ptr[l+1]]``).
 
     Keeps, for every (t, state), the K best prefixes ending there with
     back-pointers (state, rank); merging the S sorted candidate lists per
-    destination gives the K best extensions exactly. Missing rows: +inf, -1.
+    destination gives the K best extensions exactly. With labels the prefixes are
+    distinct label sequences: K best distinct ones per (t, state) suffice (any
+    label sequence whose best path's prefix is not kept at some (t, state) has K
+    distinct rivals at least as good), and a prefix is known by its id among the
+    distinct prefixes of its last label at t, so that the copies of one prefix
+    reaching a state through several substates of that label are merged, the
+    best kept. Missing rows: +inf, -1 (paths of states; Python maps them to labels).
     """
     cdef intp_t n = offsets.shape[0] - 1
     cdef intp_t S = transition.shape[0]
@@ -987,18 +1050,42 @@ def kbest(const float64_t[:, ::1] unary, const float64_t[:, ::1] transition,
     cdef intp_t Tmax = _max_len(offsets)
     cdef intp_t nb = _n_blocks(n)
     cdef int nt = _n_threads(n_threads, nb, unary.shape[0])
+    cdef bint has_labels = state_label.shape[0] > 0
+    cdef intp_t L = label_ptr.shape[0] - 1 if has_labels else 0
+    cdef intp_t Hmax = 0
+    cdef intp_t l
+    for l in range(L):
+        if label_ptr[l + 1] - label_ptr[l] > Hmax:
+            Hmax = label_ptr[l + 1] - label_ptr[l]
+    # prefix ids of label l at t lie below (its states) * K <= HK; keys below L * HK
+    cdef intp_t HK = Hmax * K
+    cdef intp_t n_keys = L * HK
     cdef float64_t[:, ::1] ws = np.empty((nt, Tmax * S + Tmax * S * K + S + K),
                                          dtype=np.float64)
-    cdef intp_t[:, ::1] wsi = np.empty((nt, Tmax * S * K + S + K), dtype=np.int64)
+    # bp [T][S][K], heads [S], fin_bp [K]; with labels pid [T][S][K] (element [t][j][r]:
+    # the id of the prefix ranked r at (t, j)), remap [L*HK], touched [HK], fin_key [K]
+    cdef intp_t n_int = Tmax * S * K + S + K
+    if has_labels:
+        n_int += Tmax * S * K + n_keys + HK + K
+    cdef intp_t[:, ::1] wsi = np.empty((nt, n_int), dtype=np.int64)
+    cdef bool_t[:, ::1] seen_arr = np.zeros((nt, max(n_keys, 1)), dtype=np.uint8)
     cdef float64_t[:, ::1] transT_arr = np.ascontiguousarray(np.asarray(transition).T)
     cdef float64_t[::1] zeros_arr = np.zeros(S, dtype=np.float64)
-    cdef intp_t b, i, o, T, tid, t, j, r, code, y, rk
+    cdef intp_t b, i, o, T, tid, t, j, r, code, y, rk, q
     cdef float64_t* ueff
     cdef float64_t* E
     cdef float64_t* fin_e
     cdef intp_t* bp
     cdef intp_t* heads
     cdef intp_t* fin_bp
+    cdef intp_t* pid = NULL
+    cdef intp_t* remap = NULL
+    cdef intp_t* touched = NULL
+    cdef intp_t* fin_key = NULL
+    cdef bool_t* seen = NULL
+    cdef const intp_t* lab = &state_label[0] if has_labels else NULL
+    cdef const intp_t* lptr = &label_ptr[0] if has_labels else NULL
+    cdef const intp_t* lstates = &label_states[0] if has_labels else NULL
     cdef bint has_mask = mask.shape[0] > 0
     cdef const float64_t* U = &unary[0, 0] if N > 0 else NULL
     cdef const float64_t* transT = &transT_arr[0, 0]
@@ -1015,6 +1102,20 @@ def kbest(const float64_t[:, ::1] unary, const float64_t[:, ::1] transition,
             bp = &wsi[tid, 0]
             heads = bp + Tmax * S * K
             fin_bp = heads + S
+            if has_labels:
+                pid = fin_bp + K
+                remap = pid + Tmax * S * K
+                touched = remap + n_keys
+                fin_key = touched + HK
+                seen = &seen_arr[tid, 0]
+                for q in range(n_keys):
+                    remap[q] = -1
+            else:
+                pid = NULL
+                remap = NULL
+                touched = NULL
+                fin_key = NULL
+                seen = NULL
             for i in range(b * n // nb, (b + 1) * n // nb):
                 o = offsets[i]
                 T = offsets[i + 1] - o
@@ -1031,12 +1132,24 @@ def kbest(const float64_t[:, ::1] unary, const float64_t[:, ::1] transition,
                     for r in range(1, K):
                         E[j * K + r] = INF
                         bp[j * K + r] = -1
+                    if has_labels:
+                        # one prefix per label at t = 0: id 0
+                        for r in range(K):
+                            pid[j * K + r] = 0
                 for t in range(1, T):
                     for j in range(S):
                         _kbest_merge(E + (t - 1) * S * K, transT + j * S, S, K,
                                      ueff[t * S + j], heads,
-                                     E + (t * S + j) * K, bp + (t * S + j) * K)
-                _kbest_merge(E + (T - 1) * S * K, zeros, S, K, 0.0, heads, fin_e, fin_bp)
+                                     E + (t * S + j) * K, bp + (t * S + j) * K,
+                                     lab, pid + (t - 1) * S * K if has_labels else NULL,
+                                     HK, seen,
+                                     pid + (t * S + j) * K if has_labels else NULL)
+                    if has_labels:
+                        _kbest_number_prefixes(E + t * S * K, pid + t * S * K, S, K, L,
+                                               lptr, lstates, remap, touched)
+                _kbest_merge(E + (T - 1) * S * K, zeros, S, K, 0.0, heads, fin_e, fin_bp,
+                             lab, pid + (T - 1) * S * K if has_labels else NULL, HK, seen,
+                             fin_key)
                 for r in range(K):
                     energies_out[r, i] = fin_e[r]
                     if fin_bp[r] < 0:
