@@ -43,8 +43,6 @@ has no cycle; then :meth:`CompiledGraph.plan` returns the exact two-pass
 schedule (leaves to roots, then roots to leaves).
 """
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 from . import _bp
 
@@ -122,6 +120,13 @@ class SegmentViews:
         return views if self.perm is None else _reorder(views, self.perm)
 
 
+def _ranges(first, count):
+    """Concatenated aranges: first[i] .. first[i] + count[i] - 1 for each i (int64)."""
+    first, count = np.asarray(first, dtype=_I), np.asarray(count, dtype=_I)
+    total = int(count.sum())
+    return np.repeat(first - (np.cumsum(count) - count), count) + np.arange(total, dtype=_I)
+
+
 def _padded(a, dtype):
     """The kernel reads element 0 of every array: give empty arrays one dummy slot."""
     a = np.ascontiguousarray(a, dtype=dtype)
@@ -154,7 +159,7 @@ class CompiledGraph:
 
     def __init__(self, graph):
         self.structure_version = graph._structure_version
-        n_states = np.asarray(graph._n_states, dtype=_I)
+        n_states = np.array(graph._n_states_arr(), dtype=_I)
         V = len(n_states)
         self.n_vars = V
         self.var_n_states = n_states
@@ -164,23 +169,29 @@ class CompiledGraph:
         self.max_card = int(n_states.max()) if V else 1
         self.latent = np.asarray(graph._latent, dtype=bool)
 
-        scopes = graph._scopes
-        self.unary_factors = [f for f, s in enumerate(scopes) if len(s) == 1]
-        self.fac_index = np.asarray([f for f, s in enumerate(scopes) if len(s) > 1], dtype=_I)
-        # position of each original factor: ("unary", variable) or ("table", compiled index)
-        self.factor_place = [None] * len(scopes)
-        for f in self.unary_factors:
-            self.factor_place[f] = ("unary", scopes[f][0])
-        for i, f in enumerate(self.fac_index):
-            self.factor_place[f] = ("table", i)
+        # factors come in blocks (one per add_factor / add_factors call): every step below is
+        # one numpy pass over the blocks' arrays, not a Python loop over factors
+        blocks, starts = graph._blocks, graph._block_start
+        arity_b = np.asarray([b.scope.shape[1] for b in blocks], dtype=_I)
+        count_b = np.diff(np.asarray(starts, dtype=_I))
+        first_b = np.asarray(starts[:-1], dtype=_I)
+        self._unary_blocks = np.flatnonzero(arity_b == 1)
+        self._table_blocks = np.flatnonzero(arity_b > 1)
+        ub, tb = self._unary_blocks, self._table_blocks
+        self._unary_fac = _ranges(first_b[ub], count_b[ub])
+        self.unary_factors = self._unary_fac.tolist()
+        self.unary_var = (np.concatenate([blocks[b].scope[:, 0] for b in ub]).astype(_I) if ub.size
+                          else np.zeros(0, dtype=_I))
+        self.fac_index = _ranges(first_b[tb], count_b[tb])
         F = len(self.fac_index)
         self.n_facs = F
-        arity = np.asarray([len(scopes[f]) for f in self.fac_index], dtype=_I)
+        arity = np.repeat(arity_b[tb], count_b[tb])
         self.fac_edge_offset = np.zeros(F + 1, dtype=_I)
         np.cumsum(arity, out=self.fac_edge_offset[1:])
         E = int(self.fac_edge_offset[-1])
         self.n_edges = E
-        self.edge_var = np.fromiter((v for f in self.fac_index for v in scopes[f]), dtype=_I, count=E)
+        self.edge_var = (np.concatenate([blocks[b].scope.ravel() for b in tb]).astype(_I) if tb.size
+                         else np.zeros(0, dtype=_I))
         self.edge_fac = np.repeat(np.arange(F, dtype=_I), arity)
         edge_card = n_states[self.edge_var] if E else np.zeros(0, dtype=_I)
         # row-major stride: product of the cardinalities after this axis in the scope
@@ -198,77 +209,164 @@ class CompiledGraph:
         self.var_degree = np.bincount(self.edge_var, minlength=V).astype(_I)
         self.var_edge_offset = np.zeros(V + 1, dtype=_I)
         np.cumsum(self.var_degree, out=self.var_edge_offset[1:])
-        sizes = np.asarray([graph._tables[f].size for f in self.fac_index], dtype=_I)
+        size_b = np.asarray([blocks[b].table[0].size if not blocks[b].shared else blocks[b].table.size
+                             for b in tb], dtype=_I)
         self.fac_table_offset = np.zeros(F + 1, dtype=_I)
-        np.cumsum(sizes, out=self.fac_table_offset[1:])
+        np.cumsum(np.repeat(size_b, count_b[tb]), out=self.fac_table_offset[1:])
         self.q_size = int(np.add.reduceat(edge_card, self.fac_edge_offset[:-1]).max()) if F else 1
+        self.max_arity = int(arity.max()) if F else 0
         self._plans = {}
         self._belief_layout = None
         self._var_views = None
+        self._factor_place = None
+        self._tables_flat = None
         self.refresh_tables(graph)
+
+    @property
+    def factor_place(self):
+        """list: per original factor, ``("unary", variable)`` or ``("table", compiled index)``."""
+        if self._factor_place is None:
+            place = [None] * (len(self.unary_factors) + self.n_facs)
+            for f, v in zip(self.unary_factors, self.unary_var.tolist()):
+                place[f] = ("unary", v)
+            for i, f in enumerate(self.fac_index.tolist()):
+                place[f] = ("table", i)
+            self._factor_place = place
+        return self._factor_place
+
+    @property
+    def tables(self):
+        """float64 (T,): every non-unary factor's table, row-major over its scope, back to back.
+
+        Built from ``unique_tables`` on first use (the kernels read the shared copies).
+        """
+        if self._tables_flat is None:
+            sizes = np.diff(self.fac_table_offset)
+            self._tables_flat = self.unique_tables[
+                np.repeat(self.fac_table - self.fac_table_offset[:-1], sizes)
+                + np.arange(int(self.fac_table_offset[-1]))] if self.n_facs else np.zeros(0)
+        return self._tables_flat
 
     def refresh_tables(self, graph):
         """Re-read the energy tables (the structure is unchanged)."""
         self.tables_version = graph._tables_version
+        self._tables_flat = None
+        blocks, starts, override = graph._blocks, graph._block_start, graph._override
+        ov = np.asarray(sorted(override), dtype=_I)
+
+        def rows(b):
+            """Block b's tables as (n, size) rows with the overrides written in, and whether
+            they are one shared row (n == 1 then stands for the whole block)."""
+            blk = blocks[b]
+            lo, hi = np.searchsorted(ov, [starts[b], starts[b + 1]])
+            size = blk.table.size if blk.shared else blk.table[0].size
+            if lo == hi:
+                return blk.table.reshape(-1, size), blk.shared
+            t = np.array(np.broadcast_to(blk.table.reshape(-1, size), (len(blk.scope), size)))
+            for f in ov[lo:hi].tolist():
+                t[f - starts[b]] = override[f].ravel()
+            return t, False
+
         unary = np.zeros(self.n_states_total)
-        if self.unary_factors:
-            uv = np.asarray([graph._scopes[f][0] for f in self.unary_factors], dtype=_I)
-            cards = self.var_n_states[uv]
-            idx = (np.repeat(self.var_state_offset[uv], cards) + np.arange(cards.sum())
-                   - np.repeat(np.cumsum(cards) - cards, cards))
-            np.add.at(unary, idx, np.concatenate([graph._tables[f] for f in self.unary_factors]))
+        if self._unary_blocks.size:
+            vals = []
+            for b in self._unary_blocks.tolist():
+                t, shared = rows(b)
+                vals.append(np.broadcast_to(t, (len(blocks[b].scope), t.shape[1])).ravel())
+            cards = self.var_n_states[self.unary_var]
+            idx = (np.repeat(self.var_state_offset[self.unary_var] - (np.cumsum(cards) - cards), cards)
+                   + np.arange(int(cards.sum())))
+            unary = np.bincount(idx, weights=np.concatenate(vals), minlength=self.n_states_total)
         self.unary = unary
         if self.n_facs:
-            self.tables = np.concatenate([graph._tables[f].ravel() for f in self.fac_index])
-            self._share_tables()
+            self._share_tables([rows(b) for b in self._table_blocks.tolist()],
+                               np.diff(np.asarray(starts, dtype=_I))[self._table_blocks])
             finite = np.where(np.isfinite(self.unique_tables), self.unique_tables, np.inf)
             tmin = np.minimum.reduceat(finite, self._unique_offset[:-1])
             self._unique_min = np.where(np.isfinite(tmin), tmin, 0.0)
             self.table_min = self._unique_min[self._fac_unique]
+            self.fac_potts = self._potts()
         else:
-            self.tables = np.zeros(0)
             self.unique_tables = np.zeros(0)
             self.fac_table = np.zeros(0, dtype=_I)
             self._unique_offset = np.zeros(1, dtype=_I)
             self._unique_min = np.zeros(0)
             self.table_min = np.zeros(0)
+            self.fac_potts = np.zeros(0)
         self.has_inf = bool(np.isinf(self.unary).any() or np.isinf(self.unique_tables).any())
         self._exp_cache = (None, None)
 
-    def _share_tables(self):
-        """Store every distinct table once: sets unique_tables and fac_table.
+    def _share_tables(self, block_rows, block_count):
+        """Store every distinct table once: sets unique_tables, fac_table and _fac_unique.
 
-        Tables of one size are compared by value (as raw bytes once -0.0 is
-        made 0.0; +inf equals +inf); unique tables are numbered in order of
-        first use.
+        block_rows: per table block, its (n, size) rows and whether its one row is shared by
+        all block_count factors of the block. Tables of one size are compared by value (as raw
+        bytes once -0.0 is made 0.0; +inf equals +inf); unique tables are numbered in order of
+        first use, and a table no factor uses any more (replaced) is dropped.
         """
         F = self.n_facs
-        sizes = np.diff(self.fac_table_offset)
-        uid = np.empty(F, dtype=_I)
-        first = []                       # first factor using each unique table
-        for size in np.unique(sizes):
-            fs = np.flatnonzero(sizes == size)
-            rows = self.tables[self.fac_table_offset[fs][:, None] + np.arange(size)]
+        n_rows = np.asarray([len(r) for r, _ in block_rows], dtype=_I)
+        row_first = np.zeros(len(block_rows) + 1, dtype=_I)
+        np.cumsum(n_rows, out=row_first[1:])
+        shared = np.repeat(np.asarray([s for _, s in block_rows], dtype=bool), block_count)
+        local = np.arange(F) - np.repeat(np.cumsum(block_count) - block_count, block_count)
+        cand_of = np.repeat(row_first[:-1], block_count) + np.where(shared, 0, local)
+        size_of_block = np.asarray([r.shape[1] for r, _ in block_rows], dtype=_I)
+        cand_unique = np.empty(int(row_first[-1]), dtype=_I)
+        flat, u_start, u_size = [], [], []      # distinct rows of each size, flat, and where
+        n_flat = n_unique = 0
+        for size in np.unique(size_of_block).tolist():
+            bs = np.flatnonzero(size_of_block == size).tolist()
+            cand = np.concatenate([np.arange(row_first[b], row_first[b + 1]) for b in bs])
+            rows = np.concatenate([block_rows[b][0] for b in bs])
             if (rows == rows[0]).all():  # the common case (e.g. one Potts table), no sort
-                local, firsts = np.zeros(len(fs), dtype=_I), np.zeros(1, dtype=_I)
+                inverse, firsts = np.zeros(len(rows), dtype=_I), np.zeros(1, dtype=_I)
             else:
-                rows += 0.0              # -0.0 -> 0.0, so that equal values have equal bytes
-                keys = np.ascontiguousarray(rows).view(np.dtype((np.void, 8 * int(size)))).ravel()
-                _, firsts, local = np.unique(keys, return_index=True, return_inverse=True)
-            uid[fs] = np.asarray(local, dtype=_I).ravel() + len(first)
-            first.extend(fs[firsts].tolist())
-        first = np.asarray(first, dtype=_I)
-        rank = np.empty(len(first), dtype=_I)
-        order = np.argsort(first, kind="stable")
-        rank[order] = np.arange(len(first))
-        first = first[order]
-        self._fac_unique = rank[uid]
-        usize = sizes[first]
-        self._unique_offset = np.zeros(len(first) + 1, dtype=_I)
+                rows = rows + 0.0        # -0.0 -> 0.0, so that equal values have equal bytes
+                keys = np.ascontiguousarray(rows).view(np.dtype((np.void, 8 * size))).ravel()
+                _, firsts, inverse = np.unique(keys, return_index=True, return_inverse=True)
+            cand_unique[cand] = np.asarray(inverse, dtype=_I).ravel() + n_unique
+            flat.append(rows[firsts].ravel())
+            u_start.append(n_flat + size * np.arange(len(firsts), dtype=_I))
+            u_size.append(np.full(len(firsts), size, dtype=_I))
+            n_flat += size * len(firsts)
+            n_unique += len(firsts)
+        flat = np.concatenate(flat)
+        u_start, u_size = np.concatenate(u_start), np.concatenate(u_size)
+        fac_u = cand_unique[cand_of]
+        used, first_f = np.unique(fac_u, return_index=True)
+        keep = used[np.argsort(first_f, kind="stable")]
+        rank = np.full(n_unique, -1, dtype=_I)
+        rank[keep] = np.arange(len(keep))
+        self._fac_unique = rank[fac_u]
+        usize = u_size[keep]
+        self._unique_offset = np.zeros(len(keep) + 1, dtype=_I)
         np.cumsum(usize, out=self._unique_offset[1:])
-        start = np.repeat(self.fac_table_offset[first] - self._unique_offset[:-1], usize)
-        self.unique_tables = self.tables[start + np.arange(int(self._unique_offset[-1]))]
+        self.unique_tables = flat[np.repeat(u_start[keep] - self._unique_offset[:-1], usize)
+                                  + np.arange(int(self._unique_offset[-1]))]
         self.fac_table = self._unique_offset[self._fac_unique]
+
+    def _potts(self):
+        """float64 (F,): c where factor f's table is d + c [a != b] (pairwise, K x K, K >= 2,
+        0 <= c <= +inf, d finite), else -1. Such a message costs O(K) instead of O(K^2)."""
+        n_u = len(self._unique_offset) - 1
+        c_u = np.full(n_u, -1.0)
+        pair = np.flatnonzero(np.diff(self.fac_edge_offset) == 2)
+        if pair.size:
+            e0 = self.fac_edge_offset[pair]
+            k0, k1 = self.var_n_states[self.edge_var[e0]], self.var_n_states[self.edge_var[e0 + 1]]
+            sq = (k0 == k1) & (k0 >= 2)
+            for K in np.unique(k0[sq]).tolist():
+                us = np.unique(self._fac_unique[pair[sq & (k0 == K)]])
+                T = self.unique_tables[self._unique_offset[us][:, None] + np.arange(K * K)].reshape(-1, K, K)
+                eye = np.eye(K, dtype=bool)
+                d = T[:, eye]
+                off = T[:, ~eye]
+                with np.errstate(invalid="ignore"):
+                    ok = ((d == d[:, :1]).all(1) & (off == off[:, :1]).all(1) & np.isfinite(d[:, 0])
+                          & (off[:, 0] >= d[:, 0]))
+                    c_u[us[ok]] = off[ok, 0] - d[ok, 0]
+        return c_u[self._fac_unique] if self.n_facs else np.zeros(0)
 
     def exp_tables(self, beta):
         """exp(-beta (T - min T)) per table, cached for the last beta (sum-product)."""
@@ -311,13 +409,13 @@ class CompiledGraph:
             if E:
                 shapes[self.edge_fac, np.arange(E) - self.fac_edge_offset[self.edge_fac]] = \
                     self.var_n_states[self.edge_var]
-            uv = np.asarray([self.factor_place[f][1] for f in self.unary_factors], dtype=_I)
+            uv = self.unary_var
             cards = self.var_n_states[uv]
             u_off = np.zeros(len(uv) + 1, dtype=_I)
             np.cumsum(cards, out=u_off[1:])
             u_idx = (np.repeat(self.var_state_offset[uv], cards) + np.arange(int(u_off[-1]))
                      - np.repeat(u_off[:-1], cards))
-            position = np.concatenate([self.fac_index, np.asarray(self.unary_factors, dtype=_I)])
+            position = np.concatenate([self.fac_index, self._unary_fac])
             perm = np.empty(len(position), dtype=_I)
             perm[position] = np.arange(len(position))
             self._belief_layout = (SegmentViews(self.fac_table_offset, shapes), u_idx,
@@ -350,6 +448,8 @@ class CompiledGraph:
         return p
 
     def _make_plan(self, clamped):
+        import scipy.sparse as sp
+        from scipy.sparse.csgraph import breadth_first_order, connected_components
         V, F, E = self.n_vars, self.n_facs, self.n_edges
         is_clamped = np.zeros(V, dtype=bool)
         is_clamped[clamped] = True
