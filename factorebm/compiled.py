@@ -505,36 +505,90 @@ class CompiledGraph:
 
     # ------------------------------------------------------------------ kernel calls
     def run_bp(self, unary, plan, beta, min_sum, max_iter=200, damping=0.0, tol=1e-9,
-               n_threads=1):
+               n_threads=1, schedule="flooding"):
         """Run the message-passing kernel; returns (v2f, f2v, iterations, delta, exact).
 
         Parameters
         ----------
         unary : float64 (S,)
-            Unary energies plus the evidence mask.
+            Unary energies plus the evidence mask (a loss-augmented run adds its loss
+            here).
         plan : Plan
         beta : float
             Inverse temperature (ignored by min-sum).
         min_sum : bool
             The min-sum semiring (beta = inf) instead of sum-product.
+        schedule : {"flooding", "residual"}
+            The loopy schedule (on a forest the exact two-pass sweep runs). "residual"
+            runs on one thread.
         """
         v2f = np.zeros(max(self.n_msg, 1))
         f2v = np.zeros(max(self.n_msg, 1))
         if self.n_facs == 0:
             return v2f, f2v, 0, 0.0, True
         exact = plan.is_forest
-        schedule = plan.schedule if exact else np.full(1, -1, dtype=_I)
         exp_tables = self.unique_tables if min_sum else self.exp_tables(beta)
+        unary = _padded(unary, np.float64)
+        if schedule == "residual" and not exact:
+            E = self.n_edges
+            it, delta = _bp.run_residual(
+                self.var_state_offset, self.var_edge_offset, self.var_edges,
+                self.fac_edge_offset, self.edge_var, self.edge_fac, self.edge_stride,
+                self.edge_msg_offset, self.fac_table, self.unique_tables, exp_tables,
+                self.table_min, self.fac_potts, unary, v2f, f2v, np.empty(self.n_msg),
+                np.zeros(E), np.empty(E, dtype=_I), np.empty(E, dtype=_I), float(beta),
+                bool(min_sum), int(max_iter), float(damping), float(tol), self.q_size,
+                np.empty(self.q_size + 3 * self.max_card + 1),
+                np.empty(2 * self.max_arity + 1, dtype=_I))
+            return v2f, f2v, it, delta, exact
+        if schedule not in ("flooding", "residual"):
+            raise ValueError(f"unknown schedule {schedule!r} for run_bp: 'flooding' or 'residual'")
+        sched = plan.schedule if exact else np.full(1, -1, dtype=_I)
         track_inf = self.has_inf or (unary is not self.unary and bool(np.isinf(unary).any()))
         it, delta = _bp.run(
             self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
             self.fac_edge_offset, self.edge_var, self.edge_stride, self.edge_msg_offset,
-            self.fac_table, self.unique_tables, exp_tables, self.table_min,
-            _padded(unary, np.float64), schedule, v2f, f2v,
+            self.fac_table, self.unique_tables, exp_tables, self.table_min, self.fac_potts,
+            unary, sched, v2f, f2v,
             float(beta), bool(min_sum), int(max_iter), float(damping), float(tol),
             int(n_threads), self.q_size, self.max_card, track_inf, np.zeros(self.n_facs),
             np.empty(2 * self.n_states_total + 1))
         return v2f, f2v, it, delta, exact
+
+    def run_trws(self, unary, max_iter=200, tol=1e-9):
+        """TRW-S (min-sum) on a loopy pairwise graph; the caller checks every factor is pairwise.
+
+        Returns
+        -------
+        v2f, f2v : float64 (M,)
+            Messages (v2f set from the final f2v, as after flooding).
+        iterations : int
+            Forward + backward passes run.
+        delta : float
+            The largest message change of the last pass.
+        states : int64 (V,)
+            The lowest-energy assignment decoded over the passes.
+        bound : float
+            Lower bound on min E (over assignments allowed by ``unary``).
+        trace_energy : float64 (iterations + 1,)
+            Energy decoded in each forward pass and after the last backward pass.
+        trace_bound : float64 (iterations,)
+            The best bound after each pass.
+        """
+        V = self.n_vars
+        v2f = np.zeros(max(self.n_msg, 1))
+        f2v = np.zeros(max(self.n_msg, 1))
+        states = np.zeros(max(V, 1), dtype=_I)
+        trace_e = np.full(max_iter + 1, np.inf)
+        trace_b = np.full(max_iter, -np.inf)
+        it, delta, energy, bound = _bp.run_trws(
+            self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
+            self.fac_edge_offset, self.edge_var, self.edge_fac, self.edge_stride,
+            self.edge_msg_offset, self.fac_table, self.unique_tables, self.table_min,
+            self.fac_potts, _padded(unary, np.float64), v2f, f2v, int(max_iter), float(tol),
+            self.max_card, states, trace_e, trace_b, np.empty(3 * V + 4 * self.max_card + 4),
+            np.zeros(max(V, 1), dtype=_I))
+        return v2f, f2v, it, delta, states[:V], bound, trace_e[:it + 1], trace_b[:it]
 
     def beliefs(self, unary, v2f, f2v, factors=True):
         """Energy-space beliefs: (var (S,), fac (T,)); lower is more probable.
@@ -542,15 +596,17 @@ class CompiledGraph:
         With ``factors=False`` only the variable beliefs are computed (fac is
         then uninitialized).
         """
+        size = int(self.fac_table_offset[-1])
         var_out = np.empty(max(self.n_states_total, 1))
-        fac_out = np.empty(max(self.tables.size, 1))
+        fac_out = np.empty(max(size, 1))
         if self.n_vars:
             _bp.beliefs(self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
                         _padded(self.fac_edge_offset, _I), _padded(self.edge_var, _I),
                         _padded(self.edge_stride, _I), _padded(self.edge_msg_offset, _I),
-                        _padded(self.fac_table_offset, _I), _padded(self.tables, np.float64),
-                        _padded(unary, np.float64), v2f, f2v, var_out, fac_out, bool(factors))
-        return var_out[:self.n_states_total], fac_out[:self.tables.size]
+                        _padded(self.fac_table_offset, _I), _padded(self.fac_table, _I),
+                        _padded(self.unique_tables, np.float64), _padded(unary, np.float64),
+                        v2f, f2v, var_out, fac_out, bool(factors))
+        return var_out[:self.n_states_total], fac_out[:size]
 
     def factor_gibbs(self, v2f, beta, n_threads=1):
         """Factor beliefs at inverse temperature beta, fused with their Bethe terms.
@@ -567,14 +623,15 @@ class CompiledGraph:
             Minimum energy-space belief; +inf when every entry of f is forbidden.
         """
         F = self.n_facs
-        q = np.empty(max(self.tables.size, 1))
+        size = int(self.fac_table_offset[-1])
+        q = np.empty(max(size, 1))
         mean, ent, bmin = np.empty(max(F, 1)), np.empty(max(F, 1)), np.empty(max(F, 1))
         if F:
             _bp.factor_gibbs(self.var_state_offset, self.fac_edge_offset, self.edge_var,
                              self.edge_stride, self.edge_msg_offset, self.fac_table_offset,
                              self.fac_table, self.unique_tables, v2f, float(beta), q, mean, ent,
                              bmin, int(n_threads))
-        return q[:self.tables.size], mean[:F], ent[:F], bmin[:F]
+        return q[:size], mean[:F], ent[:F], bmin[:F]
 
     def decode(self, unary, plan, v2f, f2v, states):
         """Consistent MAP decoding of the unclamped variables into ``states`` (V,) in place."""
@@ -582,7 +639,8 @@ class CompiledGraph:
                    _padded(self.fac_edge_offset, _I), _padded(self.edge_var, _I),
                    _padded(self.edge_stride, _I), _padded(self.edge_msg_offset, _I),
                    _padded(self.fac_table, _I), _padded(self.unique_tables, np.float64),
-                   _padded(self.table_min, np.float64), _padded(unary, np.float64),
+                   _padded(self.table_min, np.float64), _padded(self.fac_potts, np.float64),
+                   _padded(unary, np.float64),
                    _padded(plan.order, _I) if plan.order.size else np.full(1, -1, dtype=_I),
                    v2f, f2v, self.max_card, states)
 
@@ -591,5 +649,5 @@ class CompiledGraph:
         e = float(self.unary[self.var_state_offset[:-1] + states].sum()) if self.n_vars else 0.0
         if self.n_facs:
             idx = np.add.reduceat(self.edge_stride * states[self.edge_var], self.fac_edge_offset[:-1])
-            e += float(self.tables[self.fac_table_offset[:-1] + idx].sum())
+            e += float(self.unique_tables[self.fac_table + idx].sum())
         return e

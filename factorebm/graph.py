@@ -39,14 +39,6 @@ def _is_real(value):
     return isinstance(value, (Real, np.bool_))
 
 
-def _hashable(x):
-    try:
-        hash(x)
-    except TypeError:
-        return False
-    return True
-
-
 def _table_values(where, energies):
     """energies as a fresh C-contiguous float64 array; ValueError (naming ``where``) if not real numbers.
 
@@ -237,8 +229,12 @@ class FactorGraph:
         try:
             distinct = set(names)
         except TypeError:
-            bad = next(x for x in names if not _hashable(x))
-            raise ValueError(f"variable name {bad!r} is not hashable") from None
+            for x in names:
+                try:
+                    hash(x)
+                except TypeError:
+                    raise ValueError(f"variable name {x!r} is not hashable") from None
+            raise
         if len(distinct) != n or not self._index.keys().isdisjoint(distinct):
             seen = set(self._index)
             for x in names:
@@ -407,8 +403,11 @@ class FactorGraph:
                 if isinstance(scopes, (str, bytes)) or not hasattr(scopes, "__iter__"):
                     raise ValueError(f"add_factors: scopes must be an (F, arity) array of variable "
                                      f"names, got {scopes!r}")
-                rows = [[r] if isinstance(r, (str, bytes)) or not hasattr(r, "__iter__") else list(r)
-                        for r in scopes]
+                rows = list(scopes)
+                if any(isinstance(r, (str, bytes)) or not hasattr(r, "__iter__") for r in rows):
+                    raise ValueError(f"add_factors: scopes must be 2-D (F, arity), one row of names "
+                                     f"per factor (unary factors: [[name], ...])")
+                rows = [list(r) for r in rows]
                 if len({len(r) for r in rows}) > 1:
                     raise ValueError(f"add_factors: scopes must be an (F, arity) array; rows have "
                                      f"lengths {sorted({len(r) for r in rows})}")
