@@ -264,8 +264,9 @@ def min_sum(g, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1, 
         v2f, f2v, it, delta, states, bound, _, _ = cg.run_trws(unary, max_iter, tol)
         exact, decoded = False, True
     else:
+        # a forest gets the exact sweep whatever the schedule
         v2f, f2v, it, delta, exact = cg.run_bp(unary, plan, np.inf, True, max_iter, damping, tol,
-                                               n_threads, schedule)
+                                               n_threads, "flooding" if schedule == "trws" else schedule)
         decoded = False
     var_b, fac_b = cg.beliefs(unary, v2f, f2v)
     vmin = _segment_min(var_b, cg.var_state_offset)

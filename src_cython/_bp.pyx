@@ -232,6 +232,43 @@ cdef void _contract_energy(Graph* g, intp_t f, intp_t t, intp_t only, double* ou
                 out[k] -= log(acc[k]) / g.beta
 
 
+cdef inline void _pair_min_message(Graph* g, intp_t f, intp_t t, const double* x,
+                                   double* out) noexcept nogil:
+    """Min-sum message of pairwise factor f onto its t-th edge from x, the other edge's input
+    (energies): out[k] = min_l T_f(k at position t, l) + x[l]; O(K) when T_f is Potts."""
+    cdef intp_t e0 = g.fac_edge_offset[f]
+    cdef intp_t K0 = g.edge_msg_offset[e0 + 1] - g.edge_msg_offset[e0]
+    cdef intp_t K1 = g.edge_msg_offset[e0 + 2] - g.edge_msg_offset[e0 + 1]
+    cdef const double* T
+    cdef intp_t i, j
+    cdef double c, w, v, lo, agg
+    if g.potts[f] >= 0.0:
+        c = g.potts[f]
+        bp_potts(x, out, &c, 1, K0, True, &agg)
+        for i in range(K0):
+            out[i] += g.table_min[f]
+        return
+    # min-plus, the inner loop over contiguous table rows
+    T = g.tables + g.fac_table[f]
+    if t == 1:
+        for j in range(K1):
+            out[j] = INFINITY
+        for i in range(K0):
+            w = x[i]
+            if w == INFINITY:
+                continue
+            for j in range(K1):
+                v = T[i * K1 + j] + w
+                out[j] = v if v < out[j] else out[j]
+    else:
+        for i in range(K0):
+            lo = INFINITY
+            for j in range(K1):
+                v = T[i * K1 + j] + x[j]
+                lo = v if v < lo else lo
+            out[i] = lo
+
+
 cdef inline void _fac_to_var(Graph* g, intp_t f, intp_t t, double* q, double* out,
                       intp_t* cnt, bint have_q, bint finish=True) noexcept nogil:
     """f2v from factor f to its t-th edge, written to out (not yet normalized).
@@ -253,37 +290,8 @@ cdef inline void _fac_to_var(Graph* g, intp_t f, intp_t t, double* q, double* ou
     cdef double w, acc, lo, x, tmin, c
 
     if g.min_sum:
-        if a == 2 and g.potts[f] >= 0.0:
-            # Potts: O(K), from the other edge's v2f
-            m = g.v2f + g.edge_msg_offset[e0 + 1 - t]
-            c = g.potts[f]
-            bp_potts(m, out, &c, 1, Kt, True, &lo)
-            for k in range(Kt):
-                out[k] += g.table_min[f]
-        elif a == 2:
-            # pairwise fast path: min-plus, inner loop over contiguous table rows
-            T = g.tables + tab
-            K0 = g.var_state_offset[g.edge_var[e0] + 1] - g.var_state_offset[g.edge_var[e0]]
-            K1 = g.var_state_offset[g.edge_var[e0 + 1] + 1] - g.var_state_offset[g.edge_var[e0 + 1]]
-            if t == 1:
-                m = g.v2f + g.edge_msg_offset[e0]
-                for j in range(K1):
-                    out[j] = INFINITY
-                for i in range(K0):
-                    w = m[i]
-                    if w == INFINITY:
-                        continue
-                    for j in range(K1):
-                        x = T[i * K1 + j] + w
-                        out[j] = x if x < out[j] else out[j]
-            else:
-                m = g.v2f + g.edge_msg_offset[e0 + 1]
-                for i in range(K0):
-                    lo = INFINITY
-                    for j in range(K1):
-                        x = T[i * K1 + j] + m[j]
-                        lo = x if x < lo else lo
-                    out[i] = lo
+        if a == 2:
+            _pair_min_message(g, f, t, g.v2f + g.edge_msg_offset[e0 + 1 - t], out)
         else:
             _contract_energy(g, f, t, -1, out, cnt)
         return
@@ -1432,30 +1440,7 @@ cdef double _trws_send(Graph* g, intp_t e, intp_t f, const double* theta, double
     cdef double x, lo, c, agg, d
     for k in range(Ks):
         pre[k] = INFINITY if theta[k] == INFINITY else gamma * theta[k] - inc[k]
-    if g.potts[f] >= 0.0:
-        c = g.potts[f]
-        bp_potts(pre, out, &c, 1, Ks, True, &agg)
-        for k in range(Ko):
-            out[k] += g.table_min[f]
-    else:
-        T = g.tables + g.fac_table[f]
-        if t == 0:
-            for j in range(Ko):
-                out[j] = INFINITY
-            for i in range(Ks):
-                x = pre[i]
-                if x == INFINITY:
-                    continue
-                for j in range(Ko):
-                    d = T[i * Ko + j] + x
-                    out[j] = d if d < out[j] else out[j]
-        else:
-            for i in range(Ko):
-                lo = INFINITY
-                for j in range(Ks):
-                    d = T[i * Ks + j] + pre[j]
-                    lo = d if d < lo else lo
-                out[i] = lo
+    _pair_min_message(g, f, 1 - t, pre, out)
     lo = INFINITY
     for k in range(Ko):
         lo = out[k] if out[k] < lo else lo
