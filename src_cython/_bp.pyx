@@ -243,10 +243,14 @@ cdef inline void _pair_min_message(Graph* g, intp_t f, intp_t t, const double* x
     cdef intp_t i, j
     cdef double c, w, v, lo, agg
     if g.potts[f] >= 0.0:
-        c = g.potts[f]
-        bp_potts(x, out, &c, 1, K0, True, &agg)
+        # bp_potts for one factor, inline (a call per message would cost more than the loop)
+        agg = x[0]
+        for i in range(1, K0):
+            agg = x[i] if x[i] < agg else agg
+        agg += g.potts[f]
+        c = g.table_min[f]
         for i in range(K0):
-            out[i] += g.table_min[f]
+            out[i] = (x[i] if x[i] < agg else agg) + c
         return
     # min-plus, the inner loop over contiguous table rows
     T = g.tables + g.fac_table[f]
