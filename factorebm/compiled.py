@@ -25,6 +25,10 @@ field                  shape        meaning
 ``unique_tables``      (T_u,)       each distinct table once: factors whose tables
                                     are equal share one copy (what the kernel reads)
 ``table_min``          (F,)         the finite minimum of f's table (0 if none)
+``fac_potts``          (F,)         c where f's table is Potts, ``table_min + c [a != b]``
+                                    (square, 0 <= c <= +inf), else -1: its messages
+                                    then cost O(K) instead of O(K^2)
+``edge_fac``           (E,)         the factor of edge e
 =====================  ===========  ==================================================
 
 Sharing identical tables matters for speed: a Potts grid has one K x K table
@@ -33,6 +37,11 @@ removes most of the memory traffic of a flooding sweep. Tables are compared
 by value whenever they are re-read, so replacing one factor's table
 with ``set_factor_energies`` gives that factor its own copy and leaves the
 others unchanged.
+
+The graph hands its factors over in blocks (one per ``add_factor`` / ``add_factors``
+call; a block's table may be shared by all its factors), so compiling is a few numpy
+passes over the blocks, never a Python loop over factors. :func:`concatenate` joins
+several compiled graphs into one batch that the kernels run in one call.
 
 Unary factors are folded into ``unary``; evidence is a mask added to it (+inf on
 the states a clamped variable does not take). Clamping cuts the graph: a
@@ -46,7 +55,7 @@ import numpy as np
 
 from . import _bp
 
-__all__ = ["CompiledGraph", "Plan", "SegmentViews"]
+__all__ = ["CompiledGraph", "Plan", "SegmentViews", "concatenate"]
 
 _I = np.int64
 
@@ -209,8 +218,8 @@ class CompiledGraph:
         self.var_degree = np.bincount(self.edge_var, minlength=V).astype(_I)
         self.var_edge_offset = np.zeros(V + 1, dtype=_I)
         np.cumsum(self.var_degree, out=self.var_edge_offset[1:])
-        size_b = np.asarray([blocks[b].table[0].size if not blocks[b].shared else blocks[b].table.size
-                             for b in tb], dtype=_I)
+        size_b = np.asarray([blocks[b].table.size if blocks[b].shared
+                             else blocks[b].table.size // len(blocks[b].scope) for b in tb], dtype=_I)
         self.fac_table_offset = np.zeros(F + 1, dtype=_I)
         np.cumsum(np.repeat(size_b, count_b[tb]), out=self.fac_table_offset[1:])
         self.q_size = int(np.add.reduceat(edge_card, self.fac_edge_offset[:-1]).max()) if F else 1
@@ -256,23 +265,28 @@ class CompiledGraph:
 
         def rows(b):
             """Block b's tables as (n, size) rows with the overrides written in, and whether
-            they are one shared row (n == 1 then stands for the whole block)."""
+            they are one shared row (n == 1 then stands for the whole block). Called once per
+            block: one-by-one builds make a block per factor, so the common case is cheap."""
             blk = blocks[b]
-            lo, hi = np.searchsorted(ov, [starts[b], starts[b + 1]])
-            size = blk.table.size if blk.shared else blk.table[0].size
-            if lo == hi:
-                return blk.table.reshape(-1, size), blk.shared
-            t = np.array(np.broadcast_to(blk.table.reshape(-1, size), (len(blk.scope), size)))
-            for f in ov[lo:hi].tolist():
-                t[f - starts[b]] = override[f].ravel()
-            return t, False
+            t = blk.table
+            n = len(blk.scope)
+            r = t.reshape(-1, t.size if blk.shared else t.size // n)
+            if ov.size:
+                lo, hi = np.searchsorted(ov, [starts[b], starts[b + 1]])
+                if lo < hi:
+                    r = np.array(np.broadcast_to(r, (n, r.shape[1])))
+                    for f in ov[lo:hi].tolist():
+                        r[f - starts[b]] = override[f].ravel()
+                    return r, False
+            return r, blk.shared
 
         unary = np.zeros(self.n_states_total)
         if self._unary_blocks.size:
             vals = []
             for b in self._unary_blocks.tolist():
-                t, shared = rows(b)
-                vals.append(np.broadcast_to(t, (len(blocks[b].scope), t.shape[1])).ravel())
+                t, _ = rows(b)
+                n = len(blocks[b].scope)
+                vals.append(t.ravel() if len(t) == n else np.broadcast_to(t, (n, t.shape[1])).ravel())
             cards = self.var_n_states[self.unary_var]
             idx = (np.repeat(self.var_state_offset[self.unary_var] - (np.cumsum(cards) - cards), cards)
                    + np.arange(int(cards.sum())))
@@ -317,7 +331,7 @@ class CompiledGraph:
         n_flat = n_unique = 0
         for size in np.unique(size_of_block).tolist():
             bs = np.flatnonzero(size_of_block == size).tolist()
-            cand = np.concatenate([np.arange(row_first[b], row_first[b + 1]) for b in bs])
+            cand = _ranges(row_first[bs], n_rows[bs])
             rows = np.concatenate([block_rows[b][0] for b in bs])
             if (rows == rows[0]).all():  # the common case (e.g. one Potts table), no sort
                 inverse, firsts = np.zeros(len(rows), dtype=_I), np.zeros(1, dtype=_I)
@@ -651,3 +665,98 @@ class CompiledGraph:
             idx = np.add.reduceat(self.edge_stride * states[self.edge_var], self.fac_edge_offset[:-1])
             e += float(self.unique_tables[self.fac_table + idx].sum())
         return e
+
+
+def concatenate(parts):
+    """Several compiled graphs as one, each a disconnected part: one kernel call runs them all.
+
+    The batch is the concatenation of the parts' flat arrays, every index shifted by the sizes
+    of the parts before it (DESIGN.md, "Batching many small graphs is concatenation"), so
+    :meth:`CompiledGraph.run_bp` (any schedule), :meth:`CompiledGraph.run_trws`,
+    :meth:`CompiledGraph.beliefs`, :meth:`CompiledGraph.factor_gibbs` and
+    :meth:`CompiledGraph.decode` run on the whole batch in one call, with the unary
+    energies (S,) of the batch as their argument (add a loss to them for loss-augmented
+    min-sum). A flooding run stops when every part has converged; TRW-S visits the parts one
+    after the other (its chains never cross parts), so each part gets exactly the messages a
+    run on it alone would give, and its bound is the sum of the parts' bounds.
+
+    Parameters
+    ----------
+    parts : sequence of CompiledGraph
+
+    Returns
+    -------
+    batch : CompiledGraph
+        Not tied to a FactorGraph (no ``refresh_tables``); tables are the parts' as compiled.
+    offsets : dict of int64 (B + 1,) arrays
+        Where part b lies in the batch: ``"var"`` variables, ``"state"`` per-state vectors
+        (unary, beliefs), ``"fac"`` compiled factors, ``"edge"`` edges, ``"msg"`` message
+        slots, ``"table"`` factor belief entries (``fac_table_offset``), ``"factor"`` the
+        parts' original factor numbers (unary ones included). Per-part sums of a per-variable
+        or per-factor quantity are ``np.add.reduceat(x, offsets[...][:-1])`` (mind empty
+        parts).
+    """
+    parts = list(parts)
+    if not parts or not all(isinstance(p, CompiledGraph) for p in parts):
+        raise ValueError("concatenate needs a non-empty sequence of CompiledGraph")
+
+    def offs(sizes):
+        out = np.zeros(len(sizes) + 1, dtype=_I)
+        np.cumsum(np.asarray(sizes, dtype=_I), out=out[1:])
+        return out
+
+    o = {"var": offs([p.n_vars for p in parts]), "state": offs([p.n_states_total for p in parts]),
+         "fac": offs([p.n_facs for p in parts]), "edge": offs([p.n_edges for p in parts]),
+         "msg": offs([p.n_msg for p in parts]),
+         "table": offs([int(p.fac_table_offset[-1]) for p in parts]),
+         "factor": offs([len(p.unary_factors) + p.n_facs for p in parts])}
+    u_off = offs([p.unique_tables.size for p in parts])
+    u_cnt = offs([len(p._unique_offset) - 1 for p in parts])
+
+    def cat(name, shift=None, tail=False):
+        """Concatenate field `name` (for an (n+1,) offsets array: its tails), shifted per part."""
+        pieces = []
+        for b, p in enumerate(parts):
+            x = getattr(p, name)
+            x = x[1:] if tail else x
+            pieces.append(x + shift[b] if shift is not None else x)
+        x = np.concatenate(pieces) if pieces else np.zeros(0)
+        return np.concatenate([[0], x]).astype(x.dtype) if tail else x
+
+    g = object.__new__(CompiledGraph)
+    g.structure_version = g.tables_version = None
+    g.n_vars, g.n_facs = int(o["var"][-1]), int(o["fac"][-1])
+    g.n_edges, g.n_msg = int(o["edge"][-1]), int(o["msg"][-1])
+    g.n_states_total = int(o["state"][-1])
+    g.var_n_states = cat("var_n_states")
+    g.var_state_offset = cat("var_state_offset", o["state"], tail=True)
+    g.max_card = max(p.max_card for p in parts)
+    g.latent = cat("latent")
+    g._unary_fac = cat("_unary_fac", o["factor"])
+    g.unary_factors = g._unary_fac.tolist()
+    g.unary_var = cat("unary_var", o["var"])
+    g.fac_index = cat("fac_index", o["factor"])
+    g.fac_edge_offset = cat("fac_edge_offset", o["edge"], tail=True)
+    g.edge_var = cat("edge_var", o["var"])
+    g.edge_fac = cat("edge_fac", o["fac"])
+    g.edge_stride = cat("edge_stride")
+    g.edge_msg_offset = cat("edge_msg_offset", o["msg"], tail=True)
+    g.var_edges = cat("var_edges", o["edge"])
+    g.var_degree = cat("var_degree")
+    g.var_edge_offset = cat("var_edge_offset", o["edge"], tail=True)
+    g.fac_table_offset = cat("fac_table_offset", o["table"], tail=True)
+    g.q_size = max(p.q_size for p in parts)
+    g.max_arity = max(p.max_arity for p in parts)
+    g.unary = cat("unary")
+    g.unique_tables = cat("unique_tables")
+    g.fac_table = cat("fac_table", u_off)
+    g._unique_offset = cat("_unique_offset", u_off, tail=True)
+    g._unique_min = cat("_unique_min")
+    g._fac_unique = cat("_fac_unique", u_cnt)
+    g.table_min = cat("table_min")
+    g.fac_potts = cat("fac_potts")
+    g.has_inf = any(p.has_inf for p in parts)
+    g._unary_blocks = g._table_blocks = None
+    g._plans, g._belief_layout, g._var_views = {}, None, None
+    g._factor_place, g._tables_flat, g._exp_cache = None, None, (None, None)
+    return g, o

@@ -49,11 +49,12 @@ from _typedefs cimport float64_t, intp_t
 
 cdef double _TINY = 1e-290
 # message slots per block of factors in a flooding sweep (the per-thread unit of
-# work; its four buffers, 32 KiB, stay in the core's cache)
-cdef intp_t _BLOCK = 1024
+# work: its seven buffers, 28 KiB, stay in a core's L1 cache)
+cdef intp_t _BLOCK = 512
 
 
 def _set_block(intp_t n):
+    """Test hook: the message slots per block of a flooding sweep."""
     global _BLOCK
     _BLOCK = n
 
@@ -67,13 +68,17 @@ def _set_block(intp_t n):
 cdef extern from "_bp_simd.h":
     void bp_exp_neg(const double* x, double* out, Py_ssize_t n, double beta) noexcept nogil
     void bp_log_table_init() noexcept nogil
-    void bp_neg_log(const double* x, double* out, Py_ssize_t n, double beta, double tiny) noexcept nogil
+    int bp_neg_log(const double* x, double* out, Py_ssize_t n, double beta, double tiny) noexcept nogil
     void bp_shift_columns(double* x, Py_ssize_t nf, Py_ssize_t r0, Py_ssize_t r1, double* lo) noexcept nogil
     void bp_pair_shared(const double* xa, const double* xb, double* ya, double* yb, const double* T,
                         Py_ssize_t nf, Py_ssize_t K0, Py_ssize_t K1, int min_sum) noexcept nogil
     void bp_damp(double* acc, const double* old, const double* fb, Py_ssize_t n, double damping) noexcept nogil
     double bp_max_change(const double* x, const double* old, Py_ssize_t n) noexcept nogil
-    int bp_any_below(const double* x, Py_ssize_t n, double tiny) noexcept nogil
+    void bp_var_total(double* tot, const double* unary, const double* f2v, const intp_t* var_edges,
+                      const intp_t* edge_msg_offset, Py_ssize_t n_edges, Py_ssize_t K) noexcept nogil
+    void bp_load_pair(const double* fo, const double* tot, const intp_t* ev, const intp_t* vso,
+                      double* old, double* m, Py_ssize_t nf, Py_ssize_t K0, Py_ssize_t K1) noexcept nogil
+    void bp_store_pair(double* fo, const double* acc, Py_ssize_t nf, Py_ssize_t W) noexcept nogil
     void bp_potts(const double* x, double* y, const double* cw, Py_ssize_t nf, Py_ssize_t K,
                   int min_sum, double* agg) noexcept nogil
 
@@ -459,12 +464,8 @@ cdef inline void _var_total(Graph* g, intp_t v, double* tot, double* n_inf,
     cdef double* c = n_inf + s0
     cdef double x
     if not track_inf:
-        for k in range(K):
-            t[k] = g.unary[s0 + k]
-        for i in range(g.var_edge_offset[v], g.var_edge_offset[v + 1]):
-            inc = g.f2v + g.edge_msg_offset[g.var_edges[i]]
-            for k in range(K):
-                t[k] += inc[k]
+        bp_var_total(t, g.unary + s0, g.f2v, g.var_edges + g.var_edge_offset[v],
+                     g.edge_msg_offset, g.var_edge_offset[v + 1] - g.var_edge_offset[v], K)
         return
     for k in range(K):
         x = g.unary[s0 + k]
@@ -879,39 +880,34 @@ cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint share
     cdef double x, y, c, w, delta
     cdef bint min_sum = g.min_sum
 
-    # load: old f2v and v2f = total - f2v, transposed
-    for f in range(nf):
+    # load: old f2v and v2f = total - f2v, transposed; with +inf terms counted apart, a
+    # state whose other terms hold a +inf gets v2f +inf
+    if not track_inf:
+        bp_load_pair(g.f2v + base, tot, g.edge_var + e_lo, g.var_state_offset, old, m, nf, K0, K1)
+    for f in range(nf if track_inf else 0):
         o = base + f * W
         s0 = g.var_state_offset[g.edge_var[e_lo + 2 * f]]
         s1 = g.var_state_offset[g.edge_var[e_lo + 2 * f + 1]]
         fo = g.f2v + o
         tv0 = tot + s0
         tv1 = tot + s1
-        if track_inf:
-            cv0 = n_inf + s0
-            cv1 = n_inf + s1
-            for k in range(W):
-                x = fo[k]
-                old[k * nf + f] = x
-                c = cv0[k] if k < K0 else cv1[k - K0]
-                if x == INFINITY:
-                    c -= 1.0
-                    x = 0.0
-                y = tv0[k] if k < K0 else tv1[k - K0]
-                m[k * nf + f] = y - x if c == 0.0 else INFINITY
-        else:
-            for k in range(K0):
-                x = fo[k]
-                old[k * nf + f] = x
-                m[k * nf + f] = tv0[k] - x
-            for k in range(K1):
-                x = fo[K0 + k]
-                old[(K0 + k) * nf + f] = x
-                m[(K0 + k) * nf + f] = tv1[k] - x
+        cv0 = n_inf + s0
+        cv1 = n_inf + s1
+        for k in range(W):
+            x = fo[k]
+            old[k * nf + f] = x
+            c = cv0[k] if k < K0 else cv1[k - K0]
+            if x == INFINITY:
+                c -= 1.0
+                x = 0.0
+            y = tv0[k] if k < K0 else tv1[k - K0]
+            m[k * nf + f] = y - x if c == 0.0 else INFINITY
 
-    # normalize each v2f to minimum 0 (an all +inf message is left alone)
-    bp_shift_columns(m, nf, 0, K0, lo)
-    bp_shift_columns(m, nf, K0, W, lo)
+    # normalize each v2f to minimum 0 (an all +inf message is left alone) for the exp of
+    # sum-product; min-plus commutes with the shift, and its result is normalized below
+    if not min_sum:
+        bp_shift_columns(m, nf, 0, K0, lo)
+        bp_shift_columns(m, nf, K0, W, lo)
 
     # contraction: acc rows 0..K0-1 are the messages to the first variables
     if min_sum:
@@ -950,9 +946,10 @@ cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint share
                         ya[i * nf + f] += xb[j * nf + f] * w
 
     if not min_sum:
-        # a scaled sum below _TINY lost its precision: the exact soft-min (see
-        # _flood_block); the reference path reads v2f from the graph's slots
-        for idx in range(n if bp_any_below(acc, n, _TINY) else 0):
+        # into q, free after the contraction (bp_neg_log's input and output are distinct);
+        # a scaled sum below _TINY lost its precision (flagged NaN): the exact soft-min into
+        # fb (see _flood_block); the reference path reads v2f from the graph's slots
+        for idx in range(n if bp_neg_log(acc, q, n, g.beta, _TINY) else 0):
             if acc[idx] < _TINY:
                 r = idx // nf
                 f = idx - r * nf
@@ -962,9 +959,6 @@ cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint share
                 t = 0 if r < K0 else 1
                 _contract_energy(g, f_lo + f, t, r - t * K0, scratch + nf, cnt)
                 fb[idx] = scratch[nf + r - t * K0] - g.table_min[f_lo + f]
-                acc[idx] = -1.0
-        # into q, free after the contraction (bp_neg_log's input and output are distinct)
-        bp_neg_log(acc, q, n, g.beta, _TINY)
         acc = q
 
     # damp against the old f2v, normalize, measure the change
@@ -974,10 +968,7 @@ cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint share
     delta = bp_max_change(acc, old, n)
 
     # store, transposed back
-    for f in range(nf):
-        f2v = g.f2v + base + f * W
-        for k in range(W):
-            f2v[k] = acc[k * nf + f]
+    bp_store_pair(g.f2v + base, acc, nf, W)
     return delta
 
 

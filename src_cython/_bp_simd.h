@@ -68,14 +68,16 @@ static void bp_log_table_init(void) {
     }
 }
 
-/* out[i] = -log(x[i]) / beta for x[i] >= tiny (finite); NaN (a flag) otherwise. x and out
+/* out[i] = -log(x[i]) / beta for x[i] >= tiny (finite); NaN (a flag) otherwise; returns
+   whether it flagged any. x and out
    must not overlap (restrict: with two table lookups per element, GCC vectorizes only
    then). */
 BP_CLONES
-static void bp_neg_log(const double* restrict x, double* restrict out, Py_ssize_t n,
+static int bp_neg_log(const double* restrict x, double* restrict out, Py_ssize_t n,
                        double beta, double tiny) {
     const double ln2hi = 6.93147180369123816490e-01, ln2lo = 1.90821492927058770002e-10;
     const double scale = -1.0 / beta;   /* a multiply, not a divide, per element */
+    int flagged = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         double xi = x[i];
         double xs = xi >= tiny ? xi : 1.0;
@@ -90,7 +92,9 @@ static void bp_neg_log(const double* restrict x, double* restrict out, Py_ssize_
                    + r2 * (-1.0 / 6.0 + r * (1.0 / 7.0))));
         double lg = (e * ln2hi + bp_log_logc[j]) + (r + (p + e * ln2lo));
         out[i] = xi >= tiny ? lg * scale : NAN;
+        flagged |= !(xi >= tiny);
     }
+    return flagged;
 }
 
 /* Flat loops of the pairwise block update (_flood_pairwise_block), over
@@ -199,14 +203,6 @@ static double bp_max_change(const double* restrict x, const double* restrict old
     return bp_asdouble(m);
 }
 
-/* Whether some x[i] < tiny (a scaled sum that needs the exact fallback). */
-BP_CLONES
-static int bp_any_below(const double* restrict x, Py_ssize_t n, double tiny) {
-    int any = 0;
-    for (Py_ssize_t i = 0; i < n; i++) any |= x[i] < tiny;
-    return any;
-}
-
 /* Pairwise Potts factors T(a, b) = d + c [a != b] (0 <= c <= +inf), nf of them with K states
    on both sides: the messages to one side from x, the other side's input (K rows of nf,
    [state][factor]), in O(K) per factor instead of O(K^2), without the constant d (the caller
@@ -241,6 +237,108 @@ static void bp_potts(const double* restrict x, double* restrict y, const double*
             for (Py_ssize_t f = 0; f < nf; f++) out[f] = agg[f] + (1.0 - cw[f]) * row[f];
         }
     }
+}
+
+/* The scalar gathers and scatters of a flooding sweep (no +inf anywhere, so no counts of
+   +inf terms). Their loops over a variable's few states cost more in loop control than in
+   work, so each is written once as an always-inline body and instantiated for the common
+   cardinalities, where the compiler unrolls the state loops completely. */
+#define BP_INLINE static inline __attribute__((always_inline))
+#define BP_BY_CARD(K, CALL_K, CALL_ANY) \
+    switch (K) { case 2: CALL_K(2); break; case 3: CALL_K(3); break; case 4: CALL_K(4); break; \
+                 case 5: CALL_K(5); break; case 6: CALL_K(6); break; case 8: CALL_K(8); break; \
+                 default: CALL_ANY; }
+
+/* tot[s0 .. s0+K) = unary + the f2v of each edge of the variable (edges e of msg: m[i]). */
+BP_INLINE void bp_var_total_k(double* restrict tot, const double* restrict unary,
+                              const double* restrict f2v, const int64_t* restrict msg,
+                              Py_ssize_t n_edges, Py_ssize_t K) {
+    double t[K > 0 ? K : 1];
+    for (Py_ssize_t k = 0; k < K; k++) t[k] = unary[k];
+    for (Py_ssize_t i = 0; i < n_edges; i++) {
+        const double* inc = f2v + msg[i];
+        for (Py_ssize_t k = 0; k < K; k++) t[k] += inc[k];
+    }
+    for (Py_ssize_t k = 0; k < K; k++) tot[k] = t[k];
+}
+
+/* Variable v's total (tot, unary at its first state s0); msg_of_edge[i]: the message slot of
+   its i-th edge, gathered into the stack for the unrolled loop. */
+static inline void bp_var_total(double* restrict tot, const double* restrict unary,
+                                const double* restrict f2v, const int64_t* restrict var_edges,
+                                const int64_t* restrict edge_msg_offset, Py_ssize_t n_edges,
+                                Py_ssize_t K) {
+    int64_t msg[16];
+    if (n_edges > 16) {
+        for (Py_ssize_t k = 0; k < K; k++) tot[k] = unary[k];
+        for (Py_ssize_t i = 0; i < n_edges; i++) {
+            const double* inc = f2v + edge_msg_offset[var_edges[i]];
+            for (Py_ssize_t k = 0; k < K; k++) tot[k] += inc[k];
+        }
+        return;
+    }
+    for (Py_ssize_t i = 0; i < n_edges; i++) msg[i] = edge_msg_offset[var_edges[i]];
+#define BP_VT(KK) bp_var_total_k(tot, unary, f2v, msg, n_edges, KK)
+    BP_BY_CARD(K, BP_VT, BP_VT(K))
+#undef BP_VT
+}
+
+/* Load of a pairwise block, transposed: for factor f (message slots fo + f W, W = K0 + K1,
+   variables of states s0 = vso[ev[2f]], s1 = vso[ev[2f+1]]) old[k][f] = its f2v and
+   m[k][f] = tot - f2v, the v2f (rows 0..K0-1 the first edge, then the second). */
+BP_INLINE void bp_load_pair_k(const double* restrict fo, const double* restrict tot,
+                              const int64_t* restrict ev, const int64_t* restrict vso,
+                              double* restrict old, double* restrict m, Py_ssize_t nf,
+                              Py_ssize_t K0, Py_ssize_t K1) {
+    const Py_ssize_t W = K0 + K1;
+    for (Py_ssize_t f = 0; f < nf; f++) {
+        const double* t0 = tot + vso[ev[2 * f]];
+        const double* t1 = tot + vso[ev[2 * f + 1]];
+        const double* o = fo + f * W;
+        for (Py_ssize_t k = 0; k < K0; k++) {
+            const double x = o[k];
+            old[k * nf + f] = x;
+            m[k * nf + f] = t0[k] - x;
+        }
+        for (Py_ssize_t k = 0; k < K1; k++) {
+            const double x = o[K0 + k];
+            old[(K0 + k) * nf + f] = x;
+            m[(K0 + k) * nf + f] = t1[k] - x;
+        }
+    }
+}
+
+static inline void bp_load_pair(const double* restrict fo, const double* restrict tot,
+                                const int64_t* restrict ev, const int64_t* restrict vso,
+                                double* restrict old, double* restrict m, Py_ssize_t nf,
+                                Py_ssize_t K0, Py_ssize_t K1) {
+#define BP_LP(KK) bp_load_pair_k(fo, tot, ev, vso, old, m, nf, KK, KK)
+    if (K0 == K1) {
+        BP_BY_CARD(K0, BP_LP, bp_load_pair_k(fo, tot, ev, vso, old, m, nf, K0, K1))
+    } else {
+        bp_load_pair_k(fo, tot, ev, vso, old, m, nf, K0, K1);
+    }
+#undef BP_LP
+}
+
+/* Store of a pairwise block, transposed back: fo[f W + k] = acc[k][f]. */
+BP_INLINE void bp_store_pair_k(double* restrict fo, const double* restrict acc, Py_ssize_t nf,
+                               Py_ssize_t W) {
+    for (Py_ssize_t f = 0; f < nf; f++) {
+        double* o = fo + f * W;
+        for (Py_ssize_t k = 0; k < W; k++) o[k] = acc[k * nf + f];
+    }
+}
+
+static inline void bp_store_pair(double* restrict fo, const double* restrict acc, Py_ssize_t nf,
+                                 Py_ssize_t W) {
+#define BP_SP(KK) bp_store_pair_k(fo, acc, nf, 2 * KK)
+    if (W % 2 == 0) {
+        BP_BY_CARD(W / 2, BP_SP, bp_store_pair_k(fo, acc, nf, W))
+    } else {
+        bp_store_pair_k(fo, acc, nf, W);
+    }
+#undef BP_SP
 }
 
 #endif
