@@ -34,6 +34,14 @@
 # tol; v2f is then set from the final f2v. Loops over blocks and variables run
 # under OpenMP prange (n_threads). Factors with identical tables share one
 # stored table (and one exp table), so a Potts grid reads a single K x K table.
+# Two more schedules share the same message functions: residual BP (run_residual)
+# and, for min-sum on pairwise graphs, TRW-S with its lower bound (run_trws); see
+# their sections below.
+#
+# Potts tables T(a, b) = d + c [a != b] (flagged per factor by the caller) take
+# O(K) messages in both semirings: min(x_k, min_l x_l + c) for min-sum, and
+# w sum_l q_l + (1 - w) q_k with w = exp(-beta c) on the scaled probabilities of
+# sum-product (bp_potts in _bp_simd.h, where the flat C loops live).
 #
 # Layout (see factorebm/compiled.py): variables v own the global states
 # [var_state_offset[v], var_state_offset[v+1]); non-unary factors f own the edges

@@ -268,7 +268,7 @@ def test_trws_with_latent_variables_and_evidence_matches_brute_force():
     assert set(r.latent) == {1, 5}
 
 
-def test_flooding_blocks_of_mixed_factors_give_the_same_messages_at_any_block_size():
+def test_flooding_blocks_of_mixed_factors_give_the_same_messages_at_any_block_size_and_threads():
     # Potts, dense pairwise and arity-3 factors interleaved: the sweep cuts them into blocks
     # of one kind; how many factors a block holds must not change a single message
     from factorebm import _bp
@@ -289,11 +289,11 @@ def test_flooding_blocks_of_mixed_factors_give_the_same_messages_at_any_block_si
     assert not flood.is_forest
     outs = []
     try:
-        for block in (8, 24, 512):
+        for block, threads in ((8, 1), (24, 2), (512, 1), (512, 2)):
             _bp._set_block(block)
             for min_sum in (True, False):
                 outs.append(cg.run_bp(cg.unary, flood, 1.0, min_sum, max_iter=15, damping=0.3,
-                                      tol=0.0)[1])
+                                      tol=0.0, n_threads=threads)[1])
     finally:
         _bp._set_block(512)
     for a, b in zip(outs, outs[2:]):
