@@ -41,22 +41,25 @@ def machine():
     return f"{describe()}; numpy {np.__version__}"
 
 def potts_grid(n, K, seed=0, coupling=1.0):
-    """An n x n grid: random unary energies in [0, 1), Potts pairwise energies coupling * [k != l]."""
+    """An n x n grid: random unary energies in [0, 1), Potts pairwise energies coupling * [k != l].
+
+    Built with the bulk calls; factors are numbered as a row-by-row build would (unaries
+    first, then each variable's down and right neighbours).
+    """
     rng = np.random.default_rng(seed)
-    g = fe.FactorGraph()
-    for i in range(n * n):
-        g.add_variable(i, K)
     unary = rng.random((n * n, K))
-    for i in range(n * n):
-        g.add_factor([i], unary[i])
-    potts = coupling * (1.0 - np.eye(K))
-    for r in range(n):
-        for c in range(n):
-            i = r * n + c
-            if r + 1 < n:
-                g.add_factor([i, i + n], potts)
-            if c + 1 < n:
-                g.add_factor([i, i + 1], potts)
+    ids = np.arange(n * n).reshape(n, n)
+    down = np.full((n, n), -1)
+    down[:-1] = ids[1:]
+    right = np.full((n, n), -1)
+    right[:, :-1] = ids[:, 1:]
+    nb = np.stack([down, right], axis=2).reshape(-1, 2)          # per variable: down, right
+    src = np.repeat(ids.ravel(), 2)
+    keep = nb.ravel() >= 0
+    g = fe.FactorGraph()
+    g.add_variables(n * n, K)
+    g.add_factors(ids.reshape(-1, 1), unary)
+    g.add_factors(np.stack([src[keep], nb.ravel()[keep]], axis=1), coupling * (1.0 - np.eye(K)))
     return g
 
 
@@ -191,14 +194,13 @@ def bench_grid(n, K, n_iter, repeats, threads, verbose=True):
 
 def random_tree(n, K, seed=1):
     rng = np.random.default_rng(seed)
-    g = fe.FactorGraph()
-    for i in range(n):
-        g.add_variable(i, K)
-        g.add_factor([i], rng.normal(size=K))
+    unary = rng.normal(size=(n, K))
     parents = (rng.random(n - 1) * np.arange(1, n)).astype(np.int64)
     tables = rng.normal(size=(n - 1, K, K))
-    for i in range(1, n):
-        g.add_factor([int(parents[i - 1]), i], tables[i - 1])
+    g = fe.FactorGraph()
+    g.add_variables(n, K)
+    g.add_factors(np.arange(n)[:, None], unary)
+    g.add_factors(np.stack([parents, np.arange(1, n)], axis=1), tables)
     return g
 
 

@@ -25,6 +25,10 @@ field                  shape        meaning
 ``unique_tables``      (T_u,)       each distinct table once: factors whose tables
                                     are equal share one copy (what the kernel reads)
 ``table_min``          (F,)         the finite minimum of f's table (0 if none)
+``fac_potts``          (F,)         c where f's table is Potts, ``table_min + c [a != b]``
+                                    (square, 0 <= c <= +inf), else -1: its messages
+                                    then cost O(K) instead of O(K^2)
+``edge_fac``           (E,)         the factor of edge e
 =====================  ===========  ==================================================
 
 Sharing identical tables matters for speed: a Potts grid has one K x K table
@@ -33,6 +37,11 @@ removes most of the memory traffic of a flooding sweep. Tables are compared
 by value whenever they are re-read, so replacing one factor's table
 with ``set_factor_energies`` gives that factor its own copy and leaves the
 others unchanged.
+
+The graph hands its factors over in blocks (one per ``add_factor`` / ``add_factors``
+call; a block's table may be shared by all its factors), so compiling is a few numpy
+passes over the blocks, never a Python loop over factors. :func:`concatenate` joins
+several compiled graphs into one batch that the kernels run in one call.
 
 Unary factors are folded into ``unary``; evidence is a mask added to it (+inf on
 the states a clamped variable does not take). Clamping cuts the graph: a
@@ -43,12 +52,10 @@ has no cycle; then :meth:`CompiledGraph.plan` returns the exact two-pass
 schedule (leaves to roots, then roots to leaves).
 """
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 from . import _bp
 
-__all__ = ["CompiledGraph", "Plan", "SegmentViews"]
+__all__ = ["CompiledGraph", "Plan", "SegmentViews", "concatenate"]
 
 _I = np.int64
 
@@ -122,6 +129,13 @@ class SegmentViews:
         return views if self.perm is None else _reorder(views, self.perm)
 
 
+def _ranges(first, count):
+    """Concatenated aranges: first[i] .. first[i] + count[i] - 1 for each i (int64)."""
+    first, count = np.asarray(first, dtype=_I), np.asarray(count, dtype=_I)
+    total = int(count.sum())
+    return np.repeat(first - (np.cumsum(count) - count), count) + np.arange(total, dtype=_I)
+
+
 def _padded(a, dtype):
     """The kernel reads element 0 of every array: give empty arrays one dummy slot."""
     a = np.ascontiguousarray(a, dtype=dtype)
@@ -154,7 +168,7 @@ class CompiledGraph:
 
     def __init__(self, graph):
         self.structure_version = graph._structure_version
-        n_states = np.asarray(graph._n_states, dtype=_I)
+        n_states = np.array(graph._n_states_arr(), dtype=_I)
         V = len(n_states)
         self.n_vars = V
         self.var_n_states = n_states
@@ -164,23 +178,29 @@ class CompiledGraph:
         self.max_card = int(n_states.max()) if V else 1
         self.latent = np.asarray(graph._latent, dtype=bool)
 
-        scopes = graph._scopes
-        self.unary_factors = [f for f, s in enumerate(scopes) if len(s) == 1]
-        self.fac_index = np.asarray([f for f, s in enumerate(scopes) if len(s) > 1], dtype=_I)
-        # position of each original factor: ("unary", variable) or ("table", compiled index)
-        self.factor_place = [None] * len(scopes)
-        for f in self.unary_factors:
-            self.factor_place[f] = ("unary", scopes[f][0])
-        for i, f in enumerate(self.fac_index):
-            self.factor_place[f] = ("table", i)
+        # factors come in blocks (one per add_factor / add_factors call): every step below is
+        # one numpy pass over the blocks' arrays, not a Python loop over factors
+        blocks, starts = graph._blocks, graph._block_start
+        arity_b = np.asarray([b.scope.shape[1] for b in blocks], dtype=_I)
+        count_b = np.diff(np.asarray(starts, dtype=_I))
+        first_b = np.asarray(starts[:-1], dtype=_I)
+        self._unary_blocks = np.flatnonzero(arity_b == 1)
+        self._table_blocks = np.flatnonzero(arity_b > 1)
+        ub, tb = self._unary_blocks, self._table_blocks
+        self._unary_fac = _ranges(first_b[ub], count_b[ub])
+        self.unary_factors = self._unary_fac.tolist()
+        self.unary_var = (np.concatenate([blocks[b].scope[:, 0] for b in ub]).astype(_I) if ub.size
+                          else np.zeros(0, dtype=_I))
+        self.fac_index = _ranges(first_b[tb], count_b[tb])
         F = len(self.fac_index)
         self.n_facs = F
-        arity = np.asarray([len(scopes[f]) for f in self.fac_index], dtype=_I)
+        arity = np.repeat(arity_b[tb], count_b[tb])
         self.fac_edge_offset = np.zeros(F + 1, dtype=_I)
         np.cumsum(arity, out=self.fac_edge_offset[1:])
         E = int(self.fac_edge_offset[-1])
         self.n_edges = E
-        self.edge_var = np.fromiter((v for f in self.fac_index for v in scopes[f]), dtype=_I, count=E)
+        self.edge_var = (np.concatenate([blocks[b].scope.ravel() for b in tb]).astype(_I) if tb.size
+                         else np.zeros(0, dtype=_I))
         self.edge_fac = np.repeat(np.arange(F, dtype=_I), arity)
         edge_card = n_states[self.edge_var] if E else np.zeros(0, dtype=_I)
         # row-major stride: product of the cardinalities after this axis in the scope
@@ -198,77 +218,169 @@ class CompiledGraph:
         self.var_degree = np.bincount(self.edge_var, minlength=V).astype(_I)
         self.var_edge_offset = np.zeros(V + 1, dtype=_I)
         np.cumsum(self.var_degree, out=self.var_edge_offset[1:])
-        sizes = np.asarray([graph._tables[f].size for f in self.fac_index], dtype=_I)
+        size_b = np.asarray([blocks[b].table.size if blocks[b].shared
+                             else blocks[b].table.size // len(blocks[b].scope) for b in tb], dtype=_I)
         self.fac_table_offset = np.zeros(F + 1, dtype=_I)
-        np.cumsum(sizes, out=self.fac_table_offset[1:])
+        np.cumsum(np.repeat(size_b, count_b[tb]), out=self.fac_table_offset[1:])
         self.q_size = int(np.add.reduceat(edge_card, self.fac_edge_offset[:-1]).max()) if F else 1
+        self.max_arity = int(arity.max()) if F else 0
         self._plans = {}
         self._belief_layout = None
         self._var_views = None
+        self._factor_place = None
+        self._tables_flat = None
         self.refresh_tables(graph)
+
+    @property
+    def factor_place(self):
+        """list: per original factor, ``("unary", variable)`` or ``("table", compiled index)``."""
+        if self._factor_place is None:
+            place = [None] * (len(self.unary_factors) + self.n_facs)
+            for f, v in zip(self.unary_factors, self.unary_var.tolist()):
+                place[f] = ("unary", v)
+            for i, f in enumerate(self.fac_index.tolist()):
+                place[f] = ("table", i)
+            self._factor_place = place
+        return self._factor_place
+
+    @property
+    def tables(self):
+        """float64 (T,): every non-unary factor's table, row-major over its scope, back to back.
+
+        Built from ``unique_tables`` on first use (the kernels read the shared copies).
+        """
+        if self._tables_flat is None:
+            sizes = np.diff(self.fac_table_offset)
+            self._tables_flat = self.unique_tables[
+                np.repeat(self.fac_table - self.fac_table_offset[:-1], sizes)
+                + np.arange(int(self.fac_table_offset[-1]))] if self.n_facs else np.zeros(0)
+        return self._tables_flat
 
     def refresh_tables(self, graph):
         """Re-read the energy tables (the structure is unchanged)."""
         self.tables_version = graph._tables_version
+        self._tables_flat = None
+        blocks, starts, override = graph._blocks, graph._block_start, graph._override
+        ov = np.asarray(sorted(override), dtype=_I)
+
+        def rows(b):
+            """Block b's tables as (n, size) rows with the overrides written in, and whether
+            they are one shared row (n == 1 then stands for the whole block). Called once per
+            block: one-by-one builds make a block per factor, so the common case is cheap."""
+            blk = blocks[b]
+            t = blk.table
+            n = len(blk.scope)
+            r = t.reshape(-1, t.size if blk.shared else t.size // n)
+            if ov.size:
+                lo, hi = np.searchsorted(ov, [starts[b], starts[b + 1]])
+                if lo < hi:
+                    r = np.array(np.broadcast_to(r, (n, r.shape[1])))
+                    for f in ov[lo:hi].tolist():
+                        r[f - starts[b]] = override[f].ravel()
+                    return r, False
+            return r, blk.shared
+
         unary = np.zeros(self.n_states_total)
-        if self.unary_factors:
-            uv = np.asarray([graph._scopes[f][0] for f in self.unary_factors], dtype=_I)
-            cards = self.var_n_states[uv]
-            idx = (np.repeat(self.var_state_offset[uv], cards) + np.arange(cards.sum())
-                   - np.repeat(np.cumsum(cards) - cards, cards))
-            np.add.at(unary, idx, np.concatenate([graph._tables[f] for f in self.unary_factors]))
+        if self._unary_blocks.size:
+            vals = []
+            for b in self._unary_blocks.tolist():
+                t, _ = rows(b)
+                n = len(blocks[b].scope)
+                vals.append(t.ravel() if len(t) == n else np.broadcast_to(t, (n, t.shape[1])).ravel())
+            cards = self.var_n_states[self.unary_var]
+            idx = (np.repeat(self.var_state_offset[self.unary_var] - (np.cumsum(cards) - cards), cards)
+                   + np.arange(int(cards.sum())))
+            unary = np.bincount(idx, weights=np.concatenate(vals), minlength=self.n_states_total)
         self.unary = unary
         if self.n_facs:
-            self.tables = np.concatenate([graph._tables[f].ravel() for f in self.fac_index])
-            self._share_tables()
+            self._share_tables([rows(b) for b in self._table_blocks.tolist()],
+                               np.diff(np.asarray(starts, dtype=_I))[self._table_blocks])
             finite = np.where(np.isfinite(self.unique_tables), self.unique_tables, np.inf)
             tmin = np.minimum.reduceat(finite, self._unique_offset[:-1])
             self._unique_min = np.where(np.isfinite(tmin), tmin, 0.0)
             self.table_min = self._unique_min[self._fac_unique]
+            self.fac_potts = self._potts()
         else:
-            self.tables = np.zeros(0)
             self.unique_tables = np.zeros(0)
             self.fac_table = np.zeros(0, dtype=_I)
             self._unique_offset = np.zeros(1, dtype=_I)
             self._unique_min = np.zeros(0)
             self.table_min = np.zeros(0)
+            self.fac_potts = np.zeros(0)
         self.has_inf = bool(np.isinf(self.unary).any() or np.isinf(self.unique_tables).any())
         self._exp_cache = (None, None)
 
-    def _share_tables(self):
-        """Store every distinct table once: sets unique_tables and fac_table.
+    def _share_tables(self, block_rows, block_count):
+        """Store every distinct table once: sets unique_tables, fac_table and _fac_unique.
 
-        Tables of one size are compared by value (as raw bytes once -0.0 is
-        made 0.0; +inf equals +inf); unique tables are numbered in order of
-        first use.
+        block_rows: per table block, its (n, size) rows and whether its one row is shared by
+        all block_count factors of the block. Tables of one size are compared by value (as raw
+        bytes once -0.0 is made 0.0; +inf equals +inf); unique tables are numbered in order of
+        first use, and a table no factor uses any more (replaced) is dropped.
         """
         F = self.n_facs
-        sizes = np.diff(self.fac_table_offset)
-        uid = np.empty(F, dtype=_I)
-        first = []                       # first factor using each unique table
-        for size in np.unique(sizes):
-            fs = np.flatnonzero(sizes == size)
-            rows = self.tables[self.fac_table_offset[fs][:, None] + np.arange(size)]
+        n_rows = np.asarray([len(r) for r, _ in block_rows], dtype=_I)
+        row_first = np.zeros(len(block_rows) + 1, dtype=_I)
+        np.cumsum(n_rows, out=row_first[1:])
+        shared = np.repeat(np.asarray([s for _, s in block_rows], dtype=bool), block_count)
+        local = np.arange(F) - np.repeat(np.cumsum(block_count) - block_count, block_count)
+        cand_of = np.repeat(row_first[:-1], block_count) + np.where(shared, 0, local)
+        size_of_block = np.asarray([r.shape[1] for r, _ in block_rows], dtype=_I)
+        cand_unique = np.empty(int(row_first[-1]), dtype=_I)
+        flat, u_start, u_size = [], [], []      # distinct rows of each size, flat, and where
+        n_flat = n_unique = 0
+        for size in np.unique(size_of_block).tolist():
+            bs = np.flatnonzero(size_of_block == size).tolist()
+            cand = _ranges(row_first[bs], n_rows[bs])
+            rows = np.concatenate([block_rows[b][0] for b in bs])
             if (rows == rows[0]).all():  # the common case (e.g. one Potts table), no sort
-                local, firsts = np.zeros(len(fs), dtype=_I), np.zeros(1, dtype=_I)
+                inverse, firsts = np.zeros(len(rows), dtype=_I), np.zeros(1, dtype=_I)
             else:
-                rows += 0.0              # -0.0 -> 0.0, so that equal values have equal bytes
-                keys = np.ascontiguousarray(rows).view(np.dtype((np.void, 8 * int(size)))).ravel()
-                _, firsts, local = np.unique(keys, return_index=True, return_inverse=True)
-            uid[fs] = np.asarray(local, dtype=_I).ravel() + len(first)
-            first.extend(fs[firsts].tolist())
-        first = np.asarray(first, dtype=_I)
-        rank = np.empty(len(first), dtype=_I)
-        order = np.argsort(first, kind="stable")
-        rank[order] = np.arange(len(first))
-        first = first[order]
-        self._fac_unique = rank[uid]
-        usize = sizes[first]
-        self._unique_offset = np.zeros(len(first) + 1, dtype=_I)
+                rows = rows + 0.0        # -0.0 -> 0.0, so that equal values have equal bytes
+                keys = np.ascontiguousarray(rows).view(np.dtype((np.void, 8 * size))).ravel()
+                _, firsts, inverse = np.unique(keys, return_index=True, return_inverse=True)
+            cand_unique[cand] = np.asarray(inverse, dtype=_I).ravel() + n_unique
+            flat.append(rows[firsts].ravel())
+            u_start.append(n_flat + size * np.arange(len(firsts), dtype=_I))
+            u_size.append(np.full(len(firsts), size, dtype=_I))
+            n_flat += size * len(firsts)
+            n_unique += len(firsts)
+        flat = np.concatenate(flat)
+        u_start, u_size = np.concatenate(u_start), np.concatenate(u_size)
+        fac_u = cand_unique[cand_of]
+        used, first_f = np.unique(fac_u, return_index=True)
+        keep = used[np.argsort(first_f, kind="stable")]
+        rank = np.full(n_unique, -1, dtype=_I)
+        rank[keep] = np.arange(len(keep))
+        self._fac_unique = rank[fac_u]
+        usize = u_size[keep]
+        self._unique_offset = np.zeros(len(keep) + 1, dtype=_I)
         np.cumsum(usize, out=self._unique_offset[1:])
-        start = np.repeat(self.fac_table_offset[first] - self._unique_offset[:-1], usize)
-        self.unique_tables = self.tables[start + np.arange(int(self._unique_offset[-1]))]
+        self.unique_tables = flat[np.repeat(u_start[keep] - self._unique_offset[:-1], usize)
+                                  + np.arange(int(self._unique_offset[-1]))]
         self.fac_table = self._unique_offset[self._fac_unique]
+
+    def _potts(self):
+        """float64 (F,): c where factor f's table is d + c [a != b] (pairwise, K x K, K >= 2,
+        0 <= c <= +inf, d finite), else -1. Such a message costs O(K) instead of O(K^2)."""
+        n_u = len(self._unique_offset) - 1
+        c_u = np.full(n_u, -1.0)
+        pair = np.flatnonzero(np.diff(self.fac_edge_offset) == 2)
+        if pair.size:
+            e0 = self.fac_edge_offset[pair]
+            k0, k1 = self.var_n_states[self.edge_var[e0]], self.var_n_states[self.edge_var[e0 + 1]]
+            sq = (k0 == k1) & (k0 >= 2)
+            for K in np.unique(k0[sq]).tolist():
+                us = np.unique(self._fac_unique[pair[sq & (k0 == K)]])
+                T = self.unique_tables[self._unique_offset[us][:, None] + np.arange(K * K)].reshape(-1, K, K)
+                eye = np.eye(K, dtype=bool)
+                d = T[:, eye]
+                off = T[:, ~eye]
+                with np.errstate(invalid="ignore"):
+                    ok = ((d == d[:, :1]).all(1) & (off == off[:, :1]).all(1) & np.isfinite(d[:, 0])
+                          & (off[:, 0] >= d[:, 0]))
+                    c_u[us[ok]] = off[ok, 0] - d[ok, 0]
+        return c_u[self._fac_unique] if self.n_facs else np.zeros(0)
 
     def exp_tables(self, beta):
         """exp(-beta (T - min T)) per table, cached for the last beta (sum-product)."""
@@ -311,13 +423,13 @@ class CompiledGraph:
             if E:
                 shapes[self.edge_fac, np.arange(E) - self.fac_edge_offset[self.edge_fac]] = \
                     self.var_n_states[self.edge_var]
-            uv = np.asarray([self.factor_place[f][1] for f in self.unary_factors], dtype=_I)
+            uv = self.unary_var
             cards = self.var_n_states[uv]
             u_off = np.zeros(len(uv) + 1, dtype=_I)
             np.cumsum(cards, out=u_off[1:])
             u_idx = (np.repeat(self.var_state_offset[uv], cards) + np.arange(int(u_off[-1]))
                      - np.repeat(u_off[:-1], cards))
-            position = np.concatenate([self.fac_index, np.asarray(self.unary_factors, dtype=_I)])
+            position = np.concatenate([self.fac_index, self._unary_fac])
             perm = np.empty(len(position), dtype=_I)
             perm[position] = np.arange(len(position))
             self._belief_layout = (SegmentViews(self.fac_table_offset, shapes), u_idx,
@@ -350,6 +462,8 @@ class CompiledGraph:
         return p
 
     def _make_plan(self, clamped):
+        import scipy.sparse as sp
+        from scipy.sparse.csgraph import breadth_first_order, connected_components
         V, F, E = self.n_vars, self.n_facs, self.n_edges
         is_clamped = np.zeros(V, dtype=bool)
         is_clamped[clamped] = True
@@ -405,36 +519,90 @@ class CompiledGraph:
 
     # ------------------------------------------------------------------ kernel calls
     def run_bp(self, unary, plan, beta, min_sum, max_iter=200, damping=0.0, tol=1e-9,
-               n_threads=1):
+               n_threads=1, schedule="flooding"):
         """Run the message-passing kernel; returns (v2f, f2v, iterations, delta, exact).
 
         Parameters
         ----------
         unary : float64 (S,)
-            Unary energies plus the evidence mask.
+            Unary energies plus the evidence mask (a loss-augmented run adds its loss
+            here).
         plan : Plan
         beta : float
             Inverse temperature (ignored by min-sum).
         min_sum : bool
             The min-sum semiring (beta = inf) instead of sum-product.
+        schedule : {"flooding", "residual"}
+            The loopy schedule (on a forest the exact two-pass sweep runs). "residual"
+            runs on one thread.
         """
         v2f = np.zeros(max(self.n_msg, 1))
         f2v = np.zeros(max(self.n_msg, 1))
         if self.n_facs == 0:
             return v2f, f2v, 0, 0.0, True
         exact = plan.is_forest
-        schedule = plan.schedule if exact else np.full(1, -1, dtype=_I)
         exp_tables = self.unique_tables if min_sum else self.exp_tables(beta)
+        unary = _padded(unary, np.float64)
+        if schedule == "residual" and not exact:
+            E = self.n_edges
+            it, delta = _bp.run_residual(
+                self.var_state_offset, self.var_edge_offset, self.var_edges,
+                self.fac_edge_offset, self.edge_var, self.edge_fac, self.edge_stride,
+                self.edge_msg_offset, self.fac_table, self.unique_tables, exp_tables,
+                self.table_min, self.fac_potts, unary, v2f, f2v, np.empty(self.n_msg),
+                np.zeros(E), np.empty(E, dtype=_I), np.empty(E, dtype=_I), float(beta),
+                bool(min_sum), int(max_iter), float(damping), float(tol), self.q_size,
+                np.empty(self.q_size + 3 * self.max_card + 1),
+                np.empty(2 * self.max_arity + 1, dtype=_I))
+            return v2f, f2v, it, delta, exact
+        if schedule not in ("flooding", "residual"):
+            raise ValueError(f"unknown schedule {schedule!r} for run_bp: 'flooding' or 'residual'")
+        sched = plan.schedule if exact else np.full(1, -1, dtype=_I)
         track_inf = self.has_inf or (unary is not self.unary and bool(np.isinf(unary).any()))
         it, delta = _bp.run(
             self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
             self.fac_edge_offset, self.edge_var, self.edge_stride, self.edge_msg_offset,
-            self.fac_table, self.unique_tables, exp_tables, self.table_min,
-            _padded(unary, np.float64), schedule, v2f, f2v,
+            self.fac_table, self.unique_tables, exp_tables, self.table_min, self.fac_potts,
+            unary, sched, v2f, f2v,
             float(beta), bool(min_sum), int(max_iter), float(damping), float(tol),
             int(n_threads), self.q_size, self.max_card, track_inf, np.zeros(self.n_facs),
             np.empty(2 * self.n_states_total + 1))
         return v2f, f2v, it, delta, exact
+
+    def run_trws(self, unary, max_iter=200, tol=1e-9):
+        """TRW-S (min-sum) on a loopy pairwise graph; the caller checks every factor is pairwise.
+
+        Returns
+        -------
+        v2f, f2v : float64 (M,)
+            Messages (v2f set from the final f2v, as after flooding).
+        iterations : int
+            Forward + backward passes run.
+        delta : float
+            The largest message change of the last pass.
+        states : int64 (V,)
+            The lowest-energy assignment decoded over the passes.
+        bound : float
+            Lower bound on min E (over assignments allowed by ``unary``).
+        trace_energy : float64 (iterations + 1,)
+            Energy decoded in each forward pass and after the last backward pass.
+        trace_bound : float64 (iterations,)
+            The best bound after each pass.
+        """
+        V = self.n_vars
+        v2f = np.zeros(max(self.n_msg, 1))
+        f2v = np.zeros(max(self.n_msg, 1))
+        states = np.zeros(max(V, 1), dtype=_I)
+        trace_e = np.full(max_iter + 1, np.inf)
+        trace_b = np.full(max_iter, -np.inf)
+        it, delta, energy, bound = _bp.run_trws(
+            self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
+            self.fac_edge_offset, self.edge_var, self.edge_fac, self.edge_stride,
+            self.edge_msg_offset, self.fac_table, self.unique_tables, self.table_min,
+            self.fac_potts, _padded(unary, np.float64), v2f, f2v, int(max_iter), float(tol),
+            self.max_card, states, trace_e, trace_b, np.empty(3 * V + 4 * self.max_card + 4),
+            np.zeros(max(V, 1), dtype=_I))
+        return v2f, f2v, it, delta, states[:V], bound, trace_e[:it + 1], trace_b[:it]
 
     def beliefs(self, unary, v2f, f2v, factors=True):
         """Energy-space beliefs: (var (S,), fac (T,)); lower is more probable.
@@ -442,15 +610,17 @@ class CompiledGraph:
         With ``factors=False`` only the variable beliefs are computed (fac is
         then uninitialized).
         """
+        size = int(self.fac_table_offset[-1])
         var_out = np.empty(max(self.n_states_total, 1))
-        fac_out = np.empty(max(self.tables.size, 1))
+        fac_out = np.empty(max(size, 1))
         if self.n_vars:
             _bp.beliefs(self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
                         _padded(self.fac_edge_offset, _I), _padded(self.edge_var, _I),
                         _padded(self.edge_stride, _I), _padded(self.edge_msg_offset, _I),
-                        _padded(self.fac_table_offset, _I), _padded(self.tables, np.float64),
-                        _padded(unary, np.float64), v2f, f2v, var_out, fac_out, bool(factors))
-        return var_out[:self.n_states_total], fac_out[:self.tables.size]
+                        _padded(self.fac_table_offset, _I), _padded(self.fac_table, _I),
+                        _padded(self.unique_tables, np.float64), _padded(unary, np.float64),
+                        v2f, f2v, var_out, fac_out, bool(factors))
+        return var_out[:self.n_states_total], fac_out[:size]
 
     def factor_gibbs(self, v2f, beta, n_threads=1):
         """Factor beliefs at inverse temperature beta, fused with their Bethe terms.
@@ -467,14 +637,15 @@ class CompiledGraph:
             Minimum energy-space belief; +inf when every entry of f is forbidden.
         """
         F = self.n_facs
-        q = np.empty(max(self.tables.size, 1))
+        size = int(self.fac_table_offset[-1])
+        q = np.empty(max(size, 1))
         mean, ent, bmin = np.empty(max(F, 1)), np.empty(max(F, 1)), np.empty(max(F, 1))
         if F:
             _bp.factor_gibbs(self.var_state_offset, self.fac_edge_offset, self.edge_var,
                              self.edge_stride, self.edge_msg_offset, self.fac_table_offset,
                              self.fac_table, self.unique_tables, v2f, float(beta), q, mean, ent,
                              bmin, int(n_threads))
-        return q[:self.tables.size], mean[:F], ent[:F], bmin[:F]
+        return q[:size], mean[:F], ent[:F], bmin[:F]
 
     def decode(self, unary, plan, v2f, f2v, states):
         """Consistent MAP decoding of the unclamped variables into ``states`` (V,) in place."""
@@ -482,7 +653,8 @@ class CompiledGraph:
                    _padded(self.fac_edge_offset, _I), _padded(self.edge_var, _I),
                    _padded(self.edge_stride, _I), _padded(self.edge_msg_offset, _I),
                    _padded(self.fac_table, _I), _padded(self.unique_tables, np.float64),
-                   _padded(self.table_min, np.float64), _padded(unary, np.float64),
+                   _padded(self.table_min, np.float64), _padded(self.fac_potts, np.float64),
+                   _padded(unary, np.float64),
                    _padded(plan.order, _I) if plan.order.size else np.full(1, -1, dtype=_I),
                    v2f, f2v, self.max_card, states)
 
@@ -491,5 +663,100 @@ class CompiledGraph:
         e = float(self.unary[self.var_state_offset[:-1] + states].sum()) if self.n_vars else 0.0
         if self.n_facs:
             idx = np.add.reduceat(self.edge_stride * states[self.edge_var], self.fac_edge_offset[:-1])
-            e += float(self.tables[self.fac_table_offset[:-1] + idx].sum())
+            e += float(self.unique_tables[self.fac_table + idx].sum())
         return e
+
+
+def concatenate(parts):
+    """Several compiled graphs as one, each a disconnected part: one kernel call runs them all.
+
+    The batch is the concatenation of the parts' flat arrays, every index shifted by the sizes
+    of the parts before it (DESIGN.md, "Batching many small graphs is concatenation"), so
+    :meth:`CompiledGraph.run_bp` (any schedule), :meth:`CompiledGraph.run_trws`,
+    :meth:`CompiledGraph.beliefs`, :meth:`CompiledGraph.factor_gibbs` and
+    :meth:`CompiledGraph.decode` run on the whole batch in one call, with the unary
+    energies (S,) of the batch as their argument (add a loss to them for loss-augmented
+    min-sum). A flooding run stops when every part has converged; TRW-S visits the parts one
+    after the other (its chains never cross parts), so each part gets exactly the messages a
+    run on it alone would give, and its bound is the sum of the parts' bounds.
+
+    Parameters
+    ----------
+    parts : sequence of CompiledGraph
+
+    Returns
+    -------
+    batch : CompiledGraph
+        Not tied to a FactorGraph (no ``refresh_tables``); tables are the parts' as compiled.
+    offsets : dict of int64 (B + 1,) arrays
+        Where part b lies in the batch: ``"var"`` variables, ``"state"`` per-state vectors
+        (unary, beliefs), ``"fac"`` compiled factors, ``"edge"`` edges, ``"msg"`` message
+        slots, ``"table"`` factor belief entries (``fac_table_offset``), ``"factor"`` the
+        parts' original factor numbers (unary ones included). Per-part sums of a per-variable
+        or per-factor quantity are ``np.add.reduceat(x, offsets[...][:-1])`` (mind empty
+        parts).
+    """
+    parts = list(parts)
+    if not parts or not all(isinstance(p, CompiledGraph) for p in parts):
+        raise ValueError("concatenate needs a non-empty sequence of CompiledGraph")
+
+    def offs(sizes):
+        out = np.zeros(len(sizes) + 1, dtype=_I)
+        np.cumsum(np.asarray(sizes, dtype=_I), out=out[1:])
+        return out
+
+    o = {"var": offs([p.n_vars for p in parts]), "state": offs([p.n_states_total for p in parts]),
+         "fac": offs([p.n_facs for p in parts]), "edge": offs([p.n_edges for p in parts]),
+         "msg": offs([p.n_msg for p in parts]),
+         "table": offs([int(p.fac_table_offset[-1]) for p in parts]),
+         "factor": offs([len(p.unary_factors) + p.n_facs for p in parts])}
+    u_off = offs([p.unique_tables.size for p in parts])
+    u_cnt = offs([len(p._unique_offset) - 1 for p in parts])
+
+    def cat(name, shift=None, tail=False):
+        """Concatenate field `name` (for an (n+1,) offsets array: its tails), shifted per part."""
+        pieces = []
+        for b, p in enumerate(parts):
+            x = getattr(p, name)
+            x = x[1:] if tail else x
+            pieces.append(x + shift[b] if shift is not None else x)
+        x = np.concatenate(pieces) if pieces else np.zeros(0)
+        return np.concatenate([[0], x]).astype(x.dtype) if tail else x
+
+    g = object.__new__(CompiledGraph)
+    g.structure_version = g.tables_version = None
+    g.n_vars, g.n_facs = int(o["var"][-1]), int(o["fac"][-1])
+    g.n_edges, g.n_msg = int(o["edge"][-1]), int(o["msg"][-1])
+    g.n_states_total = int(o["state"][-1])
+    g.var_n_states = cat("var_n_states")
+    g.var_state_offset = cat("var_state_offset", o["state"], tail=True)
+    g.max_card = max(p.max_card for p in parts)
+    g.latent = cat("latent")
+    g._unary_fac = cat("_unary_fac", o["factor"])
+    g.unary_factors = g._unary_fac.tolist()
+    g.unary_var = cat("unary_var", o["var"])
+    g.fac_index = cat("fac_index", o["factor"])
+    g.fac_edge_offset = cat("fac_edge_offset", o["edge"], tail=True)
+    g.edge_var = cat("edge_var", o["var"])
+    g.edge_fac = cat("edge_fac", o["fac"])
+    g.edge_stride = cat("edge_stride")
+    g.edge_msg_offset = cat("edge_msg_offset", o["msg"], tail=True)
+    g.var_edges = cat("var_edges", o["edge"])
+    g.var_degree = cat("var_degree")
+    g.var_edge_offset = cat("var_edge_offset", o["edge"], tail=True)
+    g.fac_table_offset = cat("fac_table_offset", o["table"], tail=True)
+    g.q_size = max(p.q_size for p in parts)
+    g.max_arity = max(p.max_arity for p in parts)
+    g.unary = cat("unary")
+    g.unique_tables = cat("unique_tables")
+    g.fac_table = cat("fac_table", u_off)
+    g._unique_offset = cat("_unique_offset", u_off, tail=True)
+    g._unique_min = cat("_unique_min")
+    g._fac_unique = cat("_fac_unique", u_cnt)
+    g.table_min = cat("table_min")
+    g.fac_potts = cat("fac_potts")
+    g.has_inf = any(p.has_inf for p in parts)
+    g._unary_blocks = g._table_blocks = None
+    g._plans, g._belief_layout, g._var_views = {}, None, None
+    g._factor_place, g._tables_flat, g._exp_cache = None, None, (None, None)
+    return g, o

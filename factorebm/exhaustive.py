@@ -68,7 +68,7 @@ def enumerate_energies(g, evidence=None, max_assignments=MAX_ASSIGNMENTS):
     for v, k in clamped.items():
         grids[:, v] = k
     energies = np.zeros(len(grids))
-    for scope, table in zip(g._scopes, g._tables):
+    for scope, table in g._factor_list():
         energies += table[tuple(grids[:, v] for v in scope)]
     return grids, energies
 
@@ -107,7 +107,7 @@ def exhaustive_inference(g, beta=None, evidence=None, max_assignments=MAX_ASSIGN
         marginals = {n: np.bincount(states[:, v], weights=p, minlength=g._n_states[v])
                      for v, n in enumerate(names)}
         beliefs = []
-        for scope, table in zip(g._scopes, g._tables):
+        for scope, table in g._factor_list():
             flat = np.ravel_multi_index(tuple(states[:, v] for v in scope), table.shape)
             beliefs.append(np.bincount(flat, weights=p, minlength=table.size).reshape(table.shape))
     return ExhaustiveResult(energy=emin, assignment=assignment, latent=latent, marginals=marginals,

@@ -16,11 +16,19 @@ input. Inference (:mod:`factorebm.inference`) works on the flat arrays of
 :class:`factorebm.compiled.CompiledGraph`, built by :meth:`FactorGraph.compile`
 and cached until the graph changes.
 """
+from bisect import bisect_right
+from collections import namedtuple
 from numbers import Complex, Integral, Real
 
 import numpy as np
 
 __all__ = ["FactorGraph"]
+
+# Factors are stored in blocks, one per add_factor / add_factors call: ``scope`` is an
+# (n, arity) int64 array of variable indices, ``table`` the energies, (n, *cards) with one
+# table per factor or (*cards) shared by all n (stored once: a Potts grid's one K x K table).
+# Both arrays are read-only, so copies of the graph share them.
+_Block = namedtuple("_Block", "scope table shared")
 
 
 def _is_int(value):
@@ -29,6 +37,28 @@ def _is_int(value):
 
 def _is_real(value):
     return isinstance(value, (Real, np.bool_))
+
+
+def _table_values(where, energies):
+    """energies as a fresh C-contiguous float64 array; ValueError (naming ``where``) if not real numbers.
+
+    NaN and -inf are left for the caller to reject (it knows which factor holds them).
+    """
+    try:
+        raw = np.asarray(energies)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: energies are not an array of numbers") from None
+    kind, what = raw.dtype.kind, None
+    if kind == "O":              # a list mixing numbers and other objects (None, strings, ...)
+        odd = [x for x in raw.flat if not _is_real(x)]
+        kind = "f" if not odd else "c" if isinstance(odd[0], Complex) else "O"
+        what = f"an entry {odd[0]!r}" if odd else None
+    if kind not in "biuf":
+        what = what or f"dtype {raw.dtype}"
+        if kind == "c":
+            raise ValueError(f"{where}: energies are complex ({what}); they must be real")
+        raise ValueError(f"{where}: energies must be numeric, got {what}")
+    return np.array(raw, dtype=np.float64, order="C", copy=True)
 
 
 def _check_symmetric(g, edge, u, v, table, edge_scope):
@@ -94,8 +124,11 @@ class FactorGraph:
         self._labels = []         # tuple of label names, or None for 0..K-1
         self._label_index = []    # dict label -> state, or None
         self._latent = []         # bool per variable
-        self._scopes = []         # tuple of variable indices per factor
-        self._tables = []         # float64 C-contiguous array per factor, shape = scope cardinalities
+        self._blocks = []         # _Block per add_factor / add_factors call, in insertion order
+        self._block_start = [0]   # block b holds factors [_block_start[b], _block_start[b+1])
+        self._override = {}       # factor index -> table that replaced its block's (set_factor_energies)
+        self._int_names = 0       # variables 0..n-1 are named by the ints 0..n-1 (a fast path)
+        self._n_states_array = None
         self._structure_version = 0
         self._tables_version = 0
         self._compiled = None
@@ -146,13 +179,104 @@ class FactorGraph:
                     raise ValueError(f"variable {name!r}: label {lab!r} is not hashable") from None
                 label_index[lab] = k
             n_states = len(labels)
-        self._index[name] = len(self._names)
+        v = len(self._names)
+        self._index[name] = v
         self._names.append(name)
         self._n_states.append(n_states)
         self._labels.append(labels)
         self._label_index.append(label_index)
         self._latent.append(bool(latent))
+        if self._int_names == v and _is_int(name) and name == v:
+            self._int_names += 1
         self._structure_changed()
+
+    def add_variables(self, names, n_states, latent=False):
+        """Add many variables at once (no Python call per variable).
+
+        Parameters
+        ----------
+        names : int or iterable of hashable
+            The new variables' names, distinct and not yet in the graph; an int
+            ``n`` names them ``0 .. n-1``.
+        n_states : int or array_like of int, shape (n,)
+            The cardinality of every variable, or of each (labels are ``0 .. K-1``;
+            :meth:`add_variable` takes label names).
+        latent : bool or array_like of bool, shape (n,)
+            Latent flag of every variable, or of each.
+
+        Examples
+        --------
+        >>> import factorebm as fe
+        >>> g = fe.FactorGraph()
+        >>> g.add_variables(4, 3)                     # variables 0, 1, 2, 3 with 3 states each
+        >>> g.add_variables(["z0", "z1"], [2, 5], latent=True)
+        >>> g.variables
+        [0, 1, 2, 3, 'z0', 'z1']
+        """
+        if _is_int(names):
+            if names < 0:
+                raise ValueError(f"add_variables: the number of variables must be >= 0, got {names}")
+            names = list(range(int(names)))
+        elif isinstance(names, (str, bytes)) or not hasattr(names, "__iter__"):
+            raise ValueError(f"add_variables: names must be an iterable of variable names or an int n "
+                             f"(names 0..n-1), got {names!r}")
+        else:
+            names = names.tolist() if isinstance(names, np.ndarray) else list(names)
+        n = len(names)
+        states = self._per_variable(names, n_states, "n_states", "iu", lambda x: x >= 1,
+                                    "the number of states must be >= 1")
+        lat = self._per_variable(names, latent, "latent", "b", None, None)
+        try:
+            distinct = set(names)
+        except TypeError:
+            for x in names:
+                try:
+                    hash(x)
+                except TypeError:
+                    raise ValueError(f"variable name {x!r} is not hashable") from None
+            raise
+        if len(distinct) != n or not self._index.keys().isdisjoint(distinct):
+            seen = set(self._index)
+            for x in names:
+                if x in seen:
+                    raise ValueError(f"duplicate variable name {x!r}")
+                seen.add(x)
+        v0 = len(self._names)
+        self._index.update(zip(names, range(v0, v0 + n)))
+        self._names.extend(names)
+        self._n_states.extend(states)
+        self._labels.extend([None] * n)
+        self._label_index.extend([None] * n)
+        self._latent.extend(lat)
+        if self._int_names == v0:
+            arr = np.asarray(names) if n else np.zeros(0, dtype=np.int64)
+            if arr.dtype.kind in "iu" and arr.ndim == 1:
+                ok = arr == np.arange(v0, v0 + n)
+                self._int_names += n if ok.all() else int(np.argmin(ok))
+        self._structure_changed()
+
+    @staticmethod
+    def _per_variable(names, value, what, kinds, valid, rule):
+        """One value for every variable, or one each: a list of n Python scalars (validated)."""
+        n = len(names)
+        scalar = isinstance(value, (bool, np.bool_)) if kinds == "b" else _is_int(value)
+        if scalar:
+            if valid is not None and not valid(value):
+                raise ValueError(f"add_variables: {rule}, got {what}={value!r}")
+            return [value.item() if isinstance(value, np.generic) else value] * n
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError):
+            arr = np.zeros(0, dtype=object)
+        if arr.shape != (n,) or arr.dtype.kind not in kinds:
+            kind = "a bool" if kinds == "b" else "an int"
+            raise ValueError(f"add_variables: {what} must be {kind} or an array of {n} "
+                             f"{'bools' if kinds == 'b' else 'ints'} (one per variable), got {value!r}")
+        if valid is not None:
+            bad = np.flatnonzero(~valid(arr))
+            if bad.size:
+                raise ValueError(f"variable {names[bad[0]]!r}: {rule}, got {arr[bad[0]]}")
+        return arr.tolist()
 
     def add_factor(self, scope, energies):
         """Add a factor over ``scope`` with an energy table; returns its index.
@@ -171,52 +295,192 @@ class FactorGraph:
         int
             The factor's index (factors are numbered in insertion order).
         """
+        f = self.n_factors
         if isinstance(scope, (str, bytes)) or not hasattr(scope, "__iter__"):
             scope = [scope]
         scope = list(scope)
         if len(scope) == 0:
-            raise ValueError(f"factor {len(self._scopes)}: the scope is empty")
+            raise ValueError(f"factor {f}: the scope is empty")
         idx = []
         for name in scope:
-            if name not in self._index:
-                raise KeyError(f"factor {len(self._scopes)} over {tuple(scope)!r}: unknown variable {name!r}")
-            idx.append(self._index[name])
+            try:
+                idx.append(self._index[name])
+            except (KeyError, TypeError):
+                raise KeyError(f"factor {f} over {tuple(scope)!r}: unknown variable {name!r}") from None
         if len(set(idx)) != len(idx):
-            raise ValueError(f"factor {len(self._scopes)} over {tuple(scope)!r}: a variable appears twice")
-        table = self._check_table(len(self._scopes), tuple(idx), energies)
-        self._scopes.append(tuple(idx))
-        self._tables.append(table)
+            raise ValueError(f"factor {f} over {tuple(scope)!r}: a variable appears twice")
+        table = self._check_table(f, tuple(idx), energies)
+        self._append_block(np.asarray([idx], dtype=np.int64), table, True)
+        return f
+
+    def add_factors(self, scopes, energies):
+        """Add many factors of one shape at once (no Python call per factor).
+
+        Parameters
+        ----------
+        scopes : array_like, shape (F, arity)
+            Row i is the scope of the i-th new factor (variable names, distinct
+            within a row). Every row's variables must have the same cardinalities
+            (K_1, ..., K_arity). An integer numpy array is the fast path where the
+            graph's first variables are named ``0 .. n-1`` (``add_variables(n, K)``).
+        energies : array_like of float, shape (F, K_1, ..., K_arity) or (K_1, ..., K_arity)
+            One table per factor, or one table shared by all F factors (stored
+            once, and read once per sweep by belief propagation). ``+inf`` forbids
+            a combination; NaN and ``-inf`` are rejected.
+
+        Returns
+        -------
+        range
+            The new factors' indices.
+
+        Examples
+        --------
+        A 4-neighbour Potts grid of n x n variables with K states:
+
+        >>> import numpy as np, factorebm as fe
+        >>> n, K = 3, 2
+        >>> g = fe.FactorGraph()
+        >>> g.add_variables(n * n, K)
+        >>> ids = np.arange(n * n).reshape(n, n)
+        >>> edges = np.concatenate([np.stack([ids[:-1].ravel(), ids[1:].ravel()], 1),
+        ...                         np.stack([ids[:, :-1].ravel(), ids[:, 1:].ravel()], 1)])
+        >>> g.add_factors(edges, 1.0 - np.eye(K))         # one table for all 12 factors
+        range(0, 12)
+        >>> g.add_factors(ids.reshape(-1, 1), np.zeros((n * n, K)))   # unary: one table each
+        range(12, 21)
+        """
+        f0 = self.n_factors
+        idx = self._scope_indices(scopes, f0)
+        F, a = idx.shape
+        for i in range(a):
+            for j in range(i + 1, a):
+                dup = np.flatnonzero(idx[:, i] == idx[:, j])
+                if dup.size:
+                    raise ValueError(f"factor {f0 + dup[0]} over {self._scope_names(idx[dup[0]])!r}: "
+                                     f"a variable appears twice")
+        if F == 0:
+            return range(f0, f0)
+        cards = self._n_states_arr()[idx]
+        odd = np.flatnonzero((cards != cards[0]).any(axis=1))
+        if odd.size:
+            i = odd[0]
+            raise ValueError(f"factor {f0 + i} over {self._scope_names(idx[i])!r}: cardinalities "
+                             f"{tuple(cards[i].tolist())} differ from those of factor {f0} "
+                             f"{tuple(cards[0].tolist())}; one add_factors call takes factors of one "
+                             f"table shape")
+        shape = tuple(cards[0].tolist())
+        table = _table_values(f"factors {f0}..{f0 + F - 1}", energies)
+        if table.shape == shape:
+            shared = True
+        elif table.shape == (F,) + shape:
+            shared = False
+        else:
+            raise ValueError(f"add_factors: energies have shape {table.shape}, expected {shape} (one "
+                             f"table shared by the {F} factors) or {(F,) + shape} (one table per factor; "
+                             f"the cardinalities of the scopes' variables)")
+        if table.size and not table.min() > -np.inf:
+            bad = np.isnan(table) | (table == -np.inf)
+            i = 0 if shared else int(np.flatnonzero(bad.reshape(F, -1).any(axis=1))[0])
+            what = "NaN" if np.isnan(table if shared else table[i]).any() else \
+                "-inf (only +inf, meaning forbidden, is allowed)"
+            who = f"the table shared by factors {f0}..{f0 + F - 1}" if shared else \
+                f"factor {f0 + i} over {self._scope_names(idx[i])!r}"
+            raise ValueError(f"{who}: energies contain {what}")
+        table.setflags(write=False)
+        self._append_block(idx, table, shared)
+        return range(f0, f0 + F)
+
+    def _scope_indices(self, scopes, f0):
+        """(F, arity) array of names -> (F, arity) int64 variable indices (validated)."""
+        arr = scopes if isinstance(scopes, np.ndarray) else None
+        if arr is None:
+            try:
+                arr = np.array(scopes, dtype=object)
+            except (TypeError, ValueError):
+                arr = None
+            if arr is None or arr.ndim != 2:
+                # names that numpy splits (tuples) or ragged rows: read row by row
+                if isinstance(scopes, (str, bytes)) or not hasattr(scopes, "__iter__"):
+                    raise ValueError(f"add_factors: scopes must be an (F, arity) array of variable "
+                                     f"names, got {scopes!r}")
+                rows = list(scopes)
+                if any(isinstance(r, (str, bytes)) or not hasattr(r, "__iter__") for r in rows):
+                    raise ValueError(f"add_factors: scopes must be 2-D (F, arity), one row of names "
+                                     f"per factor (unary factors: [[name], ...])")
+                rows = [list(r) for r in rows]
+                if len({len(r) for r in rows}) > 1:
+                    raise ValueError(f"add_factors: scopes must be an (F, arity) array; rows have "
+                                     f"lengths {sorted({len(r) for r in rows})}")
+                arr = np.empty((len(rows), len(rows[0]) if rows else 0), dtype=object)
+                for i, r in enumerate(rows):
+                    for j, x in enumerate(r):
+                        arr[i, j] = x
+        if arr.ndim != 2:
+            raise ValueError(f"add_factors: scopes must be 2-D (F, arity), got shape {arr.shape} "
+                             f"(unary factors: shape (F, 1))")
+        F, a = arr.shape
+        if a == 0 and F:
+            raise ValueError(f"factor {f0}: the scope is empty")
+        n_int = self._int_names
+        if arr.dtype.kind in "iu" and n_int and F:
+            idx = np.array(arr, dtype=np.int64)
+            if idx.min() >= 0 and idx.max() < n_int:
+                idx.setflags(write=False)
+                return idx
+        flat = arr.ravel().tolist()
+        index = self._index
+        try:
+            idx = np.fromiter(map(index.__getitem__, flat), dtype=np.int64, count=len(flat))
+        except (KeyError, TypeError):
+            for pos, name in enumerate(flat):
+                try:
+                    index[name]
+                except (KeyError, TypeError):
+                    row = tuple(flat[pos - pos % a:pos - pos % a + a])
+                    raise KeyError(f"factor {f0 + pos // a} over {row!r}: unknown variable "
+                                   f"{name!r}") from None
+            raise
+        idx = idx.reshape(F, a)
+        idx.setflags(write=False)
+        return idx
+
+    def _append_block(self, scope, table, shared):
+        self._blocks.append(_Block(scope, table, shared))
+        self._block_start.append(self._block_start[-1] + len(scope))
         self._structure_changed()
-        return len(self._scopes) - 1
+
+    def _n_states_arr(self):
+        """int64 (V,): the cardinalities as an array (cached until a variable is added)."""
+        arr = self._n_states_array
+        if arr is None or len(arr) != len(self._n_states):
+            arr = np.asarray(self._n_states, dtype=np.int64)
+            self._n_states_array = arr
+        return arr
+
+    def _scope_names(self, idx):
+        return tuple(self._names[v] for v in np.asarray(idx).tolist())
 
     def set_factor_energies(self, factor, energies):
         """Replace the energy table of factor ``factor`` in place (same shape).
 
         Cheap for learners: the compiled structure is kept and only the cached
-        tables are refreshed on the next inference call.
+        tables are refreshed on the next inference call. A factor that shared its
+        table with others (:meth:`add_factors`) gets its own; the others keep theirs.
         """
         f = self._factor_index(factor)
-        self._tables[f] = self._check_table(f, self._scopes[f], energies)
+        b, i = self._locate(f)
+        block = self._blocks[b]
+        table = self._check_table(f, tuple(block.scope[i].tolist()), energies)
+        if len(block.scope) == 1:
+            self._blocks[b] = _Block(block.scope, table, True)
+        else:
+            self._override[f] = table
         self._tables_version += 1
 
     def _check_table(self, f, scope_idx, energies):
         shape = tuple(self._n_states[v] for v in scope_idx)
         names = tuple(self._names[v] for v in scope_idx)
-        try:
-            raw = np.asarray(energies)
-        except (TypeError, ValueError):
-            raise ValueError(f"factor {f} over {names!r}: energies are not an array of numbers") from None
-        kind, what = raw.dtype.kind, None
-        if kind == "O":              # a list mixing numbers and other objects (None, strings, ...)
-            odd = [x for x in raw.flat if not _is_real(x)]
-            kind = "f" if not odd else "c" if isinstance(odd[0], Complex) else "O"
-            what = f"an entry {odd[0]!r}" if odd else None
-        if kind not in "biuf":
-            what = what or f"dtype {raw.dtype}"
-            if kind == "c":
-                raise ValueError(f"factor {f} over {names!r}: energies are complex ({what}); they must be real")
-            raise ValueError(f"factor {f} over {names!r}: energies must be numeric, got {what}")
-        table = np.array(raw, dtype=np.float64, order="C", copy=True)
+        table = _table_values(f"factor {f} over {names!r}", energies)
         if table.shape != shape:
             raise ValueError(f"factor {f} over {names!r}: energies have shape {table.shape}, "
                              f"expected {shape} (the cardinalities of the scope)")
@@ -229,9 +493,30 @@ class FactorGraph:
         return table
 
     def _factor_index(self, factor):
-        if not _is_int(factor) or not 0 <= int(factor) < len(self._scopes):
-            raise ValueError(f"factor {factor!r} does not exist (the graph has {len(self._scopes)} factors)")
+        n = self.n_factors
+        if not _is_int(factor) or not 0 <= int(factor) < n:
+            raise ValueError(f"factor {factor!r} does not exist (the graph has {n} factors)")
         return int(factor)
+
+    def _locate(self, f):
+        """(block, row) of factor index f."""
+        b = bisect_right(self._block_start, f) - 1
+        return b, f - self._block_start[b]
+
+    def _factor_scope_idx(self, factor):
+        """The scope of factor ``factor`` as a tuple of variable indices."""
+        b, i = self._locate(self._factor_index(factor))
+        return tuple(self._blocks[b].scope[i].tolist())
+
+    def _factor_list(self):
+        """[(scope as a tuple of variable indices, table)] for every factor, in insertion order."""
+        out = []
+        for block in self._blocks:
+            scopes = list(map(tuple, block.scope.tolist()))
+            out.extend(zip(scopes, [block.table] * len(scopes) if block.shared else block.table))
+        for f, t in self._override.items():
+            out[f] = (out[f][0], t)
+        return out
 
     def _structure_changed(self):
         self._structure_version += 1
@@ -256,7 +541,8 @@ class FactorGraph:
     @property
     def factors(self):
         """list of (scope, energies): scope a tuple of names, energies a read-only float64 array."""
-        return [(tuple(self._names[v] for v in s), t) for s, t in zip(self._scopes, self._tables)]
+        names = self._names
+        return [(tuple(names[v] for v in s), t) for s, t in self._factor_list()]
 
     @property
     def n_variables(self):
@@ -264,13 +550,16 @@ class FactorGraph:
 
     @property
     def n_factors(self):
-        return len(self._scopes)
+        return self._block_start[-1]
 
     def __len__(self):
         return len(self._names)
 
     def __contains__(self, name):
-        return name in self._index
+        try:
+            return name in self._index
+        except TypeError:
+            return False
 
     def cardinality(self, name):
         """int: number of states of variable ``name``."""
@@ -286,11 +575,17 @@ class FactorGraph:
 
     def factor_scope(self, factor):
         """tuple of names: the scope of factor ``factor``."""
-        return tuple(self._names[v] for v in self._scopes[self._factor_index(factor)])
+        b, i = self._locate(self._factor_index(factor))
+        return self._scope_names(self._blocks[b].scope[i])
 
     def factor_energies(self, factor):
         """ndarray: the (read-only) energy table of factor ``factor``."""
-        return self._tables[self._factor_index(factor)]
+        f = self._factor_index(factor)
+        if f in self._override:
+            return self._override[f]
+        b, i = self._locate(f)
+        block = self._blocks[b]
+        return block.table if block.shared else block.table[i]
 
     def copy(self):
         """An independent copy (tables are immutable, so they are shared)."""
@@ -301,15 +596,17 @@ class FactorGraph:
         g._labels = list(self._labels)
         g._label_index = list(self._label_index)
         g._latent = list(self._latent)
-        g._scopes = list(self._scopes)
-        g._tables = list(self._tables)
+        g._blocks = list(self._blocks)
+        g._block_start = list(self._block_start)
+        g._override = dict(self._override)
+        g._int_names = self._int_names
         return g
 
     def __repr__(self):
         n_lat = sum(self._latent)
-        arity = max((len(s) for s in self._scopes), default=0)
+        arity = max((b.scope.shape[1] for b in self._blocks), default=0)
         return (f"FactorGraph({len(self._names)} variables ({n_lat} latent), "
-                f"{len(self._scopes)} factors, max arity {arity})")
+                f"{self.n_factors} factors, max arity {arity})")
 
     # ------------------------------------------------------------------ assignments
     def _var(self, name):
@@ -391,7 +688,15 @@ class FactorGraph:
             ``sum_f T_f[assignment]``; ``+inf`` if a forbidden combination is used.
         """
         states = self._states_array(assignment)
-        return float(sum(t[tuple(states[list(s)])] for s, t in zip(self._scopes, self._tables)))
+        parts = []
+        for block in self._blocks:
+            at = tuple(states[block.scope].T)
+            parts.append(block.table[at] if block.shared else block.table[(np.arange(len(block.scope)),) + at])
+        values = np.concatenate(parts) if parts else np.zeros(0)
+        for f, t in self._override.items():
+            values[f] = t[tuple(states[list(self._factor_scope_idx(f))])]
+        # summed in factor order, one by one, like the tables' own definition of E
+        return float(sum(values.tolist()))
 
     # ------------------------------------------------------------------ compilation
     def compile(self):
@@ -516,7 +821,7 @@ class FactorGraph:
         for v, name in enumerate(self._names):
             G.add_node(name, kind="variable", bipartite=0, n_states=self._n_states[v],
                        labels=self._labels[v], latent=self._latent[v])
-        for f, (scope, table) in enumerate(zip(self._scopes, self._tables)):
+        for f, (scope, table) in enumerate(self._factor_list()):
             key = ("factor", f)
             if key in self._index:
                 raise ValueError(f"variable name {key!r} collides with the key of factor {f}")

@@ -55,12 +55,21 @@ class MinSumResult:
         loopy graphs the belief-based estimate shifted to ``energy`` at its minimum.
     exact : bool
         The graph is a forest after clamping, so ``energy`` is the exact minimum.
+    lower_bound : float
+        A lower bound on the minimum energy (given the evidence): the exact minimum
+        on forests, TRW-S's dual bound with ``schedule="trws"``, ``-inf`` where no
+        bound is computed (flooding and residual BP on a loopy graph). Always
+        ``lower_bound <= min E <= energy``.
     converged : bool
     iterations : int
-        Message sweeps run (1 for the exact two-pass schedule).
+        Message sweeps run (1 for the exact two-pass schedule; forward + backward
+        passes for TRW-S; stored messages / edges, rounded up, for residual BP).
+    schedule : str
+        The loopy schedule asked for ("flooding", "residual" or "trws").
     """
 
-    def __init__(self, assignment, latent, energy, min_marginals, exact, converged, iterations):
+    def __init__(self, assignment, latent, energy, min_marginals, exact, converged, iterations,
+                 lower_bound=-np.inf, schedule="flooding"):
         self.assignment = assignment
         self.latent = latent
         self.energy = energy
@@ -68,10 +77,13 @@ class MinSumResult:
         self.exact = exact
         self.converged = converged
         self.iterations = iterations
+        self.lower_bound = lower_bound
+        self.schedule = schedule
 
     def __repr__(self):
-        return (f"MinSumResult(energy={self.energy!r}, exact={self.exact}, converged={self.converged}, "
-                f"iterations={self.iterations}, assignment={self.assignment!r}, latent={self.latent!r})")
+        return (f"MinSumResult(energy={self.energy!r}, lower_bound={self.lower_bound!r}, "
+                f"exact={self.exact}, converged={self.converged}, iterations={self.iterations}, "
+                f"assignment={self.assignment!r}, latent={self.latent!r})")
 
 
 class SumProductResult:
@@ -118,7 +130,12 @@ def _check_graph(g):
         raise ValueError(f"expected a FactorGraph, got {type(g).__name__}")
 
 
-def _check_options(max_iter, damping, tol, n_threads):
+MIN_SUM_SCHEDULES = ("flooding", "residual", "trws")
+SUM_PRODUCT_SCHEDULES = ("flooding", "residual")
+
+
+def _check_options(max_iter, damping, tol, n_threads, schedule="flooding",
+                   schedules=SUM_PRODUCT_SCHEDULES, who="sum_product"):
     """Validate the BP options; return the thread count to run with (None = all cores)."""
     if not _is_int(max_iter) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
@@ -126,7 +143,23 @@ def _check_options(max_iter, damping, tol, n_threads):
         raise ValueError(f"damping must be in [0, 1), got {damping!r}")
     if not isinstance(tol, Real) or not tol >= 0.0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
+    if not isinstance(schedule, str) or schedule not in schedules:
+        hint = " (TRW-S is a min-sum algorithm: use min_sum)" if schedule == "trws" else ""
+        raise ValueError(f"{who}: unknown schedule {schedule!r}; expected one of "
+                         f"{', '.join(map(repr, schedules))}{hint}")
+    if schedule == "trws" and damping != 0.0:
+        raise ValueError(f"damping={damping!r} with schedule 'trws': TRW-S converges without "
+                         f"damping; leave damping at 0")
     return threads_for(n_threads)
+
+
+def _check_pairwise(g, cg):
+    """TRW-S needs every factor to be unary or pairwise: ValueError naming the first that is not."""
+    if cg.max_arity > 2:
+        f = int(cg.fac_index[np.flatnonzero(np.diff(cg.fac_edge_offset) > 2)[0]])
+        raise ValueError(f"schedule 'trws' needs a pairwise graph, but factor {f} over "
+                         f"{g.factor_scope(f)!r} has arity {len(g.factor_scope(f))}; use "
+                         f"schedule 'flooding' or 'residual'")
 
 
 def _prepare(g, evidence):
@@ -154,19 +187,19 @@ def _infeasible(g, cg, clamped, vmin, fmin):
         raise ValueError(f"no assignment has finite energy{ev}: every state of {where} is forbidden (+inf)")
 
 
-def _no_finite_assignment(exact, clamped):
-    """min-sum decoded an assignment of infinite energy: an error if exact, else a warning."""
+def _no_finite_assignment(exact, clamped, who="min_sum", result="the result has energy inf"):
+    """BP decoded an assignment of infinite energy: an error if exact, else a warning."""
     ev = " given the evidence" if clamped else ""
     if exact:
         raise ValueError(f"no finite-energy assignment was found{ev}: the graph (a forest after clamping) "
                          f"has no assignment of finite energy")
-    warnings.warn(f"min_sum: belief propagation found no finite-energy assignment{ev} (the graph may be "
-                  f"infeasible; on a loopy graph BP cannot tell); the result has energy inf",
+    warnings.warn(f"{who}: belief propagation found no finite-energy assignment{ev} (the graph may be "
+                  f"infeasible; on a loopy graph BP cannot tell); {result}",
                   RuntimeWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------------- min-sum
-def min_sum(g, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
+def min_sum(g, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1, schedule="flooding"):
     """Minimum-energy assignment by min-sum belief propagation.
 
     Parameters
@@ -176,27 +209,41 @@ def min_sum(g, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
         Visible variable name -> label (name or index): those variables are
         clamped. Latent variables are never observed and may not appear.
     max_iter : int
-        Largest number of flooding sweeps on a loopy graph.
+        Largest number of sweeps on a loopy graph (flooding sweeps, TRW-S forward +
+        backward passes, or residual BP's budget of ``max_iter`` x (number of
+        factor-variable edges) single message updates).
     damping : float in [0, 1)
-        Weight of the old message in each (loopy) factor-to-variable update.
+        Weight of the old message in each (loopy) factor-to-variable update
+        (flooding and residual; TRW-S takes none).
     tol : float
-        Stop when the largest message change is at most ``tol``.
+        Stop when the largest message change is at most ``tol`` (TRW-S also stops
+        when its energy is within ``tol`` (relative) of its lower bound).
     n_threads : int or None
         OpenMP threads for the flooding updates (None: all cores; larger requests are
-        clamped to the cores, see :mod:`factorebm.checks`).
+        clamped to the cores, see :mod:`factorebm.checks`). Residual BP and TRW-S
+        are sequential.
+    schedule : {"flooding", "residual", "trws"}
+        How a loopy graph is swept (a forest always gets the exact two-pass sweep):
+        "flooding" updates every message from the previous sweep's; "residual"
+        (Elidan et al. 2006) always updates the message that would change most;
+        "trws" (Kolmogorov 2006, pairwise graphs only) is sequential tree-reweighted
+        message passing: it keeps the best assignment decoded over its passes (so its
+        energy never increases from one pass to the next) and computes a lower bound.
 
     Returns
     -------
     MinSumResult
         The joint argmin over visible and latent variables (``min_z`` for latent
         ones), decoded consistently; exact when ``exact`` is True, and ``energy``
-        is always the true energy of the returned assignment.
+        is always the true energy of the returned assignment; ``lower_bound`` <=
+        min E <= ``energy``.
 
     Raises
     ------
     ValueError
-        Bad input, evidence on a latent variable (latent variables are never
-        observed), or, on a forest, no assignment of finite energy.
+        Bad input (an unknown schedule, "trws" on a graph with a factor of arity
+        > 2), evidence on a latent variable (latent variables are never observed),
+        or, on a forest, no assignment of finite energy.
 
     Warns
     -----
@@ -207,24 +254,36 @@ def min_sum(g, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
         loopy BP can neither prove that nor rule out a feasible assignment it missed.
     """
     _check_graph(g)
-    n_threads = _check_options(max_iter, damping, tol, n_threads)
+    n_threads = _check_options(max_iter, damping, tol, n_threads, schedule, MIN_SUM_SCHEDULES, "min_sum")
     cg, clamped, unary, plan = _prepare(g, evidence)
-    v2f, f2v, it, delta, exact = cg.run_bp(unary, plan, np.inf, True, max_iter, damping, tol, n_threads)
+    if schedule == "trws":
+        _check_pairwise(g, cg)
+    states = np.zeros(cg.n_vars, dtype=np.int64)
+    bound = -np.inf
+    if schedule == "trws" and not plan.is_forest:
+        v2f, f2v, it, delta, states, bound, _, _ = cg.run_trws(unary, max_iter, tol)
+        exact, decoded = False, True
+    else:
+        # a forest gets the exact sweep whatever the schedule
+        v2f, f2v, it, delta, exact = cg.run_bp(unary, plan, np.inf, True, max_iter, damping, tol,
+                                               n_threads, "flooding" if schedule == "trws" else schedule)
+        decoded = False
     var_b, fac_b = cg.beliefs(unary, v2f, f2v)
     vmin = _segment_min(var_b, cg.var_state_offset)
     _infeasible(g, cg, clamped, vmin, _segment_min(fac_b, cg.fac_table_offset))
-    states = np.zeros(cg.n_vars, dtype=np.int64)
     for v, k in clamped.items():
         states[v] = k
-    if cg.n_facs:
+    if not decoded and cg.n_facs:
         cg.decode(unary, plan, v2f, f2v, states)
-    else:
+    elif not decoded:
         for v in plan.order:
             lo, hi = cg.var_state_offset[v], cg.var_state_offset[v + 1]
             states[v] = int(np.argmin(var_b[lo:hi]))
     energy = cg.energies_of(states)
     if not np.isfinite(energy):
         _no_finite_assignment(exact, clamped)
+    # a bound above the energy can only be rounding: min E <= energy
+    lower_bound = energy if exact else min(float(bound), energy)
     names = g._names
     st = states.tolist()
     if cg.latent.any():
@@ -235,7 +294,8 @@ def min_sum(g, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
         assignment, latent = dict(zip(names, st)), {}
     min_marginals = dict(zip(names, cg.variable_views(var_b - np.repeat(vmin, cg.var_n_states) + energy)))
     return MinSumResult(assignment, latent, energy, min_marginals, exact,
-                        bool(exact or delta <= tol), int(it))
+                        bool(exact or delta <= tol or energy - lower_bound <= tol * max(1.0, abs(energy))),
+                        int(it), lower_bound, schedule)
 
 
 # ---------------------------------------------------------------------- sum-product
@@ -256,7 +316,8 @@ def _gibbs_terms(b, offsets, energy, beta, n_threads=1):
     return p[:len(b)], mean[:n], ent[:n]
 
 
-def sum_product(g, beta=1.0, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
+def sum_product(g, beta=1.0, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1,
+                schedule="flooding"):
     """Marginals, factor beliefs and free energy of the Gibbs distribution at 1/beta.
 
     Parameters
@@ -270,6 +331,8 @@ def sum_product(g, beta=1.0, evidence=None, max_iter=200, damping=0.0, tol=1e-9,
         out; they may not appear in the evidence).
     max_iter, damping, tol, n_threads
         As in :func:`min_sum`.
+    schedule : {"flooding", "residual"}
+        As in :func:`min_sum` (TRW-S is a min-sum algorithm).
 
     Returns
     -------
@@ -281,19 +344,22 @@ def sum_product(g, beta=1.0, evidence=None, max_iter=200, damping=0.0, tol=1e-9,
         Bad input, evidence on a latent variable, or beliefs showing that no
         assignment has finite energy (always detected on forests).
 
-    Notes
+    Warns
     -----
-    On a loopy graph the Bethe estimate cannot detect every infeasible graph: a
-    triangle of "not equal" factors over binary variables has no finite-energy
-    assignment (Z = 0, F = +inf), yet BP converges to finite beliefs and a finite
-    free energy. Run :func:`min_sum` (which warns when it finds no finite-energy
-    assignment) or check a small graph with :mod:`factorebm.exhaustive`.
+    RuntimeWarning
+        On a loopy graph with forbidden (+inf) energies, when neither the
+        beliefs nor a min-sum run find an assignment of finite energy, as
+        :func:`min_sum` warns: the graph may be infeasible (Z = 0), and loopy BP's
+        marginals and Bethe free energy then mean nothing. A triangle of "not
+        equal" factors over binary variables is such a graph: BP converges to
+        uniform beliefs and a finite free energy, as if nothing were wrong.
     """
     _check_graph(g)
     beta = check_beta(beta)
-    n_threads = _check_options(max_iter, damping, tol, n_threads)
+    n_threads = _check_options(max_iter, damping, tol, n_threads, schedule)
     cg, clamped, unary, plan = _prepare(g, evidence)
-    v2f, f2v, it, delta, exact = cg.run_bp(unary, plan, beta, False, max_iter, damping, tol, n_threads)
+    v2f, f2v, it, delta, exact = cg.run_bp(unary, plan, beta, False, max_iter, damping, tol,
+                                           n_threads, schedule)
     var_b, _ = cg.beliefs(unary, v2f, f2v, factors=False)
     q, t_mean, h_fac, fmin = cg.factor_gibbs(v2f, beta, n_threads)
     _infeasible(g, cg, clamped, _segment_min(var_b, cg.var_state_offset), fmin)
@@ -303,17 +369,38 @@ def sum_product(g, beta=1.0, evidence=None, max_iter=200, damping=0.0, tol=1e-9,
               + t_mean.sum() - h_fac.sum() / beta)
     marginals = dict(zip(g._names, cg.variable_views(p)))
     fac_beliefs = cg.factor_belief_list(p, q)
+    if not exact and cg.has_inf and not _finds_finite(cg, unary, plan, v2f, f2v, clamped, max_iter,
+                                                      damping, tol, n_threads):
+        _no_finite_assignment(False, clamped, "sum_product",
+                              "the marginals and the free energy are meaningless if it is")
     return SumProductResult(marginals, fac_beliefs, F, beta, exact, bool(exact or delta <= tol), int(it))
 
 
-def free_energy(g, beta=1.0, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
+def _finds_finite(cg, unary, plan, v2f, f2v, clamped, max_iter, damping, tol, n_threads):
+    """Whether a finite-energy assignment turns up: decoded from these (sum-product) messages,
+    else by a min-sum run. Only asked on loopy graphs with +inf energies, where Z may be 0
+    although BP's beliefs look fine. Overwrites v2f and f2v."""
+    for attempt in range(2):
+        if attempt:
+            v2f, f2v, _, _, _ = cg.run_bp(unary, plan, np.inf, True, max_iter, damping, tol, n_threads)
+        states = np.zeros(cg.n_vars, dtype=np.int64)
+        for v, k in clamped.items():
+            states[v] = k
+        cg.decode(unary, plan, v2f, f2v, states)
+        if np.isfinite(cg.energies_of(states)):
+            return True
+    return False
+
+
+def free_energy(g, beta=1.0, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1,
+                schedule="flooding"):
     """Free energy ``-(1/beta) log Z`` (given the evidence): ``sum_product(...).free_energy``.
 
     With the visible variables Y clamped as evidence this is the tutorial's F(Y),
     latent variables summed out. Exact on forests, Bethe estimate on loopy graphs
-    (which may be finite on an infeasible loopy graph: see :func:`sum_product`).
+    (which may be finite on an infeasible loopy graph: :func:`sum_product` warns).
     """
-    return sum_product(g, beta, evidence, max_iter, damping, tol, n_threads).free_energy
+    return sum_product(g, beta, evidence, max_iter, damping, tol, n_threads, schedule).free_energy
 
 
 # ---------------------------------------------------------------------- most offending

@@ -34,6 +34,14 @@
 # tol; v2f is then set from the final f2v. Loops over blocks and variables run
 # under OpenMP prange (n_threads). Factors with identical tables share one
 # stored table (and one exp table), so a Potts grid reads a single K x K table.
+# Two more schedules share the same message functions: residual BP (run_residual)
+# and, for min-sum on pairwise graphs, TRW-S with its lower bound (run_trws); see
+# their sections below.
+#
+# Potts tables T(a, b) = d + c [a != b] (flagged per factor by the caller) take
+# O(K) messages in both semirings: min(x_k, min_l x_l + c) for min-sum, and
+# w sum_l q_l + (1 - w) q_k with w = exp(-beta c) on the scaled probabilities of
+# sum-product (bp_potts in _bp_simd.h, where the flat C loops live).
 #
 # Layout (see factorebm/compiled.py): variables v own the global states
 # [var_state_offset[v], var_state_offset[v+1]); non-unary factors f own the edges
@@ -49,8 +57,14 @@ from _typedefs cimport float64_t, intp_t
 
 cdef double _TINY = 1e-290
 # message slots per block of factors in a flooding sweep (the per-thread unit of
-# work; its four buffers, 32 KiB, stay in the core's cache)
-cdef intp_t _BLOCK = 1024
+# work: its seven buffers, 28 KiB, stay in a core's L1 cache)
+cdef intp_t _BLOCK = 512
+
+
+def _set_block(intp_t n):
+    """Test hook: the message slots per block of a flooding sweep."""
+    global _BLOCK
+    _BLOCK = n
 
 # Batched exp and log for the flooding sum-product sweeps. Every message state
 # needs one exp (q = exp(-beta v2f)) and one log (the output energy); libm's
@@ -59,217 +73,22 @@ cdef intp_t _BLOCK = 1024
 # baseline ISA and dispatched at load time. Accuracy is within a few ulp
 # (tested against libm in tests/test_bp_loopy.py); +inf inputs give exactly 0
 # (exp) and sums below _TINY are flagged with NaN for the exact fallback.
-cdef extern from *:
-    """
-    #include <stdint.h>
-    #include <string.h>
-    #include <math.h>
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 12
-    /* x86-64-v3 is AVX2 with FMA: the polynomials run 1.7x faster than with AVX2 alone
-       (ISA levels as target_clones names need GCC 12, PR101696) */
-    #define BP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-    #elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-    #define BP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-    #else
-    #define BP_CLONES
-    #endif
-    static inline double bp_asdouble(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
-    static inline uint64_t bp_asuint(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
-
-    /* out[i] = exp(-beta * x[i]) for x[i] >= 0 (or +inf); 0 when it is below ~1e-307. */
-    BP_CLONES
-    static void bp_exp_neg(const double* x, double* out, Py_ssize_t n, double beta) {
-        const double shift = 6755399441055744.0;            /* 0x1.8p52 */
-        const double log2e = 1.4426950408889634;
-        /* Cody-Waite split of ln 2 (fdlibm): ln2hi has 21 trailing zero bits, so
-           kd * ln2hi is exact for |kd| < 2^21 with or without FMA contraction. */
-        const double ln2hi = 6.93147180369123816490e-01, ln2lo = 1.90821492927058770002e-10;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            double y = -beta * x[i];
-            double yc = y < -708.0 ? -708.0 : y;             /* also maps -inf (and NaN-free) */
-            double kd = yc * log2e + shift;
-            uint64_t ki = bp_asuint(kd);
-            kd -= shift;
-            double r = (yc - kd * ln2hi) - kd * ln2lo;       /* |r| <= ln2 / 2 */
-            double p = 1.0 / 479001600.0;
-            p = p * r + 1.0 / 39916800.0;
-            p = p * r + 1.0 / 3628800.0;
-            p = p * r + 1.0 / 362880.0;
-            p = p * r + 1.0 / 40320.0;
-            p = p * r + 1.0 / 5040.0;
-            p = p * r + 1.0 / 720.0;
-            p = p * r + 1.0 / 120.0;
-            p = p * r + 1.0 / 24.0;
-            p = p * r + 1.0 / 6.0;
-            p = p * r + 0.5;
-            p = p * r + 1.0;
-            p = p * r + 1.0;
-            double scale = bp_asdouble((ki + 1023u) << 52);
-            out[i] = y <= -708.0 ? 0.0 : p * scale;
-        }
-    }
-
-    /* log(c) for 128 centres c of [1, 2): log(x) = e ln2 + log(c_j) + log1p(r) with
-       r = m / c_j - 1 small (|r| < 2^-8), so a degree-7 series replaces the division and the
-       long polynomial of a full-range log. logc[j] is -log(invc[j]) rather than log(c_j),
-       which makes the identity exact whatever rounding invc[j] took. Filled at import. */
-    static double bp_log_invc[128], bp_log_logc[128];
-    static void bp_log_table_init(void) {
-        for (int j = 0; j < 128; j++) {
-            double c = 1.0 + (j + 0.5) / 128.0;
-            bp_log_invc[j] = 1.0 / c;
-            bp_log_logc[j] = -log(bp_log_invc[j]);
-        }
-    }
-
-    /* out[i] = -log(x[i]) / beta for x[i] >= tiny (finite); NaN (a flag) otherwise. x and out
-       must not overlap (restrict: with two table lookups per element, GCC vectorizes only
-       then). */
-    BP_CLONES
-    static void bp_neg_log(const double* restrict x, double* restrict out, Py_ssize_t n,
-                           double beta, double tiny) {
-        const double ln2hi = 6.93147180369123816490e-01, ln2lo = 1.90821492927058770002e-10;
-        const double scale = -1.0 / beta;   /* a multiply, not a divide, per element */
-        for (Py_ssize_t i = 0; i < n; i++) {
-            double xi = x[i];
-            double xs = xi >= tiny ? xi : 1.0;
-            uint64_t u = bp_asuint(xs);
-            double e = bp_asdouble((u >> 52) | 0x4330000000000000ULL) - 4503599627371519.0; /* 2^52 + 1023 */
-            uint64_t mb = u & 0x000FFFFFFFFFFFFFULL;
-            uint64_t j = mb >> 45;                 /* 64-bit index: GCC gathers only then */
-            double m = bp_asdouble(mb | 0x3FF0000000000000ULL);            /* [1, 2) */
-            double r = m * bp_log_invc[j] - 1.0;
-            double r2 = r * r;
-            double p = r2 * (-0.5 + r * (1.0 / 3.0) + r2 * (-0.25 + r * 0.2
-                       + r2 * (-1.0 / 6.0 + r * (1.0 / 7.0))));
-            double lg = (e * ln2hi + bp_log_logc[j]) + (r + (p + e * ln2lo));
-            out[i] = xi >= tiny ? lg * scale : NAN;
-        }
-    }
-
-    /* Flat loops of the pairwise block update (_flood_pairwise_block), over
-       buffers laid out [state][factor] (nf factors): kept here, next to exp and
-       log, so that they are cloned for the wider vector ISAs as well. */
-
-    /* Rows r0..r1-1 of x: subtract each column's minimum (left alone if +inf). lo: nf scratch. */
-    BP_CLONES
-    static void bp_shift_columns(double* restrict x, Py_ssize_t nf, Py_ssize_t r0, Py_ssize_t r1,
-                                 double* restrict lo) {
-        for (Py_ssize_t f = 0; f < nf; f++) lo[f] = x[r0 * nf + f];
-        for (Py_ssize_t r = r0 + 1; r < r1; r++) {
-            const double* row = x + r * nf;
-            for (Py_ssize_t f = 0; f < nf; f++) lo[f] = row[f] < lo[f] ? row[f] : lo[f];
-        }
-        for (Py_ssize_t f = 0; f < nf; f++) lo[f] = lo[f] != INFINITY ? lo[f] : 0.0;
-        for (Py_ssize_t r = r0; r < r1; r++) {
-            double* row = x + r * nf;
-            for (Py_ssize_t f = 0; f < nf; f++) row[f] -= lo[f];
-        }
-    }
-
-    /* Both directions of nf pairwise factors sharing the K0 x K1 table T: the
-       semiring's sum over the other variable, min-plus on energies (min_sum) or
-       multiply-add on scaled probabilities. ya (K0 rows), yb (K1 rows). */
-    BP_CLONES
-    static void bp_pair_shared(const double* restrict xa, const double* restrict xb,
-                               double* restrict ya, double* restrict yb, const double* T,
-                               Py_ssize_t nf, Py_ssize_t K0, Py_ssize_t K1, int min_sum) {
-        if (min_sum) {
-            for (Py_ssize_t j = 0; j < K1; j++) {
-                double* y = yb + j * nf;
-                for (Py_ssize_t f = 0; f < nf; f++) y[f] = INFINITY;
-                for (Py_ssize_t i = 0; i < K0; i++) {
-                    const double w = T[i * K1 + j];
-                    const double* x = xa + i * nf;
-                    for (Py_ssize_t f = 0; f < nf; f++) { double v = x[f] + w; y[f] = v < y[f] ? v : y[f]; }
-                }
-            }
-            for (Py_ssize_t i = 0; i < K0; i++) {
-                double* y = ya + i * nf;
-                for (Py_ssize_t f = 0; f < nf; f++) y[f] = INFINITY;
-                for (Py_ssize_t j = 0; j < K1; j++) {
-                    const double w = T[i * K1 + j];
-                    const double* x = xb + j * nf;
-                    for (Py_ssize_t f = 0; f < nf; f++) { double v = x[f] + w; y[f] = v < y[f] ? v : y[f]; }
-                }
-            }
-        } else {
-            for (Py_ssize_t j = 0; j < K1; j++) {
-                double* y = yb + j * nf;
-                for (Py_ssize_t f = 0; f < nf; f++) y[f] = 0.0;
-                for (Py_ssize_t i = 0; i < K0; i++) {
-                    const double w = T[i * K1 + j];
-                    const double* x = xa + i * nf;
-                    for (Py_ssize_t f = 0; f < nf; f++) y[f] += x[f] * w;
-                }
-            }
-            for (Py_ssize_t i = 0; i < K0; i++) {
-                double* y = ya + i * nf;
-                for (Py_ssize_t f = 0; f < nf; f++) y[f] = 0.0;
-                for (Py_ssize_t j = 0; j < K1; j++) {
-                    const double w = T[i * K1 + j];
-                    const double* x = xb + j * nf;
-                    for (Py_ssize_t f = 0; f < nf; f++) y[f] += x[f] * w;
-                }
-            }
-        }
-    }
-
-    /* acc[i] = (1 - damping) * new + damping * old[i], new = acc[i] or, where acc
-       is NaN (the underflow flag), fb[i]; no damping term when damping == 0
-       (0 * inf would be NaN). fb is read at every i, set or not (the caller
-       zeroes it once): read only where acc is NaN, the compiler makes it a masked
-       load, which costs a microcode assist per vector on pages never written to
-       (a new thread's scratch): 2-thread BP ran at half the 1-thread speed. */
-    BP_CLONES
-    static void bp_damp(double* restrict acc, const double* restrict old, const double* restrict fb,
-                        Py_ssize_t n, double damping) {
-        const double keep = 1.0 - damping;
-        if (damping > 0.0) {
-            for (Py_ssize_t i = 0; i < n; i++) {
-                const double f = fb[i], a = acc[i];
-                const double y = a == a ? a : f;
-                acc[i] = keep * y + damping * old[i];
-            }
-        } else {
-            for (Py_ssize_t i = 0; i < n; i++) {
-                const double f = fb[i], a = acc[i];
-                acc[i] = a == a ? a : f;
-            }
-        }
-    }
-
-    /* max_i |x[i] - old[i]| (0 where equal, also both +inf). The values are >= 0
-       and never NaN, so the maximum is taken on their bit patterns as integers,
-       which order like the doubles and vectorize without fast-math. */
-    BP_CLONES
-    static double bp_max_change(const double* restrict x, const double* restrict old, Py_ssize_t n) {
-        uint64_t m = 0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            uint64_t u = bp_asuint(x[i] - old[i]) & 0x7FFFFFFFFFFFFFFFULL;   /* fabs */
-            u &= (uint64_t)0 - (uint64_t)(x[i] != old[i]);                  /* 0 if equal */
-            m = u > m ? u : m;
-        }
-        return bp_asdouble(m);
-    }
-
-    /* Whether some x[i] < tiny (a scaled sum that needs the exact fallback). */
-    BP_CLONES
-    static int bp_any_below(const double* restrict x, Py_ssize_t n, double tiny) {
-        int any = 0;
-        for (Py_ssize_t i = 0; i < n; i++) any |= x[i] < tiny;
-        return any;
-    }
-    """
+cdef extern from "_bp_simd.h":
     void bp_exp_neg(const double* x, double* out, Py_ssize_t n, double beta) noexcept nogil
     void bp_log_table_init() noexcept nogil
-    void bp_neg_log(const double* x, double* out, Py_ssize_t n, double beta, double tiny) noexcept nogil
+    int bp_neg_log(const double* x, double* out, Py_ssize_t n, double beta, double tiny) noexcept nogil
     void bp_shift_columns(double* x, Py_ssize_t nf, Py_ssize_t r0, Py_ssize_t r1, double* lo) noexcept nogil
     void bp_pair_shared(const double* xa, const double* xb, double* ya, double* yb, const double* T,
                         Py_ssize_t nf, Py_ssize_t K0, Py_ssize_t K1, int min_sum) noexcept nogil
     void bp_damp(double* acc, const double* old, const double* fb, Py_ssize_t n, double damping) noexcept nogil
     double bp_max_change(const double* x, const double* old, Py_ssize_t n) noexcept nogil
-    int bp_any_below(const double* x, Py_ssize_t n, double tiny) noexcept nogil
+    void bp_var_total(double* tot, const double* unary, const double* f2v, const intp_t* var_edges,
+                      const intp_t* edge_msg_offset, Py_ssize_t n_edges, Py_ssize_t K) noexcept nogil
+    void bp_load_pair(const double* fo, const double* tot, const intp_t* ev, const intp_t* vso,
+                      double* old, double* m, Py_ssize_t nf, Py_ssize_t K0, Py_ssize_t K1) noexcept nogil
+    void bp_store_pair(double* fo, const double* acc, Py_ssize_t nf, Py_ssize_t W) noexcept nogil
+    void bp_potts(const double* x, double* y, const double* cw, Py_ssize_t nf, Py_ssize_t K,
+                  int min_sum, double* agg) noexcept nogil
 
 
 bp_log_table_init()
@@ -296,6 +115,7 @@ cdef struct Graph:
     const float64_t* tables          # energy tables, each stored once (factors may share one)
     const float64_t* exp_tables      # same shape: exp(-beta (T - table_min)), sum-product only
     const float64_t* table_min       # (F,) finite minimum of factor f's table (0 if none)
+    const float64_t* potts           # (F,) c when f's table is d + c [a != b] (d = table_min), else -1
     const float64_t* unary           # (S,) folded unary energies + evidence mask
     float64_t* v2f                   # (M,) messages variable -> factor
     float64_t* f2v                   # (M,) messages factor -> variable
@@ -308,8 +128,9 @@ cdef Graph _make_graph(const intp_t[::1] var_state_offset, const intp_t[::1] var
                        const intp_t[::1] edge_var, const intp_t[::1] edge_stride,
                        const intp_t[::1] edge_msg_offset, const intp_t[::1] fac_table,
                        const float64_t[::1] tables, const float64_t[::1] exp_tables,
-                       const float64_t[::1] table_min, const float64_t[::1] unary,
-                       float64_t[::1] v2f, float64_t[::1] f2v, double beta, bint min_sum):
+                       const float64_t[::1] table_min, const float64_t[::1] potts,
+                       const float64_t[::1] unary, float64_t[::1] v2f, float64_t[::1] f2v,
+                       double beta, bint min_sum):
     # Every array is at least one element long (the caller pads empty ones).
     cdef Graph g
     g.n_vars = var_state_offset.shape[0] - 1
@@ -325,6 +146,7 @@ cdef Graph _make_graph(const intp_t[::1] var_state_offset, const intp_t[::1] var
     g.tables = &tables[0]
     g.exp_tables = &exp_tables[0]
     g.table_min = &table_min[0]
+    g.potts = &potts[0]
     g.unary = &unary[0]
     g.v2f = &v2f[0]
     g.f2v = &f2v[0]
@@ -423,6 +245,47 @@ cdef void _contract_energy(Graph* g, intp_t f, intp_t t, intp_t only, double* ou
                 out[k] -= log(acc[k]) / g.beta
 
 
+cdef inline void _pair_min_message(Graph* g, intp_t f, intp_t t, const double* x,
+                                   double* out) noexcept nogil:
+    """Min-sum message of pairwise factor f onto its t-th edge from x, the other edge's input
+    (energies): out[k] = min_l T_f(k at position t, l) + x[l]; O(K) when T_f is Potts."""
+    cdef intp_t e0 = g.fac_edge_offset[f]
+    cdef intp_t K0 = g.edge_msg_offset[e0 + 1] - g.edge_msg_offset[e0]
+    cdef intp_t K1 = g.edge_msg_offset[e0 + 2] - g.edge_msg_offset[e0 + 1]
+    cdef const double* T
+    cdef intp_t i, j
+    cdef double c, w, v, lo, agg
+    if g.potts[f] >= 0.0:
+        # bp_potts for one factor, inline (a call per message would cost more than the loop)
+        agg = x[0]
+        for i in range(1, K0):
+            agg = x[i] if x[i] < agg else agg
+        agg += g.potts[f]
+        c = g.table_min[f]
+        for i in range(K0):
+            out[i] = (x[i] if x[i] < agg else agg) + c
+        return
+    # min-plus, the inner loop over contiguous table rows
+    T = g.tables + g.fac_table[f]
+    if t == 1:
+        for j in range(K1):
+            out[j] = INFINITY
+        for i in range(K0):
+            w = x[i]
+            if w == INFINITY:
+                continue
+            for j in range(K1):
+                v = T[i * K1 + j] + w
+                out[j] = v if v < out[j] else out[j]
+    else:
+        for i in range(K0):
+            lo = INFINITY
+            for j in range(K1):
+                v = T[i * K1 + j] + x[j]
+                lo = v if v < lo else lo
+            out[i] = lo
+
+
 cdef inline void _fac_to_var(Graph* g, intp_t f, intp_t t, double* q, double* out,
                       intp_t* cnt, bint have_q, bint finish=True) noexcept nogil:
     """f2v from factor f to its t-th edge, written to out (not yet normalized).
@@ -441,33 +304,11 @@ cdef inline void _fac_to_var(Graph* g, intp_t f, intp_t t, double* q, double* ou
     cdef double* qi
     cdef double* qt
     cdef intp_t i, j, k, n, N, K0, K1, qoff, Ki
-    cdef double w, acc, lo, x, tmin
+    cdef double w, acc, lo, x, tmin, c
 
     if g.min_sum:
         if a == 2:
-            # pairwise fast path: min-plus, inner loop over contiguous table rows
-            T = g.tables + tab
-            K0 = g.var_state_offset[g.edge_var[e0] + 1] - g.var_state_offset[g.edge_var[e0]]
-            K1 = g.var_state_offset[g.edge_var[e0 + 1] + 1] - g.var_state_offset[g.edge_var[e0 + 1]]
-            if t == 1:
-                m = g.v2f + g.edge_msg_offset[e0]
-                for j in range(K1):
-                    out[j] = INFINITY
-                for i in range(K0):
-                    w = m[i]
-                    if w == INFINITY:
-                        continue
-                    for j in range(K1):
-                        x = T[i * K1 + j] + w
-                        out[j] = x if x < out[j] else out[j]
-            else:
-                m = g.v2f + g.edge_msg_offset[e0 + 1]
-                for i in range(K0):
-                    lo = INFINITY
-                    for j in range(K1):
-                        x = T[i * K1 + j] + m[j]
-                        lo = x if x < lo else lo
-                    out[i] = lo
+            _pair_min_message(g, f, t, g.v2f + g.edge_msg_offset[e0 + 1 - t], out)
         else:
             _contract_energy(g, f, t, -1, out, cnt)
         return
@@ -484,7 +325,11 @@ cdef inline void _fac_to_var(Graph* g, intp_t f, intp_t t, double* q, double* ou
     T = g.exp_tables + tab
     for k in range(Kt):
         out[k] = 0.0
-    if a == 2:
+    if a == 2 and g.potts[f] >= 0.0:
+        # Potts: O(K); w = exp(-beta c) is the exp table's entry (0, 1)
+        w = T[1]
+        bp_potts(q + (Kt if t == 0 else 0), out, &w, 1, Kt, False, &lo)
+    elif a == 2:
         K0 = g.var_state_offset[g.edge_var[e0] + 1] - g.var_state_offset[g.edge_var[e0]]
         K1 = g.var_state_offset[g.edge_var[e0 + 1] + 1] - g.var_state_offset[g.edge_var[e0 + 1]]
         if t == 1:
@@ -627,12 +472,8 @@ cdef inline void _var_total(Graph* g, intp_t v, double* tot, double* n_inf,
     cdef double* c = n_inf + s0
     cdef double x
     if not track_inf:
-        for k in range(K):
-            t[k] = g.unary[s0 + k]
-        for i in range(g.var_edge_offset[v], g.var_edge_offset[v + 1]):
-            inc = g.f2v + g.edge_msg_offset[g.var_edges[i]]
-            for k in range(K):
-                t[k] += inc[k]
+        bp_var_total(t, g.unary + s0, g.f2v, g.var_edges + g.var_edge_offset[v],
+                     g.edge_msg_offset, g.var_edge_offset[v + 1] - g.var_edge_offset[v], K)
         return
     for k in range(K):
         x = g.unary[s0 + k]
@@ -824,7 +665,7 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
         const intp_t[::1] edge_var, const intp_t[::1] edge_stride,
         const intp_t[::1] edge_msg_offset, const intp_t[::1] fac_table,
         const float64_t[::1] tables, const float64_t[::1] exp_tables,
-        const float64_t[::1] table_min, const float64_t[::1] unary,
+        const float64_t[::1] table_min, const float64_t[::1] potts, const float64_t[::1] unary,
         const intp_t[::1] schedule, float64_t[::1] v2f, float64_t[::1] f2v,
         double beta, bint min_sum, intp_t max_iter, double damping, double tol,
         int n_threads, intp_t q_size, intp_t max_card, bint track_inf,
@@ -847,6 +688,9 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
         passes the energies again).
     table_min : float64 (F,)
         The finite minimum of factor f's table (0 if none).
+    potts : float64 (F,)
+        c where factor f's table is Potts, table_min + c [a != b] (square,
+        0 <= c <= inf), else -1: its messages then cost O(K), not O(K^2).
     q_size : int
         The largest sum of cardinalities over a factor's scope (scratch for q).
     max_card : int
@@ -865,7 +709,7 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
     """
     cdef Graph g = _make_graph(var_state_offset, var_edge_offset, var_edges, fac_edge_offset,
                                edge_var, edge_stride, edge_msg_offset, fac_table, tables,
-                               exp_tables, table_min, unary, v2f, f2v, beta, min_sum)
+                               exp_tables, table_min, potts, unary, v2f, f2v, beta, min_sum)
     cdef intp_t n_steps = schedule.shape[0]
     cdef intp_t it = 0, s, e, f, v, i, t, a, K, e0, b
     cdef double delta = INFINITY, dmax
@@ -910,22 +754,25 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
     cdef double* tot = &work[0]
     cdef double* n_inf = &work[S] if work.shape[0] > S else &work[0]
     # A block is a run of pairwise factors with equal scope cardinalities (kind
-    # 1, or 2 when they also share one table) or of other factors (kind 0).
+    # 1, 2 when they also share one table, 3 when every table is Potts) or of
+    # other factors (kind 0).
     cdef intp_t* block_start = <intp_t*> malloc((2 * n_facs + 1) * sizeof(intp_t))
     cdef intp_t* block_kind = block_start + n_facs + 1
-    cdef intp_t n_blocks = 0, slots = 0, max_slots = 0, k0, k1, c0 = -1, c1 = -1
+    cdef intp_t n_blocks = 0, slots = 0, max_slots = 0, k0, k1, kp, c0 = -1, c1 = -1, cp = 0
     if block_start == NULL:
         raise MemoryError()
     block_start[0] = 0
     for f in range(n_facs):
         e0 = fac_edge_offset[f]
         k0 = k1 = -1
+        kp = 0
         if fac_edge_offset[f + 1] - e0 == 2:
             k0 = edge_msg_offset[e0 + 1] - edge_msg_offset[e0]
             k1 = edge_msg_offset[e0 + 2] - edge_msg_offset[e0 + 1]
-        if f > block_start[n_blocks] and (k0 != c0 or k1 != c1):
+            kp = potts[f] >= 0.0
+        if f > block_start[n_blocks] and (k0 != c0 or k1 != c1 or kp != cp):
             # another kind of factor: close the block before f
-            block_kind[n_blocks] = 1 if c0 >= 0 else 0
+            block_kind[n_blocks] = (3 if cp else 1) if c0 >= 0 else 0
             n_blocks += 1
             block_start[n_blocks] = f
             max_slots = slots if slots > max_slots else max_slots
@@ -933,9 +780,10 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
         if f == block_start[n_blocks]:
             c0 = k0
             c1 = k1
+            cp = kp
         slots += edge_msg_offset[fac_edge_offset[f + 1]] - edge_msg_offset[e0]
         if slots >= _BLOCK or f == n_facs - 1:
-            block_kind[n_blocks] = 1 if c0 >= 0 else 0
+            block_kind[n_blocks] = (3 if cp else 1) if c0 >= 0 else 0
             n_blocks += 1
             block_start[n_blocks] = f + 1
             max_slots = slots if slots > max_slots else max_slots
@@ -949,7 +797,7 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
                     break
     # Per-thread scratch, allocated here where a failure can raise, each thread's on its own
     # cache lines; zeroed: bp_damp reads the fallback slots (fb) whether set or not.
-    cdef intp_t buf_len = (6 * max_slots + 3 * max_card + 8) // 8 * 8
+    cdef intp_t buf_len = (7 * max_slots + 3 * max_card + 8) // 8 * 8
     cdef intp_t cnt_len = (2 * max_arity + 8) // 8 * 8
     cdef double* bufs = <double*> calloc(n_threads * buf_len, sizeof(double))
     cdef intp_t* cnts = <intp_t*> calloc(n_threads * cnt_len, sizeof(intp_t))
@@ -974,13 +822,13 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
                             block_delta[b] = _flood_block(
                                 &g, block_start[b], block_start[b + 1], tot, n_inf, track_inf,
                                 buf, buf + max_slots, buf + 2 * max_slots, buf + 3 * max_slots,
-                                buf + 5 * max_slots, cnt, damping)
+                                buf + 6 * max_slots, cnt, damping)
                         else:
                             block_delta[b] = _flood_pairwise_block(
                                 &g, block_start[b], block_start[b + 1], block_kind[b] == 2,
-                                tot, n_inf, track_inf, buf, buf + max_slots, buf + 2 * max_slots,
-                                buf + 3 * max_slots, buf + 4 * max_slots, buf + 5 * max_slots,
-                                cnt, damping)
+                                block_kind[b] == 3, tot, n_inf, track_inf, buf, buf + max_slots,
+                                buf + 2 * max_slots, buf + 3 * max_slots, buf + 4 * max_slots,
+                                buf + 5 * max_slots, buf + 6 * max_slots, cnt, damping)
                 for v in prange(n_vars, num_threads=n_threads, schedule="static"):
                     _var_total(&g, v, tot, n_inf, track_inf)
                 dmax = 0.0
@@ -1002,17 +850,20 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
     return it, delta
 
 
-cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint shared,
+cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint shared, bint potts,
                                   const double* tot, const double* n_inf, bint track_inf,
                                   double* m, double* q, double* acc, double* fb, double* old,
-                                  double* scratch, intp_t* cnt, double damping) noexcept nogil:
+                                  double* pw, double* scratch, intp_t* cnt,
+                                  double damping) noexcept nogil:
     """_flood_block for a run of pairwise factors whose scopes have the same cardinalities.
 
     The same steps, with the block's messages transposed into buffers indexed
     [state][factor] (first edges' states, then second edges'), so that every
     step except the load and the store is a flat loop over the block's factors
     that the compiler vectorizes. shared: every factor of the block uses the
-    same table (the contraction then broadcasts its entries).
+    same table (the contraction then broadcasts its entries). potts: every
+    table is Potts (K0 == K1), and the contraction is O(K) per factor. pw:
+    2 nf doubles of scratch for it.
     """
     cdef intp_t nf = f_hi - f_lo
     cdef intp_t e_lo = g.fac_edge_offset[f_lo]
@@ -1037,39 +888,34 @@ cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint share
     cdef double x, y, c, w, delta
     cdef bint min_sum = g.min_sum
 
-    # load: old f2v and v2f = total - f2v, transposed
-    for f in range(nf):
+    # load: old f2v and v2f = total - f2v, transposed; with +inf terms counted apart, a
+    # state whose other terms hold a +inf gets v2f +inf
+    if not track_inf:
+        bp_load_pair(g.f2v + base, tot, g.edge_var + e_lo, g.var_state_offset, old, m, nf, K0, K1)
+    for f in range(nf if track_inf else 0):
         o = base + f * W
         s0 = g.var_state_offset[g.edge_var[e_lo + 2 * f]]
         s1 = g.var_state_offset[g.edge_var[e_lo + 2 * f + 1]]
         fo = g.f2v + o
         tv0 = tot + s0
         tv1 = tot + s1
-        if track_inf:
-            cv0 = n_inf + s0
-            cv1 = n_inf + s1
-            for k in range(W):
-                x = fo[k]
-                old[k * nf + f] = x
-                c = cv0[k] if k < K0 else cv1[k - K0]
-                if x == INFINITY:
-                    c -= 1.0
-                    x = 0.0
-                y = tv0[k] if k < K0 else tv1[k - K0]
-                m[k * nf + f] = y - x if c == 0.0 else INFINITY
-        else:
-            for k in range(K0):
-                x = fo[k]
-                old[k * nf + f] = x
-                m[k * nf + f] = tv0[k] - x
-            for k in range(K1):
-                x = fo[K0 + k]
-                old[(K0 + k) * nf + f] = x
-                m[(K0 + k) * nf + f] = tv1[k] - x
+        cv0 = n_inf + s0
+        cv1 = n_inf + s1
+        for k in range(W):
+            x = fo[k]
+            old[k * nf + f] = x
+            c = cv0[k] if k < K0 else cv1[k - K0]
+            if x == INFINITY:
+                c -= 1.0
+                x = 0.0
+            y = tv0[k] if k < K0 else tv1[k - K0]
+            m[k * nf + f] = y - x if c == 0.0 else INFINITY
 
-    # normalize each v2f to minimum 0 (an all +inf message is left alone)
-    bp_shift_columns(m, nf, 0, K0, lo)
-    bp_shift_columns(m, nf, K0, W, lo)
+    # normalize each v2f to minimum 0 (an all +inf message is left alone) for the exp of
+    # sum-product; min-plus commutes with the shift, and its result is normalized below
+    if not min_sum:
+        bp_shift_columns(m, nf, 0, K0, lo)
+        bp_shift_columns(m, nf, K0, W, lo)
 
     # contraction: acc rows 0..K0-1 are the messages to the first variables
     if min_sum:
@@ -1081,7 +927,13 @@ cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint share
         xb = q + K0 * nf
     ya = acc
     yb = acc + K0 * nf
-    if shared:
+    if potts:
+        # O(K) per factor: c (min-sum) or exp(-beta c), the exp table's entry (0, 1)
+        for f in range(nf):
+            pw[f] = g.potts[f_lo + f] if min_sum else g.exp_tables[g.fac_table[f_lo + f] + 1]
+        bp_potts(xa, yb, pw, nf, K0, min_sum, pw + nf)
+        bp_potts(xb, ya, pw, nf, K0, min_sum, pw + nf)
+    elif shared:
         T = (g.tables if min_sum else g.exp_tables) + g.fac_table[f_lo]
         bp_pair_shared(xa, xb, ya, yb, T, nf, K0, K1, min_sum)
     else:
@@ -1102,9 +954,10 @@ cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint share
                         ya[i * nf + f] += xb[j * nf + f] * w
 
     if not min_sum:
-        # a scaled sum below _TINY lost its precision: the exact soft-min (see
-        # _flood_block); the reference path reads v2f from the graph's slots
-        for idx in range(n if bp_any_below(acc, n, _TINY) else 0):
+        # into q, free after the contraction (bp_neg_log's input and output are distinct);
+        # a scaled sum below _TINY lost its precision (flagged NaN): the exact soft-min into
+        # fb (see _flood_block); the reference path reads v2f from the graph's slots
+        for idx in range(n if bp_neg_log(acc, q, n, g.beta, _TINY) else 0):
             if acc[idx] < _TINY:
                 r = idx // nf
                 f = idx - r * nf
@@ -1114,9 +967,6 @@ cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint share
                 t = 0 if r < K0 else 1
                 _contract_energy(g, f_lo + f, t, r - t * K0, scratch + nf, cnt)
                 fb[idx] = scratch[nf + r - t * K0] - g.table_min[f_lo + f]
-                acc[idx] = -1.0
-        # into q, free after the contraction (bp_neg_log's input and output are distinct)
-        bp_neg_log(acc, q, n, g.beta, _TINY)
         acc = q
 
     # damp against the old f2v, normalize, measure the change
@@ -1126,10 +976,7 @@ cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint share
     delta = bp_max_change(acc, old, n)
 
     # store, transposed back
-    for f in range(nf):
-        f2v = g.f2v + base + f * W
-        for k in range(W):
-            f2v[k] = acc[k * nf + f]
+    bp_store_pair(g.f2v + base, acc, nf, W)
     return delta
 
 
@@ -1150,14 +997,15 @@ def beliefs(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offse
             const intp_t[::1] var_edges, const intp_t[::1] fac_edge_offset,
             const intp_t[::1] edge_var, const intp_t[::1] edge_stride,
             const intp_t[::1] edge_msg_offset, const intp_t[::1] fac_table_offset,
-            const float64_t[::1] tables, const float64_t[::1] unary,
-            const float64_t[::1] v2f, const float64_t[::1] f2v,
+            const intp_t[::1] fac_table, const float64_t[::1] tables,
+            const float64_t[::1] unary, const float64_t[::1] v2f, const float64_t[::1] f2v,
             float64_t[::1] var_out, float64_t[::1] fac_out, bint factors=True):
     """Unnormalized beliefs in energy space (lower is more probable).
 
     var_out (S,): U_v(k) + sum of the incoming f2v at every global state.
-    fac_out (table size,): T_f(x) + sum_e v2f_e(x_e) at every table entry
-    (left untouched when ``factors`` is False).
+    fac_out (table size,): T_f(x) + sum_e v2f_e(x_e) at every table entry, laid
+    out by fac_table_offset (left untouched when ``factors`` is False); T_f is
+    read from the shared tables at fac_table[f].
     """
     cdef intp_t n_vars = var_state_offset.shape[0] - 1
     cdef intp_t n_facs = fac_edge_offset.shape[0] - 1
@@ -1184,12 +1032,13 @@ def beliefs(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offse
                 st = var_state_offset[edge_var[e0 + 1] + 1] - var_state_offset[edge_var[e0 + 1]]
                 for k in range(K):
                     for n in range(st):
-                        idx = fac_table_offset[f] + k * st + n
-                        fac_out[idx] = (tables[idx] + v2f[edge_msg_offset[e0] + k]
-                                        + v2f[edge_msg_offset[e0 + 1] + n])
+                        idx = k * st + n
+                        fac_out[fac_table_offset[f] + idx] = (
+                            tables[fac_table[f] + idx] + v2f[edge_msg_offset[e0] + k]
+                            + v2f[edge_msg_offset[e0 + 1] + n])
                 continue
             for n in range(N):
-                fac_out[fac_table_offset[f] + n] = tables[fac_table_offset[f] + n]
+                fac_out[fac_table_offset[f] + n] = tables[fac_table[f] + n]
             # add each edge's message along its stride: entry n has state (n // stride) % K
             for i in range(a):
                 e = e0 + i
@@ -1205,7 +1054,7 @@ def decode(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset
            const intp_t[::1] edge_var, const intp_t[::1] edge_stride,
            const intp_t[::1] edge_msg_offset, const intp_t[::1] fac_table,
            const float64_t[::1] tables, const float64_t[::1] table_min,
-           const float64_t[::1] unary, const intp_t[::1] order,
+           const float64_t[::1] potts, const float64_t[::1] unary, const intp_t[::1] order,
            float64_t[::1] v2f, float64_t[::1] f2v, intp_t max_card,
            intp_t[::1] states_out):
     """Consistent MAP decoding: fix the variables one by one, in ``order``.
@@ -1220,7 +1069,7 @@ def decode(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset
     """
     cdef Graph g = _make_graph(var_state_offset, var_edge_offset, var_edges, fac_edge_offset,
                                edge_var, edge_stride, edge_msg_offset, fac_table, tables,
-                               tables, table_min, unary, v2f, f2v, 1.0, True)
+                               tables, table_min, potts, unary, v2f, f2v, 1.0, True)
     cdef intp_t n = order.shape[0]
     cdef intp_t s, v, i, e, f, k, K, s0, best, max_arity = 0
     cdef double lo, x
@@ -1377,3 +1226,400 @@ def factor_gibbs(const intp_t[::1] var_state_offset, const intp_t[::1] fac_edge_
             p_out[o + n] = p_out[o + n] / s
         mean_out[f] = spe / s
         ent_out[f] = log(s) - spz / s
+
+
+# ---------------------------------------------------------------------- residual schedule
+# Residual belief propagation (Elidan, McGraw and Koller 2006): every f2v message
+# has a candidate, computed from the current v2f (damped against the stored
+# message and normalized, as a flooding update would be), and a residual, the
+# largest change storing it would make. A max-heap of residuals picks the
+# message to store next; storing f2v on edge (f, v) changes v's v2f on its other
+# edges, so only the candidates of the factors there are recomputed. The same
+# contraction serves both semirings (_fac_to_var). It stops when the largest
+# residual is at most tol or after max_iter * E stored messages (E edges).
+
+cdef inline void _heap_up(intp_t* heap, intp_t* pos, const double* key, intp_t i) noexcept nogil:
+    cdef intp_t e = heap[i], p
+    cdef double k = key[e]
+    while i > 0:
+        p = (i - 1) >> 1
+        if key[heap[p]] >= k:
+            break
+        heap[i] = heap[p]
+        pos[heap[i]] = i
+        i = p
+    heap[i] = e
+    pos[e] = i
+
+
+cdef inline void _heap_down(intp_t* heap, intp_t* pos, const double* key, intp_t n,
+                            intp_t i) noexcept nogil:
+    cdef intp_t e = heap[i], c
+    cdef double k = key[e]
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and key[heap[c + 1]] > key[heap[c]]:
+            c += 1
+        if key[heap[c]] <= k:
+            break
+        heap[i] = heap[c]
+        pos[heap[i]] = i
+        i = c
+    heap[i] = e
+    pos[e] = i
+
+
+cdef inline void _heap_set(intp_t* heap, intp_t* pos, double* key, intp_t n, intp_t e,
+                           double value) noexcept nogil:
+    cdef double old = key[e]
+    key[e] = value
+    if value > old:
+        _heap_up(heap, pos, key, pos[e])
+    elif value < old:
+        _heap_down(heap, pos, key, n, pos[e])
+
+
+cdef double _candidate(Graph* g, intp_t f, intp_t t, double* q, double* out, intp_t* cnt,
+                       double* cand, double damping) noexcept nogil:
+    """Factor f's new f2v on its t-th edge from the current v2f, damped against the stored
+    f2v and normalized, into cand (the edge's slots); returns the change it would make."""
+    cdef intp_t e = g.fac_edge_offset[f] + t
+    cdef intp_t o = g.edge_msg_offset[e]
+    cdef intp_t K = g.edge_msg_offset[e + 1] - o
+    cdef const double* old = g.f2v + o
+    cdef double* c = cand + o
+    cdef double keep = 1.0 - damping, x, lo = INFINITY, d, delta = 0.0
+    cdef intp_t k
+    _fac_to_var(g, f, t, q, out, cnt, False)
+    for k in range(K):
+        x = out[k]
+        if damping > 0.0:
+            x = keep * x + damping * old[k]
+        c[k] = x
+        lo = x if x < lo else lo
+    if lo == INFINITY:
+        lo = 0.0                       # impossible message: all +inf, stored as is
+    for k in range(K):
+        x = c[k] - lo
+        c[k] = x
+        d = 0.0 if x == old[k] else fabs(x - old[k])
+        delta = d if d > delta else delta
+    return delta
+
+
+def run_residual(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
+                 const intp_t[::1] var_edges, const intp_t[::1] fac_edge_offset,
+                 const intp_t[::1] edge_var, const intp_t[::1] edge_fac,
+                 const intp_t[::1] edge_stride, const intp_t[::1] edge_msg_offset,
+                 const intp_t[::1] fac_table, const float64_t[::1] tables,
+                 const float64_t[::1] exp_tables, const float64_t[::1] table_min,
+                 const float64_t[::1] potts, const float64_t[::1] unary,
+                 float64_t[::1] v2f, float64_t[::1] f2v, float64_t[::1] cand,
+                 float64_t[::1] resid, intp_t[::1] heap, intp_t[::1] pos,
+                 double beta, bint min_sum, intp_t max_iter, double damping, double tol,
+                 intp_t q_size, float64_t[::1] work, intp_t[::1] iwork):
+    """Residual belief propagation in place on v2f and f2v (both consistent on return).
+
+    The arrays are those of :func:`run`; edge_fac (E,) is each edge's factor.
+    cand (M,): scratch for the candidate messages; resid (E,), heap (E,), pos (E,):
+    the priority queue; work: q_size + 3 max_card + 1 doubles (q_size as in :func:`run`);
+    iwork: 2 max_arity + 1.
+
+    Returns
+    -------
+    (iterations, delta) : (int, float)
+        iterations: stored messages / E, rounded up; delta: the largest residual
+        left (the run converged when it is <= tol).
+    """
+    cdef Graph g = _make_graph(var_state_offset, var_edge_offset, var_edges, fac_edge_offset,
+                               edge_var, edge_stride, edge_msg_offset, fac_table, tables,
+                               exp_tables, table_min, potts, unary, v2f, f2v, beta, min_sum)
+    cdef intp_t n_facs = g.n_facs
+    cdef intp_t E = fac_edge_offset[n_facs] if n_facs else 0
+    cdef intp_t f, t, e, e1, e2, i, k, v, f1, o, K, updates = 0, limit
+    cdef double* q = &work[0]
+    cdef double* out = q + q_size
+    cdef intp_t* cnt = &iwork[0]
+    cdef intp_t* hp = &heap[0]
+    cdef intp_t* ps = &pos[0]
+    cdef double* key = &resid[0]
+    cdef double* cd = &cand[0]
+    if E == 0:
+        return 0, 0.0
+    limit = max_iter * E
+    with nogil:
+        for e in range(E):
+            _var_to_fac(&g, e)
+        for f in range(n_facs):
+            for t in range(fac_edge_offset[f + 1] - fac_edge_offset[f]):
+                key[fac_edge_offset[f] + t] = _candidate(&g, f, t, q, out, cnt, cd, damping)
+        for e in range(E):
+            hp[e] = e
+            ps[e] = e
+        for i in range(E // 2 - 1, -1, -1):
+            _heap_down(hp, ps, key, E, i)
+        while updates < limit and key[hp[0]] > tol:
+            e = hp[0]
+            o = edge_msg_offset[e]
+            for k in range(edge_msg_offset[e + 1] - o):
+                g.f2v[o + k] = cd[o + k]
+            _heap_set(hp, ps, key, E, e, 0.0)
+            updates += 1
+            # v's other v2f changed: refresh them and their factors' other candidates
+            v = edge_var[e]
+            for i in range(var_edge_offset[v], var_edge_offset[v + 1]):
+                e1 = var_edges[i]
+                if e1 == e:
+                    continue
+                _var_to_fac(&g, e1)
+                f1 = edge_fac[e1]
+                for e2 in range(fac_edge_offset[f1], fac_edge_offset[f1 + 1]):
+                    if e2 != e1:
+                        _heap_set(hp, ps, key, E, e2,
+                                  _candidate(&g, f1, e2 - fac_edge_offset[f1], q, out, cnt, cd,
+                                             damping))
+    return max(1, (updates + E - 1) // E), key[hp[0]]
+
+
+# ---------------------------------------------------------------------- TRW-S
+# Sequential tree-reweighted message passing (Kolmogorov 2006) for min-sum on
+# pairwise graphs. Variables are visited in index order (forward) and back;
+# the monotonic chains of that order cover every factor once, and variable s
+# lies on n_s = max(#lower neighbours, #higher neighbours) of them. With
+# theta_s = U_s + sum of s's incoming messages, s sends to each later
+# (forward pass) or earlier (backward pass) neighbour t through factor f
+#
+#     M_{s->t}(j) = min_k [ theta_s(k) / n_s - M_{t->s}(k) + T_f(k, j) ]   (- its minimum)
+#
+# (M_{t->s} is the f2v slot of s's edge of f, M_{s->t} that of t's). A state
+# with theta_s = +inf is forbidden for good (every message into it proved it),
+# so its term is +inf rather than inf - inf. Lower bound: the energy splits
+# into one term per chain (theta_s / n_s of each variable on it, and
+# T_f - M_{s->t} - M_{t->s} of each factor), and at the end of a pass each
+# chain's minimum is the sum of the minima subtracted from the messages along
+# it plus theta_end / n_end at its last variable, so
+#
+#     bound = sum of the minima subtracted in the pass
+#             + sum_s (n_s - #later neighbours of s in the pass) / n_s * min theta_s
+#
+# which never exceeds min E. Decoding (during each forward pass): s takes the
+# argmin of U_s + sum_{t < s} T_f(x_t, .) + sum_{t > s} M_{t->s}; the best
+# assignment over the passes is kept.
+
+cdef double _trws_theta(Graph* g, intp_t v, double* theta) noexcept nogil:
+    """theta (K_v,) = U_v + every incoming f2v; returns its minimum."""
+    cdef intp_t s0 = g.var_state_offset[v]
+    cdef intp_t K = g.var_state_offset[v + 1] - s0
+    cdef intp_t i, k
+    cdef const double* inc
+    cdef double lo = INFINITY
+    for k in range(K):
+        theta[k] = g.unary[s0 + k]
+    for i in range(g.var_edge_offset[v], g.var_edge_offset[v + 1]):
+        inc = g.f2v + g.edge_msg_offset[g.var_edges[i]]
+        for k in range(K):
+            theta[k] += inc[k]
+    for k in range(K):
+        lo = theta[k] if theta[k] < lo else lo
+    return lo
+
+
+cdef double _trws_send(Graph* g, intp_t e, intp_t f, const double* theta, double gamma,
+                       double* pre, double* out, double* change) noexcept nogil:
+    """TRW-S message from edge e's variable through pairwise factor f into the f2v of f's
+    other edge, normalized; returns the minimum subtracted (+inf: every state forbidden)
+    and raises *change to the largest change of the stored message."""
+    cdef intp_t e0 = g.fac_edge_offset[f]
+    cdef intp_t t = e - e0
+    cdef intp_t eo = e0 + 1 - t
+    cdef intp_t Ks = g.edge_msg_offset[e + 1] - g.edge_msg_offset[e]
+    cdef intp_t Ko = g.edge_msg_offset[eo + 1] - g.edge_msg_offset[eo]
+    cdef const double* inc = g.f2v + g.edge_msg_offset[e]
+    cdef double* dst = g.f2v + g.edge_msg_offset[eo]
+    cdef const double* T
+    cdef intp_t i, j, k
+    cdef double x, lo, c, agg, d
+    for k in range(Ks):
+        pre[k] = INFINITY if theta[k] == INFINITY else gamma * theta[k] - inc[k]
+    _pair_min_message(g, f, 1 - t, pre, out)
+    lo = INFINITY
+    for k in range(Ko):
+        lo = out[k] if out[k] < lo else lo
+    for k in range(Ko):
+        x = out[k] - lo if lo != INFINITY else INFINITY
+        d = 0.0 if x == dst[k] else fabs(x - dst[k])
+        change[0] = d if d > change[0] else change[0]
+        dst[k] = x
+    return lo
+
+
+cdef double _trws_decode(Graph* g, const intp_t* edge_fac, intp_t s, intp_t* x,
+                         double* dec) noexcept nogil:
+    """x[s] = argmin_k U_s(k) + sum_{t < s} T_f(x_t, k) + sum_{t > s} M_{t->s}(k) (lowest k
+    on ties; the argmin of U_s when every k is +inf)."""
+    cdef intp_t s0 = g.var_state_offset[s]
+    cdef intp_t K = g.var_state_offset[s + 1] - s0
+    cdef intp_t i, e, f, e0, eo, o, k, K1, best = 0
+    cdef const double* T
+    cdef const double* inc
+    cdef double lo = INFINITY
+    for k in range(K):
+        dec[k] = g.unary[s0 + k]
+    for i in range(g.var_edge_offset[s], g.var_edge_offset[s + 1]):
+        e = g.var_edges[i]
+        f = edge_fac[e]
+        e0 = g.fac_edge_offset[f]
+        eo = e0 + 1 - (e - e0)
+        o = g.edge_var[eo]
+        if o > s:
+            inc = g.f2v + g.edge_msg_offset[e]
+            for k in range(K):
+                dec[k] += inc[k]
+        else:
+            T = g.tables + g.fac_table[f]
+            K1 = g.edge_msg_offset[e0 + 2] - g.edge_msg_offset[e0 + 1]
+            if e == e0:
+                for k in range(K):
+                    dec[k] += T[k * K1 + x[o]]
+            else:
+                for k in range(K):
+                    dec[k] += T[x[o] * K1 + k]
+    for k in range(K):
+        if dec[k] < lo:
+            lo = dec[k]
+            best = k
+    if lo == INFINITY:
+        for k in range(K):
+            if g.unary[s0 + k] < lo:
+                lo = g.unary[s0 + k]
+                best = k
+    x[s] = best
+    return lo
+
+
+cdef double _pairwise_energy(Graph* g, const intp_t* x) noexcept nogil:
+    """E(x) = sum_v U_v(x_v) + sum_f T_f(x_a, x_b) (pairwise graphs)."""
+    cdef double total = 0.0
+    cdef intp_t v, f, e0, K1
+    for v in range(g.n_vars):
+        total += g.unary[g.var_state_offset[v] + x[v]]
+    for f in range(g.n_facs):
+        e0 = g.fac_edge_offset[f]
+        K1 = g.edge_msg_offset[e0 + 2] - g.edge_msg_offset[e0 + 1]
+        total += g.tables[g.fac_table[f] + x[g.edge_var[e0]] * K1 + x[g.edge_var[e0 + 1]]]
+    return total
+
+
+def run_trws(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
+             const intp_t[::1] var_edges, const intp_t[::1] fac_edge_offset,
+             const intp_t[::1] edge_var, const intp_t[::1] edge_fac,
+             const intp_t[::1] edge_stride, const intp_t[::1] edge_msg_offset,
+             const intp_t[::1] fac_table, const float64_t[::1] tables,
+             const float64_t[::1] table_min, const float64_t[::1] potts,
+             const float64_t[::1] unary, float64_t[::1] v2f, float64_t[::1] f2v,
+             intp_t max_iter, double tol, intp_t max_card, intp_t[::1] states_out,
+             float64_t[::1] trace_energy, float64_t[::1] trace_bound,
+             float64_t[::1] work, intp_t[::1] iwork):
+    """TRW-S on a pairwise graph (every factor of arity 2), in place on f2v.
+
+    The arrays are those of :func:`run`; edge_fac (E,) is each edge's factor.
+    Runs forward + backward passes until the largest message change is <= tol,
+    the best energy is within tol (relative) of the bound, or max_iter passes.
+
+    Parameters
+    ----------
+    states_out : int64 (V,)
+        The lowest-energy assignment decoded over the passes.
+    trace_energy : float64 (max_iter + 1,)
+        Energy of the assignment decoded in each forward pass, and in a last
+        decoding after the final backward pass (entries past the run: +inf).
+    trace_bound : float64 (max_iter,)
+        The best lower bound after each pass (entries past the run: -inf).
+    work : float64 (3 V + 4 max_card + 4,), iwork : int64 (V,)
+        Scratch (max_card: the largest cardinality).
+
+    Returns
+    -------
+    (iterations, delta, energy, bound) : (int, float, float, float)
+        energy of states_out (with the unary energies given, e.g. the evidence
+        mask) and the best lower bound on min E; v2f is set from the final f2v.
+    """
+    cdef Graph g = _make_graph(var_state_offset, var_edge_offset, var_edges, fac_edge_offset,
+                               edge_var, edge_stride, edge_msg_offset, fac_table, tables,
+                               tables, table_min, potts, unary, v2f, f2v, 1.0, True)
+    cdef intp_t V = g.n_vars
+    cdef double* gamma = &work[0]
+    cdef double* w_fwd = gamma + V
+    cdef double* w_bwd = w_fwd + V
+    cdef double* theta = w_bwd + V
+    cdef double* pre = theta + max_card + 1
+    cdef double* out = pre + max_card + 1
+    cdef double* dec = out + max_card + 1
+    cdef intp_t* x = &iwork[0]
+    cdef intp_t* best_x = &states_out[0]
+    cdef const intp_t* ef = &edge_fac[0]
+    cdef intp_t s, i, j, e, f, e0, o, n_lo, n_hi, n, it = 0, step
+    cdef double lo, bsum, change = INFINITY, energy, best = INFINITY, bound = -INFINITY
+    with nogil:
+        for s in range(V):
+            n_lo = 0
+            n_hi = 0
+            for i in range(var_edge_offset[s], var_edge_offset[s + 1]):
+                e = var_edges[i]
+                e0 = fac_edge_offset[ef[e]]
+                o = edge_var[e0 + 1 - (e - e0)]
+                if o < s:
+                    n_lo += 1
+                else:
+                    n_hi += 1
+            n = n_lo if n_lo > n_hi else n_hi
+            n = n if n > 0 else 1
+            gamma[s] = 1.0 / n
+            w_fwd[s] = <double> (n - n_hi) / n        # chains ending at s, forward
+            w_bwd[s] = <double> (n - n_lo) / n        # and backward
+        while it < max_iter:
+            change = 0.0
+            for step in range(2):
+                bsum = 0.0
+                for i in range(V):
+                    s = i if step == 0 else V - 1 - i
+                    lo = _trws_theta(&g, s, theta)
+                    if step == 0:
+                        _trws_decode(&g, ef, s, x, dec)
+                    if (w_fwd[s] if step == 0 else w_bwd[s]) > 0.0:
+                        bsum += (w_fwd[s] if step == 0 else w_bwd[s]) * lo
+                    for j in range(var_edge_offset[s], var_edge_offset[s + 1]):
+                        e = var_edges[j]
+                        f = ef[e]
+                        e0 = fac_edge_offset[f]
+                        o = edge_var[e0 + 1 - (e - e0)]
+                        if (o > s) == (step == 0):
+                            bsum += _trws_send(&g, e, f, theta, gamma[s], pre, out, &change)
+                if step == 0:
+                    energy = _pairwise_energy(&g, x)
+                    trace_energy[it] = energy
+                    if energy < best:
+                        best = energy
+                        for s in range(V):
+                            best_x[s] = x[s]
+                bound = bsum if bsum > bound else bound
+            trace_bound[it] = bound
+            it += 1
+            # converged: messages settled, or the best energy is proved (near-)optimal,
+            # or the bound proves that no assignment has finite energy
+            if change <= tol or bound == INFINITY or best - bound <= tol * max(1.0, fabs(best)):
+                break
+        # a last decoding with the final backward messages
+        for s in range(V):
+            _trws_decode(&g, ef, s, x, dec)
+        energy = _pairwise_energy(&g, x)
+        trace_energy[it] = energy
+        if energy < best:
+            best = energy
+            for s in range(V):
+                best_x[s] = x[s]
+        for s in range(V):
+            _var_update_flood(&g, s, theta)
+    return it, change, best, bound

@@ -193,8 +193,22 @@ def test_infeasible_loopy_graph_warns_in_min_sum():
         warnings.simplefilter("error")
         r = fe.min_sum(h)
     assert np.isfinite(r.energy) and r.energy == exhaustive_inference(h).energy
-    # the Bethe estimate cannot tell (documented): sum_product does not raise on this graph
-    fe.sum_product(g, beta=1.0)
+
+
+
+def test_infeasible_loopy_graph_warns_in_sum_product():
+    # issue 9: BP converges to uniform beliefs and F = 0 here, as if nothing were wrong
+    g = _not_equal_triangle()
+    for schedule in ("flooding", "residual"):
+        with pytest.warns(RuntimeWarning, match="sum_product: .*no finite-energy assignment.*infeasible"):
+            fe.sum_product(g, beta=1.0, schedule=schedule)
+    # a feasible loopy graph with forbidden states does not warn
+    h = _not_equal_triangle()
+    h.set_factor_energies(2, np.array([[0.0, 0.0], [0.0, np.inf]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = fe.sum_product(h, beta=1.0, damping=0.3, tol=1e-12, max_iter=1000)
+    assert np.isfinite(m.free_energy)
 
 
 def test_infeasible_forest_decode_is_an_error(monkeypatch):

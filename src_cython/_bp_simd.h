@@ -1,0 +1,344 @@
+/* Flat loops of the belief-propagation kernel (_bp.pyx): batched exp and log, and the
+ * [state][factor] block steps of a flooding sweep (normalize, contract, damp, measure).
+ *
+ * Kept in C so that GCC compiles each loop for the baseline ISA and the wider vector ISAs
+ * (function multiversioning), dispatched at load time. Plain IEEE arithmetic: +inf is a
+ * forbidden state and propagates as usual.
+ */
+#ifndef FACTOREBM_BP_SIMD_H
+#define FACTOREBM_BP_SIMD_H
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 12
+/* x86-64-v3 is AVX2 with FMA: the polynomials run 1.7x faster than with AVX2 alone
+   (ISA levels as target_clones names need GCC 12, PR101696) */
+#define BP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define BP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define BP_CLONES
+#endif
+static inline double bp_asdouble(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
+static inline uint64_t bp_asuint(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
+
+/* out[i] = exp(-beta * x[i]) for x[i] >= 0 (or +inf); 0 when it is below ~1e-307. */
+BP_CLONES
+static void bp_exp_neg(const double* x, double* out, Py_ssize_t n, double beta) {
+    const double shift = 6755399441055744.0;            /* 0x1.8p52 */
+    const double log2e = 1.4426950408889634;
+    /* Cody-Waite split of ln 2 (fdlibm): ln2hi has 21 trailing zero bits, so
+       kd * ln2hi is exact for |kd| < 2^21 with or without FMA contraction. */
+    const double ln2hi = 6.93147180369123816490e-01, ln2lo = 1.90821492927058770002e-10;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double y = -beta * x[i];
+        double yc = y < -708.0 ? -708.0 : y;             /* also maps -inf (and NaN-free) */
+        double kd = yc * log2e + shift;
+        uint64_t ki = bp_asuint(kd);
+        kd -= shift;
+        double r = (yc - kd * ln2hi) - kd * ln2lo;       /* |r| <= ln2 / 2 */
+        double p = 1.0 / 479001600.0;
+        p = p * r + 1.0 / 39916800.0;
+        p = p * r + 1.0 / 3628800.0;
+        p = p * r + 1.0 / 362880.0;
+        p = p * r + 1.0 / 40320.0;
+        p = p * r + 1.0 / 5040.0;
+        p = p * r + 1.0 / 720.0;
+        p = p * r + 1.0 / 120.0;
+        p = p * r + 1.0 / 24.0;
+        p = p * r + 1.0 / 6.0;
+        p = p * r + 0.5;
+        p = p * r + 1.0;
+        p = p * r + 1.0;
+        double scale = bp_asdouble((ki + 1023u) << 52);
+        out[i] = y <= -708.0 ? 0.0 : p * scale;
+    }
+}
+
+/* log(c) for 128 centres c of [1, 2): log(x) = e ln2 + log(c_j) + log1p(r) with
+   r = m / c_j - 1 small (|r| < 2^-8), so a degree-7 series replaces the division and the
+   long polynomial of a full-range log. logc[j] is -log(invc[j]) rather than log(c_j),
+   which makes the identity exact whatever rounding invc[j] took. Filled at import. */
+static double bp_log_invc[128], bp_log_logc[128];
+static void bp_log_table_init(void) {
+    for (int j = 0; j < 128; j++) {
+        double c = 1.0 + (j + 0.5) / 128.0;
+        bp_log_invc[j] = 1.0 / c;
+        bp_log_logc[j] = -log(bp_log_invc[j]);
+    }
+}
+
+/* out[i] = -log(x[i]) / beta for x[i] >= tiny (finite); NaN (a flag) otherwise; returns
+   whether it flagged any. x and out
+   must not overlap (restrict: with two table lookups per element, GCC vectorizes only
+   then). */
+BP_CLONES
+static int bp_neg_log(const double* restrict x, double* restrict out, Py_ssize_t n,
+                       double beta, double tiny) {
+    const double ln2hi = 6.93147180369123816490e-01, ln2lo = 1.90821492927058770002e-10;
+    const double scale = -1.0 / beta;   /* a multiply, not a divide, per element */
+    int flagged = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double xi = x[i];
+        double xs = xi >= tiny ? xi : 1.0;
+        uint64_t u = bp_asuint(xs);
+        double e = bp_asdouble((u >> 52) | 0x4330000000000000ULL) - 4503599627371519.0; /* 2^52 + 1023 */
+        uint64_t mb = u & 0x000FFFFFFFFFFFFFULL;
+        uint64_t j = mb >> 45;                 /* 64-bit index: GCC gathers only then */
+        double m = bp_asdouble(mb | 0x3FF0000000000000ULL);            /* [1, 2) */
+        double r = m * bp_log_invc[j] - 1.0;
+        double r2 = r * r;
+        double p = r2 * (-0.5 + r * (1.0 / 3.0) + r2 * (-0.25 + r * 0.2
+                   + r2 * (-1.0 / 6.0 + r * (1.0 / 7.0))));
+        double lg = (e * ln2hi + bp_log_logc[j]) + (r + (p + e * ln2lo));
+        out[i] = xi >= tiny ? lg * scale : NAN;
+        flagged |= !(xi >= tiny);
+    }
+    return flagged;
+}
+
+/* Flat loops of the pairwise block update (_flood_pairwise_block), over
+   buffers laid out [state][factor] (nf factors): kept here, next to exp and
+   log, so that they are cloned for the wider vector ISAs as well. */
+
+/* Rows r0..r1-1 of x: subtract each column's minimum (left alone if +inf). lo: nf scratch. */
+BP_CLONES
+static void bp_shift_columns(double* restrict x, Py_ssize_t nf, Py_ssize_t r0, Py_ssize_t r1,
+                             double* restrict lo) {
+    for (Py_ssize_t f = 0; f < nf; f++) lo[f] = x[r0 * nf + f];
+    for (Py_ssize_t r = r0 + 1; r < r1; r++) {
+        const double* row = x + r * nf;
+        for (Py_ssize_t f = 0; f < nf; f++) lo[f] = row[f] < lo[f] ? row[f] : lo[f];
+    }
+    for (Py_ssize_t f = 0; f < nf; f++) lo[f] = lo[f] != INFINITY ? lo[f] : 0.0;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        double* row = x + r * nf;
+        for (Py_ssize_t f = 0; f < nf; f++) row[f] -= lo[f];
+    }
+}
+
+/* Both directions of nf pairwise factors sharing the K0 x K1 table T: the
+   semiring's sum over the other variable, min-plus on energies (min_sum) or
+   multiply-add on scaled probabilities. ya (K0 rows), yb (K1 rows). */
+BP_CLONES
+static void bp_pair_shared(const double* restrict xa, const double* restrict xb,
+                           double* restrict ya, double* restrict yb, const double* T,
+                           Py_ssize_t nf, Py_ssize_t K0, Py_ssize_t K1, int min_sum) {
+    if (min_sum) {
+        for (Py_ssize_t j = 0; j < K1; j++) {
+            double* y = yb + j * nf;
+            for (Py_ssize_t f = 0; f < nf; f++) y[f] = INFINITY;
+            for (Py_ssize_t i = 0; i < K0; i++) {
+                const double w = T[i * K1 + j];
+                const double* x = xa + i * nf;
+                for (Py_ssize_t f = 0; f < nf; f++) { double v = x[f] + w; y[f] = v < y[f] ? v : y[f]; }
+            }
+        }
+        for (Py_ssize_t i = 0; i < K0; i++) {
+            double* y = ya + i * nf;
+            for (Py_ssize_t f = 0; f < nf; f++) y[f] = INFINITY;
+            for (Py_ssize_t j = 0; j < K1; j++) {
+                const double w = T[i * K1 + j];
+                const double* x = xb + j * nf;
+                for (Py_ssize_t f = 0; f < nf; f++) { double v = x[f] + w; y[f] = v < y[f] ? v : y[f]; }
+            }
+        }
+    } else {
+        for (Py_ssize_t j = 0; j < K1; j++) {
+            double* y = yb + j * nf;
+            for (Py_ssize_t f = 0; f < nf; f++) y[f] = 0.0;
+            for (Py_ssize_t i = 0; i < K0; i++) {
+                const double w = T[i * K1 + j];
+                const double* x = xa + i * nf;
+                for (Py_ssize_t f = 0; f < nf; f++) y[f] += x[f] * w;
+            }
+        }
+        for (Py_ssize_t i = 0; i < K0; i++) {
+            double* y = ya + i * nf;
+            for (Py_ssize_t f = 0; f < nf; f++) y[f] = 0.0;
+            for (Py_ssize_t j = 0; j < K1; j++) {
+                const double w = T[i * K1 + j];
+                const double* x = xb + j * nf;
+                for (Py_ssize_t f = 0; f < nf; f++) y[f] += x[f] * w;
+            }
+        }
+    }
+}
+
+/* acc[i] = (1 - damping) * new + damping * old[i], new = acc[i] or, where acc
+   is NaN (the underflow flag), fb[i]; no damping term when damping == 0
+   (0 * inf would be NaN). fb is read at every i, set or not (the caller
+   zeroes it once): read only where acc is NaN, the compiler makes it a masked
+   load, which costs a microcode assist per vector on pages never written to
+   (a new thread's scratch): 2-thread BP ran at half the 1-thread speed. */
+BP_CLONES
+static void bp_damp(double* restrict acc, const double* restrict old, const double* restrict fb,
+                    Py_ssize_t n, double damping) {
+    const double keep = 1.0 - damping;
+    if (damping > 0.0) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const double f = fb[i], a = acc[i];
+            const double y = a == a ? a : f;
+            acc[i] = keep * y + damping * old[i];
+        }
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const double f = fb[i], a = acc[i];
+            acc[i] = a == a ? a : f;
+        }
+    }
+}
+
+/* max_i |x[i] - old[i]| (0 where equal, also both +inf). The values are >= 0
+   and never NaN, so the maximum is taken on their bit patterns as integers,
+   which order like the doubles and vectorize without fast-math. */
+BP_CLONES
+static double bp_max_change(const double* restrict x, const double* restrict old, Py_ssize_t n) {
+    uint64_t m = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t u = bp_asuint(x[i] - old[i]) & 0x7FFFFFFFFFFFFFFFULL;   /* fabs */
+        u &= (uint64_t)0 - (uint64_t)(x[i] != old[i]);                  /* 0 if equal */
+        m = u > m ? u : m;
+    }
+    return bp_asdouble(m);
+}
+
+/* Pairwise Potts factors T(a, b) = d + c [a != b] (0 <= c <= +inf), nf of them with K states
+   on both sides: the messages to one side from x, the other side's input (K rows of nf,
+   [state][factor]), in O(K) per factor instead of O(K^2), without the constant d (the caller
+   normalizes or adds it). The semiring is a parameter, as in bp_pair_shared:
+     min-sum (x energies, cw[f] = c):               y_k = min(x_k, min_l x_l + c)
+     sum-product (x = exp(-beta v2f), cw = exp(-beta c)):  y_k = cw sum_l x_l + (1 - cw) x_k
+   agg: nf doubles of scratch. */
+BP_CLONES
+static void bp_potts(const double* restrict x, double* restrict y, const double* restrict cw,
+                     Py_ssize_t nf, Py_ssize_t K, int min_sum, double* restrict agg) {
+    for (Py_ssize_t f = 0; f < nf; f++) agg[f] = x[f];
+    if (min_sum) {
+        for (Py_ssize_t k = 1; k < K; k++) {
+            const double* row = x + k * nf;
+            for (Py_ssize_t f = 0; f < nf; f++) agg[f] = row[f] < agg[f] ? row[f] : agg[f];
+        }
+        for (Py_ssize_t f = 0; f < nf; f++) agg[f] += cw[f];
+        for (Py_ssize_t k = 0; k < K; k++) {
+            const double* row = x + k * nf;
+            double* out = y + k * nf;
+            for (Py_ssize_t f = 0; f < nf; f++) out[f] = row[f] < agg[f] ? row[f] : agg[f];
+        }
+    } else {
+        for (Py_ssize_t k = 1; k < K; k++) {
+            const double* row = x + k * nf;
+            for (Py_ssize_t f = 0; f < nf; f++) agg[f] += row[f];
+        }
+        for (Py_ssize_t f = 0; f < nf; f++) agg[f] *= cw[f];
+        for (Py_ssize_t k = 0; k < K; k++) {
+            const double* row = x + k * nf;
+            double* out = y + k * nf;
+            for (Py_ssize_t f = 0; f < nf; f++) out[f] = agg[f] + (1.0 - cw[f]) * row[f];
+        }
+    }
+}
+
+/* The scalar gathers and scatters of a flooding sweep (no +inf anywhere, so no counts of
+   +inf terms). Their loops over a variable's few states cost more in loop control than in
+   work, so each is written once as an always-inline body and instantiated for the common
+   cardinalities, where the compiler unrolls the state loops completely. */
+#define BP_INLINE static inline __attribute__((always_inline))
+#define BP_BY_CARD(K, CALL_K, CALL_ANY) \
+    switch (K) { case 2: CALL_K(2); break; case 3: CALL_K(3); break; case 4: CALL_K(4); break; \
+                 case 5: CALL_K(5); break; case 6: CALL_K(6); break; case 8: CALL_K(8); break; \
+                 default: CALL_ANY; }
+
+/* tot[s0 .. s0+K) = unary + the f2v of each edge of the variable (edges e of msg: m[i]). */
+BP_INLINE void bp_var_total_k(double* restrict tot, const double* restrict unary,
+                              const double* restrict f2v, const int64_t* restrict msg,
+                              Py_ssize_t n_edges, Py_ssize_t K) {
+    double t[K > 0 ? K : 1];
+    for (Py_ssize_t k = 0; k < K; k++) t[k] = unary[k];
+    for (Py_ssize_t i = 0; i < n_edges; i++) {
+        const double* inc = f2v + msg[i];
+        for (Py_ssize_t k = 0; k < K; k++) t[k] += inc[k];
+    }
+    for (Py_ssize_t k = 0; k < K; k++) tot[k] = t[k];
+}
+
+/* Variable v's total (tot, unary at its first state s0); msg_of_edge[i]: the message slot of
+   its i-th edge, gathered into the stack for the unrolled loop. */
+static inline void bp_var_total(double* restrict tot, const double* restrict unary,
+                                const double* restrict f2v, const int64_t* restrict var_edges,
+                                const int64_t* restrict edge_msg_offset, Py_ssize_t n_edges,
+                                Py_ssize_t K) {
+    int64_t msg[16];
+    if (n_edges > 16) {
+        for (Py_ssize_t k = 0; k < K; k++) tot[k] = unary[k];
+        for (Py_ssize_t i = 0; i < n_edges; i++) {
+            const double* inc = f2v + edge_msg_offset[var_edges[i]];
+            for (Py_ssize_t k = 0; k < K; k++) tot[k] += inc[k];
+        }
+        return;
+    }
+    for (Py_ssize_t i = 0; i < n_edges; i++) msg[i] = edge_msg_offset[var_edges[i]];
+#define BP_VT(KK) bp_var_total_k(tot, unary, f2v, msg, n_edges, KK)
+    BP_BY_CARD(K, BP_VT, BP_VT(K))
+#undef BP_VT
+}
+
+/* Load of a pairwise block, transposed: for factor f (message slots fo + f W, W = K0 + K1,
+   variables of states s0 = vso[ev[2f]], s1 = vso[ev[2f+1]]) old[k][f] = its f2v and
+   m[k][f] = tot - f2v, the v2f (rows 0..K0-1 the first edge, then the second). */
+BP_INLINE void bp_load_pair_k(const double* restrict fo, const double* restrict tot,
+                              const int64_t* restrict ev, const int64_t* restrict vso,
+                              double* restrict old, double* restrict m, Py_ssize_t nf,
+                              Py_ssize_t K0, Py_ssize_t K1) {
+    const Py_ssize_t W = K0 + K1;
+    for (Py_ssize_t f = 0; f < nf; f++) {
+        const double* t0 = tot + vso[ev[2 * f]];
+        const double* t1 = tot + vso[ev[2 * f + 1]];
+        const double* o = fo + f * W;
+        for (Py_ssize_t k = 0; k < K0; k++) {
+            const double x = o[k];
+            old[k * nf + f] = x;
+            m[k * nf + f] = t0[k] - x;
+        }
+        for (Py_ssize_t k = 0; k < K1; k++) {
+            const double x = o[K0 + k];
+            old[(K0 + k) * nf + f] = x;
+            m[(K0 + k) * nf + f] = t1[k] - x;
+        }
+    }
+}
+
+static inline void bp_load_pair(const double* restrict fo, const double* restrict tot,
+                                const int64_t* restrict ev, const int64_t* restrict vso,
+                                double* restrict old, double* restrict m, Py_ssize_t nf,
+                                Py_ssize_t K0, Py_ssize_t K1) {
+#define BP_LP(KK) bp_load_pair_k(fo, tot, ev, vso, old, m, nf, KK, KK)
+    if (K0 == K1) {
+        BP_BY_CARD(K0, BP_LP, bp_load_pair_k(fo, tot, ev, vso, old, m, nf, K0, K1))
+    } else {
+        bp_load_pair_k(fo, tot, ev, vso, old, m, nf, K0, K1);
+    }
+#undef BP_LP
+}
+
+/* Store of a pairwise block, transposed back: fo[f W + k] = acc[k][f]. */
+BP_INLINE void bp_store_pair_k(double* restrict fo, const double* restrict acc, Py_ssize_t nf,
+                               Py_ssize_t W) {
+    for (Py_ssize_t f = 0; f < nf; f++) {
+        double* o = fo + f * W;
+        for (Py_ssize_t k = 0; k < W; k++) o[k] = acc[k * nf + f];
+    }
+}
+
+static inline void bp_store_pair(double* restrict fo, const double* restrict acc, Py_ssize_t nf,
+                                 Py_ssize_t W) {
+#define BP_SP(KK) bp_store_pair_k(fo, acc, nf, 2 * KK)
+    if (W % 2 == 0) {
+        BP_BY_CARD(W / 2, BP_SP, bp_store_pair_k(fo, acc, nf, W))
+    } else {
+        bp_store_pair_k(fo, acc, nf, W);
+    }
+#undef BP_SP
+}
+
+#endif
