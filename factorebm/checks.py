@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 __all__ = ["available_cores", "check_threads", "threads_for", "check_beta", "check_offsets",
-           "check_labels", "user_stacklevel"]
+           "check_labels", "check_count", "user_stacklevel"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -75,6 +75,13 @@ def threads_for(n_threads, n_items=None, per_thread=8192):
     if n_items is not None:
         nt = max(1, min(nt, int(n_items) // max(1, int(per_thread))))
     return nt
+
+
+def check_count(value, name, minimum=1):
+    """``value`` as an int: an integer (not a bool) >= ``minimum``; ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def check_beta(beta, what="beta"):
