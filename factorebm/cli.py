@@ -16,6 +16,7 @@ import sys
 import time
 
 from . import datasets
+from .front_end import FRONT_ENDS
 from .tagger import TAGGER_LOSSES, SequenceTagger
 
 DESCRIPTION = __doc__.splitlines()[0].replace("``", "")     # --help shows no RST markup
@@ -64,7 +65,7 @@ def _cmd_train(args):
     test = _load_gold(test_path) if test_path else None
     params = {"loss": args.loss, "verbose": not args.quiet, "n_threads": args.threads}
     for name in ("optimizer", "l1", "l2", "max_iter", "batch_size", "learning_rate", "min_count",
-                 "n_substates"):
+                 "n_substates", "front_end"):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
@@ -163,6 +164,9 @@ def build_parser():
     t.add_argument("--substates", type=int, dest="n_substates",
                    help="latent substates per tag (default: 2; 1 is a plain CRF, 3 is more "
                         "accurate and slower)")
+    t.add_argument("--front-end", dest="front_end", choices=FRONT_ENDS,
+                   help="what turns words into emission energies: sparse features alone "
+                        "(default) or plus a trained character CNN (features+chars)")
     _add_threads(t)
     t.add_argument("--quiet", action="store_true", help="no progress lines")
     t.set_defaults(func=_cmd_train)

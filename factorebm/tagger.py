@@ -23,7 +23,8 @@ import numpy as np
 from . import chain, losses
 from .features import FeatureExtractor
 from .checks import threads_for
-from .learning import LinearChainEnergy
+from .front_end import CharFrontEnd, check_front_end
+from .learning import ChainEnergy, LinearChainEnergy
 from .modelio import load_arrays, save_arrays
 from .optimize import fit_chain
 
@@ -34,7 +35,8 @@ MODEL_KIND = "SequenceTagger"
 TAGGER_LOSSES = ("nll", "hinge", "perceptron", "log", "mce")
 
 _PARAM_NAMES = ("loss", "optimizer", "l1", "l2", "max_iter", "batch_size", "learning_rate",
-                "features", "min_count", "n_substates", "n_threads", "random_state", "verbose")
+                "features", "min_count", "n_substates", "n_threads", "random_state", "verbose",
+                "front_end", "chars")
 # Settings of how a fitted tagger runs, not of how it was trained: load() may replace them.
 _RUNTIME_PARAMS = ("n_threads", "verbose")
 
@@ -105,6 +107,11 @@ class SequenceTagger:
         of the jointly best (tags, substates) path. 1 is a plain linear-chain CRF. On EWT dev
         (NLL, 4 AdaGrad epochs, min_count 2): 94.72% with 1, 95.16% with 2, 95.28% with 3,
         training in 2.5, 4.1 and 6.0 s; 3 needs more memory than CRFsuite (170 MiB).
+    front_end : {"features", "features+chars"}
+        What turns the words into emission energies (:mod:`factorebm.front_end`): the sparse
+        features alone, or plus a character CNN branch trained jointly with the chain.
+    chars : dict or None
+        Settings of the character branch (:data:`factorebm.front_end.CHAR_DEFAULTS`).
     n_threads : int or None
         Threads for the kernels; None uses every core.
     random_state : int
@@ -127,7 +134,8 @@ class SequenceTagger:
 
     def __init__(self, loss="nll", *, optimizer=None, l1=0.0, l2=None, max_iter=None,
                  batch_size=None, learning_rate=None, features=None, min_count=2,
-                 n_substates=2, n_threads=None, random_state=0, verbose=True, **loss_params):
+                 n_substates=2, n_threads=None, random_state=0, verbose=True,
+                 front_end="features", chars=None, **loss_params):
         self.loss = loss
         self.optimizer = optimizer
         self.l1 = l1
@@ -141,6 +149,8 @@ class SequenceTagger:
         self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
+        self.front_end = front_end
+        self.chars = chars
         self.loss_params = dict(loss_params)
 
     # ------------------------------------------------------------------ parameters
@@ -205,6 +215,7 @@ class SequenceTagger:
             Held-out data whose token accuracy is reported with the progress lines.
         """
         self._check_loss()
+        check_front_end(self.front_end)
         n_substates = _check_substates(self.n_substates)
         n_tokens = _check_corpus(sents, tags)
         if n_tokens == 0:
@@ -222,7 +233,13 @@ class SequenceTagger:
         # batches' rows of X through them.
         X, offsets = fx._fit_transform(sents, self.min_count, factored=True)
         self.feature_extractor_ = fx
-        model = LinearChainEnergy(fx.n_features_, len(self.labels_), n_substates)
+        if self.front_end == "features":
+            model = LinearChainEnergy(fx.n_features_, len(self.labels_), n_substates)
+        else:
+            chars = CharFrontEnd.fit(sents, len(self.labels_) * n_substates, **(self.chars or {}))
+            model = ChainEnergy(chars.emission(fx.n_features_), len(self.labels_), n_substates)
+            X = (X, chars.encode(sents))
+            self.char_front_end_ = chars
         self.model_ = model
         if self.verbose:
             print(f"factorebm: {len(sents)} sentences, {n_tokens} tokens, "
@@ -234,6 +251,8 @@ class SequenceTagger:
             dev_sents, dev_tags = dev
             _check_corpus(dev_sents, dev_tags, what="dev sentences")
             Xd, od = fx.transform(dev_sents)
+            if self.front_end != "features":
+                Xd = (Xd, chars.encode(dev_sents))
             yd = np.array([index.get(t, -1) for ts in dev_tags for t in ts], dtype=np.int64)
 
             def callback(w, epoch):
@@ -276,10 +295,16 @@ class SequenceTagger:
         """
         self._check_fitted()
         _check_corpus(sents)
-        W_emit, transition, start, end = self.model_.unpack(self.coef_)
+        _, transition, start, end = self.model_.unpack(self.coef_)
+        S = self.model_.n_states
+        n_sparse = self.feature_extractor_.n_features_ * S     # W_emit comes first in coef_
+        nt = threads_for(self.n_threads, sum(map(len, sents)))
         # X @ W_emit without building X: summed once per word type present, then per token
         unary, offsets = self.feature_extractor_.emissions(
-            sents, W_emit, n_threads=threads_for(self.n_threads, sum(map(len, sents))))
+            sents, self.coef_[:n_sparse].reshape(-1, S), n_threads=nt)
+        if self.front_end != "features":     # plus the character branch, once per word type
+            unary += self.char_front_end_.unary(self.coef_[n_sparse:self.model_.n_emit], sents,
+                                                n_threads=nt)
         return unary, transition, start, end, offsets
 
     def _decode(self, w, X, offsets):
@@ -326,6 +351,10 @@ class SequenceTagger:
         params = self.get_params()
         params["verbose"] = bool(params["verbose"])
         metadata = {"params": params, "feature_config": self.feature_extractor_.get_config()}
+        if self.front_end != "features":
+            for key, value in self.char_front_end_.to_arrays().items():
+                arrays["chars." + key] = value
+            metadata["char_config"] = self.char_front_end_.get_config()
         save_arrays(path, arrays, metadata, kind=MODEL_KIND)
 
     @classmethod
@@ -348,6 +377,7 @@ class SequenceTagger:
         try:
             saved = dict(metadata["params"])
             saved.setdefault("n_substates", 1)      # files written before substates existed
+            saved.setdefault("front_end", "features")   # ... and before front ends
             params = {**saved, **params}
             loss_params = {k: params.pop(k) for k in list(params) if k not in _PARAM_NAMES}
             tagger = cls(**params, **loss_params)
@@ -357,12 +387,20 @@ class SequenceTagger:
                 metadata["feature_config"], feature_arrays)
             tagger.labels_ = np.asarray(arrays["labels"]).astype(str)
             tagger.coef_ = np.ascontiguousarray(arrays["coef"], dtype=np.float64)
+            if check_front_end(tagger.front_end) != "features":
+                tagger.char_front_end_ = CharFrontEnd.from_config_and_arrays(
+                    metadata["char_config"],
+                    {k[len("chars."):]: v for k, v in arrays.items() if k.startswith("chars.")})
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: not a valid SequenceTagger model ({exc})") from None
         try:
-            tagger.model_ = LinearChainEnergy(tagger.feature_extractor_.n_features_,
-                                              len(tagger.labels_),
-                                              _check_substates(tagger.n_substates))
+            n_features = tagger.feature_extractor_.n_features_
+            n_substates = _check_substates(tagger.n_substates)
+            tagger.model_ = (
+                LinearChainEnergy(n_features, len(tagger.labels_), n_substates)
+                if tagger.front_end == "features" else
+                ChainEnergy(tagger.char_front_end_.emission(n_features), len(tagger.labels_),
+                            n_substates))
         except ValueError as exc:
             raise ValueError(f"{path}: not a valid SequenceTagger model ({exc})") from None
         if tagger.coef_.shape != (tagger.model_.n_weights,):
