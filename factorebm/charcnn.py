@@ -242,11 +242,17 @@ class CharCNN(Module):
         self.char_dim = check_count(char_dim, "char_dim")
         if isinstance(widths, (int, np.integer)):
             widths = (widths,)
+        if isinstance(widths, str) or not hasattr(widths, "__iter__"):
+            raise ValueError(f"CharCNN: widths must be an integer or a sequence of integers, "
+                             f"got {widths!r}")
         widths = tuple(check_count(k, "widths") for k in widths)
         if not widths:
             raise ValueError("CharCNN: widths must hold at least one width")
         if isinstance(n_filters, (int, np.integer)):
             n_filters = (n_filters,) * len(widths)
+        if isinstance(n_filters, str) or not hasattr(n_filters, "__iter__"):
+            raise ValueError(f"CharCNN: n_filters must be an integer or a sequence of "
+                             f"integers, got {n_filters!r}")
         n_filters = tuple(check_count(f, "n_filters") for f in n_filters)
         if len(n_filters) != len(widths):
             raise ValueError(f"CharCNN: {len(n_filters)} filter counts for {len(widths)} "
@@ -273,16 +279,17 @@ class CharCNN(Module):
         sizes = [("E", self.n_chars * e), ("K", e * self.n_taps), ("b", d)]
         if self.highway:
             sizes += [("W_H", d * d), ("b_H", d), ("W_T", d * d), ("b_T", d)]
-        self._slices = {}
+        self._part_slices = {}
         pos = 0
         for name, size in sizes:
-            self._slices[name] = slice(pos, pos + size)
+            self._part_slices[name] = slice(pos, pos + size)
             pos += size
         self.n_params = pos
 
     def __repr__(self):
+        filters = self.n_filters if len(set(self.n_filters)) > 1 else self.n_filters[0]
         args = [str(self.n_chars), f"char_dim={self.char_dim}", f"widths={self.widths}",
-                f"n_filters={self.n_filters if len(set(self.n_filters)) > 1 else self.n_filters[0]}"]
+                f"n_filters={filters}"]
         if self.activation != "relu":
             args.append(f"activation={self.activation!r}")
         if self.highway:
@@ -304,7 +311,7 @@ class CharCNN(Module):
         d, e = self.n_dim, self.char_dim
         shapes = {"E": (self.n_chars, e), "K": (e, self.n_taps), "W_H": (d, d), "W_T": (d, d)}
         return {name: (w[s].reshape(shapes[name]) if name in shapes else w[s])
-                for name, s in self._slices.items()}
+                for name, s in self._part_slices.items()}
 
     def _init(self, rng):
         w = np.zeros(self.n_params)

@@ -193,6 +193,18 @@ class CharEncoder:
         return cls(cp)
 
 
+class _FeaturesAndChars(Sum):
+    """``Sum(Sequential(Select(0), SparseLinear), Sequential(Select(1), branch))`` whose
+    initial parameters are made in one array: Sum's would concatenate a copy of the sparse
+    weights per level of nesting, each the size of the whole model (the training's peak
+    memory). The same values: the sparse weights start at zero and draw nothing from ``rng``."""
+
+    def _init(self, rng):
+        w = np.zeros(self.n_params)
+        w[self.offsets[1]:] = self.modules[1].init_params(rng)
+        return w
+
+
 def _check_options(options):
     unknown = sorted(set(options) - set(CHAR_DEFAULTS))
     if unknown:
@@ -252,8 +264,8 @@ class CharFrontEnd:
     def emission(self, n_features):
         """The whole emission module over the input ``(features, WordChars)``: the sparse
         features' weights (a row block) first, then the branch's."""
-        return Sum(Sequential(Select(0), SparseLinear(n_features, self.n_states)),
-                   Sequential(Select(1), self.branch))
+        return _FeaturesAndChars(Sequential(Select(0), SparseLinear(n_features, self.n_states)),
+                                 Sequential(Select(1), self.branch))
 
     def encode(self, sents):
         """The branch's input for ``sents``: a WordChars."""

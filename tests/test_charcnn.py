@@ -158,6 +158,10 @@ def test_bad_input_and_settings_are_refused():
         CharCNN(4, widths=(0,))
     with pytest.raises(ValueError, match="n_chars"):
         CharCNN(0)
+    with pytest.raises(ValueError, match="sequence of integers"):
+        CharCNN(4, widths="23")
+    with pytest.raises(ValueError, match="sequence of integers"):
+        CharCNN(4, n_filters=None)
 
 
 def test_threads_give_the_same_answer_and_threads_may_share_a_module():

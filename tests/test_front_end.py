@@ -94,6 +94,17 @@ def test_fast_tagging_path_equals_the_training_architecture(small_ewt, chars_tag
             chars_tagger.model_.predict(chars_tagger.coef_, X, offsets), offsets[1:-1])]
 
 
+def test_emission_starts_where_a_plain_sum_would(small_ewt):
+    """The emission's lean initialization draws the same numbers as Sum's."""
+    from factorebm import modules as nn
+    (s, _), _ = small_ewt
+    front = CharFrontEnd.fit(s, 6, **SMALL_CHARS)
+    emission = front.emission(40)
+    plain = nn.Sum(*emission.modules)
+    np.testing.assert_array_equal(emission.init_params(3), plain.init_params(3))
+    assert repr(emission).startswith("_FeaturesAndChars(Sequential(Select(0), SparseLinear(40")
+
+
 @pytest.mark.parametrize("opts", [{"window": 1, "hidden": 6},
                                   {"window": 2, "hidden": 0, "highway": True,
                                    "activation": "tanh"}])
