@@ -31,7 +31,7 @@ from .checks import check_count, threads_for
 from .modules import LabelGradient, Linear, Module
 from .params import dense_gradient
 
-__all__ = ["CharCNN", "WordChars", "OpenMPLinear", "ACTIVATIONS", "matmul"]
+__all__ = ["CharCNN", "WordChars", "OpenMPLinear", "StepScale", "ACTIVATIONS", "matmul"]
 
 ACTIVATIONS = ("relu", "tanh")
 
@@ -199,6 +199,58 @@ class OpenMPLinear(Linear):
         if self.bias:
             g[nw:] += dy.sum(axis=0)
         return matmul(dy, w[:nw].reshape(self.n_in, self.n_out).T, n_threads=nt)
+
+
+class StepScale(Module):
+    """A module whose parameters are kept divided by ``scale``: ``module`` sees ``scale * w``.
+
+    The outputs are the module's; what changes is the step an optimizer takes on them. The
+    stochastic optimizers whose steps do not depend on the gradient's size (AdaGrad, Adam)
+    move ``w`` by about ``learning_rate`` per coordinate, so the module's own parameters
+    move ``scale`` times less: a learning rate of its own, with no change to the learner.
+    (An L2 penalty ``l2 * |w|^2`` is ``l2 / scale^2`` on the module's parameters.)
+
+    Parameters
+    ----------
+    module : Module, without row blocks
+    scale : float > 0
+    """
+
+    def __init__(self, module, scale):
+        if not isinstance(module, Module):
+            raise ValueError(f"StepScale: {module!r} is not a factorebm module")
+        if module.row_blocks():
+            raise ValueError("StepScale: the module must have dense parameters only")
+        scale = float(scale)
+        if not (scale > 0 and np.isfinite(scale)):
+            raise ValueError(f"StepScale: scale must be a finite number > 0, got {scale}")
+        self.module = module
+        self.scale = scale
+        self.n_params = module.n_params
+        self.n_in = module.n_in
+        self.n_out = module.n_out
+
+    def __repr__(self):
+        return f"StepScale({self.module!r}, {self.scale:g})"
+
+    def _init(self, rng):
+        return self.module.init_params(rng) / self.scale
+
+    def check_input(self, x):
+        return self.module.check_input(x)
+
+    def touched_rows(self, x):
+        return []
+
+    def forward(self, w, x, ctx):
+        return self.module.forward(w * self.scale, x, ctx)
+
+    def backward(self, w, dy, grad, ctx):
+        g = np.zeros(self.n_params)
+        dx = self.module.backward(w * self.scale, dy, g, ctx)
+        g *= self.scale
+        dense_gradient(grad)[...] += g
+        return dx
 
 
 def _sigmoid(x):

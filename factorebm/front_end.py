@@ -23,7 +23,7 @@ import itertools
 
 import numpy as np
 
-from .charcnn import ACTIVATIONS, CharCNN, OpenMPLinear, WordChars, matmul
+from .charcnn import ACTIVATIONS, CharCNN, OpenMPLinear, StepScale, WordChars, matmul
 from .checks import check_count, threads_for
 from .modules import Context, ReLU, Select, Sequential, SparseLinear, Sum
 
@@ -41,6 +41,7 @@ CHAR_DEFAULTS = {
     "window": 0,             # words -window..+window around the token feed the next layer
     "hidden": 0,             # units of the ReLU layer (0: a linear map straight to the states)
     "min_count": 2,          # characters seen fewer times in training share the unknown id
+    "step_scale": 0.5,       # the branch's AdaGrad steps, relative to the sparse weights'
 }
 
 # Reserved character ids; the alphabet's characters follow.
@@ -250,6 +251,11 @@ class CharFrontEnd:
         self.cnn = cnn
         self.branch = Sequential(*layers)
         self.window = cnn.window
+        # The branch's parameters are kept divided by step_scale (StepScale): AdaGrad's
+        # steps of learning_rate per coordinate suit the sparse weights; on EWT with the
+        # features of word, lower case and neighbours only, the CNN learnt to 93.83% dev with
+        # half of them, 92.64% with the full steps.
+        self.emission_branch = StepScale(self.branch, opts["step_scale"])
 
     @classmethod
     def fit(cls, sents, n_states, **options):
@@ -265,14 +271,15 @@ class CharFrontEnd:
         """The whole emission module over the input ``(features, WordChars)``: the sparse
         features' weights (a row block) first, then the branch's."""
         return _FeaturesAndChars(Sequential(Select(0), SparseLinear(n_features, self.n_states)),
-                                 Sequential(Select(1), self.branch))
+                                 Sequential(Select(1), self.emission_branch))
 
     def encode(self, sents):
         """The branch's input for ``sents``: a WordChars."""
         return self.encoder.encode(sents, self.window)[0]
 
     def unary(self, w_branch, sents, n_threads=None):
-        """The branch's emission energies (N, S) of ``sents`` for parameters ``w_branch``.
+        """The branch's emission energies (N, S) of ``sents`` for parameters ``w_branch``
+        (as the emission stores them: the branch's own divided by ``step_scale``).
 
         What ``branch.forward`` gives (up to the order of floating-point additions), with the
         first layer after the CNN applied per word type rather than per token: a token's
@@ -282,7 +289,7 @@ class CharFrontEnd:
         x = self.encode(sents)
         if not x.shape[0]:
             return np.zeros((0, self.n_states))
-        w_branch = np.asarray(w_branch, dtype=np.float64)
+        w_branch = np.asarray(w_branch, dtype=np.float64) * self.emission_branch.scale
         bounds = self.branch.offsets
         ws = [w_branch[bounds[i]:bounds[i + 1]] for i in range(len(self.branch.modules))]
         cnn, first, rest = self.branch.modules[0], self.branch.modules[1], self.branch.modules[2:]

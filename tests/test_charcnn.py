@@ -250,3 +250,30 @@ def test_openmp_linear_is_a_linear_layer():
     ref.fprop(w, x)
     np.testing.assert_allclose(dx, ref.bprop(w, dy, g_ref), atol=1e-12)
     np.testing.assert_allclose(g, g_ref, atol=1e-12)
+
+
+def test_step_scale_keeps_the_outputs_and_scales_the_gradient():
+    from factorebm.charcnn import StepScale
+    inner = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    m = StepScale(inner, 0.25)
+    assert m.n_params == inner.n_params and m.n_out == 2
+    np.testing.assert_allclose(m.init_params(5) * 0.25, inner.init_params(5))
+    x = RNG.normal(size=(6, 3))
+    w = RNG.normal(size=m.n_params)
+    np.testing.assert_allclose(m.fprop(w, x), inner.fprop(0.25 * w, x))
+    dy = RNG.normal(size=(6, 2))
+    g = np.zeros(m.n_params)
+    m.fprop(w, x)
+    dx = m.bprop(w, dy, g)
+    eps = 1e-6
+    num = np.array([(np.sum(m.fprop(w + eps * e, x) * dy) - np.sum(m.fprop(w - eps * e, x)
+                                                                    * dy)) / (2 * eps)
+                    for e in np.eye(m.n_params)])
+    np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-8)
+    g_in = np.zeros(m.n_params)
+    inner.fprop(0.25 * w, x)
+    np.testing.assert_allclose(dx, inner.bprop(0.25 * w, dy, g_in))
+    with pytest.raises(ValueError, match="dense parameters only"):
+        StepScale(nn.SparseLinear(4, 2), 0.5)
+    with pytest.raises(ValueError, match="scale must be"):
+        StepScale(inner, -1)

@@ -112,8 +112,11 @@ def test_fast_branch_path_matches_the_module_for_every_setting(small_ewt, opts):
     (s, _), (ds, _) = small_ewt
     front = CharFrontEnd.fit(s, 6, **{**SMALL_CHARS, **opts})
     w = front.branch.init_params(0) + np.random.default_rng(0).normal(0, 0.1, front.n_params)
-    ref = front.branch.forward(w, front.encode(ds), Context(keep=False))
+    ref = front.emission_branch.forward(w, front.encode(ds), Context(keep=False))
     np.testing.assert_allclose(front.unary(w, ds), ref, rtol=1e-10, atol=1e-12)
+    direct = front.branch.forward(w * front.options["step_scale"], front.encode(ds),
+                                  Context(keep=False))
+    np.testing.assert_allclose(direct, ref, rtol=1e-12, atol=1e-14)
     assert front.unary(w, []).shape == (0, 6)
 
 
@@ -194,6 +197,7 @@ def test_unknown_front_end_is_refused_with_the_choices():
     ({"activation": "sigmoid"}, "activation"),
     ({"widths": [0]}, "widths"),
     ({"min_count": 0}, "min_count"),
+    ({"step_scale": 0}, "scale must be"),
 ])
 def test_bad_char_settings_are_refused(chars, match):
     with pytest.raises(ValueError, match=match):
@@ -203,7 +207,7 @@ def test_bad_char_settings_are_refused(chars, match):
 
 def test_defaults_are_documented_settings():
     assert set(CHAR_DEFAULTS) == {"char_dim", "widths", "n_filters", "activation", "highway",
-                                  "window", "hidden", "min_count"}
+                                  "window", "hidden", "min_count", "step_scale"}
 
 
 # ---------------------------------------------------------------------------- command line
