@@ -99,6 +99,8 @@ def window_types(tok_type, offsets, window):
     """Each token's type at offsets ``-window..+window``: (N, 2 * window + 1) int32, with type
     0 before the sentence's first token and 1 after its last."""
     N = tok_type.shape[0]
+    if window == 0:          # the token's own type: no per-token temporaries (training peak)
+        return np.ascontiguousarray(tok_type.reshape(N, 1), dtype=np.int32)
     lengths = np.diff(offsets)
     seq = np.repeat(np.arange(lengths.shape[0]), lengths)
     start, stop = offsets[:-1][seq], offsets[1:][seq]
