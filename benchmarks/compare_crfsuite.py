@@ -6,7 +6,8 @@ resident memory (``ru_maxrss``), so the figures of one system never include the 
 
 CRFsuite gets the standard feature set of the sklearn-crfsuite tutorial style: lowercased word,
 suffixes 1-4, prefixes 1-3, shape flags, neighbouring words; L-BFGS, 100 iterations, c1 = 0.05,
-c2 = 0.01. factorebm uses its defaults (``factorebm train``).
+c2 = 0.01. factorebm uses its defaults (``factorebm train``), one row per front end
+(``--front-end``, default: both ``features`` and ``features+chars``).
 
 Tagging speed is end to end from a CoNLL-U file: read, extract features, decode.
 
@@ -16,6 +17,7 @@ scipy, which factorebm's reader would import (about 45 MiB); its tagging process
 factorebm's compiled reader, the faster one.
 
 Run:  pip install python-crfsuite && python benchmarks/compare_crfsuite.py [--repeats 3]
+      [--front-end features features+chars]
 """
 import argparse
 import json
@@ -120,11 +122,11 @@ def crf_tag(model_path, conllu_path):
 
 
 # ----------------------------------------------------------------------------- factorebm side
-def fe_train(model_path, train_path):
+def fe_train(model_path, train_path, front_end="features"):
     import factorebm as fe
     t0 = time.perf_counter()
     sents, tags = fe.datasets.load_conllu(train_path)
-    tagger = fe.SequenceTagger(verbose=False)
+    tagger = fe.SequenceTagger(verbose=False, front_end=front_end)
     tagger.fit(sents, tags)
     tagger.save(model_path)
     return {"train_s": time.perf_counter() - t0, "peak_mib": _peak_mib()}
@@ -187,6 +189,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3, help="repeats of the tagging timing")
     ap.add_argument("--train-repeats", type=int, default=1, help="repeats of each training run")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--front-end", nargs="+", default=["features", "features+chars"],
+                    choices=["features", "features+chars"], dest="front_ends",
+                    help="factorebm front ends, one row each (default: both)")
     args = ap.parse_args(argv)
     problem = _check_crfsuite()
     if problem:
@@ -202,11 +207,13 @@ def main(argv=None):
     print(f"machine: {describe()}")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, train_fn, tag_fn, path in [
-            ("crfsuite", "crf_train", "crf_tag", os.path.join(tmp, "ewt.crfsuite")),
-            ("factorebm", "fe_train", "fe_tag", os.path.join(tmp, "ewt.npz")),
-        ]:
-            trains = [in_child(train_fn, path, train_path) for _ in range(args.train_repeats)]
+        runs = [("crfsuite", "crf_train", "crf_tag", os.path.join(tmp, "ewt.crfsuite"), ())]
+        for i, front in enumerate(args.front_ends):
+            name = "factorebm" if front == "features" else f"factorebm {front}"
+            runs.append((name, "fe_train", "fe_tag", os.path.join(tmp, f"ewt{i}.npz"), (front,)))
+        for name, train_fn, tag_fn, path, extra in runs:
+            trains = [in_child(train_fn, path, train_path, *extra)
+                      for _ in range(args.train_repeats)]
             tags = [in_child(tag_fn, path, test_path) for _ in range(args.repeats)]
             results[name] = {
                 "train_s": statistics.median(t["train_s"] for t in trains),
@@ -216,16 +223,19 @@ def main(argv=None):
                 "tag_peak_mib": max(t["peak_mib"] for t in tags),
             }
             r = results[name]
-            print(f"{name:>10}: test accuracy {100 * r['test_accuracy']:.2f}%  "
+            print(f"{name:>24}: test accuracy {100 * r['test_accuracy']:.2f}%  "
                   f"train {r['train_s']:.1f} s (peak {r['train_peak_mib']:.0f} MiB)  "
                   f"tag {r['tag_tokens_per_s']:,.0f} tokens/s end to end "
                   f"(peak {r['tag_peak_mib']:.0f} MiB)", flush=True)
-    c, f = results["crfsuite"], results["factorebm"]
-    print("ratios factorebm / crfsuite: "
-          f"accuracy {100 * (f['test_accuracy'] - c['test_accuracy']):+.2f} points, "
-          f"training time x{f['train_s'] / c['train_s']:.2f}, "
-          f"tagging speed x{f['tag_tokens_per_s'] / c['tag_tokens_per_s']:.2f}, "
-          f"training peak memory x{f['train_peak_mib'] / c['train_peak_mib']:.2f}")
+    c = results["crfsuite"]
+    for name, f in results.items():
+        if name == "crfsuite":
+            continue
+        print(f"ratios {name} / crfsuite: "
+              f"accuracy {100 * (f['test_accuracy'] - c['test_accuracy']):+.2f} points, "
+              f"training time x{f['train_s'] / c['train_s']:.2f}, "
+              f"tagging speed x{f['tag_tokens_per_s'] / c['tag_tokens_per_s']:.2f}, "
+              f"training peak memory x{f['train_peak_mib'] / c['train_peak_mib']:.2f}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"machine": describe(), "results": results}, fh, indent=2)

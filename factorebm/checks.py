@@ -78,6 +78,13 @@ def threads_for(n_threads, n_items=None, per_thread=8192):
     return nt
 
 
+def check_count(value, name, minimum=1):
+    """``value`` as an int: an integer (not a bool) >= ``minimum``; ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def check_beta(beta, what="beta"):
     """``beta`` as a float: a finite real number > 0 (Python, numpy scalar or 0-d array)."""
     b = None if isinstance(beta, bool) else np.asarray(beta)

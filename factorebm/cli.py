@@ -17,6 +17,7 @@ import sys
 import time
 
 from . import __version__, datasets
+from .front_end import FRONT_ENDS
 from .tagger import OPTIMIZERS, TAGGER_LOSSES, SequenceTagger
 
 DESCRIPTION = __doc__.splitlines()[0].replace("``", "")     # --help shows no RST markup
@@ -25,7 +26,7 @@ EXIT_BROKEN_PIPE = 128 + 13     # the shell's status for a process killed by SIG
 _OPTIONS = {"l1": "--l1", "l2": "--l2", "max_iter": "--max-iter", "batch_size": "--batch-size",
             "learning_rate": "--learning-rate", "min_count": "--min-count",
             "n_substates": "--substates", "n_threads": "--threads", "optimizer": "--optimizer",
-            "loss": "--loss"}
+            "loss": "--loss", "front_end": "--front-end"}
 
 
 def _load_gold(path):
@@ -63,7 +64,7 @@ def _new_tagger(args):
     data is read, in the words of the option that gave it."""
     params = {"loss": args.loss, "verbose": not args.quiet, "n_threads": args.threads}
     for name in ("optimizer", "l1", "l2", "max_iter", "batch_size", "learning_rate", "min_count",
-                 "n_substates"):
+                 "n_substates", "front_end"):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
@@ -191,6 +192,9 @@ def build_parser():
     t.add_argument("--substates", type=int, dest="n_substates",
                    help="latent substates per tag (default: 2; 1 is a plain CRF, 3 is more "
                         "accurate and slower)")
+    t.add_argument("--front-end", dest="front_end", choices=FRONT_ENDS,
+                   help="what turns words into emission energies: sparse features alone "
+                        "(default) or plus a trained character CNN (features+chars)")
     _add_threads(t)
     t.add_argument("--quiet", action="store_true", help="no progress lines")
     t.set_defaults(func=_cmd_train)

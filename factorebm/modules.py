@@ -38,11 +38,13 @@ import weakref
 
 import numpy as np
 
+from .checks import check_count as _check_count
 from .params import GradientView, RowBlock, dense_gradient
 from .sparse import CSRFeatures, FactoredFeatures, LocalRows, as_features
 
 __all__ = ["Module", "Linear", "SparseLinear", "Embedding", "Tanh", "ReLU", "Sigmoid",
-           "Sequential", "Concat", "Sum", "Parallel", "Select", "LabelGradient", "Context"]
+           "Sequential", "Concat", "Sum", "Parallel", "Select", "LabelGradient", "Context",
+           "CharCNN", "WordChars"]
 
 
 class LabelGradient:
@@ -266,12 +268,6 @@ class Module:
     # ---------------------------------------------------------------- for subclasses
     def _init(self, rng):
         return np.zeros(self.n_params)
-
-
-def _check_count(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_float_input(module, x, n_in):
@@ -759,3 +755,7 @@ class Parallel(Concat):
             dxs[i] = self.modules[i].backward(w[o[i]:o[i + 1]], parts[i], grad[o[i]:o[i + 1]],
                                             ctx)
         return tuple(dxs)
+
+
+# The character CNN has a file of its own (factorebm.charcnn), built on the classes above.
+from .charcnn import CharCNN, WordChars  # noqa: E402

@@ -26,7 +26,8 @@ from . import chain, losses
 from .features import FeatureExtractor
 from .checks import check_threads, threads_for
 from .constraints import constraint_mask, forbid_transitions, observed_transitions
-from .learning import LinearChainEnergy
+from .front_end import CharFrontEnd, check_front_end
+from .learning import ChainEnergy, LinearChainEnergy
 from .modelio import load_arrays, save_arrays
 from .optimize import OPTIMIZERS
 
@@ -38,9 +39,10 @@ TAGGER_LOSSES = ("nll", "hinge", "perceptron", "log", "mce")
 
 _PARAM_NAMES = ("loss", "optimizer", "l1", "l2", "max_iter", "batch_size", "learning_rate",
                 "features", "min_count", "n_substates", "n_threads", "random_state", "verbose")
-_PARAM_NAMES += ("transitions", "warm_start")
+_PARAM_NAMES += ("transitions", "warm_start", "front_end", "chars")
 # What a model file saved before a setting existed meant by it.
-_PARAM_DEFAULTS = {"n_substates": 1, "transitions": "all", "warm_start": False}
+_PARAM_DEFAULTS = {"n_substates": 1, "transitions": "all", "warm_start": False,
+                   "front_end": "features", "chars": None}
 # Settings of how a fitted tagger runs, not of how it was trained: load() may replace them.
 _RUNTIME_PARAMS = ("n_threads", "verbose")
 TRANSITIONS = ("all", "observed")
@@ -186,7 +188,7 @@ def _label_map(labels, old_labels):
 def _warm_weights(model, warm, labels, column_map, random_state):
     """Initial weights of a warm-started fit: the fitted tagger's weights, moved to their
     features' and tags' new places, and the model's fresh initial weights elsewhere."""
-    _, old_model, old_coef, old_labels, _ = warm
+    _, old_model, old_coef, old_labels = warm[:4]
     H = model.n_substates
     states = (_label_map(labels, old_labels)[:, None] * H + np.arange(H)).ravel()
     w0 = model.init_weights(random_state)
@@ -246,6 +248,11 @@ class SequenceTagger:
         of the jointly best (tags, substates) path. 1 is a plain linear-chain CRF. On EWT dev
         (NLL, 4 AdaGrad epochs, min_count 2): 94.72% with 1, 95.16% with 2, 95.28% with 3,
         training in 2.5, 4.1 and 6.0 s; 3 needs more memory than CRFsuite (170 MiB).
+    front_end : {"features", "features+chars"}
+        What turns the words into emission energies (:mod:`factorebm.front_end`): the sparse
+        features alone, or plus a character CNN branch trained jointly with the chain.
+    chars : dict or None
+        Settings of the character branch (:data:`factorebm.front_end.CHAR_DEFAULTS`).
     n_threads : int or None
         Threads for the kernels; None uses every core.
     random_state : int
@@ -283,7 +290,8 @@ class SequenceTagger:
     def __init__(self, loss="nll", *, optimizer=None, l1=0.0, l2=None, max_iter=None,
                  batch_size=None, learning_rate=None, features=None, min_count=2,
                  n_substates=2, n_threads=None, random_state=0, verbose=True,
-                 transitions="all", warm_start=False, **loss_params):
+                 transitions="all", warm_start=False, front_end="features", chars=None,
+                 **loss_params):
         self.loss = loss
         self.optimizer = optimizer
         self.l1 = l1
@@ -299,6 +307,8 @@ class SequenceTagger:
         self.verbose = verbose
         self.transitions = transitions
         self.warm_start = warm_start
+        self.front_end = front_end
+        self.chars = chars
         self.loss_params = dict(loss_params)
         self._check_params()
 
@@ -329,6 +339,10 @@ class SequenceTagger:
                              f"got {self.transitions!r}")
         if not isinstance(self.warm_start, (bool, np.bool_)):
             raise ValueError(f"warm_start must be True or False, got {self.warm_start!r}")
+        check_front_end(self.front_end)
+        if self.chars is not None and not isinstance(self.chars, dict):
+            raise ValueError(f"chars must be None or a dict of character-branch settings, got "
+                             f"{type(self.chars).__name__}")
         rs = self.random_state
         if rs is not None and (isinstance(rs, bool) or not isinstance(rs, numbers.Integral)
                                or rs < 0):
@@ -431,7 +445,13 @@ class SequenceTagger:
         else:
             fx, column_map = warm[0].extended(sents, self.min_count)
             X, offsets = fx.factored_transform(sents)
-        model = LinearChainEnergy(fx.n_features_, len(labels), n_substates)
+        chars = None
+        if self.front_end == "features":
+            model = LinearChainEnergy(fx.n_features_, len(labels), n_substates)
+        else:
+            chars = CharFrontEnd.fit(sents, len(labels) * n_substates, **(self.chars or {}))
+            model = ChainEnergy(chars.emission(fx.n_features_), len(labels), n_substates)
+            X = (X, chars.encode(sents))
         w0 = (None if warm is None else
               _warm_weights(model, warm, labels, column_map, self.random_state))
         allowed = (None if self.transitions == "all" else
@@ -446,6 +466,8 @@ class SequenceTagger:
             dev_sents, dev_tags = dev
             _check_corpus(dev_sents, dev_tags, what="dev sentences")
             Xd, od = fx.transform(dev_sents)
+            if chars is not None:
+                Xd = (Xd, chars.encode(dev_sents))
             # -2 for a tag unseen in training: no prediction (not even -1) matches it
             yd = np.array([index.get(t, -2) for ts in dev_tags for t in ts], dtype=np.int64)
 
@@ -470,6 +492,7 @@ class SequenceTagger:
         self.model_ = model
         self.coef_ = coef
         self.allowed_transitions_ = allowed
+        self.char_front_end_ = chars
         self.history_ = history
         self.fit_time_ = time.perf_counter() - t0
         return self
@@ -480,6 +503,10 @@ class SequenceTagger:
             return None
         fitted = self._fitted_state()
         fx, model = fitted[0], fitted[1]
+        if self.front_end != "features" or fitted[5] is not None:
+            raise ValueError("warm_start continues a front_end='features' tagger only (the "
+                             "character front end's weights are not extended); fit with "
+                             "warm_start=False")
         if model.n_substates != n_substates:
             raise ValueError(f"warm_start: the fitted tagger has {model.n_substates} "
                              f"substate(s) per tag, n_substates is now {n_substates}; set it "
@@ -496,12 +523,13 @@ class SequenceTagger:
             raise ValueError("this SequenceTagger is not fitted yet: call fit() or load()")
 
     def _fitted_state(self):
-        """``(feature_extractor_, model_, coef_, labels_, allowed_transitions_)``, read
-        together: a call that reads them once sees one fitted state, even while another
-        thread fits."""
+        """``(feature_extractor_, model_, coef_, labels_, allowed_transitions_,
+        char_front_end_)``, read together: a call that reads them once sees one fitted state,
+        even while another thread fits."""
         self._check_fitted()
         return (self.feature_extractor_, self.model_, self.coef_, self.labels_,
-                getattr(self, "allowed_transitions_", None))
+                getattr(self, "allowed_transitions_", None),
+                getattr(self, "char_front_end_", None))
 
     @staticmethod
     def _constraint_mask(sents, constraints, fitted):
@@ -535,14 +563,19 @@ class SequenceTagger:
         the caller read it already) and the number of threads to use."""
         self._check_fitted()
         _check_corpus(sents)
-        fx, model, coef, labels, allowed = fitted or self._fitted_state()
+        fx, model, coef, labels, allowed, chars = fitted or self._fitted_state()
         n_threads = threads_for(self.n_threads, sum(map(len, sents)))
-        W_emit, transition, start, end = model.unpack(coef)
+        _, transition, start, end = model.unpack(coef)
         if allowed is not None:
             transition, start, end = forbid_transitions(transition, start, end, allowed,
                                                         model.state_label)
+        S = model.n_states
+        n_sparse = fx.n_features_ * S      # the sparse features' W_emit comes first in coef
         # X @ W_emit without building X: summed once per word type present, then per token
-        unary, offsets = fx.emissions(sents, W_emit, n_threads=n_threads)
+        unary, offsets = fx.emissions(sents, coef[:n_sparse].reshape(-1, S),
+                                      n_threads=n_threads)
+        if chars is not None:              # plus the character branch, once per word type
+            unary += chars.unary(coef[n_sparse:model.n_emit], sents, n_threads=n_threads)
         return unary, transition, start, end, offsets, model, labels, n_threads
 
     def _viterbi(self, sents, constraints=None):
@@ -668,18 +701,23 @@ class SequenceTagger:
             transition from the previous token's state, or the start energy at the first
             token; and at the last token ``"end"`` (float). All of them add up to the
             sentence's energy, ``min E`` (:meth:`energies`, :func:`factorebm.chain.viterbi`).
+            With ``front_end="features+chars"`` the character branch's energy is one more
+            emission entry, named ``"<chars>"``.
         """
         if isinstance(words, (str, bytes)) or not hasattr(words, "__len__"):
             raise ValueError("explain takes one sentence: a list of token strings")
         sents = [words]
         fitted = self._fitted_state()
-        fx, model, coef = fitted[0], fitted[1], fitted[2]
+        fx, model, coef, chars = fitted[0], fitted[1], fitted[2], fitted[5]
         unary, transition, start, end, offsets, _, labels, _ = self._energies(sents, fitted)
         _, energy, states = chain.viterbi(unary, transition, offsets, start, end,
                                           return_states=True, n_threads=1)
         _check_feasible(energy, sents)
         X, _ = fx.transform(sents)
-        W_emit = model.unpack(coef)[0]
+        S = model.n_states
+        W_emit = coef[:fx.n_features_ * S].reshape(-1, S)
+        char_unary = (None if chars is None else
+                      chars.unary(coef[fx.n_features_ * S:model.n_emit], sents, n_threads=1))
         names = fx.feature_names_
         H = model.n_substates
         states = states.tolist()
@@ -688,10 +726,14 @@ class SequenceTagger:
             cols = X.indices[X.indptr[t]:X.indptr[t + 1]]
             contrib = X.data[X.indptr[t]:X.indptr[t + 1]] * W_emit[cols, s]
             order = np.lexsort((cols, contrib))
+            emission = [(names[c], e) for c, e in zip(cols[order].tolist(),
+                                                      contrib[order].tolist())]
+            if char_unary is not None:
+                emission.append(("<chars>", float(char_unary[t, s])))
+                emission.sort(key=lambda item: item[1])
             parts.append({
                 "tag": str(labels[s // H]), "substate": s % H,
-                "emission": [(names[c], e) for c, e in zip(cols[order].tolist(),
-                                                           contrib[order].tolist())],
+                "emission": emission,
                 "transition": float(start[s] if t == 0 else transition[states[t - 1], s]),
             })
         if parts:
@@ -712,6 +754,13 @@ class SequenceTagger:
         params["verbose"] = bool(params["verbose"])
         params["warm_start"] = bool(params["warm_start"])
         metadata = {"params": params, "feature_config": self.feature_extractor_.get_config()}
+        chars = getattr(self, "char_front_end_", None)
+        # the front end that was fitted, whatever front_end says now
+        params["front_end"] = "features" if chars is None else "features+chars"
+        if chars is not None:
+            for key, value in chars.to_arrays().items():
+                arrays["chars." + key] = value
+            metadata["char_config"] = chars.get_config()
         save_arrays(path, arrays, metadata, kind=MODEL_KIND)
 
     @classmethod
@@ -750,14 +799,23 @@ class SequenceTagger:
                                                          feature_arrays)
             labels = _check_saved_labels(arrays["labels"])
             coef = _check_saved_coef(arrays["coef"])
+            chars = None
+            if check_front_end(tagger.front_end) != "features":
+                chars = CharFrontEnd.from_config_and_arrays(
+                    metadata["char_config"],
+                    {k[len("chars."):]: v for k, v in arrays.items() if k.startswith("chars.")})
             # the expected size from Python integers, before anything of that size is made
             n_states = len(labels) * tagger.n_substates
-            n_weights = fx.n_features_ * n_states + n_states * n_states + 2 * n_states
+            n_weights = (fx.n_features_ * n_states + (0 if chars is None else chars.n_params)
+                         + n_states * n_states + 2 * n_states)
             if coef.shape != (n_weights,):
                 raise ValueError(f"weight vector has shape {coef.shape}, expected "
                                  f"({n_weights},) for {len(labels)} tags with "
                                  f"{tagger.n_substates} substate(s) each")
-            model = LinearChainEnergy(fx.n_features_, len(labels), tagger.n_substates)
+            model = (LinearChainEnergy(fx.n_features_, len(labels), tagger.n_substates)
+                     if chars is None else
+                     ChainEnergy(chars.emission(fx.n_features_), len(labels),
+                                 tagger.n_substates))
             allowed = _check_saved_allowed(arrays, tagger.transitions, len(labels))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: not a valid SequenceTagger model ({exc})") from None
@@ -766,6 +824,8 @@ class SequenceTagger:
         tagger.model_ = model
         tagger.coef_ = coef
         tagger.allowed_transitions_ = allowed
+        tagger.char_front_end_ = chars
+        return tagger
         return tagger
 
     def __repr__(self):

@@ -9,16 +9,7 @@
 #define FACTOREBM_SPARSE_ROWS_H
 #include <stdint.h>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 12
-/* ISA levels, not a CPU model: "arch=haswell" dispatches on the CPU *being* a Haswell-class
-   Intel, so AMD CPUs with AVX2 and FMA got the portable clone. (ISA levels as target_clones
-   names need GCC 12, PR101696.) */
-#define FEBM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FEBM_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define FEBM_CLONES
-#endif
+#include "_clones.h"
 
 /* The stored value of nonzero p: val[p], or 1 for a binary matrix (the compiler folds the
    multiplications by 1.0 away: x * 1.0 == x exactly). */
