@@ -8,13 +8,13 @@ the energy with the tutorial's losses.
 """
 from .graph import FactorGraph
 from .inference import free_energy, min_sum, most_offending, sum_product
-from . import chain, datasets, learning, losses, modules, optimize
+from . import chain, datasets, learning, losses, metrics, modules, optimize
 from .tagger import SequenceTagger
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FactorGraph", "min_sum", "sum_product", "free_energy", "most_offending",
-    "chain", "losses", "learning", "modules", "optimize", "datasets", "SequenceTagger",
+    "chain", "losses", "learning", "metrics", "modules", "optimize", "datasets", "SequenceTagger",
     "__version__",
 ]
