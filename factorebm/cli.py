@@ -130,24 +130,24 @@ def _cmd_tag(args):
     # Bytes in and out keep the input's line endings (CRLF stays CRLF) byte for byte.
     source = sys.stdin.buffer if from_stdin else args.file
     try:
-        sentences = datasets.read_sentences(source, format=args.format)
+        # compiled reading and writing: the file is kept as bytes, only FORM is decoded
+        document = datasets.read_document(source, format=args.format)
     except datasets.ConlluSyntaxError as exc:
         if args.format != "auto":
             raise
         raise ValueError(f"{exc} (read as CoNLL-U because its first token line has 10 "
                          "tab-separated columns; use --format text for plain text)") from None
-    forms = [s.forms for s in sentences]
-    if args.format == "auto" and not any(forms) and any(s.comments for s in sentences):
+    if args.format == "auto" and document.n_words == 0 and document.n_comment_lines:
         name = "<stdin>" if source is sys.stdin.buffer else args.file
         print(f"factorebm tag: warning: {name} has only comment lines, written back untagged; "
               "use --format text to tag it as plain text", file=sys.stderr)
-    tags = tagger.predict(forms)
+    tags = tagger.predict(document.forms)
     if args.output:
         with open(args.output, "wb") as out:
-            datasets.write_conllu(sentences, out, upos=tags)
+            document.write(out, upos=tags)
     else:
         sys.stdout.flush()
-        datasets.write_conllu(sentences, sys.stdout.buffer, upos=tags)
+        document.write(sys.stdout.buffer, upos=tags)
         sys.stdout.buffer.flush()
     return 0
 
