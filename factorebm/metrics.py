@@ -31,7 +31,7 @@ Both functions take lists of tag sequences, one per sentence (the format of
 """
 import numpy as np
 
-__all__ = ["accuracy", "span_f1", "spans", "get", "METRICS", "SCHEMES"]
+__all__ = ["accuracy", "span_f1", "spans", "get", "check_scheme", "METRICS", "SCHEMES"]
 
 SCHEMES = ("BIO", "BIOES")
 METRICS = ("accuracy", "span-f1")
@@ -200,7 +200,7 @@ def spans(tags, scheme="BIO", strict=False):
         Per sentence, its spans ``(type, start, end)`` in order, ``end`` exclusive (token
         positions within the sentence).
     """
-    scheme = _check_scheme(scheme)
+    scheme = check_scheme(scheme)
     offsets = _check_pair(tags, tags)
     types = {}
     letter, type_id = _encode(_flat(tags), offsets, scheme, "tags", types)
@@ -215,7 +215,9 @@ def spans(tags, scheme="BIO", strict=False):
     return out
 
 
-def _check_scheme(scheme):
+def check_scheme(scheme):
+    """The scheme's canonical name, ``"BIO"`` or ``"BIOES"`` (``"IOB2"`` and ``"IOBES"`` name
+    them too); ValueError for any other."""
     key = scheme.upper() if isinstance(scheme, str) else scheme
     key = {"IOB2": "BIO", "IOBES": "BIOES"}.get(key, key)
     if key not in SCHEMES:
@@ -258,7 +260,7 @@ def span_f1(gold, pred, scheme="BIO", strict=False):
         On an unknown scheme, sequences of different lengths, or a tag outside the scheme
         (naming ``gold`` or ``pred``, the sentence and the position).
     """
-    scheme = _check_scheme(scheme)
+    scheme = check_scheme(scheme)
     offsets = _check_pair(gold, pred)
     types = {}
     g_letter, g_type = _encode(_flat(gold), offsets, scheme, "gold", types)

@@ -461,7 +461,7 @@ def test_fast_reader_matches_python_reader(lines, final_newline, column):
 @pytest.mark.parametrize("split", ["dev", "test"])
 def test_fast_reader_matches_python_reader_on_ewt(split):
     from factorebm.datasets import conllu
-    text, name = conllu._read_text(fe.datasets.ud_english_ewt_path(split))
+    text, name = fe.datasets.textio.read_text(fe.datasets.ud_english_ewt_path(split))
     expected = conllu._parse_forms_and_labels(text, name)
     assert conllu._fast_parse_forms_and_labels(text.encode("utf-8")) == expected
     crlf = text.replace("\n", "\r\n").encode("utf-8")

@@ -6,7 +6,8 @@ CoNLL-2003) are skipped. The first field is the word; the labels are read from o
 field, counted from 1 as ``cut`` and ``awk`` count them, or from the end with a negative
 number (-1, the default, is the last field).
 """
-from .conllu import _gc_paused, _read_text
+from .conllu import looks_like_conllu
+from .textio import gc_paused, read_text
 
 __all__ = ["load_conll"]
 
@@ -30,17 +31,20 @@ def load_conll(path, column=-1):
     Raises
     ------
     ValueError
-        On a column of 0 or not an integer, and on a line that has no such column, naming
-        the file and the 1-based line number.
+        On a column of 0 or not an integer, on a line that has no such column (naming the
+        file and the 1-based line number), and on a CoNLL-U file.
     """
     if isinstance(column, bool) or not isinstance(column, int) or column == 0:
         raise ValueError(f"column must be a non-zero integer (1 is the first field, -1 the "
                          f"last), got {column!r}")
     index = column - 1 if column > 0 else column
     need = column if column > 0 else -column
-    text, name = _read_text(path)
+    text, name = read_text(path)
+    if "\t" in text and looks_like_conllu(text):
+        raise ValueError(f"{name} is CoNLL-U (its first token line has 10 tab-separated "
+                         "columns): read it with load_conllu, by column name")
     sents, tags, words, labels = [], [], [], []
-    with _gc_paused():
+    with gc_paused():
         for lineno, line in enumerate(text.split("\n"), 1):
             fields = line.split()
             if not fields or fields[0] == "-DOCSTART-":

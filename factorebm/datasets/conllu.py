@@ -18,16 +18,13 @@ Two readers serve two jobs:
 Both accept plain or gzip-compressed input; compression is recognised by the gzip magic bytes,
 not by the file name. Input must be UTF-8 (a leading byte-order mark is allowed).
 """
-import contextlib
-import errno
-import gc
-import gzip
 import io
 import itertools
 import os
-import zlib
 
 import numpy as np
+
+from .textio import BOM, decode_utf8, gc_paused, is_binary, read_bytes, read_text, write_bytes
 
 __all__ = [
     "Sentence", "load_conllu", "read_conllu", "write_conllu", "sentences_from_text",
@@ -39,91 +36,13 @@ N_COLUMNS = 10
 UPOS_COLUMN = 3
 # The column names of the format, in order.
 COLUMNS = ("ID", "FORM", "LEMMA", "UPOS", "XPOS", "FEATS", "HEAD", "DEPREL", "DEPS", "MISC")
-_GZIP_MAGIC = b"\x1f\x8b"
-_BOM = "\ufeff"
-_BOM_BYTES = _BOM.encode("utf-8")
+_BOM_BYTES = BOM.encode("utf-8")
 # Word IDs as strings, so the "IDs are 1, 2, 3, ..." check is a string comparison, not an int().
 _ID_STRINGS = [str(i) for i in range(512)]
 
 
 # --------------------------------------------------------------------------------------------
 # Input
-
-
-def _source_name(source):
-    if isinstance(source, (str, bytes, os.PathLike)):
-        return os.fsdecode(source)
-    return str(getattr(source, "name", "<stream>"))
-
-
-def _read_text(source, keep_bom=False):
-    """Read a path or an open file (text or binary, plain or gzipped) into ``(text, name)``.
-
-    A leading UTF-8 byte-order mark is removed unless ``keep_bom``.
-
-    Errors name the file: a missing path raises FileNotFoundError, undecodable bytes or a broken
-    gzip stream raise ValueError with the line number where decoding failed.
-    """
-    data, name = _read_bytes(source)
-    text = data if isinstance(data, str) else _decode(data, name)
-    if text.startswith(_BOM) and not keep_bom:
-        text = text[1:]
-    return text, name
-
-
-def _read_bytes(source):
-    """``(data, name)``: the bytes of a path or an open binary file, decompressed when they
-    are gzipped; an open text file's str as it is."""
-    name = _source_name(source)
-    if isinstance(source, (str, bytes, os.PathLike)):
-        try:
-            with open(source, "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, "CoNLL-U file not found", name) from None
-        except IsADirectoryError:
-            raise IsADirectoryError(errno.EISDIR, "expected a CoNLL-U file, got a directory",
-                                    name) from None
-    else:
-        data = source.read()
-        if isinstance(data, str):
-            return data, name
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise ValueError(f"{name}: read() returned {type(data).__name__}, "
-                             "expected str or bytes")
-        data = bytes(data)
-    if data[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ValueError(f"{name}: corrupt gzip data ({exc})") from None
-    return data, name
-
-
-def _decode(data, name):
-    """``data`` decoded as UTF-8; ValueError naming the file and line where it is not."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ValueError(f"{name}:{line}: not valid UTF-8 ({exc.reason} at byte "
-                         f"{exc.start})") from None
-
-
-@contextlib.contextmanager
-def _gc_paused():
-    """Pause the cyclic garbage collector while building many small lists.
-
-    The parsers create hundreds of thousands of lists that can never form reference cycles;
-    left on, the collector rescans them over and over and triples the reading time.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class ConlluSyntaxError(ValueError):
@@ -208,17 +127,17 @@ def load_conllu(path, column="UPOS"):
         or label (a :class:`ConlluSyntaxError`), or bytes that are not UTF-8.
     """
     index = column_index(column)
-    data, name = _read_bytes(path)
+    data, name = read_bytes(path)
     if isinstance(data, str):
         data = _encode_text(data, name)
-    with _gc_paused():
+    with gc_paused():
         # The compiled pass handles well-formed files; it returns None on any line it leaves
         # to the Python parser, which then gives the error naming the line.
         parsed = _fast_parse_forms_and_labels(data, index)
         if parsed is not None:
             return parsed
-        text = _decode(data, name)
-        return _parse_forms_and_labels(text[1:] if text.startswith(_BOM) else text, name,
+        text = decode_utf8(data, name)
+        return _parse_forms_and_labels(text[1:] if text.startswith(BOM) else text, name,
                                        index)
 
 
@@ -488,7 +407,7 @@ def _render(sent, upos, parts, where="sentence"):
     """
     nl = sent.newline
     if sent.bom:
-        parts.append(_BOM)
+        parts.append(BOM)
     for blank in sent.blank_before:
         parts.append(blank)
         parts.append(nl)
@@ -545,13 +464,13 @@ def read_conllu(path_or_file):
         a :class:`ConlluSyntaxError`), naming the file and the 1-based line number. UPOS may
         be ``_`` or anything non-tab: this reader also serves untagged input.
     """
-    text, name = _read_text(path_or_file, keep_bom=True)
-    with _gc_paused():
+    text, name = read_text(path_or_file, keep_bom=True)
+    with gc_paused():
         return _parse_sentences(text, name)
 
 
 def _parse_sentences(text, name):
-    bom = text.startswith(_BOM)
+    bom = text.startswith(BOM)
     if bom:
         text = text[1:]
     sentences = []
@@ -636,42 +555,10 @@ def write_conllu(sentences, file, upos=None):
             raise ValueError(f"sentences[{i}]: expected a Sentence, got {type(sent).__name__}")
         _render(sent, None if upos is None else upos[i], parts, f"upos[{i}]")
     text = "".join(parts)
-    if isinstance(file, (str, bytes, os.PathLike)) or _is_binary(file):
-        _write_data(text.encode("utf-8"), file)
+    if isinstance(file, (str, bytes, os.PathLike)) or is_binary(file):
+        write_bytes(text.encode("utf-8"), file)
     else:
         file.write(text)
-
-
-def _is_binary(file):
-    return isinstance(file, (io.RawIOBase, io.BufferedIOBase)) or "b" in getattr(file, "mode", "")
-
-
-def _write_data(data, file):
-    """Write the UTF-8 bytes ``data`` (any buffer) to a path (gzip-compressed when the name ends
-    in ``.gz``) or to an open binary or text file."""
-    if isinstance(file, (str, bytes, os.PathLike)):
-        if os.fsdecode(file).endswith(".gz"):
-            data = gzip.compress(data)
-        with open(file, "wb") as fh:
-            fh.write(data)
-    elif isinstance(file, io.RawIOBase):
-        _write_all(file, data)
-    elif _is_binary(file):
-        file.write(data)
-    else:
-        file.write(bytes(data).decode("utf-8"))
-
-
-def _write_all(raw, data):
-    """Write ``data`` to an unbuffered binary file, which may take only part of it per call
-    (``sys.stdout.buffer`` under ``python -u`` or PYTHONUNBUFFERED is a raw FileIO: a pipe
-    whose reader leaves takes part of the data, and only the next call raises EPIPE)."""
-    view = memoryview(data)
-    while view:
-        n = raw.write(view)
-        if n is None:       # a non-blocking file that is not ready: fail rather than drop data
-            raise BlockingIOError(errno.EAGAIN, "output not ready (non-blocking file)")
-        view = view[n:]
 
 
 # --------------------------------------------------------------------------------------------
@@ -723,7 +610,7 @@ def looks_like_conllu(text):
     ``text`` is a str, or UTF-8 bytes of which only the lines looked at are decoded.
     """
     binary = not isinstance(text, str)
-    bom, nl = (_BOM_BYTES, b"\n") if binary else (_BOM, "\n")
+    bom, nl = (_BOM_BYTES, b"\n") if binary else (BOM, "\n")
     start, size = (len(bom) if text[:len(bom)] == bom else 0), len(text)
     seen_comment = False
     while start < size:
@@ -759,11 +646,11 @@ def read_sentences(path_or_file, format="auto"):
     """
     if format not in ("auto", "conllu", "text"):
         raise ValueError(f"format must be 'auto', 'conllu' or 'text', got {format!r}")
-    text, name = _read_text(path_or_file, keep_bom=True)
+    text, name = read_text(path_or_file, keep_bom=True)
     if format == "conllu" or (format == "auto" and looks_like_conllu(text)):
-        with _gc_paused():
+        with gc_paused():
             return _parse_sentences(text, name)
-    return sentences_from_text(text[1:] if text.startswith(_BOM) else text)
+    return sentences_from_text(text[1:] if text.startswith(BOM) else text)
 
 
 def read_document(path_or_file, format="auto"):
@@ -783,12 +670,12 @@ def read_document(path_or_file, format="auto"):
     """
     if format not in ("auto", "conllu", "text"):
         raise ValueError(f"format must be 'auto', 'conllu' or 'text', got {format!r}")
-    data, name = _read_bytes(path_or_file)
+    data, name = read_bytes(path_or_file)
     if format == "conllu" or (format == "auto" and looks_like_conllu(data)):
         return ConlluDocument(data, name)
-    text = data if isinstance(data, str) else _decode(data, name)
+    text = data if isinstance(data, str) else decode_utf8(data, name)
     return ConlluDocument.from_sentences(
-        sentences_from_text(text[1:] if text.startswith(_BOM) else text))
+        sentences_from_text(text[1:] if text.startswith(BOM) else text))
 
 
 # --------------------------------------------------------------------------------------------
@@ -836,12 +723,12 @@ class ConlluDocument:
         scanned = _scan(data, UPOS_COLUMN)
         if scanned is None:
             # The Python parser names the line (or the byte that is not UTF-8).
-            _parse_sentences(_decode(data, name), name)
+            _parse_sentences(decode_utf8(data, name), name)
             raise AssertionError(f"{name}: the compiled CoNLL-U scan refused what the "
                                  "Python parser accepts")
         spans, word_offsets, stats = scanned
         n_words, n_sents = int(stats[0]), int(stats[1])
-        with _gc_paused():
+        with gc_paused():
             forms = document_strings(data, spans, word_offsets, n_sents, 0)
         if not forms and (stats[3] or data.startswith(_BOM_BYTES)):
             # blank lines only: one sentence without lines, as read_conllu gives
@@ -859,7 +746,7 @@ class ConlluDocument:
     @classmethod
     def read(cls, path_or_file):
         """A CoNLL-U file (path or open file, plain or gzip-compressed) as a document."""
-        data, name = _read_bytes(path_or_file)
+        data, name = read_bytes(path_or_file)
         return cls(data, name)
 
     @classmethod
@@ -917,7 +804,7 @@ class ConlluDocument:
     def write(self, file, upos=None):
         """Write :meth:`to_bytes` to a path (gzip-compressed when it ends in ``.gz``) or an
         open binary or text file."""
-        _write_data(self._data if upos is None else self._encode(upos), file)
+        write_bytes(self._data if upos is None else self._encode(upos), file)
 
     def __repr__(self):
         return (f"ConlluDocument({len(self.forms)} sentences, {self.n_words} words, "
