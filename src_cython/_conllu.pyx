@@ -20,6 +20,9 @@ from _typedefs cimport intp_t, uint8_t
 cdef extern from "Python.h":
     object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
 
+cdef extern from "_hash.h" nogil:
+    uint64_t febm_hash_bytes(const uint8_t* s, intp_t n)
+
 cdef enum:
     # columns of a word's row in the spans array: FORM start, FORM stop, label start, stop
     N_SPAN = 4
@@ -277,15 +280,6 @@ def scan_document(const uint8_t[::1] data, Py_ssize_t begin, int column,
     return 1 if status == 0 else (-1 if status == -2 else 0)
 
 
-cdef inline uint64_t _hash(const uint8_t* s, Py_ssize_t n) noexcept nogil:
-    """FNV-1a."""
-    cdef uint64_t h = 14695981039346656037ULL
-    cdef Py_ssize_t k
-    for k in range(n):
-        h = (h ^ s[k]) * 1099511628211ULL
-    return h
-
-
 def document_strings(const uint8_t[::1] data, const intp_t[:, ::1] spans,
                      const intp_t[::1] word_offsets, Py_ssize_t n_sents, int field,
                      bint skip_empty=False):
@@ -320,7 +314,7 @@ def document_strings(const uint8_t[::1] data, const intp_t[:, ::1] spans,
             for j in range(word_offsets[i], word_offsets[i + 1]):
                 a = spans[j, col]
                 b = spans[j, col + 1]
-                h = _hash(d + a, b - a)
+                h = febm_hash_bytes(d + a, b - a)
                 slot = h & (size - 1)
                 while True:
                     u = table[slot]
