@@ -29,6 +29,7 @@ import os
 import re
 import stat
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -336,7 +337,7 @@ def load_arrays(path, kind, required=()):
             if fh.read(4) != _ZIP_MAGIC:
                 raise _FileError(f"{path}: not a factorebm model file (not an .npz archive)")
             with zipfile.ZipFile(fh) as zf:
-                arrays, metadata = _read_archive(path, zf, os.fstat(fh.fileno()).st_size,
+                arrays, metadata = _read_archive(path, zf, fh, os.fstat(fh.fileno()).st_size,
                                                  kind)
         except Exception as exc:
             if not _corrupt(exc):
@@ -348,7 +349,7 @@ def load_arrays(path, kind, required=()):
     return arrays, metadata
 
 
-def _read_archive(path, zf, file_size, kind):
+def _read_archive(path, zf, fh, file_size, kind):
     """The arrays and metadata of an open archive, every size checked before it is read."""
     members = _check_directory(path, zf, file_size)
     if _METADATA_KEY not in members:
@@ -361,7 +362,7 @@ def _read_archive(path, zf, file_size, kind):
                          f"{len(shape)}-D {dtype}")
     if shape[0] > _MAX_METADATA_BYTES:
         raise _FileError(f"{path}: metadata of {shape[0]} bytes is implausibly large")
-    metadata = _read_metadata(path, _read_member(path, zf, info, _METADATA_KEY, header))
+    metadata = _read_metadata(path, _read_member(path, zf, fh, info, _METADATA_KEY, header))
     _check_header(path, metadata, kind)
     declared = metadata.get("shapes")
     if declared is not None and not isinstance(declared, dict):
@@ -378,7 +379,7 @@ def _read_archive(path, zf, file_size, kind):
                     or want[0] != dtype.str or want[1] != list(shape)):
                 raise _FileError(f"{path}: array {name!r} is {dtype.str} of shape {shape}, "
                                  f"but the metadata lists {want!r}")
-    arrays = {name: _read_member(path, zf, info, name, headers[name])
+    arrays = {name: _read_member(path, zf, fh, info, name, headers[name])
               for name, info in members.items() if name != _METADATA_KEY}
     return arrays, metadata
 
@@ -460,32 +461,57 @@ def _read_header(path, zf, info, name):
     return dtype, shape, fortran, data_start
 
 
-def _read_member(path, zf, info, name, header):
+def _read_member(path, zf, fh, info, name, header):
     """The array of one member, its ``header`` (:func:`_read_header`) already checked.
 
-    The member is read in one call into the buffer that becomes the array's memory: numpy's
-    ``read_array`` reads a zip member in chunks of 256 Ki elements, each with its own read,
-    CRC update and copy, which took most of a model's loading time."""
+    A stored member (what :func:`save_arrays` writes) is read from the file ``fh`` in one call
+    straight into the buffer that becomes the array's memory, and its CRC-32 checked: numpy's
+    ``read_array`` reads a zip member in chunks of 256 Ki elements through zipfile, each chunk
+    read, checked and copied twice, which took most of a model's loading time."""
     dtype, shape, fortran, data_start = header
-    buf = bytearray(info.file_size)
     try:
-        with zf.open(info) as fp:
-            # reaching the end makes zipfile compare the member's CRC-32
-            n = fp.readinto(buf)
-            extra = fp.read(1)
+        if info.compress_type == zipfile.ZIP_STORED:
+            buf = _read_stored(path, fh, info, name)
+        else:
+            buf = np.empty(info.file_size, dtype=np.uint8)
+            with zf.open(info) as fp:
+                # reaching the end makes zipfile compare the member's CRC-32
+                if fp.readinto(buf) != info.file_size or fp.read(1):
+                    raise _FileError(f"{path}: array {name!r} does not hold the "
+                                     f"{info.file_size} bytes its directory entry declares")
     except Exception as exc:
         if not _corrupt(exc):
             raise
         raise _FileError(f"{path}: array {name!r} is unreadable ({exc})") from None
-    if n != info.file_size:
-        raise _FileError(f"{path}: array {name!r} is truncated")
-    if extra:
-        raise _FileError(f"{path}: array {name!r} has bytes after its data")
     count = 1
     for k in shape:
         count *= k
     a = np.frombuffer(buf, dtype=dtype, count=count, offset=data_start)
+    if not a.flags.aligned:
+        a = a.copy()    # a header of odd length: kernels assume aligned items
     return a.reshape(shape, order="F" if fortran else "C")
+
+
+def _read_stored(path, fh, info, name):
+    """The bytes of a stored (uncompressed) member, as a uint8 array, CRC-32 checked."""
+    fh.seek(info.header_offset)
+    local = fh.read(30)
+    if len(local) != 30 or local[:4] != _ZIP_MAGIC:
+        raise _FileError(f"{path}: array {name!r} has no local file header")
+    n_name = int.from_bytes(local[26:28], "little")
+    n_extra = int.from_bytes(local[28:30], "little")
+    encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+    if fh.read(n_name) != info.orig_filename.encode(encoding):
+        raise _FileError(f"{path}: array {name!r}: the names of its directory entry and "
+                         "its local header differ")
+    fh.seek(info.header_offset + 30 + n_name + n_extra)
+    # np.empty, not bytearray: no zero-filling, and numpy asks for huge pages
+    buf = np.empty(info.file_size, dtype=np.uint8)
+    if fh.readinto(memoryview(buf)) != info.file_size:
+        raise _FileError(f"{path}: array {name!r} is truncated")
+    if zlib.crc32(buf) != info.CRC:
+        raise _FileError(f"{path}: array {name!r} is corrupt (bad CRC-32)")
+    return buf
 
 
 def _read_metadata(path, raw):

@@ -54,3 +54,35 @@ def test_tagging_a_sentence_loads_nothing_heavy(model, tmp_path):
     # the factor-graph side and the learner are not needed to tag
     assert not loaded & {"factorebm.graph", "factorebm.inference", "factorebm._bp",
                          "factorebm.optimize", "factorebm.energies.graph"}
+
+
+def test_model_arrays_are_read_whole_checked_and_aligned(tmp_path):
+    import zipfile
+    import numpy as np
+    from factorebm.modelio import load_arrays, save_arrays
+    x = np.arange(5, dtype=np.float64) / 3
+    path = tmp_path / "m.npz"
+    save_arrays(path, {"x": x, "y": np.arange(3, dtype=np.int32)}, {}, kind="K")
+    arrays, _ = load_arrays(path, kind="K")
+    assert np.array_equal(arrays["x"], x) and arrays["x"].flags.writeable
+    # an .npy header of odd length leaves the data unaligned in its member: it is copied
+    header = b"{'descr': '<f8', 'fortran_order': False, 'shape': (5,), }"
+    header += b" " * (75 - 10 - len(header) - 1) + b"\n"
+    npy = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + x.tobytes()
+    odd = tmp_path / "odd.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(odd, "w") as dst:
+        for info in src.infolist():
+            data = npy if info.filename == "x.npy" else src.read(info)
+            dst.writestr(info.filename, data)
+    arrays, _ = load_arrays(odd, kind="K")
+    assert arrays["x"].flags.aligned and np.array_equal(arrays["x"], x)
+    # a flipped bit in a stored member fails its CRC-32 (a member larger than zipfile reads
+    # at once with the header)
+    big = np.arange(5000, dtype=np.float64)
+    save_arrays(path, {"x": big}, {}, kind="K")
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(big.tobytes()) + 20_000] ^= 1
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"bad\.npz: array 'x' is corrupt \(bad CRC-32\)"):
+        load_arrays(bad, kind="K")
