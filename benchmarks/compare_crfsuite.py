@@ -218,25 +218,27 @@ def in_child(fn_name, *args):
 
 
 # ----------------------------------------------------------------------------- end to end
-def _child_env():
+def _child_env(tmp):
     """The environment of the timed commands: this factorebm first on the path, and bytecode
-    written (an installed package has it compiled)."""
+    written (an installed package has it compiled), into ``tmp`` rather than the sources."""
     import factorebm
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = os.path.join(tmp, "pycache")
     root = os.path.dirname(os.path.dirname(os.path.abspath(factorebm.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
 
 
-def time_command(command, env, repeats):
+def time_command(command, env, repeats, cwd):
     """Median wall time of a command, process start to exit, after one untimed run (page
     cache, bytecode). RuntimeError with its stderr when it fails."""
     times = []
     for k in range(repeats + 1):
         t0 = time.perf_counter()
+        # run in cwd (a folder without a factorebm package): `python -m` looks there first
         r = subprocess.run(command, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
+                           stderr=subprocess.PIPE, text=True, cwd=cwd)
         dt = time.perf_counter() - t0
         if r.returncode:
             raise RuntimeError(f"{' '.join(command)} failed (exit {r.returncode}): {r.stderr}")
@@ -258,7 +260,7 @@ def end_to_end(tmp, models, repeats):
     with open(one, "wb") as fh:
         fh.write(test[:test.index(b"\n\n") + 2])
     n_tokens = E2E_COPIES * sum(len(s) for s in read_conllu_plain(fe_test_path())[0])
-    env = _child_env()
+    env = _child_env(tmp)
     out = os.path.join(tmp, "tagged.conllu")
     commands = {
         "crfsuite": lambda src: [sys.executable, os.path.abspath(__file__), "--crfsuite-tag",
@@ -268,13 +270,13 @@ def end_to_end(tmp, models, repeats):
     }
     results = {}
     for name, command in commands.items():
-        seconds = time_command(command(big), env, repeats)
+        seconds = time_command(command(big), env, repeats, tmp)
         with open(out, "rb") as fh:
             written = fh.read()
         n_lines = written.count(b"\n")
         if n_lines != test.count(b"\n") * E2E_COPIES:
             raise RuntimeError(f"{name} wrote {n_lines} lines, not the input's")
-        latency = time_command(command(one), env, repeats)
+        latency = time_command(command(one), env, repeats, tmp)
         results[name] = {"e2e_tokens": n_tokens, "e2e_s": seconds,
                          "e2e_tokens_per_s": n_tokens / seconds, "one_sentence_s": latency}
         print(f"{name:>10}: end to end {n_tokens / seconds:,.0f} tokens/s ({n_tokens:,} tokens "

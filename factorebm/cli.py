@@ -1,7 +1,9 @@
 """The ``factorebm`` command line: train, evaluate and run a part-of-speech tagger.
 
-    factorebm train --model PATH [--train FILE] [--dev FILE] [--test FILE] [--loss NAME] ...
-    factorebm evaluate --model PATH [FILE] [--json] [--threads N]
+    factorebm train --model PATH [--train FILE] [--dev FILE] [--test FILE] [--loss NAME]
+                    [--column UPOS|N] [--plot IMAGE] [--quiet] ...
+    factorebm evaluate --model PATH [FILE] [--metric accuracy|span-f1] [--column UPOS|N]
+                       [--json] [--threads N]
     factorebm tag --model PATH [FILE|-] [--format auto|conllu|text] [--output FILE] [--threads N]
     factorebm --version
 
@@ -59,18 +61,19 @@ def _column_number(column):
         return None
 
 
-def _check_model_target(path):
-    """Fail before training, not after, when the model file cannot be written at ``path``."""
+def _check_model_target(path, option="--model", example="model.npz"):
+    """Fail before training, not after, when the model file (or ``option``'s file) cannot be
+    written at ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise ValueError(f"--model {path}: is a directory; give a file name such as "
-                         f"{os.path.join(path, 'model.npz')}")
+        raise ValueError(f"{option} {path}: is a directory; give a file name such as "
+                         f"{os.path.join(path, example)}")
     if not os.path.exists(folder):
-        raise ValueError(f"--model {path}: folder {folder} does not exist")
+        raise ValueError(f"{option} {path}: folder {folder} does not exist")
     if not os.path.isdir(folder):
-        raise ValueError(f"--model {path}: {folder} is not a folder")
+        raise ValueError(f"{option} {path}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"--model {path}: folder {folder} is not writable")
+        raise ValueError(f"{option} {path}: folder {folder} is not writable")
 
 
 def _load_model(args):
@@ -101,6 +104,10 @@ def _new_tagger(args):
 def _cmd_train(args):
     tagger = _new_tagger(args)
     _check_model_target(args.model)
+    if args.plot:
+        from .plotting import require_matplotlib
+        require_matplotlib("--plot")
+        _check_model_target(args.plot, "--plot", "curve.png")
     bundled = args.train is None
     train_path = args.train or datasets.ud_english_ewt_path("train")
     dev_path = args.dev or (datasets.ud_english_ewt_path("dev") if bundled else None)
@@ -119,6 +126,12 @@ def _cmd_train(args):
         print(f"dev accuracy:  {100 * tagger.score(*dev):.2f}%  ({dev_path})")
     if test is not None:
         print(f"test accuracy: {100 * tagger.score(*test):.2f}%  ({test_path})")
+    if args.plot:
+        from .plotting import training_curve
+        training_curve(tagger.history_, args.plot,
+                       title=f"{os.path.basename(train_path)}, loss {tagger.loss}")
+        print(f"training curve (loss{' and dev accuracy' if dev else ''} per epoch) "
+              f"written to {args.plot}")
     return 0
 
 
@@ -245,6 +258,10 @@ def build_parser():
     _add_column(t)
     _add_threads(t)
     t.add_argument("--quiet", action="store_true", help="no progress lines")
+    t.add_argument("--plot", metavar="IMAGE",
+                   help="save the training curve (loss and dev accuracy per epoch) to this "
+                        "image, e.g. curve.png; needs matplotlib (pip install "
+                        "'factorebm[plot]')")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("evaluate", help="token accuracy or span F1 of a model on a labelled file",

@@ -126,6 +126,21 @@ def _check_feasible(energies, sents):
                          f"{energies[i]})")
 
 
+def _progress_line(schedule):
+    """What fit prints after each epoch (L-BFGS: iteration): ``epoch 2/4  loss 0.9096  dev
+    accuracy 95.13%  57.6 s`` (seconds since the optimizer started)."""
+    unit = "iteration" if schedule["optimizer"] == "lbfgs" else "epoch"
+    total = schedule["max_iter"]
+
+    def report(row):
+        parts = [f"{unit} {row['epoch']:>{len(str(total))}}/{total}", f"loss {row['loss']:.4f}"]
+        if "dev_accuracy" in row:
+            parts.append(f"dev accuracy {100 * row['dev_accuracy']:.2f}%")
+        parts.append(f"{row['time']:.1f} s")
+        print("  ".join(parts), flush=True)
+    return report
+
+
 class SequenceTagger:
     """Part-of-speech (or any sequence) tagger trained by shaping a linear-chain energy.
 
@@ -169,7 +184,8 @@ class SequenceTagger:
     random_state : int
         Seed of the stochastic optimizers.
     verbose : bool
-        Print one progress line per iteration (loss and, with ``dev=``, dev accuracy).
+        Print one progress line per epoch (L-BFGS: iteration): the loss, the dev accuracy
+        with ``dev=``, and the seconds since the optimizer started.
     **loss_params
         Passed to the loss (e.g. ``margin=`` for hinge).
 
@@ -345,7 +361,8 @@ class SequenceTagger:
         kwargs.update(schedule)
         try:
             w, history = fit_chain(model, X, offsets, y, loss=self.loss, l1=self.l1,
-                                   callback=callback, verbose=self.verbose,
+                                   callback=callback,
+                                   verbose=self.verbose and _progress_line(schedule),
                                    n_threads=self.n_threads, random_state=self.random_state,
                                    **kwargs)
         finally:
