@@ -11,7 +11,7 @@
 # failure and the caller reruns the Python parser, which raises its usual error naming file
 # and line. So error messages have one source, the Python parser.
 from cpython.ref cimport PyObject
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memset
 from libc.stdint cimport uint32_t, uint64_t
 
@@ -19,6 +19,9 @@ from _typedefs cimport intp_t, uint8_t
 
 cdef extern from "Python.h":
     object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
+    object PyList_New(Py_ssize_t n)
+    void PyList_SET_ITEM(object lst, Py_ssize_t i, object item)    # steals a reference
+    void Py_INCREF(object o)
 
 cdef extern from "_hash.h" nogil:
     uint64_t febm_hash_bytes(const uint8_t* s, intp_t n)
@@ -290,27 +293,37 @@ def document_strings(const uint8_t[::1] data, const intp_t[:, ::1] spans,
     """
     cdef Py_ssize_t n_words = word_offsets[n_sents] if n_sents > 0 else 0
     cdef Py_ssize_t i, j, a, b, size = 1024, n_unique = 0, slot, u, col = 2 * field
+    cdef Py_ssize_t capacity = 1 << 16
     cdef intp_t* table
     cdef intp_t* grown
-    cdef intp_t* first      # the word whose bytes stand for each distinct string
+    # The bytes of the distinct strings, one after the other (string u is
+    # ubytes[ustart[u]:ustart[u + 1]]): compared against there, in a buffer that stays in
+    # cache, not at their first place in the document.
+    cdef uint8_t* ubytes
+    cdef uint8_t* more
+    cdef intp_t* ustart
     cdef uint64_t* hashes
     cdef uint64_t h
     cdef const uint8_t* d = &data[0] if data.shape[0] else NULL
     cdef list uniques = [], out = [], strings
+    cdef object form
     if (n_sents < 0 or n_sents >= word_offsets.shape[0] or n_words > spans.shape[0]
             or field < 0 or field > 1):
         raise ValueError("n_sents does not match word_offsets and spans, or field not 0 or 1")
     table = <intp_t*>malloc(size * sizeof(intp_t))
-    first = <intp_t*>malloc((n_words + 1) * sizeof(intp_t))
+    ubytes = <uint8_t*>malloc(capacity)
+    ustart = <intp_t*>malloc((n_words + 2) * sizeof(intp_t))
     hashes = <uint64_t*>malloc((n_words + 1) * sizeof(uint64_t))
     try:
-        if table == NULL or first == NULL or hashes == NULL:
+        if table == NULL or ubytes == NULL or ustart == NULL or hashes == NULL:
             raise MemoryError()
         memset(table, -1, size * sizeof(intp_t))
+        ustart[0] = 0
         for i in range(n_sents):
             if skip_empty and word_offsets[i] == word_offsets[i + 1]:
                 continue
-            strings = []
+            # a list of the sentence's length, filled in place (no appends)
+            strings = PyList_New(word_offsets[i + 1] - word_offsets[i])
             for j in range(word_offsets[i], word_offsets[i + 1]):
                 a = spans[j, col]
                 b = spans[j, col + 1]
@@ -320,16 +333,23 @@ def document_strings(const uint8_t[::1] data, const intp_t[:, ::1] spans,
                     u = table[slot]
                     if u < 0:
                         break
-                    if (hashes[u] == h and spans[first[u], col + 1] - spans[first[u], col]
-                            == b - a and memcmp(d + spans[first[u], col], d + a, b - a) == 0):
+                    if (hashes[u] == h and ustart[u + 1] - ustart[u] == b - a
+                            and memcmp(ubytes + ustart[u], d + a, b - a) == 0):
                         break
                     slot = (slot + 1) & (size - 1)
                 if u < 0:
                     u = n_unique
                     n_unique += 1
                     table[slot] = u
-                    first[u] = j
                     hashes[u] = h
+                    if ustart[u] + (b - a) > capacity:
+                        capacity = 2 * (ustart[u] + (b - a))
+                        more = <uint8_t*>realloc(ubytes, capacity)
+                        if more == NULL:
+                            raise MemoryError()
+                        ubytes = more
+                    memcpy(ubytes + ustart[u], d + a, b - a)
+                    ustart[u + 1] = ustart[u] + (b - a)
                     uniques.append(PyUnicode_DecodeUTF8(<const char*>d + a, b - a, NULL))
                     if 2 * n_unique > size:         # keep the table at most half full
                         grown = <intp_t*>malloc(2 * size * sizeof(intp_t))
@@ -345,11 +365,14 @@ def document_strings(const uint8_t[::1] data, const intp_t[:, ::1] spans,
                                 slot = (slot + 1) & (size - 1)
                             table[slot] = u
                         u = n_unique - 1
-                strings.append(uniques[u])
+                form = uniques[u]
+                Py_INCREF(form)
+                PyList_SET_ITEM(strings, j - word_offsets[i], form)
             out.append(strings)
     finally:
         free(table)
-        free(first)
+        free(ubytes)
+        free(ustart)
         free(hashes)
     return out
 
