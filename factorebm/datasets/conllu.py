@@ -6,16 +6,23 @@ separated by blank lines and may be preceded by ``#`` comment lines. Besides ord
 (integer ID) a sentence may hold multiword-token ranges (ID ``1-2``) and empty nodes (ID ``1.1``);
 neither is a word that gets a part-of-speech tag.
 
-Two readers serve two jobs:
+Three readers serve three jobs:
 
 * :func:`load_conllu` is the fast path for training and evaluation: it returns only the word
-  forms and their UPOS tags, as plain lists of strings.
+  forms and their labels (UPOS tags, or any other column), as plain lists of strings.
+* :class:`ConlluDocument` (:func:`read_document`) keeps a file as its bytes with the places of
+  its word lines, and writes it back with the UPOS column replaced and every other byte as it
+  was. This is what ``factorebm tag`` uses to fill in tags while leaving the rest of a user's
+  file untouched.
 * :func:`read_conllu` keeps everything (all ten columns, comments, multiword ranges, empty nodes,
-  blank lines and line endings) in :class:`Sentence` objects, so that :func:`write_conllu`
-  writes a file back byte for byte, optionally with the UPOS column replaced. This is what
-  ``factorebm tag`` uses to fill in tags while leaving the rest of a user's file untouched.
+  blank lines and line endings) in :class:`Sentence` objects, to read or change any column;
+  :func:`write_conllu` writes them back byte for byte, optionally with new UPOS tags.
 
-Both accept plain or gzip-compressed input; compression is recognised by the gzip magic bytes,
+The first two are one compiled scan over the file's bytes (``src_cython/_conllu.pyx``); the
+Python parsers here are its slow twins, which accept exactly the same files and name the file
+and line of any error (the compiled scan hands every file it refuses to them).
+
+All accept plain or gzip-compressed input; compression is recognised by the gzip magic bytes,
 not by the file name. Input must be UTF-8 (a leading byte-order mark is allowed).
 """
 import io
