@@ -6,16 +6,44 @@ discrete variables; inference is ``argmin_Y E`` (min-sum belief propagation)
 or the Gibbs distribution ``exp(-beta E) / Z`` (sum-product); learning shapes
 the energy with the tutorial's losses.
 """
-from .graph import FactorGraph
-from .inference import free_energy, min_sum, most_offending, sum_product
-from . import chain, datasets, learning, losses, modules, optimize, sampling
-from .sampling import sample
-from .tagger import SequenceTagger
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "FactorGraph", "min_sum", "sum_product", "free_energy", "most_offending", "sample",
-    "sampling", "chain", "losses", "learning", "modules", "optimize", "datasets", "SequenceTagger",
-    "__version__",
-]
+# Public name -> the module that defines it ("" for a submodule of that name). Each is
+# imported on first use (PEP 562 __getattr__), so that ``import factorebm`` is nearly free and
+# ``factorebm tag`` loads only what tagging needs: a sentence tagged a tenth of a second
+# after the process starts.
+_LAZY = {
+    "FactorGraph": "graph",
+    "min_sum": "inference", "sum_product": "inference", "free_energy": "inference",
+    "most_offending": "inference",
+    "SequenceTagger": "tagger",
+    "sample": "sampling",
+    "chain": "", "datasets": "", "learning": "", "losses": "", "metrics": "", "modules": "",
+    "optimize": "", "sampling": "",
+}
+
+__all__ = list(_LAZY) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name, None if name.startswith("_") else "")
+    target = f"{__name__}.{module or name}"
+    try:
+        # a public name, or any submodule (fe.features, fe.modelio, ...)
+        value = None if module is None else importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name != target:
+            raise
+        value = None
+    if value is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if module:
+        value = getattr(value, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,7 +1,9 @@
 """The ``factorebm`` command line: train, evaluate and run a part-of-speech tagger.
 
-    factorebm train --model PATH [--train FILE] [--dev FILE] [--test FILE] [--loss NAME] ...
-    factorebm evaluate --model PATH [FILE] [--json] [--threads N]
+    factorebm train --model PATH [--train FILE] [--dev FILE] [--test FILE] [--loss NAME]
+                    [--column UPOS|N] [--plot IMAGE] [--quiet] ...
+    factorebm evaluate --model PATH [FILE] [--metric accuracy|span-f1] [--column UPOS|N]
+                       [--json] [--threads N]
     factorebm tag --model PATH [FILE|-] [--format auto|conllu|text] [--output FILE] [--threads N]
     factorebm --version
 
@@ -29,28 +31,50 @@ _OPTIONS = {"l1": "--l1", "l2": "--l2", "max_iter": "--max-iter", "batch_size": 
             "loss": "--loss", "front_end": "--front-end"}
 
 
-def _load_gold(path):
-    """Forms and gold UPOS tags of a CoNLL-U file; refuse one with nothing to train or score."""
-    sents, tags = datasets.load_conllu(path)
+def _load_gold(path, column="UPOS"):
+    """Forms and gold labels of a data file: CoNLL-U when ``column`` names a column (UPOS,
+    XPOS, ...), a plain file of whitespace-separated columns (word ... tag) when it is a
+    number; refuse one with nothing to train or score."""
+    number = _column_number(column)
+    if number is None:
+        try:
+            sents, tags = datasets.load_conllu(path, column=column)
+        except datasets.ConlluSyntaxError as exc:
+            raise ValueError(f"{exc} (--column {column} reads CoNLL-U; for a file of "
+                             "whitespace-separated columns give the tag's column number, "
+                             "such as --column 2)") from None
+    else:
+        sents, tags = datasets.load_conll(path, column=number)
     if not any(sents):
         raise ValueError(f"{path}: zero tokens (no sentence with a word line)")
     if all(t == "_" for ts in tags for t in ts):
-        raise ValueError(f"no gold UPOS tags in {path} (its UPOS column is all '_')")
+        what, where = (column, f"{column} column") if number is None else (
+            f"column {number}", f"column {number}")
+        raise ValueError(f"no gold {what} tags in {path} (its {where} is all '_')")
     return sents, tags
 
 
-def _check_model_target(path):
-    """Fail before training, not after, when the model file cannot be written at ``path``."""
+def _column_number(column):
+    """The number of a ``--column`` given as one, else None (a CoNLL-U column name)."""
+    try:
+        return int(column)
+    except ValueError:
+        return None
+
+
+def _check_model_target(path, option="--model", example="model.npz"):
+    """Fail before training, not after, when the model file (or ``option``'s file) cannot be
+    written at ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise ValueError(f"--model {path}: is a directory; give a file name such as "
-                         f"{os.path.join(path, 'model.npz')}")
+        raise ValueError(f"{option} {path}: is a directory; give a file name such as "
+                         f"{os.path.join(path, example)}")
     if not os.path.exists(folder):
-        raise ValueError(f"--model {path}: folder {folder} does not exist")
+        raise ValueError(f"{option} {path}: folder {folder} does not exist")
     if not os.path.isdir(folder):
-        raise ValueError(f"--model {path}: {folder} is not a folder")
+        raise ValueError(f"{option} {path}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"--model {path}: folder {folder} is not writable")
+        raise ValueError(f"{option} {path}: folder {folder} is not writable")
 
 
 def _load_model(args):
@@ -81,14 +105,18 @@ def _new_tagger(args):
 def _cmd_train(args):
     tagger = _new_tagger(args)
     _check_model_target(args.model)
+    if args.plot:
+        from .plotting import require_matplotlib
+        require_matplotlib("--plot")
+        _check_model_target(args.plot, "--plot", "curve.png")
     bundled = args.train is None
     train_path = args.train or datasets.ud_english_ewt_path("train")
     dev_path = args.dev or (datasets.ud_english_ewt_path("dev") if bundled else None)
     test_path = args.test or (datasets.ud_english_ewt_path("test") if bundled else None)
     t0 = time.perf_counter()
-    sents, tags = _load_gold(train_path)
-    dev = _load_gold(dev_path) if dev_path else None
-    test = _load_gold(test_path) if test_path else None
+    sents, tags = _load_gold(train_path, args.column)
+    dev = _load_gold(dev_path, args.column) if dev_path else None
+    test = _load_gold(test_path, args.column) if test_path else None
     tagger.fit(sents, tags, dev=dev)
     tagger.save(args.model)
     train_s = time.perf_counter() - t0
@@ -99,21 +127,49 @@ def _cmd_train(args):
         print(f"dev accuracy:  {100 * tagger.score(*dev):.2f}%  ({dev_path})")
     if test is not None:
         print(f"test accuracy: {100 * tagger.score(*test):.2f}%  ({test_path})")
+    if args.plot:
+        from .plotting import training_curve
+        training_curve(tagger.history_, args.plot,
+                       title=f"{os.path.basename(train_path)}, loss {tagger.loss}")
+        print(f"training curve (loss{' and dev accuracy' if dev else ''} per epoch) "
+              f"written to {args.plot}")
     return 0
 
 
 def _cmd_evaluate(args):
+    from . import metrics
+    metric = metrics.get(args.metric)       # an unknown name fails before the model loads
+    if metric is metrics.span_f1:
+        args.scheme = metrics.check_scheme(args.scheme)     # and an unknown scheme
     tagger = _load_model(args)
     path = args.file or datasets.ud_english_ewt_path("test")
-    sents, tags = _load_gold(path)
+    sents, tags = _load_gold(path, args.column)
     t0 = time.perf_counter()
-    accuracy = tagger.score(sents, tags)
+    pred = tagger.predict(sents)
     dt = time.perf_counter() - t0
     n_tokens = sum(len(s) for s in sents)
-    result = {"file": str(path), "sentences": len(sents), "tokens": n_tokens,
-              "accuracy": accuracy, "seconds": dt, "tokens_per_s": n_tokens / dt if dt else None}
+    accuracy = metrics.accuracy(tags, pred)
+    result = {"file": str(path), "column": args.column, "sentences": len(sents),
+              "tokens": n_tokens, "accuracy": accuracy, "seconds": dt,
+              "tokens_per_s": n_tokens / dt if dt else None}
+    if metric is metrics.span_f1:
+        spans = metrics.span_f1(tags, pred, scheme=args.scheme, strict=args.strict)
+        result.update({"metric": "span-f1", "scheme": args.scheme, "strict": args.strict},
+                      **spans)
+    else:
+        result["metric"] = "accuracy"
     if args.json:
         print(json.dumps(result))
+    elif metric is metrics.span_f1:
+        print(f"span F1 {100 * spans['f1']:.2f}% (precision {100 * spans['precision']:.2f}%, "
+              f"recall {100 * spans['recall']:.2f}%; {spans['n_gold']} gold spans, "
+              f"{spans['n_pred']} predicted, {spans['n_correct']} correct) in {len(sents)} "
+              f"sentences of {path}; token accuracy {100 * accuracy:.2f}%")
+        width = max(map(len, spans["per_type"]), default=4)
+        for name, row in spans["per_type"].items():
+            print(f"  {name:<{width}}  F1 {100 * row['f1']:6.2f}%  precision "
+                  f"{100 * row['precision']:6.2f}%  recall {100 * row['recall']:6.2f}%  "
+                  f"support {row['support']}")
     else:
         print(f"token accuracy {100 * accuracy:.2f}% on {n_tokens} tokens in {len(sents)} "
               f"sentences of {path}")
@@ -131,26 +187,34 @@ def _cmd_tag(args):
     # Bytes in and out keep the input's line endings (CRLF stays CRLF) byte for byte.
     source = sys.stdin.buffer if from_stdin else args.file
     try:
-        sentences = datasets.read_sentences(source, format=args.format)
+        # compiled reading and writing: the file is kept as bytes, only FORM is decoded
+        document = datasets.read_document(source, format=args.format)
     except datasets.ConlluSyntaxError as exc:
         if args.format != "auto":
             raise
         raise ValueError(f"{exc} (read as CoNLL-U because its first token line has 10 "
                          "tab-separated columns; use --format text for plain text)") from None
-    forms = [s.forms for s in sentences]
-    if args.format == "auto" and not any(forms) and any(s.comments for s in sentences):
+    if args.format == "auto" and document.n_words == 0 and document.n_comment_lines:
         name = "<stdin>" if source is sys.stdin.buffer else args.file
         print(f"factorebm tag: warning: {name} has only comment lines, written back untagged; "
               "use --format text to tag it as plain text", file=sys.stderr)
-    tags = tagger.predict(forms)
+    tags = tagger.predict(document.forms)
     if args.output:
         with open(args.output, "wb") as out:
-            datasets.write_conllu(sentences, out, upos=tags)
+            document.write(out, upos=tags)
     else:
         sys.stdout.flush()
-        datasets.write_conllu(sentences, sys.stdout.buffer, upos=tags)
+        document.write(sys.stdout.buffer, upos=tags)
         sys.stdout.buffer.flush()
     return 0
+
+
+def _add_column(parser):
+    parser.add_argument("--column", default="UPOS",
+                        help="where the gold labels are: a CoNLL-U column name (UPOS, the "
+                             "default; XPOS, DEPREL, MISC, ...), or the number of the tag's "
+                             "column in a file of whitespace-separated columns, word first "
+                             "(2, 3, ...; -1 the last), as CoNLL-2000 and 2003 write them")
 
 
 def _add_threads(parser, default="all cores"):
@@ -195,14 +259,31 @@ def build_parser():
     t.add_argument("--front-end", dest="front_end", choices=FRONT_ENDS,
                    help="what turns words into emission energies: sparse features alone "
                         "(default) or plus a trained character CNN (features+chars)")
+    _add_column(t)
     _add_threads(t)
     t.add_argument("--quiet", action="store_true", help="no progress lines")
+    t.add_argument("--plot", metavar="IMAGE",
+                   help="save the training curve (loss and dev accuracy per epoch) to this "
+                        "image, e.g. curve.png; needs matplotlib (pip install "
+                        "'factorebm[plot]')")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("evaluate", help="token accuracy of a model on a CoNLL-U file",
-                       description="Token accuracy of a model on a CoNLL-U file with gold UPOS.")
+    e = sub.add_parser("evaluate", help="token accuracy or span F1 of a model on a labelled file",
+                       description="Token accuracy or span F1 (chunks, named entities) of a "
+                                   "model on a file with gold labels: CoNLL-U (gold UPOS by "
+                                   "default) or whitespace-separated columns.")
     e.add_argument("--model", required=True)
-    e.add_argument("file", nargs="?", help="CoNLL-U file (default: bundled EWT test)")
+    e.add_argument("file", nargs="?", help="data file (default: bundled EWT test)")
+    e.add_argument("--metric", default="accuracy",
+                   help="accuracy (of tokens, the default) or span-f1 (of labelled spans, "
+                        "as the CoNLL evaluation script conlleval counts them)")
+    e.add_argument("--scheme", default="BIO",
+                   help="tag scheme of span-f1: BIO (B-X, I-X, O; the default) or BIOES "
+                        "(also E-X, S-X)")
+    e.add_argument("--strict", action="store_true",
+                   help="span-f1 counts well-formed spans only (an I-X without its B-X "
+                        "starts no span; by default it starts one, as in conlleval)")
+    _add_column(e)
     e.add_argument("--json", action="store_true", help="print one JSON object")
     _add_threads(e, default="the model's saved setting, else all cores")
     e.set_defaults(func=_cmd_evaluate)

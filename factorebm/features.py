@@ -1299,13 +1299,8 @@ class FeatureExtractor:
                              f"{n_features} features into {n_groups} groups")
         # Every id must lie in its group's column range and increase within its segment:
         # that is what makes the assembled rows sorted.
-        lengths = np.diff(flat)
-        entry_group = np.repeat(np.tile(np.arange(n_groups), n_types), lengths)
-        starts = np.zeros(ids.shape[0], dtype=bool)
-        starts[flat[:-1][lengths > 0]] = True
-        if ids.size and (np.any(ids < bounds[entry_group])
-                         or np.any(ids >= bounds[entry_group + 1])
-                         or np.any((np.diff(ids) <= 0) & ~starts[1:])):
+        from ._features import type_ids_in_order
+        if not type_ids_in_order(seg, ids, bounds):
             raise ValueError("feature extractor arrays: type_ids holds column ids outside "
                              "their group's range or out of order")
         index = dict(zip(words, range(_N_PSEUDO, n_types)))

@@ -27,9 +27,9 @@ the file the link points to (the link stays a link).
 import json
 import os
 import re
-import secrets
 import stat
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -246,6 +246,7 @@ def _create_temp(folder, base):
     """Open a new, uniquely named file beside the target, locked (see
     :func:`_remove_stale_temps`); created with the usual permissions (``0o666`` minus the
     umask), unlike ``tempfile.mkstemp``'s owner-only ``0o600``."""
+    import secrets      # here, not at the top: loading a model never needs it
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
         tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
@@ -336,7 +337,7 @@ def load_arrays(path, kind, required=()):
             if fh.read(4) != _ZIP_MAGIC:
                 raise _FileError(f"{path}: not a factorebm model file (not an .npz archive)")
             with zipfile.ZipFile(fh) as zf:
-                arrays, metadata = _read_archive(path, zf, os.fstat(fh.fileno()).st_size,
+                arrays, metadata = _read_archive(path, zf, fh, os.fstat(fh.fileno()).st_size,
                                                  kind)
         except Exception as exc:
             if not _corrupt(exc):
@@ -348,35 +349,38 @@ def load_arrays(path, kind, required=()):
     return arrays, metadata
 
 
-def _read_archive(path, zf, file_size, kind):
+def _read_archive(path, zf, fh, file_size, kind):
     """The arrays and metadata of an open archive, every size checked before it is read."""
     members = _check_directory(path, zf, file_size)
     if _METADATA_KEY not in members:
         raise _FileError(f"{path}: not a factorebm model file (no {_METADATA_KEY})")
     info = members[_METADATA_KEY]
-    dtype, shape, _ = _read_header(path, zf, info, _METADATA_KEY)
+    header = _read_header(path, zf, info, _METADATA_KEY)
+    dtype, shape = header[:2]
     if dtype != np.uint8 or len(shape) != 1:
         raise _FileError(f"{path}: {_METADATA_KEY} must be a 1-D uint8 array, got "
                          f"{len(shape)}-D {dtype}")
     if shape[0] > _MAX_METADATA_BYTES:
         raise _FileError(f"{path}: metadata of {shape[0]} bytes is implausibly large")
-    metadata = _read_metadata(path, _read_member(path, zf, info, _METADATA_KEY))
+    metadata = _read_metadata(path, _read_member(path, zf, fh, info, _METADATA_KEY, header))
     _check_header(path, metadata, kind)
     declared = metadata.get("shapes")
     if declared is not None and not isinstance(declared, dict):
         raise _FileError(f"{path}: metadata 'shapes' is not a JSON object")
+    headers = {}
     for name, info in members.items():
         if name == _METADATA_KEY:
             continue
-        dtype, shape, _ = _read_header(path, zf, info, name)
+        headers[name] = _read_header(path, zf, info, name)
+        dtype, shape = headers[name][:2]
         if declared is not None:
             want = declared.get(name)
             if (not isinstance(want, list) or len(want) != 2
                     or want[0] != dtype.str or want[1] != list(shape)):
                 raise _FileError(f"{path}: array {name!r} is {dtype.str} of shape {shape}, "
                                  f"but the metadata lists {want!r}")
-    arrays = {name: _read_member(path, zf, info, name) for name, info in members.items()
-              if name != _METADATA_KEY}
+    arrays = {name: _read_member(path, zf, fh, info, name, headers[name])
+              for name, info in members.items() if name != _METADATA_KEY}
     return arrays, metadata
 
 
@@ -419,8 +423,9 @@ def _check_directory(path, zf, file_size):
 
 
 def _read_header(path, zf, info, name):
-    """``(dtype, shape, fortran_order)`` of a member's .npy header, read alone, once the
-    shape times the item size is known to be exactly the member's size past the header."""
+    """``(dtype, shape, fortran_order, data_start)`` of a member's .npy header, read alone,
+    once the shape times the item size is known to be exactly the member's size past the
+    header (which ends at ``data_start``)."""
     fmt = np.lib.format
     try:
         with zf.open(info) as fp:
@@ -453,23 +458,60 @@ def _read_header(path, zf, info, name):
         raise _FileError(f"{path}: array {name!r} declares shape {shape} of {dtype} "
                          f"({n_bytes} bytes), but its member holds "
                          f"{info.file_size - data_start}")
-    return dtype, shape, fortran
+    return dtype, shape, fortran, data_start
 
 
-def _read_member(path, zf, info, name):
-    """The array of one member, its header already checked by :func:`_read_header`."""
+def _read_member(path, zf, fh, info, name, header):
+    """The array of one member, its ``header`` (:func:`_read_header`) already checked.
+
+    A stored member (what :func:`save_arrays` writes) is read from the file ``fh`` in one call
+    straight into the buffer that becomes the array's memory, and its CRC-32 checked: numpy's
+    ``read_array`` reads a zip member in chunks of 256 Ki elements through zipfile, each chunk
+    read, checked and copied twice, which took most of a model's loading time."""
+    dtype, shape, fortran, data_start = header
     try:
-        with zf.open(info) as fp:
-            a = np.lib.format.read_array(fp, allow_pickle=False)
-            # reaching the end makes zipfile compare the member's CRC-32
-            extra = fp.read(1)
+        if info.compress_type == zipfile.ZIP_STORED:
+            buf = _read_stored(path, fh, info, name)
+        else:
+            buf = np.empty(info.file_size, dtype=np.uint8)
+            with zf.open(info) as fp:
+                # reaching the end makes zipfile compare the member's CRC-32
+                if fp.readinto(buf) != info.file_size or fp.read(1):
+                    raise _FileError(f"{path}: array {name!r} does not hold the "
+                                     f"{info.file_size} bytes its directory entry declares")
     except Exception as exc:
         if not _corrupt(exc):
             raise
         raise _FileError(f"{path}: array {name!r} is unreadable ({exc})") from None
-    if extra:
-        raise _FileError(f"{path}: array {name!r} has bytes after its data")
-    return a
+    count = 1
+    for k in shape:
+        count *= k
+    a = np.frombuffer(buf, dtype=dtype, count=count, offset=data_start)
+    if not a.flags.aligned:
+        a = a.copy()    # a header of odd length: kernels assume aligned items
+    return a.reshape(shape, order="F" if fortran else "C")
+
+
+def _read_stored(path, fh, info, name):
+    """The bytes of a stored (uncompressed) member, as a uint8 array, CRC-32 checked."""
+    fh.seek(info.header_offset)
+    local = fh.read(30)
+    if len(local) != 30 or local[:4] != _ZIP_MAGIC:
+        raise _FileError(f"{path}: array {name!r} has no local file header")
+    n_name = int.from_bytes(local[26:28], "little")
+    n_extra = int.from_bytes(local[28:30], "little")
+    encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+    if fh.read(n_name) != info.orig_filename.encode(encoding):
+        raise _FileError(f"{path}: array {name!r}: the names of its directory entry and "
+                         "its local header differ")
+    fh.seek(info.header_offset + 30 + n_name + n_extra)
+    # np.empty, not bytearray: no zero-filling, and numpy asks for huge pages
+    buf = np.empty(info.file_size, dtype=np.uint8)
+    if fh.readinto(memoryview(buf)) != info.file_size:
+        raise _FileError(f"{path}: array {name!r} is truncated")
+    if zlib.crc32(buf) != info.CRC:
+        raise _FileError(f"{path}: array {name!r} is corrupt (bad CRC-32)")
+    return buf
 
 
 def _read_metadata(path, raw):

@@ -757,5 +757,11 @@ class Parallel(Concat):
         return tuple(dxs)
 
 
-# The character CNN has a file of its own (factorebm.charcnn), built on the classes above.
-from .charcnn import CharCNN, WordChars  # noqa: E402
+# The character CNN has a file of its own (factorebm.charcnn), built on the classes above:
+# exported here on first use (PEP 562), which also keeps the two files from importing each
+# other at load time.
+def __getattr__(name):
+    if name in ("CharCNN", "WordChars"):
+        from . import charcnn
+        return getattr(charcnn, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -136,7 +136,9 @@ class _Reporter:
             elif got is not None:
                 row["callback"] = got
         self.history.append(row)
-        if self.verbose:
+        if callable(self.verbose):
+            self.verbose(row)
+        elif self.verbose:
             parts = [f"{self.name} {epoch:4d}", f"loss {row['loss']:.6g}"]
             for k, v in row.items():
                 if k in ("epoch", "loss", "time"):
@@ -496,8 +498,9 @@ def minimize(objective, *, optimizer=None, l1=0.0, l2=None, max_iter=None,
     callback : callable ``callback(w, epoch)`` or None
         Called after every iteration/epoch with the current weights (the averaged ones for the
         perceptron); a returned dict is added to the history and the progress line.
-    verbose : bool
-        Print one progress line per iteration/epoch.
+    verbose : bool or callable
+        Print one progress line per iteration/epoch; a callable ``verbose(row)`` is given
+        each history row instead (to print a line of its own).
     n_threads : int or None
         Threads for every kernel of every evaluation (None = all cores).
     random_state : int, numpy Generator or None

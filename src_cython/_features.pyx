@@ -103,29 +103,8 @@ def fill_indices(const int32_t[::1] tok_type, const intp_t[::1] offsets,
 # probed only for the strings of the new types. Open addressing with linear probing; the table
 # has at least twice as many slots as names, so every probe sequence reaches an empty slot (-1).
 
-cdef uint64_t _FNV_OFFSET = 14695981039346656037ULL
-cdef uint64_t _FNV_PRIME = 1099511628211ULL
-
-
-cdef inline uint64_t _fnv1a(const uint8_t* s, intp_t n) noexcept nogil:
-    # FNV-1a over 8-byte words rather than bytes (8x fewer dependent multiplies; the table
-    # is rebuilt at every load, never saved, so the hash may change), then a final mix so
-    # that the low bits used as the slot depend on every input bit.
-    cdef uint64_t h = _FNV_OFFSET ^ <uint64_t>n
-    cdef uint64_t w
-    cdef intp_t i = 0
-    while i + 8 <= n:
-        memcpy(&w, s + i, 8)
-        h = (h ^ w) * _FNV_PRIME
-        i += 8
-    if i < n:
-        w = 0
-        memcpy(&w, s + i, n - i)
-        h = (h ^ w) * _FNV_PRIME
-    h ^= h >> 33
-    h *= 0xff51afd7ed558ccdULL
-    h ^= h >> 33
-    return h
+cdef extern from "_hash.h" nogil:
+    uint64_t febm_hash_bytes(const uint8_t* s, intp_t n)
 
 
 cdef intp_t _split(const uint8_t* base, intp_t size, uint8_t sep, intp_t n,
@@ -211,7 +190,7 @@ def build_string_table(const uint8_t[::1] buf, const intp_t[::1] start, const in
         # First every string's home slot (a sequential pass), then the inserts, each
         # prefetching the slot of the string _AHEAD places on.
         for k in range(n):
-            slots[k] = _fnv1a(base + start[k], stop[k] - start[k]) & mask
+            slots[k] = febm_hash_bytes(base + start[k], stop[k] - start[k]) & mask
         for k in range(n):
             if k + _AHEAD < n:
                 __builtin_prefetch(&table_out[slots[k + _AHEAD]])
@@ -261,7 +240,8 @@ def split_and_lookup_strings(const uint8_t[::1] buf, const intp_t[::1] start,
         k = _split(qbase, size, sep, m, q_start)
         if k == m:
             for j in range(m):
-                slots[j] = _fnv1a(qbase + q_start[j], q_start[j + 1] - 1 - q_start[j]) & mask
+                slots[j] = febm_hash_bytes(qbase + q_start[j],
+                                           q_start[j + 1] - 1 - q_start[j]) & mask
         # Pass 2: probe, prefetching the slot of the string _AHEAD places on.
         if k == m:
             for k in range(m):
@@ -353,6 +333,36 @@ cdef extern from "_sparse_rows.h" nogil:
     void febm_sum_rows_i32(const int32_t* idx, int64_t nnz, const double* dense, int64_t K,
                            double* out)
     void febm_add_rows(const double* const* rows, int64_t n, int64_t K, double* out)
+
+
+def type_ids_in_order(const intp_t[:, ::1] seg, const int32_t[::1] type_ids,
+                      const intp_t[::1] group_bounds):
+    """True when every segment ``type_ids[seg[ty, g]:seg[ty, g + 1]]`` strictly increases
+    within its group's columns ``group_bounds[g]:group_bounds[g + 1]``: what makes the
+    assembled rows sorted (checked on every model load, so compiled).
+
+    The caller has checked ``seg`` (n_types, G+1) as a segment table of ``type_ids``
+    (non-decreasing, from 0 to ``len(type_ids)``) and ``group_bounds`` (G+1,).
+    """
+    cdef intp_t n_types = seg.shape[0], n_groups = seg.shape[1] - 1, ty, g, k, prev, hi
+    cdef bint ok = True
+    if group_bounds.shape[0] != n_groups + 1:
+        raise ValueError("group_bounds must have one more entry than seg has groups")
+    with nogil:
+        for ty in range(n_types):
+            for g in range(n_groups):
+                prev = group_bounds[g] - 1
+                hi = group_bounds[g + 1]
+                for k in range(seg[ty, g], seg[ty, g + 1]):
+                    if type_ids[k] <= prev or type_ids[k] >= hi:
+                        ok = False
+                        break
+                    prev = type_ids[k]
+                if not ok:
+                    break
+            if not ok:
+                break
+    return ok
 
 
 def type_emissions(const int32_t[::1] tok_type, const intp_t[::1] offsets,

@@ -431,8 +431,8 @@ _LINES = st.sampled_from([
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(_LINES, max_size=25), st.booleans())
-def test_fast_reader_matches_python_reader(lines, final_newline):
+@given(st.lists(_LINES, max_size=25), st.booleans(), st.sampled_from([1, 3, 4, 9]))
+def test_fast_reader_matches_python_reader(lines, final_newline, column):
     from factorebm.datasets import conllu
     out = []
     n = 0
@@ -442,26 +442,28 @@ def test_fast_reader_matches_python_reader(lines, final_newline):
         if line.startswith("W"):    # the next word line in sequence, or one with a bad ID
             n += 1
             word_id = {"W0": "0" + str(n), "W+": "+" + str(n)}.get(line.rstrip("\r"), str(n))
-            line = f"{word_id}\tw{n}é\t_\tT{n % 3}\t_\t_\t_\t_\t_\t_" + line[len(line.rstrip("\r")):]
+            line = (f"{word_id}\tw{n}é\t_\tT{n % 3}\tX{n % 2}\t_\t_\t_\t_\tM{n}"
+                    + line[len(line.rstrip("\r")):])
         out.append(line)
     text = "\n".join(out) + ("\n" if final_newline else "")
-    fast = conllu._fast_parse_forms_and_upos(text)
+    fast = conllu._fast_parse_forms_and_labels(text.encode("utf-8"), column)
     try:
-        expected = conllu._parse_forms_and_upos(text, "f")
+        expected = conllu._parse_forms_and_labels(text, "f", column)
     except ValueError:
         assert fast is None     # the Python parser then raises
         return
     if fast is not None:
         assert fast == expected
         assert [type(w) for s in fast[0] for w in s] == [str] * sum(map(len, fast[0]))
-    assert load_conllu(io.StringIO(text)) == expected
+    assert load_conllu(io.StringIO(text), column=conllu.COLUMNS[column]) == expected
 
 
 @pytest.mark.parametrize("split", ["dev", "test"])
 def test_fast_reader_matches_python_reader_on_ewt(split):
     from factorebm.datasets import conllu
-    text, name = conllu._read_text(fe.datasets.ud_english_ewt_path(split))
-    expected = conllu._parse_forms_and_upos(text, name)
-    assert conllu._fast_parse_forms_and_upos(text) == expected
-    assert conllu._fast_parse_forms_and_upos(text.replace("\n", "\r\n")) == expected
+    text, name = fe.datasets.textio.read_text(fe.datasets.ud_english_ewt_path(split))
+    expected = conllu._parse_forms_and_labels(text, name)
+    assert conllu._fast_parse_forms_and_labels(text.encode("utf-8")) == expected
+    crlf = text.replace("\n", "\r\n").encode("utf-8")
+    assert conllu._fast_parse_forms_and_labels(crlf) == expected
     assert sum(map(len, expected[0])) > 20_000

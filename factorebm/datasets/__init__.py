@@ -6,13 +6,16 @@ CoNLL-U, split into train (12,544 sentences, 204,577 words), dev and test.
 """
 import os
 
-from .conllu import (ConlluSyntaxError, Sentence, load_conllu, looks_like_conllu, read_conllu,
-                     read_sentences, sentences_from_text, write_conllu)
+from .conll import load_conll
+from .conllu import (COLUMNS, ConlluDocument, ConlluSyntaxError, Sentence, column_index,
+                     load_conllu, looks_like_conllu, read_conllu, read_document, read_sentences,
+                     sentences_from_text, write_conllu)
 
 __all__ = [
     "load_conllu", "read_conllu", "write_conllu", "read_sentences", "sentences_from_text",
     "looks_like_conllu", "Sentence", "load_ud_english_ewt", "ud_english_ewt_path",
-    "UD_ENGLISH_EWT_SPLITS", "ConlluSyntaxError",
+    "UD_ENGLISH_EWT_SPLITS", "ConlluSyntaxError", "ConlluDocument", "read_document",
+    "column_index", "COLUMNS", "load_conll",
 ]
 
 UD_ENGLISH_EWT_SPLITS = ("train", "dev", "test")

@@ -6,106 +6,50 @@ separated by blank lines and may be preceded by ``#`` comment lines. Besides ord
 (integer ID) a sentence may hold multiword-token ranges (ID ``1-2``) and empty nodes (ID ``1.1``);
 neither is a word that gets a part-of-speech tag.
 
-Two readers serve two jobs:
+Three readers serve three jobs:
 
 * :func:`load_conllu` is the fast path for training and evaluation: it returns only the word
-  forms and their UPOS tags, as plain lists of strings.
+  forms and their labels (UPOS tags, or any other column), as plain lists of strings.
+* :class:`ConlluDocument` (:func:`read_document`) keeps a file as its bytes with the places of
+  its word lines, and writes it back with the UPOS column replaced and every other byte as it
+  was. This is what ``factorebm tag`` uses to fill in tags while leaving the rest of a user's
+  file untouched.
 * :func:`read_conllu` keeps everything (all ten columns, comments, multiword ranges, empty nodes,
-  blank lines and line endings) in :class:`Sentence` objects, so that :func:`write_conllu`
-  writes a file back byte for byte, optionally with the UPOS column replaced. This is what
-  ``factorebm tag`` uses to fill in tags while leaving the rest of a user's file untouched.
+  blank lines and line endings) in :class:`Sentence` objects, to read or change any column;
+  :func:`write_conllu` writes them back byte for byte, optionally with new UPOS tags.
 
-Both accept plain or gzip-compressed input; compression is recognised by the gzip magic bytes,
+The first two are one compiled scan over the file's bytes (``src_cython/_conllu.pyx``); the
+Python parsers here are its slow twins, which accept exactly the same files and name the file
+and line of any error (the compiled scan hands every file it refuses to them).
+
+All accept plain or gzip-compressed input; compression is recognised by the gzip magic bytes,
 not by the file name. Input must be UTF-8 (a leading byte-order mark is allowed).
 """
-import contextlib
-import errno
-import gc
-import gzip
 import io
 import itertools
 import os
-import zlib
+
+import numpy as np
+
+from .textio import BOM, decode_utf8, gc_paused, is_binary, read_bytes, read_text, write_bytes
 
 __all__ = [
     "Sentence", "load_conllu", "read_conllu", "write_conllu", "sentences_from_text",
-    "read_sentences", "looks_like_conllu", "ConlluSyntaxError",
+    "read_sentences", "looks_like_conllu", "ConlluSyntaxError", "ConlluDocument",
+    "read_document", "column_index", "COLUMNS",
 ]
 
 N_COLUMNS = 10
 UPOS_COLUMN = 3
-_GZIP_MAGIC = b"\x1f\x8b"
-_BOM = "\ufeff"
+# The column names of the format, in order.
+COLUMNS = ("ID", "FORM", "LEMMA", "UPOS", "XPOS", "FEATS", "HEAD", "DEPREL", "DEPS", "MISC")
+_BOM_BYTES = BOM.encode("utf-8")
 # Word IDs as strings, so the "IDs are 1, 2, 3, ..." check is a string comparison, not an int().
 _ID_STRINGS = [str(i) for i in range(512)]
 
 
 # --------------------------------------------------------------------------------------------
 # Input
-
-
-def _source_name(source):
-    if isinstance(source, (str, bytes, os.PathLike)):
-        return os.fsdecode(source)
-    return str(getattr(source, "name", "<stream>"))
-
-
-def _read_text(source, keep_bom=False):
-    """Read a path or an open file (text or binary, plain or gzipped) into ``(text, name)``.
-
-    A leading UTF-8 byte-order mark is removed unless ``keep_bom``.
-
-    Errors name the file: a missing path raises FileNotFoundError, undecodable bytes or a broken
-    gzip stream raise ValueError with the line number where decoding failed.
-    """
-    name = _source_name(source)
-    if isinstance(source, (str, bytes, os.PathLike)):
-        try:
-            with open(source, "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, "CoNLL-U file not found", name) from None
-        except IsADirectoryError:
-            raise IsADirectoryError(errno.EISDIR, "expected a CoNLL-U file, got a directory",
-                                    name) from None
-    else:
-        data = source.read()
-        if isinstance(data, str):
-            return (data[1:] if data.startswith(_BOM) and not keep_bom else data), name
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise ValueError(f"{name}: read() returned {type(data).__name__}, "
-                             "expected str or bytes")
-        data = bytes(data)
-    if data[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ValueError(f"{name}: corrupt gzip data ({exc})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ValueError(f"{name}:{line}: not valid UTF-8 ({exc.reason} at byte "
-                         f"{exc.start})") from None
-    if text.startswith(_BOM) and not keep_bom:
-        text = text[1:]
-    return text, name
-
-
-@contextlib.contextmanager
-def _gc_paused():
-    """Pause the cyclic garbage collector while building many small lists.
-
-    The parsers create hundreds of thousands of lists that can never form reference cycles;
-    left on, the collector rescans them over and over and triples the reading time.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class ConlluSyntaxError(ValueError):
@@ -141,21 +85,40 @@ def _column_count_error(name, lineno, cols):
                                 f"{len(cols)}")
 
 
-def load_conllu(path):
-    """Read word forms and UPOS tags from a CoNLL-U file.
+def column_index(column):
+    """The 0-based index of a CoNLL-U column given by name (``"UPOS"``, ``"xpos"``, ...).
+
+    Raises
+    ------
+    ValueError
+        For a name that is not one of ``FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC``
+        (``ID`` is no label).
+    """
+    key = column.strip().upper() if isinstance(column, str) else None
+    if key not in COLUMNS[1:]:
+        raise ValueError(f"unknown CoNLL-U column {column!r}; one of "
+                         f"{', '.join(COLUMNS[1:])}")
+    return COLUMNS.index(key)
+
+
+def load_conllu(path, column="UPOS"):
+    """Read word forms and their labels (by default UPOS tags) from a CoNLL-U file.
 
     Parameters
     ----------
     path : str, os.PathLike or file object
         A ``.conllu`` file, plain or gzip-compressed (recognised by its magic bytes), or an open
         file (text or binary).
+    column : str, default "UPOS"
+        The column that holds the labels: ``FORM``, ``LEMMA``, ``UPOS``, ``XPOS``, ``FEATS``,
+        ``HEAD``, ``DEPREL``, ``DEPS`` or ``MISC`` (any case); its whole field is the label.
 
     Returns
     -------
     sents : list of list of str
         ``sents[i][t]`` is the FORM of word ``t`` of sentence ``i``.
     tags : list of list of str
-        ``tags[i][t]`` is its UPOS tag (``"_"`` where the file leaves it unspecified).
+        ``tags[i][t]`` is its label (``"_"`` where the file leaves it unspecified).
 
     Comments, multiword-token ranges (``1-2``) and empty nodes (``1.1``) are skipped; a
     sentence without words is dropped. CRLF line endings and a missing final blank line are
@@ -166,32 +129,74 @@ def load_conllu(path):
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        On a malformed line, naming the file and the 1-based line number: a column count other
-        than 10, a bad or out-of-sequence ID, an empty FORM or UPOS (a
-        :class:`ConlluSyntaxError`), or bytes that are not UTF-8.
+        On an unknown column name, or on a malformed line, naming the file and the 1-based
+        line number: a column count other than 10, a bad or out-of-sequence ID, an empty FORM
+        or label (a :class:`ConlluSyntaxError`), or bytes that are not UTF-8.
     """
-    text, name = _read_text(path)
-    with _gc_paused():
+    index = column_index(column)
+    data, name = read_bytes(path)
+    if isinstance(data, str):
+        data = _encode_text(data, name)
+    with gc_paused():
         # The compiled pass handles well-formed files; it returns None on any line it leaves
-        # to the Python parser, which then gives the result or the error naming the line.
-        parsed = _fast_parse_forms_and_upos(text)
+        # to the Python parser, which then gives the error naming the line.
+        parsed = _fast_parse_forms_and_labels(data, index)
         if parsed is not None:
             return parsed
-        return _parse_forms_and_upos(text, name)
+        text = decode_utf8(data, name)
+        return _parse_forms_and_labels(text[1:] if text.startswith(BOM) else text, name,
+                                       index)
 
 
-def _fast_parse_forms_and_upos(text):
-    from .._conllu import parse_forms_and_upos
-    return parse_forms_and_upos(text)
+def _encode_text(text, name):
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{name}: not valid Unicode text ({exc.reason})") from None
 
 
-def _parse_forms_and_upos(text, name):
+def _scan(data, column):
+    """The compiled scan of CoNLL-U bytes (BOM skipped): ``(spans, word_offsets, stats)``
+    (see ``_conllu.scan_document``), or None when the Python parser must decide."""
+    from .._conllu import count_lines, scan_document
+    begin = len(_BOM_BYTES) if data.startswith(_BOM_BYTES) else 0
+    # room for one word and one sentence per line
+    n_lines = count_lines(data, begin)
+    spans = np.empty((n_lines, 4), dtype=np.int64)
+    word_offsets = np.empty(n_lines + 1, dtype=np.int64)
+    stats = np.zeros(4, dtype=np.int64)      # words, sentences, comments, blank lines
+    if scan_document(data, begin, column, spans, word_offsets, stats) != 1:
+        return None
+    return spans[:stats[0]], word_offsets[:stats[1] + 1], stats
+
+
+def _fast_parse_forms_and_labels(data, column=UPOS_COLUMN):
+    """What :func:`_parse_forms_and_labels` gives for the UTF-8 bytes ``data``, or None when
+    the Python parser must decide (a malformed line; an empty label)."""
+    from .._conllu import document_strings
+    scanned = _scan(data, column)
+    if scanned is None:
+        return None
+    spans, word_offsets, stats = scanned
+    if np.any(spans[:, 2] == spans[:, 3]):
+        return None         # an empty label
+    n_sents = int(stats[1])
+    return (document_strings(data, spans, word_offsets, n_sents, 0, True),
+            document_strings(data, spans, word_offsets, n_sents, 1, True))
+
+
+def _parse_forms_and_labels(text, name, column=UPOS_COLUMN):
     sents = []
     tags = []
     forms = []
     upos = []
     ids = _ID_STRINGS
     n_ids = len(ids)
+    # Split off the columns up to the label only; counting the rest's tabs is cheaper than
+    # building more strings per line.
+    n_split = min(column + 1, N_COLUMNS - 1)
+    n_rest_tabs = N_COLUMNS - 1 - n_split
+    last = column == N_COLUMNS - 1
     # One string object per distinct form and tag: a corpus repeats them many times over
     # (EWT train: 204,577 tokens, 20,000 forms, 17 tags), and separate copies would cost
     # several times the memory of the rest of the returned lists.
@@ -207,10 +212,8 @@ def _parse_forms_and_upos(text, name):
             continue
         if line[0] == "#":
             continue
-        # Split off the first four columns only; counting the rest's tabs is cheaper than
-        # building six more strings per line.
-        cols = line.split("\t", UPOS_COLUMN + 1)
-        if len(cols) != UPOS_COLUMN + 2 or cols[-1].count("\t") != N_COLUMNS - UPOS_COLUMN - 2:
+        cols = line.split("\t", n_split)
+        if len(cols) != n_split + 1 or cols[-1].count("\t") != n_rest_tabs:
             if line.isspace():
                 if forms:
                     sents.append(forms)
@@ -223,9 +226,12 @@ def _parse_forms_and_upos(text, name):
         n = len(forms) + 1
         if token_id == (ids[n] if n < n_ids else str(n)):
             form = cols[1]
-            tag = cols[3]
+            tag = cols[column]
+            if last and tag[-1:] == "\r":      # a CRLF line's terminator is no part of MISC
+                tag = tag[:-1]
             if not form or not tag:
-                raise _error(name, lineno, "empty FORM" if not form else "empty UPOS")
+                raise _error(name, lineno,
+                             "empty FORM" if not form else f"empty {COLUMNS[column]}")
             forms.append(share(form, form))
             upos.append(share(tag, tag))
         else:
@@ -408,7 +414,7 @@ def _render(sent, upos, parts, where="sentence"):
     """
     nl = sent.newline
     if sent.bom:
-        parts.append(_BOM)
+        parts.append(BOM)
     for blank in sent.blank_before:
         parts.append(blank)
         parts.append(nl)
@@ -465,13 +471,13 @@ def read_conllu(path_or_file):
         a :class:`ConlluSyntaxError`), naming the file and the 1-based line number. UPOS may
         be ``_`` or anything non-tab: this reader also serves untagged input.
     """
-    text, name = _read_text(path_or_file, keep_bom=True)
-    with _gc_paused():
+    text, name = read_text(path_or_file, keep_bom=True)
+    with gc_paused():
         return _parse_sentences(text, name)
 
 
 def _parse_sentences(text, name):
-    bom = text.startswith(_BOM)
+    bom = text.startswith(BOM)
     if bom:
         text = text[1:]
     sentences = []
@@ -556,30 +562,10 @@ def write_conllu(sentences, file, upos=None):
             raise ValueError(f"sentences[{i}]: expected a Sentence, got {type(sent).__name__}")
         _render(sent, None if upos is None else upos[i], parts, f"upos[{i}]")
     text = "".join(parts)
-    if isinstance(file, (str, bytes, os.PathLike)):
-        data = text.encode("utf-8")
-        if os.fsdecode(file).endswith(".gz"):
-            data = gzip.compress(data)
-        with open(file, "wb") as fh:
-            fh.write(data)
-    elif isinstance(file, io.RawIOBase):
-        _write_all(file, text.encode("utf-8"))
-    elif isinstance(file, io.BufferedIOBase) or "b" in getattr(file, "mode", ""):
-        file.write(text.encode("utf-8"))
+    if isinstance(file, (str, bytes, os.PathLike)) or is_binary(file):
+        write_bytes(text.encode("utf-8"), file)
     else:
         file.write(text)
-
-
-def _write_all(raw, data):
-    """Write ``data`` to an unbuffered binary file, which may take only part of it per call
-    (``sys.stdout.buffer`` under ``python -u`` or PYTHONUNBUFFERED is a raw FileIO: a pipe
-    whose reader leaves takes part of the data, and only the next call raises EPIPE)."""
-    view = memoryview(data)
-    while view:
-        n = raw.write(view)
-        if n is None:       # a non-blocking file that is not ready: fail rather than drop data
-            raise BlockingIOError(errno.EAGAIN, "output not ready (non-blocking file)")
-        view = view[n:]
 
 
 # --------------------------------------------------------------------------------------------
@@ -627,16 +613,19 @@ def looks_like_conllu(text):
     when it is a token line (10 tab-separated columns, the first starting with a digit). Plain
     text may start with ``#`` (a hashtag, a numbered list); a text of comment lines only, with
     nothing to tag, counts as CoNLL-U so that it is written back unchanged.
+
+    ``text`` is a str, or UTF-8 bytes of which only the lines looked at are decoded.
     """
-    if text.startswith(_BOM):
-        text = text[1:]
-    start, size = 0, len(text)
+    binary = not isinstance(text, str)
+    bom, nl = (_BOM_BYTES, b"\n") if binary else (BOM, "\n")
+    start, size = (len(bom) if text[:len(bom)] == bom else 0), len(text)
     seen_comment = False
     while start < size:
-        end = text.find("\n", start)
+        end = text.find(nl, start)
         if end < 0:
             end = size
-        line = text[start:end].rstrip("\r")
+        line = text[start:end]
+        line = (line.decode("utf-8", "replace") if binary else line).rstrip("\r")
         start = end + 1
         if not line or line.isspace():
             continue
@@ -664,8 +653,166 @@ def read_sentences(path_or_file, format="auto"):
     """
     if format not in ("auto", "conllu", "text"):
         raise ValueError(f"format must be 'auto', 'conllu' or 'text', got {format!r}")
-    text, name = _read_text(path_or_file, keep_bom=True)
+    text, name = read_text(path_or_file, keep_bom=True)
     if format == "conllu" or (format == "auto" and looks_like_conllu(text)):
-        with _gc_paused():
+        with gc_paused():
             return _parse_sentences(text, name)
-    return sentences_from_text(text[1:] if text.startswith(_BOM) else text)
+    return sentences_from_text(text[1:] if text.startswith(BOM) else text)
+
+
+def read_document(path_or_file, format="auto"):
+    """Read CoNLL-U or plain text into a :class:`ConlluDocument`, to tag and write back.
+
+    Parameters
+    ----------
+    path_or_file : str, os.PathLike or file object
+        Plain or gzip-compressed.
+    format : {"auto", "conllu", "text"}
+        As :func:`read_sentences`: plain text (one whitespace-tokenized sentence per line)
+        becomes the CoNLL-U document of :func:`sentences_from_text`.
+
+    Returns
+    -------
+    ConlluDocument
+    """
+    if format not in ("auto", "conllu", "text"):
+        raise ValueError(f"format must be 'auto', 'conllu' or 'text', got {format!r}")
+    data, name = read_bytes(path_or_file)
+    if format == "conllu" or (format == "auto" and looks_like_conllu(data)):
+        return ConlluDocument(data, name)
+    text = data if isinstance(data, str) else decode_utf8(data, name)
+    return ConlluDocument.from_sentences(
+        sentences_from_text(text[1:] if text.startswith(BOM) else text))
+
+
+# --------------------------------------------------------------------------------------------
+# Documents: a file kept as its bytes
+
+
+class ConlluDocument:
+    """A CoNLL-U file kept as its bytes, with the places of its word lines: read and written
+    back, with the UPOS column replaced, by compiled passes.
+
+    What :func:`read_conllu` and :func:`write_conllu` do through :class:`Sentence` objects,
+    without a Python object per line: ``ConlluDocument(data).to_bytes(upos)`` equals
+    ``write_conllu(read_conllu(data), out, upos)``'s output byte for byte, and ``forms``
+    equals ``[s.forms for s in read_conllu(data)]``. This is what ``factorebm tag`` uses.
+
+    Parameters
+    ----------
+    data : bytes or str
+        The file's contents: UTF-8 bytes (a leading byte-order mark is kept), or text.
+    name : str
+        Named in error messages.
+
+    Attributes
+    ----------
+    forms : list of list of str
+        FORM of the word lines (integer ID) of each sentence, a sentence being a run of
+        comment and token lines between blank lines (so a sentence of comments only has no
+        forms).
+    n_words : int
+        Word lines in all.
+    n_comment_lines : int
+
+    Raises
+    ------
+    ValueError
+        As :func:`read_conllu`, naming the file and line: a malformed line (a
+        :class:`ConlluSyntaxError`) or bytes that are not UTF-8.
+    """
+
+    __slots__ = ("_data", "_spans", "_word_offsets", "forms", "n_words", "n_comment_lines")
+
+    def __init__(self, data, name="<bytes>"):
+        data = _encode_text(data, name) if isinstance(data, str) else bytes(data)
+        from .._conllu import document_strings
+        scanned = _scan(data, UPOS_COLUMN)
+        if scanned is None:
+            # The Python parser names the line (or the byte that is not UTF-8).
+            _parse_sentences(decode_utf8(data, name), name)
+            raise AssertionError(f"{name}: the compiled CoNLL-U scan refused what the "
+                                 "Python parser accepts")
+        spans, word_offsets, stats = scanned
+        n_words, n_sents = int(stats[0]), int(stats[1])
+        with gc_paused():
+            forms = document_strings(data, spans, word_offsets, n_sents, 0)
+        if not forms and (stats[3] or data.startswith(_BOM_BYTES)):
+            # blank lines only: one sentence without lines, as read_conllu gives
+            forms = [[]]
+            word_offsets = np.zeros(2, dtype=np.int64)
+        spans.flags.writeable = False
+        word_offsets.flags.writeable = False
+        self._data = data
+        self._spans = spans
+        self._word_offsets = word_offsets
+        self.forms = forms
+        self.n_words = n_words
+        self.n_comment_lines = int(stats[2])
+
+    @classmethod
+    def read(cls, path_or_file):
+        """A CoNLL-U file (path or open file, plain or gzip-compressed) as a document."""
+        data, name = read_bytes(path_or_file)
+        return cls(data, name)
+
+    @classmethod
+    def from_sentences(cls, sentences):
+        """The document that :func:`write_conllu` writes for ``sentences``."""
+        buf = io.BytesIO()
+        write_conllu(sentences, buf)
+        return cls(buf.getvalue())
+
+    def __len__(self):
+        """Number of sentences."""
+        return len(self.forms)
+
+    def _encode(self, upos):
+        """The bytes of the document with ``upos`` in the UPOS column, as a uint8 array."""
+        from .._conllu import label_codes, write_document
+        if isinstance(upos, str) or not hasattr(upos, "__len__"):
+            raise ValueError("upos: expected one sequence of tags per sentence, got "
+                             f"{type(upos).__name__}")
+        if len(upos) != len(self.forms):
+            raise ValueError(f"upos: expected tags for {len(self.forms)} sentences, got "
+                             f"{len(upos)}")
+        offsets = self._word_offsets
+        codes = np.empty(self.n_words, dtype=np.int64)
+        index = {}
+        bad = label_codes(upos, index, offsets, codes)
+        if bad >= 0:
+            where = f"upos[{bad}]"
+            _check_tags(upos[bad], int(offsets[bad + 1] - offsets[bad]), where)
+            raise ValueError(f"{where}: expected a sequence of UPOS tags")  # len() lied
+        encoded = [tag.encode("utf-8") for tag in index]
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        label_offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=label_offsets[1:])
+        spans = self._spans
+        size = (len(self._data) + int(lengths[codes].sum())
+                - int((spans[:, 3] - spans[:, 2]).sum()))
+        out = np.empty(size, dtype=np.uint8)
+        write_document(self._data, spans, codes, np.frombuffer(b"".join(encoded), np.uint8),
+                       label_offsets, out)
+        return out
+
+    def to_bytes(self, upos=None):
+        """The document as bytes: exactly as read, or with ``upos[i]`` (one tag per word) in
+        the UPOS column of the word lines of sentence ``i``.
+
+        Raises
+        ------
+        ValueError
+            On a tag count that does not match the words (naming the sentence) or a tag that
+            is not a non-empty string without tabs or line breaks.
+        """
+        return self._data if upos is None else self._encode(upos).tobytes()
+
+    def write(self, file, upos=None):
+        """Write :meth:`to_bytes` to a path (gzip-compressed when it ends in ``.gz``) or an
+        open binary or text file."""
+        write_bytes(self._data if upos is None else self._encode(upos), file)
+
+    def __repr__(self):
+        return (f"ConlluDocument({len(self.forms)} sentences, {self.n_words} words, "
+                f"{len(self._data)} bytes)")
