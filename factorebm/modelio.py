@@ -21,7 +21,7 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["save_arrays", "load_arrays", "FORMAT_VERSION"]
+__all__ = ["save_arrays", "load_arrays", "write_atomic", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _METADATA_KEY = "__metadata__"
@@ -91,6 +91,27 @@ def save_arrays(path, arrays, metadata, kind):
         raise ValueError(f"metadata is not JSON-serializable: {exc}") from None
     checked[_METADATA_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
+    write_atomic(path, lambda fh: _write_npz(fh, checked))
+
+
+def write_atomic(path, content):
+    """Write a file so that ``path`` holds either its old content or all of the new one.
+
+    A temporary file beside ``path`` is written, flushed and fsynced, then renamed over
+    ``path`` (``os.replace``: atomic on POSIX and Windows); on any error it is removed.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    content : bytes or callable
+        The bytes, or ``content(fh)`` writing them to the binary file object ``fh``.
+
+    Raises
+    ------
+    OSError
+        Naming ``path`` (not the temporary file) when it cannot be written.
+    """
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
     try:
@@ -99,7 +120,10 @@ def save_arrays(path, arrays, metadata, kind):
         raise _naming_target(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
-            _write_npz(fh, checked)
+            if callable(content):
+                content(fh)
+            else:
+                fh.write(content)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
