@@ -3,6 +3,9 @@
     factorebm train --model PATH [--train FILE] [--dev FILE] [--test FILE] [--loss NAME] ...
     factorebm evaluate --model PATH [FILE] [--json] [--threads N]
     factorebm tag --model PATH [FILE|-] [--format auto|conllu|text] [--output FILE] [--threads N]
+    factorebm tag --model PATH FILE... -o OUTDIR [--scheduler ADDRESS|local[:N]]
+
+``--scheduler`` trains or tags on a Dask cluster (``pip install factorebm[dask]``).
 
 With no data files, ``train`` uses the bundled UD English EWT (train; dev and test are reported)
 and ``evaluate`` the bundled EWT test split. Errors print one line and exit with status 1; a
@@ -68,8 +71,10 @@ def _cmd_train(args):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
-    tagger = SequenceTagger(**params)
-    tagger.fit(sents, tags, dev=dev)
+    with _cluster(args) as client:
+        tagger = SequenceTagger(**params, client=client)
+        tagger.fit(sents, tags, dev=dev)
+    tagger.client = None
     tagger.save(args.model)
     train_s = time.perf_counter() - t0
     n_tokens = sum(len(s) for s in sents)
@@ -100,7 +105,39 @@ def _cmd_evaluate(args):
     return 0
 
 
+def _cluster(args):
+    """A Dask client for ``--scheduler`` (closed on exit), or a context giving None."""
+    import contextlib
+    if not args.scheduler:
+        return contextlib.nullcontext()
+    from .distributed import connect
+    return connect(args.scheduler)
+
+
+def _cmd_tag_files(args):
+    """``tag FILE... -o OUTDIR``: every file tagged into OUTDIR, across a cluster with
+    ``--scheduler``."""
+    from .distributed import tag_files
+    files = [args.file] + args.more_files
+    if not args.output:
+        raise ValueError("tagging several files or with --scheduler writes one output per "
+                         "input file: give the output folder with -o OUTDIR")
+    if "-" in files:
+        raise ValueError("stdin (-) can be tagged alone only, without --scheduler")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ValueError(f"-o {args.output}: not a folder (with several files or "
+                         "--scheduler, -o names the output folder)")
+    os.makedirs(args.output, exist_ok=True)
+    tagger = _load_model(args)
+    with _cluster(args) as client:
+        outputs = tag_files(tagger, files, args.output, format=args.format, client=client)
+    print(f"tagged {len(outputs)} files into {args.output}", file=sys.stderr)
+    return 0
+
+
 def _cmd_tag(args):
+    if args.scheduler or args.more_files:
+        return _cmd_tag_files(args)
     tagger = _load_model(args)
     # Bytes in and out keep the input's line endings (CRLF stays CRLF) byte for byte.
     source = sys.stdin.buffer if args.file in (None, "-") else args.file
@@ -129,6 +166,13 @@ def _cmd_tag(args):
 
 def _add_threads(parser, default="all cores"):
     parser.add_argument("--threads", type=int, help=f"kernel threads (default: {default})")
+
+
+def _add_scheduler(parser, what):
+    parser.add_argument("--scheduler", metavar="ADDRESS|local[:N]",
+                        help=f"{what} on a Dask cluster: a scheduler address, or local:N for "
+                             "N worker processes on this machine (default N: one per core); "
+                             "needs pip install factorebm[dask]")
 
 
 def build_parser():
@@ -164,6 +208,7 @@ def build_parser():
                    help="latent substates per tag (default: 2; 1 is a plain CRF, 3 is more "
                         "accurate and slower)")
     _add_threads(t)
+    _add_scheduler(t, "train")
     t.add_argument("--quiet", action="store_true", help="no progress lines")
     t.set_defaults(func=_cmd_train)
 
@@ -180,13 +225,18 @@ def build_parser():
                                    "column filled; every other byte of CoNLL-U input is kept.")
     g.add_argument("--model", required=True)
     g.add_argument("file", nargs="?", default="-", help="input file, or - for stdin (default)")
+    g.add_argument("more_files", nargs="*", metavar="FILE",
+                   help="more input files: each is written to OUTDIR (-o) under its own name, "
+                        "ending .conllu")
     g.add_argument("--format", choices=["auto", "conllu", "text"], default="auto",
                    help="input format (default: auto, CoNLL-U when the first line that is not "
                         "blank or a # comment has 10 tab-separated columns); text is one "
                         "whitespace-tokenized sentence per line, blank lines skipped, and "
                         "'# sent_id = N' gives the input line number N")
-    g.add_argument("--output", "-o", help="output file (default: stdout)")
+    g.add_argument("--output", "-o", help="output file (default: stdout); the output folder "
+                                            "with several files or --scheduler")
     _add_threads(g, default="the model's saved setting, else all cores")
+    _add_scheduler(g, "tag the files")
     g.set_defaults(func=_cmd_tag)
     return p
 
@@ -207,7 +257,7 @@ def main(argv=None):
         return args.func(args)
     except BrokenPipeError:     # an OSError: handled before the clause below
         return _quiet_broken_pipe()
-    except (ValueError, KeyError, OSError) as exc:
+    except (ValueError, KeyError, OSError, ImportError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"factorebm {args.command}: error: {msg}", file=sys.stderr)
         return 1

@@ -34,9 +34,12 @@ MODEL_KIND = "SequenceTagger"
 TAGGER_LOSSES = ("nll", "hinge", "perceptron", "log", "mce")
 
 _PARAM_NAMES = ("loss", "optimizer", "l1", "l2", "max_iter", "batch_size", "learning_rate",
-                "features", "min_count", "n_substates", "n_threads", "random_state", "verbose")
+                "features", "min_count", "n_substates", "n_threads", "random_state", "verbose",
+                "client")
 # Settings of how a fitted tagger runs, not of how it was trained: load() may replace them.
-_RUNTIME_PARAMS = ("n_threads", "verbose")
+_RUNTIME_PARAMS = ("n_threads", "verbose", "client")
+# A connection, not a setting: never written to a model file.
+_UNSAVED_PARAMS = ("client",)
 
 
 def _check_corpus(sents, tags=None, what="sentences"):
@@ -111,6 +114,10 @@ class SequenceTagger:
         Seed of the stochastic optimizers.
     verbose : bool
         Print one progress line per iteration (loss and, with ``dev=``, dev accuracy).
+    client : dask.distributed.Client or None
+        Train on this Dask cluster (:mod:`factorebm.distributed`): the training sentences
+        are split into shards held by the workers; the model is the one local training gives,
+        to rounding. Features are extracted here. Not saved with the model.
     **loss_params
         Passed to the loss (e.g. ``margin=`` for hinge).
 
@@ -127,7 +134,8 @@ class SequenceTagger:
 
     def __init__(self, loss="nll", *, optimizer=None, l1=0.0, l2=None, max_iter=None,
                  batch_size=None, learning_rate=None, features=None, min_count=2,
-                 n_substates=2, n_threads=None, random_state=0, verbose=True, **loss_params):
+                 n_substates=2, n_threads=None, random_state=0, verbose=True, client=None,
+                 **loss_params):
         self.loss = loss
         self.optimizer = optimizer
         self.l1 = l1
@@ -141,6 +149,7 @@ class SequenceTagger:
         self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
+        self.client = client
         self.loss_params = dict(loss_params)
 
     # ------------------------------------------------------------------ parameters
@@ -246,7 +255,7 @@ class SequenceTagger:
             w, history = fit_chain(model, X, offsets, y, loss=self.loss, l1=self.l1,
                                    callback=callback, verbose=self.verbose,
                                    n_threads=self.n_threads, random_state=self.random_state,
-                                   **kwargs)
+                                   client=self.client, **kwargs)
         finally:
             # The model caches the validated training corpus (X and its transpose) for
             # repeated objective calls; a fitted tagger must not keep the corpus alive.
@@ -325,6 +334,8 @@ class SequenceTagger:
             arrays["features." + key] = value
         params = self.get_params()
         params["verbose"] = bool(params["verbose"])
+        for name in _UNSAVED_PARAMS:
+            params.pop(name, None)
         metadata = {"params": params, "feature_config": self.feature_extractor_.get_config()}
         save_arrays(path, arrays, metadata, kind=MODEL_KIND)
 
