@@ -47,6 +47,7 @@ import copy
 import io
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -419,6 +420,8 @@ class DistributedObjective(BatchObjective):
         self._segments = dense_segments(self.n_params, self._blocks)
         self.stats = {}
         self._planned = []
+        # one round trip at a time; the epoch's plan is taken step by step under it too
+        self._lock = threading.RLock()
         workers = self._live_workers()
         if not workers:
             raise ValueError("the Dask cluster has no workers")
@@ -431,7 +434,13 @@ class DistributedObjective(BatchObjective):
         self._shards = [_Shard(k, int(a), int(b))
                         for k, (a, b) in enumerate(zip(self.bounds[:-1], self.bounds[1:]))]
         order = sorted(workers)
-        self._place(self._shards, {s.index: order[s.index % len(order)] for s in self._shards})
+        try:
+            self._place(self._shards,
+                        {s.index: order[s.index % len(order)] for s in self._shards})
+        except Exception as exc:          # a worker lost while the shards were sent
+            if not self._is_worker_loss(exc):
+                raise
+            self._recover([s for s in self._shards if s.actor is None], exc)
 
     @property
     def n_shards(self):
@@ -484,16 +493,16 @@ class DistributedObjective(BatchObjective):
         to that worker once, then a ShardActor builds the local objective there."""
         client = self.client
         data = {}
-        for s in shards:
-            recipe = _shard_recipe(self.local, s.lo, s.hi)
-            # a list of one: scatter would send the parts of a bare tuple apart
-            data[s.index] = client.scatter([recipe], workers=[where[s.index]], hash=False,
-                                           direct=True)[0]
-        futures = {s.index: client.submit(ShardActor, data[s.index], actor=True,
-                                          workers=[where[s.index]], allow_other_workers=False,
-                                          pure=False)
-                   for s in shards}
         try:
+            for s in shards:
+                recipe = _shard_recipe(self.local, s.lo, s.hi)
+                # a list of one: scatter would send the parts of a bare tuple apart
+                data[s.index] = client.scatter([recipe], workers=[where[s.index]],
+                                               hash=False, direct=True)[0]
+            futures = {s.index: client.submit(ShardActor, data[s.index], actor=True,
+                                              workers=[where[s.index]],
+                                              allow_other_workers=False, pure=False)
+                       for s in shards}
             for s in shards:
                 s.actor = futures[s.index].result(timeout=PLACE_TIMEOUT_S)
                 s.future = futures[s.index]
@@ -531,6 +540,8 @@ class DistributedObjective(BatchObjective):
                 except Exception as place_exc:   # the chosen worker died too, or timed out
                     if self.client.status not in ("running", "newly-created"):
                         raise self._connection_lost(place_exc) from place_exc
+                    if not self._is_worker_loss(place_exc):
+                        raise
                     exc = place_exc
                     suspects |= set(where.values())
             if time.monotonic() > deadline:
@@ -549,6 +560,10 @@ class DistributedObjective(BatchObjective):
         """Call ``method`` on the shards of ``calls`` ({shard index: args}) at once; redo
         the calls of shards whose worker is lost once they are rebuilt elsewhere. Returns
         {shard index: result without its seconds}."""
+        with self._lock:
+            return self._round_locked(method, calls)
+
+    def _round_locked(self, method, calls):
         st = self.stats.setdefault(method, {"rounds": 0, "wall_s": 0.0, "compute_s": 0.0,
                                             "bytes_sent": 0, "bytes_received": 0})
         t0 = time.perf_counter()
@@ -634,16 +649,21 @@ class DistributedObjective(BatchObjective):
             calls = {s.index: ([p.get(s.index) for p in parts],) for s in self._shards}
             got = self._round("rows", calls)
             rows = [{k: got[k][0][i] for k in p} for i, p in enumerate(parts)]
-        self._planned = list(zip(batches, parts, rows))[::-1]    # popped from the end
+        with self._lock:
+            self._planned = list(zip(batches, parts, rows))[::-1]    # popped from the end
 
     def batch(self, units):
         """The mini-batch ``units``: the union of the rows its shards' parts touch (sorted),
         and where each shard's rows sit in it."""
         units = np.ascontiguousarray(units, dtype=np.int64)
-        if self._planned and np.array_equal(self._planned[-1][0], units):
-            _, parts, rows = self._planned.pop()
+        with self._lock:
+            planned = self._planned.pop() if self._planned and np.array_equal(
+                self._planned[-1][0], units) else None
+            if planned is None:
+                self._planned = []
+        if planned is not None:
+            _, parts, rows = planned
         else:
-            self._planned = []
             parts = self._split(units)
             if self._blocks:
                 got = self._round("rows", {k: ([p],) for k, p in parts.items()})

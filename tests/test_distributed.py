@@ -92,6 +92,15 @@ def test_distributed_objective_and_gradients_equal_the_local_ones(client):
             # a step sends only the dense parameters and the batch's rows, not all of w
             st = dist.stats["step"]
             assert 0 < st["bytes_sent"] < w.nbytes / 10
+            # the shards stay on the workers: an evaluation sends w and nothing else
+            st = dist.stats["value_and_grad"]
+            assert st["bytes_sent"] == st["rounds"] * dist.n_shards * w.nbytes
+        if loss == "hinge":
+            # one round trip per epoch fetches the rows of all its steps
+            with DistributedObjective(client, local) as dist:
+                minimize(dist, optimizer="adagrad", max_iter=2, batch_size=8, verbose=False)
+                assert dist.stats["rows"]["rounds"] == 2
+                assert dist.stats["step"]["rounds"] == 2 * -(-local.n_units // 8)
     graphs = _graph_samples()
     local = GraphObjective(graphs, "nll")
     with DistributedObjective(client, local) as dist:
