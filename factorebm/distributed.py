@@ -422,14 +422,14 @@ class DistributedObjective(BatchObjective):
         self._planned = []
         # one round trip at a time; the epoch's plan is taken step by step under it too
         self._lock = threading.RLock()
+        if n_shards is not None and (isinstance(n_shards, bool) or not isinstance(
+                n_shards, (int, np.integer)) or n_shards < 1):
+            raise ValueError(f"n_shards must be None or an integer >= 1, got {n_shards!r}")
         workers = self._live_workers()
         if not workers:
             raise ValueError("the Dask cluster has no workers")
         if n_shards is None:
             n_shards = len(workers)
-        if isinstance(n_shards, bool) or not isinstance(n_shards, (int, np.integer)) \
-                or n_shards < 1:
-            raise ValueError(f"n_shards must be an integer >= 1, got {n_shards!r}")
         self.bounds = shard_bounds(_unit_weights(objective), n_shards)
         self._shards = [_Shard(k, int(a), int(b))
                         for k, (a, b) in enumerate(zip(self.bounds[:-1], self.bounds[1:]))]
@@ -564,6 +564,8 @@ class DistributedObjective(BatchObjective):
             return self._round_locked(method, calls)
 
     def _round_locked(self, method, calls):
+        if any(self._shards[k].actor is None for k in calls):
+            raise ValueError("this DistributedObjective is closed (its shards were released)")
         st = self.stats.setdefault(method, {"rounds": 0, "wall_s": 0.0, "compute_s": 0.0,
                                             "bytes_sent": 0, "bytes_received": 0})
         t0 = time.perf_counter()
@@ -576,10 +578,15 @@ class DistributedObjective(BatchObjective):
             futures = {}
             for k, args in pending.items():
                 st["bytes_sent"] += _nbytes(args)
-                futures[k] = getattr(self._shards[k].actor, method)(*args)
+                try:
+                    futures[k] = getattr(self._shards[k].actor, method)(*args)
+                except Exception as exc:      # the actor's worker is known lost already
+                    futures[k] = exc
             failed, error = [], None
             for k, f in futures.items():
                 try:
+                    if isinstance(f, Exception):
+                        raise f
                     res = f.result()
                 except Exception as exc:
                     if not self._is_worker_loss(exc):
@@ -738,11 +745,17 @@ def connect(scheduler):
         n = int(count) if count else cores
         threads = max(1, cores // n)
         import logging
-        # dashboard ":0": the scheduler's HTTP server on a free port (its default, 8787, may
-        # be held by another cluster on this machine)
-        cluster = distributed.LocalCluster(
-            n_workers=n, threads_per_worker=threads, processes=True, dashboard_address=":0",
-            silence_logs=logging.ERROR, env={"OMP_NUM_THREADS": str(threads)})
+        import dask
+        # Dask's nannies write their OMP_NUM_THREADS (1) into THIS process's environment
+        # before spawning a worker, and leave it there: every later factorebm kernel of the
+        # client would run on one thread (checks.available_cores). The workers get it from
+        # env= instead. Dashboard ":0": the scheduler's HTTP server on a free port (its
+        # default, 8787, may be held by another cluster on this machine).
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": None}):
+            cluster = distributed.LocalCluster(
+                n_workers=n, threads_per_worker=threads, processes=True,
+                dashboard_address=":0", silence_logs=logging.ERROR,
+                env={"OMP_NUM_THREADS": str(threads)})
         try:
             with distributed.Client(cluster) as client:
                 yield client

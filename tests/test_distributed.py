@@ -4,7 +4,6 @@ One cluster of two worker processes serves the whole module. The distributed obj
 gradient and trained weights must equal the local ones to rounding (1e-9 relative); a
 worker killed mid-training must not change the model; a lost connection must raise.
 """
-import logging
 import os
 import signal
 import subprocess
@@ -53,19 +52,16 @@ def _graph_samples(seed=0, n=10, n_weights=6):
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0", silence_logs=logging.CRITICAL) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def client(cluster):
-    import distributed
-    with distributed.Client(cluster) as c:
+def client():
+    pytest.importorskip("distributed")
+    from factorebm.distributed import connect
+    omp = os.environ.get("OMP_NUM_THREADS")
+    with connect("local:2") as c:
         c.wait_for_workers(2, timeout=60)
         yield c
+    # regression: Dask's nannies wrote OMP_NUM_THREADS=1 into this process (every later
+    # kernel here on one thread)
+    assert os.environ.get("OMP_NUM_THREADS") == omp
 
 
 def _kill_a_worker(client):
@@ -151,10 +147,10 @@ def test_a_worker_killed_during_training_leaves_the_same_model(client, optimizer
     assert _rel(w0, w1) <= RTOL
 
 
-def test_losing_the_connection_raises_instead_of_returning_a_partial_model(cluster):
+def test_losing_the_connection_raises_instead_of_returning_a_partial_model(client):
     import distributed
     X, offsets, y, model = _corpus(seed=7)
-    other = distributed.Client(cluster.scheduler_address)
+    other = distributed.Client(client.scheduler.address)
 
     def disconnect(w, epoch):
         if epoch == 2:
@@ -195,7 +191,7 @@ def test_the_library_imports_and_trains_without_dask_installed():
 
 
 # ---------------------------------------------------------------------------- command line
-def test_cli_trains_on_local_2_and_tags_many_files_across_the_cluster(tmp_path, cluster,
+def test_cli_trains_on_local_2_and_tags_many_files_across_the_cluster(tmp_path, client,
                                                                       capsys):
     from factorebm.cli import main
     sents, _ = fe.datasets.load_ud_english_ewt("dev")
@@ -213,7 +209,7 @@ def test_cli_trains_on_local_2_and_tags_many_files_across_the_cluster(tmp_path, 
         inputs.append(p)
     out = tmp_path / "out"
     assert main(["tag", "--model", str(model), *map(str, inputs), "-o", str(out),
-                 "--scheduler", cluster.scheduler_address]) == 0
+                 "--scheduler", client.scheduler.address]) == 0
     assert sorted(os.listdir(out)) == ["in0.txt.conllu", "in1.txt.conllu", "in2.txt.conllu"]
     for i, chunk in enumerate((sents[200:230], sents[230:235], [])):
         got = fe.datasets.load_conllu(out / f"in{i}.txt.conllu")
