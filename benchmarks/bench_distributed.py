@@ -59,7 +59,9 @@ def ewt_corpus(repeat):
     return X, offsets.astype(np.int64), y, model
 
 
-def median_time(fn, repeats, after_warm_up=None):
+def median_time(fn, repeats, after_warm_up=None, best=False):
+    """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up (the minimum with
+    ``best``: the least disturbed run, for a per-token cost on a shared machine)."""
     fn()                                  # warm-up: buffers, transposes, first contact
     if after_warm_up is not None:
         after_warm_up()
@@ -68,7 +70,7 @@ def median_time(fn, repeats, after_warm_up=None):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times) if best else statistics.median(times)
 
 
 def round_stats(dist, kind):
@@ -91,8 +93,11 @@ def bench_corpus(name, repeat, args, rows):
     local = ChainObjective(model, X, offsets, y, "nll")
     w = model.init_weights(0)
     t_local = median_time(lambda: local.value_and_grad(w), args.repeats)
+    t_one = median_time(lambda: local.value_and_grad(w, 1), args.repeats, best=True)
     print(f"{'setup':34s} {'evals/s':>8s} {'s/eval':>7s} {'us/token':>9s} {'comm':>6s} "
           f"{'MB/eval':>8s} {'place s':>8s}")
+    print(f"{'local, 1 thread (best run)':34s} {1 / t_one:8.2f} {t_one:7.3f} "
+          f"{1e6 * t_one / N:9.3f} {'-':>6s} {'-':>8s} {'-':>8s}")
     print(f"{'local, all cores':34s} {1 / t_local:8.2f} {t_local:7.3f} {1e6 * t_local / N:9.3f} "
           f"{'-':>6s} {'-':>8s} {'-':>8s}", flush=True)
     train_kw = dict(loss="nll", verbose=False, random_state=0)
@@ -123,6 +128,7 @@ def bench_corpus(name, repeat, args, rows):
             rows.append({"corpus": name, "tokens": N, "weights": model.n_weights,
                          "workers": n_workers, "threads": threads[0], "s_eval": t_dist,
                          "s_eval_local": t_local, "shard_compute_s": compute,
+                         "s_eval_one_thread": t_one,
                          "comm_share": share, "bytes_eval": nbytes})
             t0 = time.perf_counter()
             w1, _ = fit_chain(model, X, offsets, y, client=client, **lbfgs_kw)
@@ -168,9 +174,13 @@ def main():
         bench_corpus("EWT x 8", 8, args, rows)
     print("\nper-token compute and bytes (the figures docs/scaling.md starts from):")
     for r in rows:
+        if r["workers"] == 1:
+            print(f"  {r['corpus']:8s} local, 1 thread, best run: "
+                  f"{1e6 * r['s_eval_one_thread'] / r['tokens']:.3f} core-us per token per "
+                  "evaluation")
         per_token = r["shard_compute_s"] * r["workers"] * r["threads"] / r["tokens"]
         print(f"  {r['corpus']:8s} {r['workers']} worker(s) x {r['threads']} thread(s): "
-              f"{1e6 * per_token:.3f} core-us per token per evaluation, "
+              f"{1e6 * per_token:.3f} core-us per token per evaluation (shard time x threads), "
               f"{r['bytes_eval'] / MB:.1f} MB per L-BFGS evaluation "
               f"({r['bytes_eval'] / (2 * r['workers'] * 8 * r['weights']):.2f} x 2 x workers x "
               f"8 B x weights), AdaGrad step {r['step_ms']:.1f} ms wall / "

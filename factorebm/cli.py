@@ -123,12 +123,13 @@ def _cmd_tag_files(args):
         raise ValueError("tagging several files or with --scheduler writes one output per "
                          "input file: give the output folder with -o OUTDIR")
     if "-" in files:
-        raise ValueError("stdin (-) can be tagged alone only, without --scheduler")
+        raise ValueError("give the input files by name: stdin (-) is tagged alone, without "
+                         "--scheduler")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise ValueError(f"-o {args.output}: not a folder (with several files or "
                          "--scheduler, -o names the output folder)")
-    os.makedirs(args.output, exist_ok=True)
     tagger = _load_model(args)
+    os.makedirs(args.output, exist_ok=True)
     with _cluster(args) as client:
         outputs = tag_files(tagger, files, args.output, format=args.format, client=client)
     print(f"tagged {len(outputs)} files into {args.output}", file=sys.stderr)

@@ -30,7 +30,8 @@ to the scheduler raises :class:`ConnectionError`: training never returns a parti
 The workers run the kernels on their Dask thread count (``nthreads``). Dask's nannies set
 ``OMP_NUM_THREADS=1`` in the workers, which :func:`factorebm.checks.available_cores`
 obeys: start workers of several threads with ``OMP_NUM_THREADS`` equal to their thread count
-(:func:`connect` does for the local clusters it starts).
+(:func:`connect` does for the local clusters it starts); the kernels then also keep a
+small mini-batch part on one thread (their size rule, :func:`factorebm.checks.threads_for`).
 
 Dask is optional (``pip install factorebm[dask]``): it is imported here only by the functions
 that need it, and :func:`require_dask` says how to install it.
@@ -285,7 +286,13 @@ class ShardActor:
         t0 = time.perf_counter()
         build, args = recipe
         self.objective = build(*args)
-        self.n_threads = _worker_threads()
+        # The worker's Dask threads. Where OMP_NUM_THREADS says the same, None: all of them
+        # with the kernels' size rule (one thread per 8192 tokens at most), which keeps a
+        # small mini-batch part on one thread (an OpenMP team costs more than it saves
+        # there, and far more on a busy machine).
+        from .checks import available_cores
+        threads = _worker_threads()
+        self.n_threads = None if threads in (None, available_cores()) else threads
         blocks = self.objective.row_blocks()
         self._blocks = blocks
         self._segments = dense_segments(self.objective.n_params, blocks)
