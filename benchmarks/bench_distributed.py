@@ -12,11 +12,13 @@ For each corpus, in the same run and on the same cores:
   processes (cores / 2 each); the communication share of an evaluation (1 - slowest shard's
   compute time / client wall time: serialization, transfer and dispatch) and its bytes
   (array payloads both ways);
-* time to train: L-BFGS iterations and one AdaGrad epoch (batches of 32 sentences, the
-  tagger's schedule), local and through the cluster (``fit_chain(client=)``, shard
-  placement included), with the relative difference of the weights, and for AdaGrad the
-  bytes per step (dense parameters and the batch's caught-up rows out, the batch gradient
-  back) and per epoch for the rows plan.
+* the time of an empty round trip to the shards (``DistributedObjective.ping``: latency
+  and dispatch) and of placing the shards (their data sent once, objectives built);
+* time to train: L-BFGS iterations (and objective evaluations per iteration) and one
+  AdaGrad epoch (batches of 32 sentences, the tagger's schedule), local and through the
+  cluster (``minimize`` over the placed ``DistributedObjective``), with the relative
+  difference of the weights, and for AdaGrad the bytes per step (dense parameters and the
+  batch's caught-up rows out, the batch gradient back) and per epoch for the rows plan.
 
     python benchmarks/bench_distributed.py            # EWT and EWT x 8 (about 10 minutes)
     python benchmarks/bench_distributed.py --quick    # EWT only, fewer repeats and iterations
@@ -31,7 +33,7 @@ import factorebm as fe
 from factorebm.distributed import DistributedObjective, connect
 from factorebm.features import FeatureExtractor
 from factorebm.learning import ChainObjective, LinearChainEnergy
-from factorebm.optimize import fit_chain
+from factorebm.optimize import minimize
 from factorebm.sparse import FactoredFeatures
 
 from _machine import describe  # noqa: E402  (benchmarks/_machine.py)
@@ -95,22 +97,22 @@ def bench_corpus(name, repeat, args, rows):
     t_local = median_time(lambda: local.value_and_grad(w), args.repeats)
     t_one = median_time(lambda: local.value_and_grad(w, 1), args.repeats, best=True)
     print(f"{'setup':34s} {'evals/s':>8s} {'s/eval':>7s} {'us/token':>9s} {'comm':>6s} "
-          f"{'MB/eval':>8s} {'place s':>8s}")
+          f"{'MB/eval':>8s} {'place s':>8s} {'ping ms':>7s}")
     print(f"{'local, 1 thread (best run)':34s} {1 / t_one:8.2f} {t_one:7.3f} "
           f"{1e6 * t_one / N:9.3f} {'-':>6s} {'-':>8s} {'-':>8s}")
     print(f"{'local, all cores':34s} {1 / t_local:8.2f} {t_local:7.3f} {1e6 * t_local / N:9.3f} "
           f"{'-':>6s} {'-':>8s} {'-':>8s}", flush=True)
-    train_kw = dict(loss="nll", verbose=False, random_state=0)
-    lbfgs_kw = dict(optimizer="lbfgs", max_iter=args.lbfgs_iter, tol=0.0, **train_kw)
+    lbfgs_kw = dict(optimizer="lbfgs", max_iter=args.lbfgs_iter, tol=0.0, verbose=False,
+                    random_state=0)
     ada_kw = dict(optimizer="adagrad", max_iter=1, batch_size=32, learning_rate=0.2, l2=1e-5,
-                  **train_kw)
+                  verbose=False, random_state=0)
     t0 = time.perf_counter()
-    w_lbfgs, _ = fit_chain(model, X, offsets, y, **lbfgs_kw)
+    w_lbfgs, _ = minimize(local, **lbfgs_kw)
     t_lbfgs = time.perf_counter() - t0
     t0 = time.perf_counter()
-    w_ada, _ = fit_chain(model, X, offsets, y, **ada_kw)
+    w_ada, _ = minimize(local, **ada_kw)
     t_ada = time.perf_counter() - t0
-    train = [("local, all cores", t_lbfgs, t_ada, 0.0, 0.0, "-", "-", "-", "-")]
+    train = [("local, all cores", t_lbfgs, t_ada, 0.0, 0.0, "-", "-", "-", "-", "-")]
     for n_workers in (1, 2):
         label = f"dask {n_workers} worker{'s' if n_workers > 1 else ''}"
         with connect(f"local:{n_workers}") as client:
@@ -119,45 +121,47 @@ def bench_corpus(name, repeat, args, rows):
             t0 = time.perf_counter()
             with DistributedObjective(client, local) as dist:
                 t_place = time.perf_counter() - t0
+                ping = median_time(dist.ping, 20)
                 t_dist = median_time(lambda: dist.value_and_grad(w), args.repeats,
                                      dist.stats.clear)
                 share, nbytes, st = round_stats(dist, "value_and_grad")
                 compute = st["compute_s"] / st["rounds"]
-            print(f"{label:34s} {1 / t_dist:8.2f} {t_dist:7.3f} {1e6 * t_dist / N:9.3f} "
-                  f"{100 * share:5.1f}% {nbytes / MB:8.1f} {t_place:8.2f}", flush=True)
-            rows.append({"corpus": name, "tokens": N, "weights": model.n_weights,
-                         "workers": n_workers, "threads": threads[0], "s_eval": t_dist,
-                         "s_eval_local": t_local, "shard_compute_s": compute,
-                         "s_eval_one_thread": t_one,
-                         "comm_share": share, "bytes_eval": nbytes})
-            t0 = time.perf_counter()
-            w1, _ = fit_chain(model, X, offsets, y, client=client, **lbfgs_kw)
-            t1 = time.perf_counter() - t0
-            # AdaGrad through an explicit DistributedObjective, to read its step statistics
-            from factorebm.optimize import minimize
-            t0 = time.perf_counter()
-            with DistributedObjective(client, ChainObjective(model, X, offsets, y, "nll")) \
-                    as dist:
-                ada = {k: v for k, v in ada_kw.items() if k != "loss"}
-                w2, _ = minimize(dist, **ada)
+                print(f"{label:34s} {1 / t_dist:8.2f} {t_dist:7.3f} {1e6 * t_dist / N:9.3f} "
+                      f"{100 * share:5.1f}% {nbytes / MB:8.1f} {t_place:8.2f} "
+                      f"{1e3 * ping:7.2f}", flush=True)
+                rows.append({"corpus": name, "tokens": N, "weights": model.n_weights,
+                             "workers": n_workers, "threads": threads[0], "s_eval": t_dist,
+                             "s_eval_local": t_local, "shard_compute_s": compute,
+                             "s_eval_one_thread": t_one, "ping_s": ping,
+                             "comm_share": share, "bytes_eval": nbytes})
+                dist.stats.clear()
+                t0 = time.perf_counter()
+                w1, _ = minimize(dist, **lbfgs_kw)
+                t1 = time.perf_counter() - t0
+                evals = dist.stats["value_and_grad"]["rounds"]
+                t0 = time.perf_counter()
+                w2, _ = minimize(dist, **ada_kw)
                 t2 = time.perf_counter() - t0
                 s_share, s_bytes, s_st = round_stats(dist, "step")
                 p_share, p_bytes, p_st = round_stats(dist, "rows")
             train.append((label, t1, t2, rel(w_lbfgs, w1), rel(w_ada, w2),
-                          f"{100 * s_share:.0f}%", f"{s_bytes / 1e3:.0f}",
+                          f"{evals / args.lbfgs_iter:.2f}", f"{100 * s_share:.0f}%",
+                          f"{s_bytes / 1e3:.0f}",
                           f"{1e3 * s_st['wall_s'] / max(s_st['rounds'], 1):.1f}",
                           f"{p_bytes / MB:.1f}"))
             rows[-1].update({"step_bytes": s_bytes, "step_share": s_share,
                              "step_ms": 1e3 * s_st["wall_s"] / max(s_st["rounds"], 1),
                              "step_compute_ms": 1e3 * s_st["compute_s"] / max(s_st["rounds"], 1),
                              "steps": s_st["rounds"], "plan_bytes": p_bytes})
-    print(f"\ntraining ({args.lbfgs_iter} L-BFGS iterations; 1 AdaGrad epoch, batches of 32):")
+    print(f"\ntraining ({args.lbfgs_iter} L-BFGS iterations; 1 AdaGrad epoch, batches of 32; "
+          "shards already placed):")
     print(f"{'setup':34s} {'lbfgs s':>8s} {'x local':>8s} {'adagrad s':>9s} {'x local':>8s} "
-          f"{'rel dw lbfgs':>12s} {'rel dw ada':>10s} {'step comm':>9s} {'kB/step':>8s} "
-          f"{'ms/step':>8s} {'MB/plan':>8s}")
-    for label, a, b, da, db, sc, sb, sm, pb in train:
+          f"{'rel dw lbfgs':>12s} {'rel dw ada':>10s} {'evals/it':>8s} {'step comm':>9s} "
+          f"{'kB/step':>8s} {'ms/step':>8s} {'MB/plan':>8s}")
+    for label, a, b, da, db, ev, sc, sb, sm, pb in train:
         print(f"{label:34s} {a:8.2f} {a / t_lbfgs:8.2f} {b:9.2f} {b / t_ada:8.2f} "
-              f"{da:12.1e} {db:10.1e} {sc:>9s} {sb:>8s} {sm:>8s} {pb:>8s}", flush=True)
+              f"{da:12.1e} {db:10.1e} {ev:>8s} {sc:>9s} {sb:>8s} {sm:>8s} {pb:>8s}",
+              flush=True)
 
 
 def main():
@@ -184,7 +188,8 @@ def main():
               f"{r['bytes_eval'] / MB:.1f} MB per L-BFGS evaluation "
               f"({r['bytes_eval'] / (2 * r['workers'] * 8 * r['weights']):.2f} x 2 x workers x "
               f"8 B x weights), AdaGrad step {r['step_ms']:.1f} ms wall / "
-              f"{r['step_compute_ms']:.1f} ms slowest shard, {r['step_bytes'] / 1e3:.0f} kB")
+              f"{r['step_compute_ms']:.1f} ms slowest shard, {r['step_bytes'] / 1e3:.0f} kB, "
+              f"empty round trip {1e3 * r['ping_s']:.2f} ms")
 
 
 if __name__ == "__main__":

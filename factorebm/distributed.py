@@ -300,9 +300,10 @@ class ShardActor:
         self.build_seconds = time.perf_counter() - t0
 
     def info(self):
-        """``(n_units, n_params, n_threads, build seconds)``."""
+        """``({"n_units", "n_params", "n_threads", "build_seconds"}, 0.0)``."""
         obj = self.objective
-        return obj.n_units, obj.n_params, self.n_threads, self.build_seconds
+        return {"n_units": obj.n_units, "n_params": obj.n_params,
+                "n_threads": self.n_threads, "build_seconds": self.build_seconds}, 0.0
 
     def value_and_grad(self, w):
         """``(loss sum, gradient (n_params,), seconds)`` over the whole shard."""
@@ -622,6 +623,13 @@ class DistributedObjective(BatchObjective):
         st["wall_s"] += time.perf_counter() - t0
         st["compute_s"] += slowest
         return results
+
+    def ping(self):
+        """Seconds of one round trip to every shard at once that carries nothing: the
+        latency and dispatch cost that every evaluation and step pays."""
+        t0 = time.perf_counter()
+        self._round("info", {s.index: () for s in self._shards})
+        return time.perf_counter() - t0
 
     # ---------------------------------------------------------------- full batch
     def value_and_grad(self, w, n_threads=None):
