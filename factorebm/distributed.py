@@ -38,8 +38,9 @@ that need it, and :func:`require_dask` says how to install it.
 
 References
 ----------
-Li, Z. et al., CRF-Spark (2017), and King, D., dlib's ``svm_struct_controller_node`` (2009):
-the map-reduce of loss and gradient over shards that stay on the workers.
+CRF-Spark (a linear-chain CRF trainer on Apache Spark), and D. King's distributed
+structural SVM in dlib (``svm_struct_controller_node`` / ``svm_struct_processing_node``,
+2011): the map-reduce of loss and gradient over shards that stay on the workers.
 Rocklin, M., "Dask: Parallel computation with blocked algorithms and task scheduling"
 (SciPy 2015); actors: https://distributed.dask.org/en/stable/actors.html.
 """
