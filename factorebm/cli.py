@@ -57,6 +57,9 @@ def _load_model(args):
 
 def _cmd_train(args):
     _check_model_target(args.model)
+    if args.scheduler:
+        from .distributed import require_dask
+        require_dask("--scheduler")         # before the data is read, not after
     bundled = args.train is None
     train_path = args.train or datasets.ud_english_ewt_path("train")
     dev_path = args.dev or (datasets.ud_english_ewt_path("dev") if bundled else None)

@@ -161,7 +161,7 @@ def test_losing_the_connection_raises_instead_of_returning_a_partial_model(clien
                   client=other, callback=disconnect)
 
 
-def test_without_dask_client_raises_an_importerror_naming_the_extra(monkeypatch):
+def test_without_dask_client_raises_an_importerror_naming_the_extra(monkeypatch, capsys):
     X, offsets, y, model = _corpus()
     monkeypatch.setitem(sys.modules, "dask", None)          # import dask -> ImportError
     monkeypatch.setitem(sys.modules, "distributed", None)
@@ -172,7 +172,9 @@ def test_without_dask_client_raises_an_importerror_naming_the_extra(monkeypatch)
         with connect("local:2"):
             pass
     from factorebm.cli import main
+    capsys.readouterr()
     assert main(["train", "--model", "m.npz", "--scheduler", "local:2"]) == 1
+    assert "pip install factorebm[dask]" in capsys.readouterr().err
 
 
 def test_the_library_imports_and_trains_without_dask_installed():
