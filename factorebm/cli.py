@@ -6,6 +6,9 @@
                        [--json] [--threads N]
     factorebm tag --model PATH [FILE|-] [--format auto|conllu|text] [--output FILE] [--threads N]
     factorebm --version
+    factorebm tag --model PATH FILE... -o OUTDIR [--scheduler ADDRESS|local[:N]]
+
+``--scheduler`` trains or tags on a Dask cluster (``pip install factorebm[dask]``).
 
 ``python -m factorebm`` is the same command line. With no data files, ``train`` uses the
 bundled UD English EWT (train; dev and test are reported) and ``evaluate`` the bundled EWT test
@@ -106,9 +109,14 @@ def _cmd_train(args):
     tagger = _new_tagger(args)
     _check_model_target(args.model)
     if args.plot:
+        # The target first: a mistyped folder is worth reporting even on a
+        # machine that has not installed matplotlib yet.
+        _check_model_target(args.plot, "--plot", "curve.png")
         from .plotting import require_matplotlib
         require_matplotlib("--plot")
-        _check_model_target(args.plot, "--plot", "curve.png")
+    if args.scheduler:
+        from .distributed import require_dask
+        require_dask("--scheduler")         # before the data is read, not after
     bundled = args.train is None
     train_path = args.train or datasets.ud_english_ewt_path("train")
     dev_path = args.dev or (datasets.ud_english_ewt_path("dev") if bundled else None)
@@ -117,7 +125,10 @@ def _cmd_train(args):
     sents, tags = _load_gold(train_path, args.column)
     dev = _load_gold(dev_path, args.column) if dev_path else None
     test = _load_gold(test_path, args.column) if test_path else None
-    tagger.fit(sents, tags, dev=dev)
+    with _cluster(args) as client:
+        tagger.client = client
+        tagger.fit(sents, tags, dev=dev)
+    tagger.client = None
     tagger.save(args.model)
     train_s = time.perf_counter() - t0
     n_tokens = sum(len(s) for s in sents)
@@ -176,7 +187,40 @@ def _cmd_evaluate(args):
     return 0
 
 
+def _cluster(args):
+    """A Dask client for ``--scheduler`` (closed on exit), or a context giving None."""
+    import contextlib
+    if not args.scheduler:
+        return contextlib.nullcontext()
+    from .distributed import connect
+    return connect(args.scheduler)
+
+
+def _cmd_tag_files(args):
+    """``tag FILE... -o OUTDIR``: every file tagged into OUTDIR, across a cluster with
+    ``--scheduler``."""
+    from .distributed import tag_files
+    files = [args.file] + args.more_files
+    if not args.output:
+        raise ValueError("tagging several files or with --scheduler writes one output per "
+                         "input file: give the output folder with -o OUTDIR")
+    if "-" in files:
+        raise ValueError("give the input files by name: stdin (-) is tagged alone, without "
+                         "--scheduler")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ValueError(f"-o {args.output}: not a folder (with several files or "
+                         "--scheduler, -o names the output folder)")
+    tagger = _load_model(args)
+    os.makedirs(args.output, exist_ok=True)
+    with _cluster(args) as client:
+        outputs = tag_files(tagger, files, args.output, format=args.format, client=client)
+    print(f"tagged {len(outputs)} files into {args.output}", file=sys.stderr)
+    return 0
+
+
 def _cmd_tag(args):
+    if args.scheduler or args.more_files:
+        return _cmd_tag_files(args)
     from_stdin = args.file in (None, "-")
     # A closed descriptor (``factorebm tag <&-``) leaves sys.stdin / sys.stdout None.
     if from_stdin and sys.stdin is None:
@@ -223,6 +267,13 @@ def _add_threads(parser, default="all cores"):
                              f"to them (default: {default})")
 
 
+def _add_scheduler(parser, what):
+    parser.add_argument("--scheduler", metavar="ADDRESS|local[:N]",
+                        help=f"{what} on a Dask cluster: a scheduler address, or local:N for "
+                             "N worker processes on this machine (default N: one per core); "
+                             "needs pip install factorebm[dask]")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="factorebm", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"factorebm {__version__}")
@@ -261,6 +312,7 @@ def build_parser():
                         "(default) or plus a trained character CNN (features+chars)")
     _add_column(t)
     _add_threads(t)
+    _add_scheduler(t, "train")
     t.add_argument("--quiet", action="store_true", help="no progress lines")
     t.add_argument("--plot", metavar="IMAGE",
                    help="save the training curve (loss and dev accuracy per epoch) to this "
@@ -293,13 +345,18 @@ def build_parser():
                                    "column filled; every other byte of CoNLL-U input is kept.")
     g.add_argument("--model", required=True)
     g.add_argument("file", nargs="?", default="-", help="input file, or - for stdin (default)")
+    g.add_argument("more_files", nargs="*", metavar="FILE",
+                   help="more input files: each is written to OUTDIR (-o) under its own name, "
+                        "ending .conllu")
     g.add_argument("--format", choices=["auto", "conllu", "text"], default="auto",
                    help="input format (default: auto, CoNLL-U when the first line that is not "
                         "blank or a # comment has 10 tab-separated columns); text is one "
                         "whitespace-tokenized sentence per line, blank lines skipped, and "
                         "'# sent_id = N' gives the input line number N")
-    g.add_argument("--output", "-o", help="output file (default: stdout)")
+    g.add_argument("--output", "-o", help="output file (default: stdout); the output folder "
+                                            "with several files or --scheduler")
     _add_threads(g, default="the model's saved setting, else all cores")
+    _add_scheduler(g, "tag the files")
     g.set_defaults(func=_cmd_tag)
     return p
 
@@ -323,7 +380,7 @@ def main(argv=None):
         return args.func(args)
     except BrokenPipeError:     # an OSError: handled before the clause below
         return _quiet_broken_pipe()
-    except (ValueError, KeyError, OSError) as exc:
+    except (ValueError, KeyError, OSError, ImportError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"factorebm {args.command}: error: {msg}", file=sys.stderr)
         return 1

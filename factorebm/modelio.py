@@ -38,7 +38,8 @@ try:
 except ImportError:     # Windows: an open file cannot be removed there, which is the lock
     fcntl = None
 
-__all__ = ["save_arrays", "load_arrays", "FORMAT_VERSION", "MAX_COMPRESSION_RATIO"]
+__all__ = ["save_arrays", "load_arrays", "write_atomic", "FORMAT_VERSION",
+           "MAX_COMPRESSION_RATIO"]
 
 FORMAT_VERSION = 1
 _METADATA_KEY = "__metadata__"
@@ -125,6 +126,29 @@ def save_arrays(path, arrays, metadata, kind):
         raise ValueError(f"metadata is not JSON-serializable: {exc}") from None
     checked[_METADATA_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
+    write_atomic(path, lambda fh: _write_npz(fh, checked))
+
+
+def write_atomic(path, content):
+    """Write a file so that ``path`` holds either its old content or all of the new one.
+
+    A temporary file beside the target is written, flushed and fsynced, then renamed over it
+    (``os.replace``: atomic on POSIX and Windows); on any error it is removed. A symbolic link
+    is written through (the link stays a link), an existing file keeps its mode, and stale
+    temporary files of a killed earlier write to the same target are removed.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    content : bytes or callable
+        The bytes, or ``content(fh)`` writing them to the binary file object ``fh``.
+
+    Raises
+    ------
+    OSError
+        Naming ``path`` (not the temporary file) when it cannot be written.
+    """
+    path = os.fspath(path)
     # Through a symbolic link to the file it names: replacing the link itself would cut it.
     target = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
     folder = os.path.dirname(target)
@@ -143,7 +167,10 @@ def save_arrays(path, arrays, metadata, kind):
             if mode is not None:
                 _chmod(fh.fileno(), tmp, mode)
             _remove_stale_temps(folder, base, tmp)
-            _write_npz(fh, checked)
+            if callable(content):
+                content(fh)
+            else:
+                fh.write(content)
             fh.flush()
             os.fsync(fh.fileno())
             if fcntl is not None:

@@ -95,6 +95,11 @@ class BatchObjective:
         """Sum over ``units`` ((n_b,) int64) of the loss, and its dense gradient."""
         raise NotImplementedError
 
+    def plan(self, batches):
+        """Told, at the start of each epoch of a stochastic optimizer, the mini-batches
+        ((n_b,) int64 unit arrays) it will ask for, in order. Local objectives ignore it; a
+        distributed one fetches what the steps need in one round trip."""
+
     def batch(self, units):
         """Gather the mini-batch ``units`` ((n_b,) int64): a :class:`Batch`."""
         return Batch(np.asarray(units, dtype=np.int64))

@@ -398,6 +398,7 @@ class _Stochastic:
         for epoch in range(1, max_iter + 1):
             lr_epoch = eta / epoch if opt == "sgd" else eta
             perm = self.rng.permutation(n)
+            obj.plan([perm[s0:s0 + self.batch_size] for s0 in range(0, n, self.batch_size)])
             epoch_loss = 0.0
             for s0 in range(0, n, self.batch_size):
                 units = perm[s0:s0 + self.batch_size]
@@ -474,7 +475,7 @@ def _segment_rows(grad):
 
 def minimize(objective, *, optimizer=None, l1=0.0, l2=None, max_iter=None,
              batch_size=None, learning_rate=None, w0=None, callback=None, verbose=True,
-             n_threads=None, random_state=None, tol=1e-9):
+             n_threads=None, random_state=None, tol=1e-9, client=None):
     """Minimize a :class:`factorebm.objective.BatchObjective`: the one learner.
 
     Minimizes ``loss_sum(w) / n_units + 0.5 * l2 * ||w||^2 + l1 * ||w||_1``.
@@ -507,6 +508,11 @@ def minimize(objective, *, optimizer=None, l1=0.0, l2=None, max_iter=None,
         Seed of the starting weights and of the mini-batch order.
     tol : float
         L-BFGS relative tolerance on the objective (``ftol``).
+    client : dask.distributed.Client or None
+        Train data-parallel on this Dask cluster (:mod:`factorebm.distributed`): the units
+        are split into shards kept by the workers, which evaluate them; the optimizer runs
+        here and gives the local result, to rounding. ``n_threads`` then counts the threads
+        of the optimizer's own steps; each worker uses its Dask threads. None trains here.
 
     Returns
     -------
@@ -525,6 +531,14 @@ def minimize(objective, *, optimizer=None, l1=0.0, l2=None, max_iter=None,
         w = objective.check_params(w0).copy()
         if not np.isfinite(w).all():
             raise ValueError("w0 contains NaN or infinite weights")
+    if client is not None:
+        # the same learner over the shards, from the same start and random generator
+        from .distributed import DistributedObjective
+        with DistributedObjective(client, objective) as shards:
+            return minimize(shards, optimizer=optimizer, l1=l1, l2=l2, max_iter=max_iter,
+                            batch_size=batch_size, learning_rate=learning_rate, w0=w,
+                            callback=callback, verbose=verbose, n_threads=n_threads,
+                            random_state=random_state, tol=tol)
     reporter = _Reporter(optimizer, callback, verbose)
     if optimizer == "lbfgs":
         w = _lbfgs(_mean_objective(objective, l2, n_threads), w, l1, max_iter, tol, reporter,
@@ -539,7 +553,7 @@ def minimize(objective, *, optimizer=None, l1=0.0, l2=None, max_iter=None,
 def fit_chain(model, X, offsets, y, *, loss="nll", optimizer=None, l1=0.0, l2=None,
               max_iter=None, batch_size=None, learning_rate=None, w0=None, callback=None,
               verbose=True, n_threads=None, random_state=None, beta=1.0, tol=1e-9,
-              **loss_params):
+              client=None, **loss_params):
     """Train a :class:`~factorebm.learning.ChainEnergy` (e.g. a ``LinearChainEnergy``) on a
     tagged corpus.
 
@@ -569,6 +583,9 @@ def fit_chain(model, X, offsets, y, *, loss="nll", optimizer=None, l1=0.0, l2=No
         has latent substates).
     beta : float
         Inverse temperature of the NLL's free energy.
+    client : dask.distributed.Client or None
+        Train on this Dask cluster, the sequences split into shards held by the workers
+        (:mod:`factorebm.distributed`); the result is the local one, to rounding.
     **loss_params
         Passed to the loss (``margin``, ``gamma``, ...).
 
@@ -595,7 +612,7 @@ def fit_chain(model, X, offsets, y, *, loss="nll", optimizer=None, l1=0.0, l2=No
     return minimize(objective, optimizer=optimizer, l1=l1, l2=l2, max_iter=max_iter,
                     batch_size=batch_size, learning_rate=learning_rate, w0=w0,
                     callback=callback, verbose=verbose, n_threads=n_threads,
-                    random_state=random_state, tol=tol)
+                    random_state=random_state, tol=tol, client=client)
 
 
 INFERENCES = ("bp", "gibbs")
@@ -604,14 +621,15 @@ INFERENCES = ("bp", "gibbs")
 def fit_graphs(samples, *, loss="nll", optimizer=None, l1=0.0, l2=None, max_iter=None,
                batch_size=None, learning_rate=None, w0=None, callback=None, verbose=True,
                n_threads=None, random_state=None, beta=1.0, tol=1e-9, inference="bp",
-               inference_options=None, **loss_params):
+               inference_options=None, client=None, **loss_params):
     """Train the shared weights of parametric factor graphs with :func:`minimize`.
 
     Minimizes ``mean_i L(E+_i, E-_i) + 0.5 * l2 * ||w||^2 + l1 * ||w||_1`` over
     ``samples``, a sequence of ``(ParametricGraph, target)`` pairs sharing one weight vector
     (see :func:`factorebm.learning.graph_objective`). Parameters, defaults and the returned
     ``(w, history)`` are as in :func:`fit_chain` (``batch_size`` counts graphs; the weights
-    start at zero), and:
+    start at zero; ``client``: a Dask client, the graphs split into shards held by the
+    workers), and:
 
     inference : {"bp", "gibbs"}
         ``"bp"``: E+, E- and the beliefs by belief propagation (exact on forests).
@@ -620,7 +638,7 @@ def fit_graphs(samples, *, loss="nll", optimizer=None, l1=0.0, l2=None, max_iter
         "nll" only, with a stochastic optimizer (default AdaGrad; the estimate is noisy, so
         L-BFGS is refused).
     inference_options : dict or None
-        With ``"gibbs"``: ``n_chains`` (persistent chains per graph, default 1), ``n_sweeps``
+        With ``"gibbs"``: ``n_chains`` (persistent chains per graph, default 10), ``n_sweeps``
         (sweeps per step, default 1), ``method`` ("gibbs" or "mh").
     """
     from .energies.graph import GraphObjective
@@ -661,4 +679,4 @@ def fit_graphs(samples, *, loss="nll", optimizer=None, l1=0.0, l2=None, max_iter
     return minimize(objective, optimizer=optimizer, l1=l1, l2=l2, max_iter=max_iter,
                     batch_size=batch_size, learning_rate=learning_rate, w0=w0,
                     callback=callback, verbose=verbose, n_threads=n_threads,
-                    random_state=random_state, tol=tol)
+                    random_state=random_state, tol=tol, client=client)

@@ -37,13 +37,16 @@ MODEL_KIND = "SequenceTagger"
 TAGGER_LOSSES = ("nll", "hinge", "perceptron", "log", "mce")
 
 _PARAM_NAMES = ("loss", "optimizer", "l1", "l2", "max_iter", "batch_size", "learning_rate",
-                "features", "min_count", "n_substates", "n_threads", "random_state", "verbose")
+                "features", "min_count", "n_substates", "n_threads", "random_state", "verbose",
+                "client")
 _PARAM_NAMES += ("transitions", "warm_start", "front_end", "chars")
 # What a model file saved before a setting existed meant by it.
 _PARAM_DEFAULTS = {"n_substates": 1, "transitions": "all", "warm_start": False,
                    "front_end": "features", "chars": None}
 # Settings of how a fitted tagger runs, not of how it was trained: load() may replace them.
-_RUNTIME_PARAMS = ("n_threads", "verbose")
+_RUNTIME_PARAMS = ("n_threads", "verbose", "client")
+# A connection, not a setting: never written to a model file.
+_UNSAVED_PARAMS = ("client",)
 TRANSITIONS = ("all", "observed")
 # factorebm.optimize.OPTIMIZERS, written out so that tagging does not load the learner
 # (tests/test_startup.py checks that the two lists agree)
@@ -290,6 +293,10 @@ class SequenceTagger:
         added, with fresh weights, and the others keep their values. The optimizer's own
         state (AdaGrad's accumulated squares) starts afresh. ``n_substates`` and
         ``features`` must be those of the fitted tagger.
+    client : dask.distributed.Client or None
+        Train on this Dask cluster (:mod:`factorebm.distributed`): the training sentences
+        are split into shards held by the workers; the model is the one local training gives,
+        to rounding. Features are extracted here. Not saved with the model.
     **loss_params
         Passed to the loss (e.g. ``margin=`` for hinge).
 
@@ -311,6 +318,7 @@ class SequenceTagger:
                  batch_size=None, learning_rate=None, features=None, min_count=2,
                  n_substates=2, n_threads=None, random_state=0, verbose=True,
                  transitions="all", warm_start=False, front_end="features", chars=None,
+                 client=None,
                  **loss_params):
         self.loss = loss
         self.optimizer = optimizer
@@ -329,6 +337,7 @@ class SequenceTagger:
         self.warm_start = warm_start
         self.front_end = front_end
         self.chars = chars
+        self.client = client
         self.loss_params = dict(loss_params)
         self._check_params()
 
@@ -502,7 +511,7 @@ class SequenceTagger:
                                    callback=callback,
                                    verbose=self.verbose and _progress_line(schedule),
                                    n_threads=self.n_threads, random_state=self.random_state,
-                                   **kwargs)
+                                   client=self.client, **kwargs)
         finally:
             # The model caches the validated training corpus (X and its transpose) for
             # repeated objective calls; a fitted tagger must not keep the corpus alive.
@@ -776,6 +785,8 @@ class SequenceTagger:
         params = self.get_params()
         params["verbose"] = bool(params["verbose"])
         params["warm_start"] = bool(params["warm_start"])
+        for name in _UNSAVED_PARAMS:
+            params.pop(name, None)
         metadata = {"params": params, "feature_config": self.feature_extractor_.get_config()}
         chars = getattr(self, "char_front_end_", None)
         # the front end that was fitted, whatever front_end says now
