@@ -206,10 +206,32 @@ class GraphObjective(BatchObjective):
 
     def unit_value_and_grad(self, w, units, n_threads=None):
         w = self.check_params(w)
-        total, grad, lowest = self.graphs.terms(w, units, self.spec, self.params, self.beta,
-                                                n_threads)
+        total, grad, lowest, _, _ = self.graphs.terms(w, units, self.spec, self.params,
+                                                      self.beta, n_threads)
         self.spec.check_energies(lowest)
         return total, grad
+
+    def energies(self, w, units=None, n_threads=None):
+        """Every sample's E+ and E- at the weights w, as the loss sees them.
+
+        Parameters
+        ----------
+        w : (n_params,) float64
+        units : int64 array or None
+            The samples (default: all).
+
+        Returns
+        -------
+        e_plus, e_minus : (n,) float64
+            ``e_minus`` is None for the energy loss (it uses none).
+        """
+        w = self.check_params(w)
+        units = np.arange(self.n_units) if units is None else np.asarray(units, dtype=np.int64)
+        if units.size and not 0 <= units.min() <= units.max() < self.n_units:
+            raise ValueError(f"units must be sample numbers in 0..{self.n_units - 1}")
+        _, _, _, e_plus, e_minus = self.graphs.terms(w, units, self.spec, self.params, self.beta,
+                                                     n_threads)
+        return e_plus, e_minus
 
 
 class SampleGroups:

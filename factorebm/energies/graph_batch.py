@@ -397,6 +397,8 @@ class GraphBatch:
         grad : (n_weights,) float64
         lowest : float
             The lowest E+ or E- seen (for the losses that assume non-negative energies).
+        e_plus, e_minus : (n,) float64
+            Every sample's E+ and E- (``e_minus`` None for the energy loss).
         """
         units = np.asarray(units, dtype=_I)
         G, inv = np.unique(self.graph_of[units], return_inverse=True)
@@ -449,7 +451,7 @@ class GraphBatch:
             if e is not None and n:
                 lowest = min(lowest, float(np.min(e)))
         grad = s["U"].T @ gs + s["P"].T @ gt
-        return float(np.sum(lo)), np.asarray(grad, dtype=np.float64), lowest
+        return float(np.sum(lo)), np.asarray(grad, dtype=np.float64), lowest, e_plus, e_minus
 
     # ------------------------------------------------------------------ runs
     def _messages(self, run, unary, kind, min_sum, beta, nt):
