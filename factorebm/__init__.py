@@ -11,11 +11,13 @@ from .inference import free_energy, min_sum, most_offending, sum_product
 from . import chain, datasets, learning, losses, modules, optimize, sampling
 from .sampling import sample
 from .tagger import SequenceTagger
+from .models import GridCRF
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FactorGraph", "min_sum", "sum_product", "free_energy", "most_offending", "sample",
     "sampling", "chain", "losses", "learning", "modules", "optimize", "datasets", "SequenceTagger",
+    "GridCRF",
     "__version__",
 ]

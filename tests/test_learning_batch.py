@@ -217,14 +217,15 @@ def test_loss_augmented_e_minus_equals_brute_force(kinds, opts):
     if kinds[0] == "bgrid":
         # binary attractive (submodular) pairwise tables: TRW-S finds the exact minimum, and
         # the Hamming term only adds unary energies
-        for pg, _ in samples:
+        attractive = []
+        for pg, target in samples:
             phi = pg.phi.tolil()
             n_u = 9 * 2
             phi[n_u:, :] = 0
             rows = n_u + 4 * np.arange(12)[:, None] + np.array([1, 2])
             phi[rows.ravel(), 0] = 1.0
-            pg.phi, pg.phi_T = phi.tocsr(), phi.tocsr().T.tocsr()
-        w = np.abs(w)
+            attractive.append((ParametricGraph(pg.graph, phi), target))
+        samples, w = attractive, np.abs(w)
     h = 0.8
     obj = GraphObjective(samples, "hinge", inference_options={"e_minus": "loss_augmented",
                                                               "hamming": h, **opts})

@@ -81,9 +81,12 @@ class ParametricGraph:
 
     def __init__(self, graph, phi, offset=None):
         self.graph = graph
-        shapes = [tuple(graph.cardinality(v) for v in scope) for scope in self._scopes(graph)]
-        self.table_shapes = shapes
-        sizes = np.array([int(np.prod(s)) for s in shapes], dtype=np.int64)
+        # table sizes in insertion order from the compiled graph: numpy passes, no Python
+        # call per factor (a 300 x 300 grid has 270,000 factors)
+        cg = graph.compile()
+        sizes = np.zeros(graph.n_factors, dtype=np.int64)
+        sizes[np.asarray(cg.unary_factors, dtype=np.int64)] = cg.var_n_states[cg.unary_var]
+        sizes[cg.fac_index] = np.diff(cg.fac_table_offset)
         self.table_offset = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         total = int(self.table_offset[-1])
         import scipy.sparse as sp
@@ -94,7 +97,6 @@ class ParametricGraph:
         if phi.nnz and not np.all(np.isfinite(phi.data)):
             raise ValueError("phi contains NaN or infinite entries (use offset for +inf)")
         self.phi = phi
-        self.phi_T = phi.T.tocsr()
         self.n_weights = phi.shape[1]
         if offset is None:
             self.offset = None
@@ -105,11 +107,23 @@ class ParametricGraph:
             if np.any(np.isnan(offset)) or np.any(offset == -np.inf):
                 raise ValueError("offset contains NaN or -inf")
             self.offset = offset
-        self._scope_vars = self._scopes(graph)
+        self._phi_T = self._scope_vars = self._shapes = None
 
-    @staticmethod
-    def _scopes(graph):
-        return [graph.factor_scope(i) for i in range(graph.n_factors)]
+    @property
+    def phi_T(self):
+        """``Phi`` transposed, as a CSR matrix (made on first use)."""
+        if self._phi_T is None:
+            self._phi_T = self.phi.T.tocsr()
+        return self._phi_T
+
+    @property
+    def table_shapes(self):
+        """list of tuple: each factor's table shape, in insertion order (made on first use)."""
+        if self._shapes is None:
+            g = self.graph
+            self._scope_vars = [g.factor_scope(i) for i in range(g.n_factors)]
+            self._shapes = [tuple(g.cardinality(v) for v in scope) for scope in self._scope_vars]
+        return self._shapes
 
     def tables(self, w):
         """Flat energy tables ``Phi @ w + offset``, shape (total_table_size,)."""
@@ -131,9 +145,10 @@ class ParametricGraph:
     def indicator(self, assignment):
         """0/1 flat table vector of a full assignment (every variable in every scope)."""
         out = np.zeros(self.table_offset[-1])
+        shapes = self.table_shapes
         for i, scope in enumerate(self._scope_vars):
             idx = tuple(self._label_index(v, assignment[v]) for v in scope)
-            out[self.table_offset[i] + np.ravel_multi_index(idx, self.table_shapes[i])] = 1.0
+            out[self.table_offset[i] + np.ravel_multi_index(idx, shapes[i])] = 1.0
         return out
 
     def _label_index(self, var, label):
@@ -211,6 +226,25 @@ class GraphObjective(BatchObjective):
         self.spec.check_energies(lowest)
         return total, grad
 
+    def minimizers(self, w, units=None, n_threads=None):
+        """The minimum-energy answer of every sample's graph at the weights w (min-sum with the
+        objective's schedule, all graphs in one run; exact on forests).
+
+        Returns
+        -------
+        list of (V,) int64
+            One array of state indices per sample, in its graph's variable order (latent
+            variables included).
+        """
+        w = self.check_params(w)
+        return self.graphs.minimizers(w, self._units(units), n_threads)
+
+    def _units(self, units):
+        units = np.arange(self.n_units) if units is None else np.asarray(units, dtype=np.int64)
+        if units.ndim != 1 or (units.size and not 0 <= units.min() <= units.max() < self.n_units):
+            raise ValueError(f"units must be sample numbers in 0..{self.n_units - 1}")
+        return units
+
     def energies(self, w, units=None, n_threads=None):
         """Every sample's E+ and E- at the weights w, as the loss sees them.
 
@@ -226,11 +260,8 @@ class GraphObjective(BatchObjective):
             ``e_minus`` is None for the energy loss (it uses none).
         """
         w = self.check_params(w)
-        units = np.arange(self.n_units) if units is None else np.asarray(units, dtype=np.int64)
-        if units.size and not 0 <= units.min() <= units.max() < self.n_units:
-            raise ValueError(f"units must be sample numbers in 0..{self.n_units - 1}")
-        _, _, _, e_plus, e_minus = self.graphs.terms(w, units, self.spec, self.params, self.beta,
-                                                     n_threads)
+        _, _, _, e_plus, e_minus = self.graphs.terms(w, self._units(units), self.spec,
+                                                     self.params, self.beta, n_threads)
         return e_plus, e_minus
 
 

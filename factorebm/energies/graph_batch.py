@@ -453,6 +453,22 @@ class GraphBatch:
         grad = s["U"].T @ gs + s["P"].T @ gt
         return float(np.sum(lo)), np.asarray(grad, dtype=np.float64), lowest, e_plus, e_minus
 
+    def minimizers(self, w, units, n_threads=None):
+        """The min-sum answers of the samples' graphs at w (the options' schedule), one kernel
+        call over the distinct graphs: a list with one (V,) int64 array of state indices per
+        sample, in the graph's variable order (latent variables included)."""
+        units = np.asarray(units, dtype=_I)
+        G, inv = np.unique(self.graph_of[units], return_inverse=True)
+        inv = np.asarray(inv, dtype=_I).ravel()
+        s = self._structure(G)
+        gcg = copy.copy(s["cg"])
+        gcg.set_tables(s["U"] @ w + s["u_off"], s["P"] @ w + s["p_off"], s["table_of"],
+                       s["table_offset"])
+        nt = threads_for(n_threads, max(gcg.n_msg, 1), _SLOTS_PER_THREAD)
+        states, _, _ = self._min_sum(_Run(gcg, s["off"], G), gcg.unary, "free", nt, units, inv)
+        per_graph = np.split(states, s["off"]["var"][1:-1])
+        return [per_graph[j] for j in inv.tolist()]
+
     # ------------------------------------------------------------------ runs
     def _messages(self, run, unary, kind, min_sum, beta, nt):
         """BP on every part of ``run`` with ``unary`` (S,): forests by their exact schedule,
