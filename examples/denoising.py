@@ -81,10 +81,10 @@ def main():
     ap.add_argument("--noise", type=float, default=1.2)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
-    args.size = 20 if args.quick else 32
-    args.train = 12 if args.quick else 40
-    args.test = 8 if args.quick else 20
-    args.iterations = 25 if args.quick else 60
+    args.size = 16 if args.quick else 32
+    args.train = 10 if args.quick else 40
+    args.test = 6 if args.quick else 20
+    args.iterations = 15 if args.quick else 60
     rng = np.random.default_rng(0)
     run(2, args, rng)
     crf = run(4, args, rng)
