@@ -20,8 +20,9 @@ _LAZY = {
     "most_offending": "inference",
     "SequenceTagger": "tagger",
     "sample": "sampling",
+    "GridCRF": "models",
     "chain": "", "datasets": "", "learning": "", "losses": "", "metrics": "", "modules": "",
-    "optimize": "", "sampling": "",
+    "models": "", "optimize": "", "sampling": "",
 }
 
 __all__ = list(_LAZY) + ["__version__"]

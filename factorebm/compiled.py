@@ -55,7 +55,7 @@ import numpy as np
 
 from . import _bp
 
-__all__ = ["CompiledGraph", "Plan", "SegmentViews", "concatenate"]
+__all__ = ["CompiledGraph", "Plan", "SegmentViews", "concatenate", "select", "ranges", "part_ranges"]
 
 _I = np.int64
 
@@ -129,7 +129,7 @@ class SegmentViews:
         return views if self.perm is None else _reorder(views, self.perm)
 
 
-def _ranges(first, count):
+def ranges(first, count):
     """Concatenated aranges: first[i] .. first[i] + count[i] - 1 for each i (int64)."""
     first, count = np.asarray(first, dtype=_I), np.asarray(count, dtype=_I)
     total = int(count.sum())
@@ -187,11 +187,11 @@ class CompiledGraph:
         self._unary_blocks = np.flatnonzero(arity_b == 1)
         self._table_blocks = np.flatnonzero(arity_b > 1)
         ub, tb = self._unary_blocks, self._table_blocks
-        self._unary_fac = _ranges(first_b[ub], count_b[ub])
+        self._unary_fac = ranges(first_b[ub], count_b[ub])
         self.unary_factors = self._unary_fac.tolist()
         self.unary_var = (np.concatenate([blocks[b].scope[:, 0] for b in ub]).astype(_I) if ub.size
                           else np.zeros(0, dtype=_I))
-        self.fac_index = _ranges(first_b[tb], count_b[tb])
+        self.fac_index = ranges(first_b[tb], count_b[tb])
         F = len(self.fac_index)
         self.n_facs = F
         arity = np.repeat(arity_b[tb], count_b[tb])
@@ -303,6 +303,7 @@ class CompiledGraph:
         else:
             self.unique_tables = np.zeros(0)
             self.fac_table = np.zeros(0, dtype=_I)
+            self._fac_unique = np.zeros(0, dtype=_I)
             self._unique_offset = np.zeros(1, dtype=_I)
             self._unique_min = np.zeros(0)
             self.table_min = np.zeros(0)
@@ -331,7 +332,7 @@ class CompiledGraph:
         n_flat = n_unique = 0
         for size in np.unique(size_of_block).tolist():
             bs = np.flatnonzero(size_of_block == size).tolist()
-            cand = _ranges(row_first[bs], n_rows[bs])
+            cand = ranges(row_first[bs], n_rows[bs])
             rows = np.concatenate([block_rows[b][0] for b in bs])
             if (rows == rows[0]).all():  # the common case (e.g. one Potts table), no sort
                 inverse, firsts = np.zeros(len(rows), dtype=_I), np.zeros(1, dtype=_I)
@@ -662,9 +663,144 @@ class CompiledGraph:
         """Energy of full assignments: states int64 (V,) -> float (sum of all factors)."""
         e = float(self.unary[self.var_state_offset[:-1] + states].sum()) if self.n_vars else 0.0
         if self.n_facs:
-            idx = np.add.reduceat(self.edge_stride * states[self.edge_var], self.fac_edge_offset[:-1])
-            e += float(self.unique_tables[self.fac_table + idx].sum())
+            e += float(self.unique_tables[self.factor_entries(states)].sum())
         return e
+
+    def factor_entries(self, states):
+        """int64 (F,): where each non-unary factor's entry at the assignment ``states`` (V,)
+        lies in ``unique_tables`` (its energy is ``unique_tables[entries]``)."""
+        if not self.n_facs:
+            return np.zeros(0, dtype=_I)
+        return self.fac_table + np.add.reduceat(self.edge_stride * states[self.edge_var],
+                                                self.fac_edge_offset[:-1])
+
+    def variable_gibbs(self, var_b, beta, n_threads=1, energy=None):
+        """Variable beliefs at inverse temperature beta, fused with their Bethe terms.
+
+        Parameters
+        ----------
+        var_b : float64 (S,)
+            Energy-space variable beliefs (:meth:`beliefs`).
+        energy : float64 (S,), optional
+            The unary energies to average (default ``unary``; a run with an evidence mask
+            passes the energies without it).
+
+        Returns
+        -------
+        p : float64 (S,)
+            Each variable's marginal (probabilities).
+        mean : float64 (V,)
+            <U_v> under it (states of probability 0 are skipped, so +inf there is fine).
+        entropy : float64 (V,)
+            -sum p log p.
+        """
+        V = self.n_vars
+        p = np.empty(max(self.n_states_total, 1))
+        mean, ent = np.empty(max(V, 1)), np.empty(max(V, 1))
+        if V:
+            _bp.gibbs(self.var_state_offset, np.ascontiguousarray(var_b, dtype=np.float64),
+                      np.ascontiguousarray(self.unary if energy is None else energy,
+                                           dtype=np.float64), float(beta), p, mean, ent,
+                      int(n_threads))
+        return p[:self.n_states_total], mean[:V], ent[:V]
+
+    def take_tables(self, batch, states, facs):
+        """Read the energies from ``batch``, of which this graph is a selection
+        (:func:`select`): state s has ``batch``'s unary energy of state ``states[s]``, and
+        factor f reads the distinct table of ``batch``'s factor ``facs[f]`` (shared, not
+        copied).
+
+        Parameters
+        ----------
+        batch : CompiledGraph
+        states : int64 (S,)
+        facs : int64 (F,)
+        """
+        self.unary = batch.unary[states]
+        self.unique_tables = batch.unique_tables
+        self._unique_offset = batch._unique_offset
+        self._unique_min = batch._unique_min
+        self._fac_unique = batch._fac_unique[facs]
+        self.fac_table = batch.fac_table[facs]
+        self.table_min = batch.table_min[facs]
+        self.fac_potts = batch.fac_potts[facs]
+        self.has_inf = bool(np.isinf(self.unary).any()) or batch.has_inf
+        self._tables_flat, self._exp_cache = None, (None, None)
+        self.tables_version = None
+
+    def set_tables(self, unary, tables, table_of=None, table_offset=None):
+        """Replace every energy, keeping the structure (learners push ``Phi @ w`` in here).
+
+        Parameters
+        ----------
+        unary : float64 (S,)
+            The unary energy of every state.
+        tables : float64
+            Without ``table_of``: (T,) every non-unary factor's table, flat as
+            :attr:`tables`. With it: the distinct tables back to back, (table_offset[-1],).
+        table_of : int64 (F,), optional
+            Factor f reads distinct table ``table_of[f]`` (factors whose tables are equal by
+            construction, e.g. tied weights, share one, which the kernels read once).
+        table_offset : int64 (U + 1,), optional
+            Distinct table u is ``tables[table_offset[u]:table_offset[u + 1]]``.
+
+        Raises
+        ------
+        ValueError
+            Shapes that do not fit the structure, NaN or -inf energies (+inf, forbidden, is
+            fine). The graph is left unchanged then.
+        """
+        S, F = self.n_states_total, self.n_facs
+        unary = np.ascontiguousarray(unary, dtype=np.float64)
+        tables = np.ascontiguousarray(tables, dtype=np.float64)
+        if unary.shape != (S,):
+            raise ValueError(f"set_tables: unary must have shape ({S},), got {unary.shape}")
+        sizes = np.diff(self.fac_table_offset)
+        if table_of is None:
+            if tables.shape != (int(self.fac_table_offset[-1]),):
+                raise ValueError(f"set_tables: tables must have shape "
+                                 f"({int(self.fac_table_offset[-1])},), got {tables.shape}")
+            table_of = np.arange(F, dtype=_I)
+            table_offset = self.fac_table_offset
+        else:
+            table_of = np.ascontiguousarray(table_of, dtype=_I)
+            table_offset = np.ascontiguousarray(table_offset, dtype=_I)
+            n_u = len(table_offset) - 1
+            if table_of.shape != (F,) or n_u < 0 or (F and not 0 <= table_of.min() <= table_of.max() < n_u):
+                raise ValueError(f"set_tables: table_of must be ({F},) ids of the "
+                                 f"{max(n_u, 0)} distinct tables")
+            if (table_offset[0] != 0 or (np.diff(table_offset) < 1).any()
+                    or tables.shape != (int(table_offset[-1]),)):
+                raise ValueError("set_tables: table_offset must start at 0, increase, and end "
+                                 "at len(tables)")
+            if F and (np.diff(table_offset)[table_of] != sizes).any():
+                f = int(np.flatnonzero(np.diff(table_offset)[table_of] != sizes)[0])
+                raise ValueError(f"set_tables: compiled factor {f} has a table of "
+                                 f"{int(sizes[f])} entries, its distinct table "
+                                 f"{int(table_of[f])} has {int(np.diff(table_offset)[table_of[f]])}")
+        for name, x in (("unary", unary), ("tables", tables)):
+            if x.size and not x.min() > -np.inf:
+                raise ValueError(f"set_tables: {name} contains NaN or -inf (only +inf, "
+                                 f"forbidden, is allowed)")
+        self.unary = unary
+        self.unique_tables = tables
+        self._unique_offset = table_offset
+        self._fac_unique = table_of
+        self.fac_table = table_offset[:-1][table_of] if F else np.zeros(0, dtype=_I)
+        if F:
+            finite = np.where(np.isfinite(tables), tables, np.inf)
+            tmin = np.minimum.reduceat(finite, table_offset[:-1])
+            self._unique_min = np.where(np.isfinite(tmin), tmin, 0.0)
+            self.table_min = self._unique_min[table_of]
+            self.fac_potts = self._potts()
+        else:
+            self._unique_min = np.zeros(0)
+            self.table_min = np.zeros(0)
+            self.fac_potts = np.zeros(0)
+        self.has_inf = bool(np.isinf(unary).any() or np.isinf(tables).any())
+        self._exp_cache = (None, None)
+        self._tables_flat = None
+        self.tables_version = None       # a graph's cached compile re-reads its own tables
 
 
 def concatenate(parts):
@@ -759,4 +895,92 @@ def concatenate(parts):
     g._unary_blocks = g._table_blocks = None
     g._plans, g._belief_layout, g._var_views = {}, None, None
     g._factor_place, g._tables_flat, g._exp_cache = None, None, (None, None)
+    return g, o
+
+
+def part_ranges(offsets, parts):
+    """int64: the indices ``offsets[p] .. offsets[p + 1] - 1`` of every part p in ``parts``,
+    back to back (e.g. the batch states of some parts: ``part_ranges(off["state"], parts)``)."""
+    parts = np.asarray(parts, dtype=_I)
+    return ranges(offsets[parts], offsets[parts + 1] - offsets[parts])
+
+
+def select(batch, offsets, parts):
+    """Some parts of a batch, as one batch: ``concatenate([cg[p] for p in parts])`` without the
+    parts' own graphs, in numpy passes (no Python loop over parts).
+
+    Parameters
+    ----------
+    batch : CompiledGraph
+        A batch made by :func:`concatenate` (or by ``select``).
+    offsets : dict
+        Its offsets (as :func:`concatenate` returns them).
+    parts : int64 (B,)
+        The parts to take, in the order wanted; a part may appear several times.
+
+    Returns
+    -------
+    sub : CompiledGraph
+        The parts' structure and energies. Its factors keep reading the batch's distinct
+        tables (``unique_tables`` is shared, not copied), so ``sub.set_tables`` with
+        ``table_of`` set gives it tables of its own.
+    sub_offsets : dict
+        Where part j of ``sub`` lies in it, as :func:`concatenate` gives them.
+    """
+    parts = np.asarray(parts, dtype=_I)
+    if parts.ndim != 1 or (parts.size and not 0 <= parts.min() <= parts.max() < len(offsets["var"]) - 1):
+        raise ValueError(f"select: parts must be a 1-D array of part ids in "
+                         f"0..{len(offsets['var']) - 2}")
+    n_unary = offsets["factor"] - offsets["fac"]        # cumulative count of unary factors
+    keys = ("var", "state", "fac", "edge", "msg", "table", "factor")
+    counts = {k: np.diff(offsets[k])[parts] for k in keys}
+    counts["unary"] = np.diff(n_unary)[parts]
+    o = {}
+    for k in keys:
+        o[k] = np.zeros(len(parts) + 1, dtype=_I)
+        np.cumsum(counts[k], out=o[k][1:])
+
+    def take(k):
+        start = (n_unary if k == "unary" else offsets[k])[parts]
+        return ranges(start, counts[k])
+
+    def shift(k, per):
+        """Per item counted by `per`: how far part j's `k` ids move."""
+        return np.repeat(o[k][:-1] - offsets[k][parts], counts[per])
+
+    def tail(sizes):
+        out = np.zeros(len(sizes) + 1, dtype=_I)
+        np.cumsum(sizes, out=out[1:])
+        return out
+
+    v, f, e, u = take("var"), take("fac"), take("edge"), take("unary")
+    g = object.__new__(CompiledGraph)
+    g.structure_version = g.tables_version = None
+    g.n_vars, g.n_facs = int(o["var"][-1]), int(o["fac"][-1])
+    g.n_edges, g.n_msg = int(o["edge"][-1]), int(o["msg"][-1])
+    g.n_states_total = int(o["state"][-1])
+    g.var_n_states = batch.var_n_states[v]
+    g.var_state_offset = tail(g.var_n_states)
+    g.max_card = batch.max_card
+    g.latent = batch.latent[v]
+    g._unary_fac = batch._unary_fac[u] + shift("factor", "unary")
+    g.unary_factors = g._unary_fac.tolist()
+    g.unary_var = batch.unary_var[u] + shift("var", "unary")
+    g.fac_index = batch.fac_index[f] + shift("factor", "fac")
+    g.fac_edge_offset = tail(np.diff(batch.fac_edge_offset)[f])
+    g.edge_var = batch.edge_var[e] + shift("var", "edge")
+    g.edge_fac = batch.edge_fac[e] + shift("fac", "edge")
+    g.edge_stride = batch.edge_stride[e]
+    g.edge_msg_offset = tail(np.diff(batch.edge_msg_offset)[e])
+    # a part's variables list its own edges: var_edges of part j lie in its edge range
+    g.var_edges = batch.var_edges[e] + shift("edge", "edge")
+    g.var_degree = batch.var_degree[v]
+    g.var_edge_offset = tail(g.var_degree)
+    g.fac_table_offset = tail(np.diff(batch.fac_table_offset)[f])
+    g.q_size = batch.q_size
+    g.max_arity = batch.max_arity
+    g._unary_blocks = g._table_blocks = None
+    g._plans, g._belief_layout, g._var_views = {}, None, None
+    g._factor_place = None
+    g.take_tables(batch, take("state"), f)
     return g, o

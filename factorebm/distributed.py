@@ -213,9 +213,9 @@ def _build_chain(model, X, offsets, y, loss, beta, params):
     return ChainObjective(model, _unpack_input(X), offsets, y, loss, beta, **params)
 
 
-def _build_graphs(samples, loss, beta, params):
+def _build_graphs(samples, loss, beta, params, inference_options=None):
     from .energies.graph import GraphObjective
-    return GraphObjective(samples, loss, beta, **params)
+    return GraphObjective(samples, loss, beta, inference_options, **params)
 
 
 def _loss_name(spec):
@@ -257,7 +257,8 @@ def _shard_recipe(objective, lo, hi):
                               _loss_params(objective))
     if isinstance(objective, GraphObjective):
         return _build_graphs, (objective.samples[lo:hi], _loss_name(objective.spec),
-                               objective.beta, _loss_params(objective))
+                               objective.beta, _loss_params(objective),
+                               objective.inference_options)
     raise ValueError(f"cannot split a {type(objective).__name__} into shards: give it a "
                      "shard_recipe(lo, hi) method returning (build, args)")
 

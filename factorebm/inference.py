@@ -29,12 +29,12 @@ from numbers import Real
 
 import numpy as np
 
-from . import _bp
 from .checks import check_beta, threads_for
 from .graph import FactorGraph, _is_int
 
 __all__ = ["min_sum", "sum_product", "free_energy", "most_offending",
-           "MinSumResult", "SumProductResult"]
+           "MinSumResult", "SumProductResult", "check_bp_options", "MIN_SUM_SCHEDULES",
+           "SUM_PRODUCT_SCHEDULES"]
 
 
 class MinSumResult:
@@ -134,9 +134,11 @@ MIN_SUM_SCHEDULES = ("flooding", "residual", "trws")
 SUM_PRODUCT_SCHEDULES = ("flooding", "residual")
 
 
-def _check_options(max_iter, damping, tol, n_threads, schedule="flooding",
-                   schedules=SUM_PRODUCT_SCHEDULES, who="sum_product"):
-    """Validate the BP options; return the thread count to run with (None = all cores)."""
+def check_bp_options(max_iter, damping, tol, n_threads, schedule="flooding",
+                     schedules=SUM_PRODUCT_SCHEDULES, who="sum_product"):
+    """Validate the belief-propagation options (as :func:`min_sum` takes them; ``schedules``:
+    those allowed, ``who`` names the caller in the message); return the thread count to run
+    with (None = all cores)."""
     if not _is_int(max_iter) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if not isinstance(damping, Real) or not 0.0 <= damping < 1.0:
@@ -254,7 +256,7 @@ def min_sum(g, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1, 
         loopy BP can neither prove that nor rule out a feasible assignment it missed.
     """
     _check_graph(g)
-    n_threads = _check_options(max_iter, damping, tol, n_threads, schedule, MIN_SUM_SCHEDULES, "min_sum")
+    n_threads = check_bp_options(max_iter, damping, tol, n_threads, schedule, MIN_SUM_SCHEDULES, "min_sum")
     cg, clamped, unary, plan = _prepare(g, evidence)
     if schedule == "trws":
         _check_pairwise(g, cg)
@@ -299,23 +301,6 @@ def min_sum(g, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1, 
 
 
 # ---------------------------------------------------------------------- sum-product
-def _gibbs_terms(b, offsets, energy, beta, n_threads=1):
-    """Per-segment Gibbs probabilities of energy-space beliefs b, mean energies and entropies.
-
-    Returns (p (len(b),), <energy> (n_seg,), entropy (n_seg,)): one fused pass of
-    ``_bp.gibbs``; ``energy`` (len(b),) is what is averaged (entries with p = 0
-    are skipped, so +inf there is fine).
-    """
-    n = len(offsets) - 1
-    p = np.empty(max(len(b), 1))
-    mean = np.empty(max(n, 1))
-    ent = np.empty(max(n, 1))
-    if n:
-        _bp.gibbs(np.ascontiguousarray(offsets, dtype=np.int64), np.ascontiguousarray(b),
-                  np.ascontiguousarray(energy), float(beta), p, mean, ent, int(n_threads))
-    return p[:len(b)], mean[:n], ent[:n]
-
-
 def sum_product(g, beta=1.0, evidence=None, max_iter=200, damping=0.0, tol=1e-9, n_threads=1,
                 schedule="flooding"):
     """Marginals, factor beliefs and free energy of the Gibbs distribution at 1/beta.
@@ -356,14 +341,14 @@ def sum_product(g, beta=1.0, evidence=None, max_iter=200, damping=0.0, tol=1e-9,
     """
     _check_graph(g)
     beta = check_beta(beta)
-    n_threads = _check_options(max_iter, damping, tol, n_threads, schedule)
+    n_threads = check_bp_options(max_iter, damping, tol, n_threads, schedule)
     cg, clamped, unary, plan = _prepare(g, evidence)
     v2f, f2v, it, delta, exact = cg.run_bp(unary, plan, beta, False, max_iter, damping, tol,
                                            n_threads, schedule)
     var_b, _ = cg.beliefs(unary, v2f, f2v, factors=False)
     q, t_mean, h_fac, fmin = cg.factor_gibbs(v2f, beta, n_threads)
     _infeasible(g, cg, clamped, _segment_min(var_b, cg.var_state_offset), fmin)
-    p, u_mean, h_var = _gibbs_terms(var_b, cg.var_state_offset, cg.unary, beta, n_threads)
+    p, u_mean, h_var = cg.variable_gibbs(var_b, beta, n_threads)
     # Bethe free energy (exact on forests): average energies minus entropies / beta
     F = float(u_mean.sum() - ((1 - cg.var_degree) * h_var).sum() / beta
               + t_mean.sum() - h_fac.sum() / beta)
@@ -425,7 +410,7 @@ def most_offending(g, target, max_iter=200, damping=0.0, tol=1e-9, n_threads=1):
         true energy of that assignment with the latent variables minimized.
     """
     _check_graph(g)
-    n_threads = _check_options(max_iter, damping, tol, n_threads)
+    n_threads = check_bp_options(max_iter, damping, tol, n_threads)
     tgt = g._resolve_visible(target, "target", _LATENT_TARGET)
     visible = [v for v in range(len(g._names)) if not g._latent[v]]
     missing = [g._names[v] for v in visible if v not in tgt]

@@ -638,6 +638,15 @@ def fit_graphs(samples, *, loss="nll", optimizer=None, l1=0.0, l2=None, max_iter
         "nll" only, with a stochastic optimizer (default AdaGrad; the estimate is noisy, so
         L-BFGS is refused).
     inference_options : dict or None
+        With ``"bp"``: ``schedule`` ("flooding", "residual", or "trws" for the min-sum losses
+        on pairwise graphs), ``damping``, ``max_iter`` and ``tol`` (as for
+        :func:`factorebm.min_sum`; loopy graphs only: forests always get the exact two-pass
+        sweep), and for the margin losses ``e_minus`` -- ``"most_offending"`` (default: the
+        lowest answer that differs from the target, exact on forests) or ``"loss_augmented"``
+        (``argmin E(y) - hamming * H(y, target)``, H the Hamming distance: the structured hinge
+        with the hinge; see :mod:`factorebm.energies.graph_batch`) -- and ``hamming`` (the
+        weight of each wrong label; default the loss's margin, else 1). The graphs of a batch
+        are run in one kernel call (flooding runs on ``n_threads``).
         With ``"gibbs"``: ``n_chains`` (persistent chains per graph, default 10), ``n_sweeps``
         (sweeps per step, default 1), ``method`` ("gibbs" or "mh").
     """
@@ -667,11 +676,8 @@ def fit_graphs(samples, *, loss="nll", optimizer=None, l1=0.0, l2=None, max_iter
             raise ValueError(f"loss 'nll' takes no parameter(s) {', '.join(loss_params)}")
         objective = PCDGraphObjective(samples, beta, random_state=random_state, **options)
     else:
-        if options:
-            raise ValueError(f"inference='bp' takes no inference_options, got "
-                             f"{sorted(options)}")
         _check_common(optimizer, loss, l1, l2, max_iter, batch_size, learning_rate)
-        objective = GraphObjective(samples, loss, beta, **loss_params)
+        objective = GraphObjective(samples, loss, beta, options, **loss_params)
     if w0 is not None:
         w0 = np.asarray(w0, dtype=np.float64)
         if w0.shape != (objective.n_params,):

@@ -59,6 +59,9 @@ cdef double _TINY = 1e-290
 # message slots per block of factors in a flooding sweep (the per-thread unit of
 # work: its seven buffers, 28 KiB, stay in a core's L1 cache)
 cdef intp_t _BLOCK = 512
+# variables per chunk of the totals' pass (one call into the vectorized loop per chunk)
+cdef enum:
+    _VAR_CHUNK = 256
 
 
 def _set_block(intp_t n):
@@ -77,13 +80,19 @@ cdef extern from "_bp_simd.h":
     void bp_exp_neg(const double* x, double* out, Py_ssize_t n, double beta) noexcept nogil
     void bp_log_table_init() noexcept nogil
     int bp_neg_log(const double* x, double* out, Py_ssize_t n, double beta, double tiny) noexcept nogil
-    void bp_shift_columns(double* x, Py_ssize_t nf, Py_ssize_t r0, Py_ssize_t r1, double* lo) noexcept nogil
+    void bp_shift_exp_rows(double* x, double* out, Py_ssize_t nf, Py_ssize_t r0, Py_ssize_t r1,
+                           double beta, double* lo) noexcept nogil
     void bp_pair_shared(const double* xa, const double* xb, double* ya, double* yb, const double* T,
                         Py_ssize_t nf, Py_ssize_t K0, Py_ssize_t K1, int min_sum) noexcept nogil
-    void bp_damp(double* acc, const double* old, const double* fb, Py_ssize_t n, double damping) noexcept nogil
-    double bp_max_change(const double* x, const double* old, Py_ssize_t n) noexcept nogil
+    double bp_finish_rows(double* acc, const double* old, const double* fb, Py_ssize_t nf,
+                          Py_ssize_t r0, Py_ssize_t r1, double damping, int use_fb,
+                          double* lo) noexcept nogil
     void bp_var_total(double* tot, const double* unary, const double* f2v, const intp_t* var_edges,
                       const intp_t* edge_msg_offset, Py_ssize_t n_edges, Py_ssize_t K) noexcept nogil
+    void bp_var_totals(double* tot, const double* unary, const double* f2v,
+                       const intp_t* var_edges, const intp_t* edge_msg_offset,
+                       const intp_t* var_edge_offset, const intp_t* var_state_offset,
+                       Py_ssize_t v_lo, Py_ssize_t v_hi) noexcept nogil
     void bp_load_pair(const double* fo, const double* tot, const intp_t* ev, const intp_t* vso,
                       double* old, double* m, Py_ssize_t nf, Py_ssize_t K0, Py_ssize_t K1) noexcept nogil
     void bp_store_pair(double* fo, const double* acc, Py_ssize_t nf, Py_ssize_t W) noexcept nogil
@@ -489,6 +498,20 @@ cdef inline void _var_total(Graph* g, intp_t v, double* tot, double* n_inf,
                 c[k] += 1.0
 
 
+cdef inline void _var_totals(Graph* g, intp_t c, double* tot, double* n_inf,
+                             bint track_inf) noexcept nogil:
+    """_var_total of the variables of chunk c (_VAR_CHUNK of them)."""
+    cdef intp_t v_lo = c * _VAR_CHUNK, v_hi = v_lo + _VAR_CHUNK, v
+    if v_hi > g.n_vars:
+        v_hi = g.n_vars
+    if not track_inf:
+        bp_var_totals(tot, g.unary, g.f2v, g.var_edges, g.edge_msg_offset, g.var_edge_offset,
+                      g.var_state_offset, v_lo, v_hi)
+        return
+    for v in range(v_lo, v_hi):
+        _var_total(g, v, tot, n_inf, track_inf)
+
+
 cdef double _flood_block(Graph* g, intp_t f_lo, intp_t f_hi, const double* tot,
                          const double* n_inf, bint track_inf, double* m, double* q,
                          double* acc, double* fb, double* scratch, intp_t* cnt,
@@ -751,6 +774,7 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
     # each: the unit of work of one thread, small enough for its buffers to
     # stay in cache.
     cdef intp_t S = var_state_offset[n_vars]
+    cdef intp_t c, n_chunks = (n_vars + _VAR_CHUNK - 1) // _VAR_CHUNK
     cdef double* tot = &work[0]
     cdef double* n_inf = &work[S] if work.shape[0] > S else &work[0]
     # A block is a run of pairwise factors with equal scope cardinalities (kind
@@ -796,7 +820,7 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
                     block_kind[b] = 1
                     break
     # Per-thread scratch, allocated here where a failure can raise, each thread's on its own
-    # cache lines; zeroed: bp_damp reads the fallback slots (fb) whether set or not.
+    # cache lines; zeroed: bp_finish_rows reads the fallback slots (fb) whether set or not.
     cdef intp_t buf_len = (7 * max_slots + 3 * max_card + 8) // 8 * 8
     cdef intp_t cnt_len = (2 * max_arity + 8) // 8 * 8
     cdef double* bufs = <double*> calloc(n_threads * buf_len, sizeof(double))
@@ -808,8 +832,8 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
         raise MemoryError()
     try:
         with nogil:
-            for v in prange(n_vars, num_threads=n_threads, schedule="static"):
-                _var_total(&g, v, tot, n_inf, track_inf)
+            for c in prange(n_chunks, num_threads=n_threads, schedule="static"):
+                _var_totals(&g, c, tot, n_inf, track_inf)
             while it < max_iter:
                 with parallel(num_threads=n_threads):
                     buf = bufs + threadid() * buf_len
@@ -829,8 +853,8 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
                                 block_kind[b] == 3, tot, n_inf, track_inf, buf, buf + max_slots,
                                 buf + 2 * max_slots, buf + 3 * max_slots, buf + 4 * max_slots,
                                 buf + 5 * max_slots, buf + 6 * max_slots, cnt, damping)
-                for v in prange(n_vars, num_threads=n_threads, schedule="static"):
-                    _var_total(&g, v, tot, n_inf, track_inf)
+                for c in prange(n_chunks, num_threads=n_threads, schedule="static"):
+                    _var_totals(&g, c, tot, n_inf, track_inf)
                 dmax = 0.0
                 for b in range(n_blocks):
                     dmax = block_delta[b] if block_delta[b] > dmax else dmax
@@ -886,7 +910,7 @@ cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint share
     cdef double* lo = scratch              # nf doubles
     cdef double* f2v
     cdef double x, y, c, w, delta
-    cdef bint min_sum = g.min_sum
+    cdef bint min_sum = g.min_sum, flagged
 
     # load: old f2v and v2f = total - f2v, transposed; with +inf terms counted apart, a
     # state whose other terms hold a +inf gets v2f +inf
@@ -912,19 +936,18 @@ cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint share
             m[k * nf + f] = y - x if c == 0.0 else INFINITY
 
     # normalize each v2f to minimum 0 (an all +inf message is left alone) for the exp of
-    # sum-product; min-plus commutes with the shift, and its result is normalized below
-    if not min_sum:
-        bp_shift_columns(m, nf, 0, K0, lo)
-        bp_shift_columns(m, nf, K0, W, lo)
-
-    # contraction: acc rows 0..K0-1 are the messages to the first variables
+    # sum-product, fused with it; min-plus commutes with the shift, and its result is
+    # normalized below
     if min_sum:
         xa = m
         xb = m + K0 * nf
     else:
-        bp_exp_neg(m, q, n, g.beta)
+        bp_shift_exp_rows(m, q, nf, 0, K0, g.beta, lo)
+        bp_shift_exp_rows(m, q, nf, K0, W, g.beta, lo)
         xa = q
         xb = q + K0 * nf
+
+    # contraction: acc rows 0..K0-1 are the messages to the first variables
     ya = acc
     yb = acc + K0 * nf
     if potts:
@@ -953,11 +976,13 @@ cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint share
                         yb[j * nf + f] += xa[i * nf + f] * w
                         ya[i * nf + f] += xb[j * nf + f] * w
 
+    flagged = False
     if not min_sum:
         # into q, free after the contraction (bp_neg_log's input and output are distinct);
         # a scaled sum below _TINY lost its precision (flagged NaN): the exact soft-min into
         # fb (see _flood_block); the reference path reads v2f from the graph's slots
-        for idx in range(n if bp_neg_log(acc, q, n, g.beta, _TINY) else 0):
+        flagged = bp_neg_log(acc, q, n, g.beta, _TINY) != 0
+        for idx in range(n if flagged else 0):
             if acc[idx] < _TINY:
                 r = idx // nf
                 f = idx - r * nf
@@ -969,11 +994,10 @@ cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint share
                 fb[idx] = scratch[nf + r - t * K0] - g.table_min[f_lo + f]
         acc = q
 
-    # damp against the old f2v, normalize, measure the change
-    bp_damp(acc, old, fb, n, damping)
-    bp_shift_columns(acc, nf, 0, K0, lo)
-    bp_shift_columns(acc, nf, K0, W, lo)
-    delta = bp_max_change(acc, old, n)
+    # damp against the old f2v, normalize, measure the change (each edge's messages apart)
+    delta = bp_finish_rows(acc, old, fb, nf, 0, K0, damping, flagged, lo)
+    x = bp_finish_rows(acc, old, fb, nf, K0, W, damping, flagged, lo)
+    delta = x if x > delta else delta
 
     # store, transposed back
     bp_store_pair(g.f2v + base, acc, nf, W)

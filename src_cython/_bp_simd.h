@@ -22,37 +22,40 @@
 static inline double bp_asdouble(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
 static inline uint64_t bp_asuint(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
 
-/* out[i] = exp(-beta * x[i]) for x[i] >= 0 (or +inf); 0 when it is below ~1e-307. */
-BP_CLONES
-static void bp_exp_neg(const double* x, double* out, Py_ssize_t n, double beta) {
+/* exp(-beta * x) for x >= 0 (or +inf); 0 when it is below ~1e-307. */
+static inline __attribute__((always_inline)) double bp_exp_neg1(double x, double beta) {
     const double shift = 6755399441055744.0;            /* 0x1.8p52 */
     const double log2e = 1.4426950408889634;
     /* Cody-Waite split of ln 2 (fdlibm): ln2hi has 21 trailing zero bits, so
        kd * ln2hi is exact for |kd| < 2^21 with or without FMA contraction. */
     const double ln2hi = 6.93147180369123816490e-01, ln2lo = 1.90821492927058770002e-10;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double y = -beta * x[i];
-        double yc = y < -708.0 ? -708.0 : y;             /* also maps -inf (and NaN-free) */
-        double kd = yc * log2e + shift;
-        uint64_t ki = bp_asuint(kd);
-        kd -= shift;
-        double r = (yc - kd * ln2hi) - kd * ln2lo;       /* |r| <= ln2 / 2 */
-        double p = 1.0 / 479001600.0;
-        p = p * r + 1.0 / 39916800.0;
-        p = p * r + 1.0 / 3628800.0;
-        p = p * r + 1.0 / 362880.0;
-        p = p * r + 1.0 / 40320.0;
-        p = p * r + 1.0 / 5040.0;
-        p = p * r + 1.0 / 720.0;
-        p = p * r + 1.0 / 120.0;
-        p = p * r + 1.0 / 24.0;
-        p = p * r + 1.0 / 6.0;
-        p = p * r + 0.5;
-        p = p * r + 1.0;
-        p = p * r + 1.0;
-        double scale = bp_asdouble((ki + 1023u) << 52);
-        out[i] = y <= -708.0 ? 0.0 : p * scale;
-    }
+    double y = -beta * x;
+    double yc = y < -708.0 ? -708.0 : y;                 /* also maps -inf (and NaN-free) */
+    double kd = yc * log2e + shift;
+    uint64_t ki = bp_asuint(kd);
+    kd -= shift;
+    double r = (yc - kd * ln2hi) - kd * ln2lo;           /* |r| <= ln2 / 2 */
+    double p = 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    double scale = bp_asdouble((ki + 1023u) << 52);
+    return y <= -708.0 ? 0.0 : p * scale;
+}
+
+/* out[i] = exp(-beta * x[i]) for x[i] >= 0 (or +inf); 0 when it is below ~1e-307. */
+BP_CLONES
+static void bp_exp_neg(const double* x, double* out, Py_ssize_t n, double beta) {
+    for (Py_ssize_t i = 0; i < n; i++) out[i] = bp_exp_neg1(x[i], beta);
 }
 
 /* log(c) for 128 centres c of [1, 2): log(x) = e ln2 + log(c_j) + log1p(r) with
@@ -101,10 +104,12 @@ static int bp_neg_log(const double* restrict x, double* restrict out, Py_ssize_t
    buffers laid out [state][factor] (nf factors): kept here, next to exp and
    log, so that they are cloned for the wider vector ISAs as well. */
 
-/* Rows r0..r1-1 of x: subtract each column's minimum (left alone if +inf). lo: nf scratch. */
+/* Rows r0..r1-1 of x: subtract each column's minimum (left alone if +inf), and out =
+   exp(-beta x) on them (as bp_exp_neg), the subtraction and the exponential in one pass.
+   lo: nf doubles of scratch. */
 BP_CLONES
-static void bp_shift_columns(double* restrict x, Py_ssize_t nf, Py_ssize_t r0, Py_ssize_t r1,
-                             double* restrict lo) {
+static void bp_shift_exp_rows(double* restrict x, double* restrict out, Py_ssize_t nf,
+                              Py_ssize_t r0, Py_ssize_t r1, double beta, double* restrict lo) {
     for (Py_ssize_t f = 0; f < nf; f++) lo[f] = x[r0 * nf + f];
     for (Py_ssize_t r = r0 + 1; r < r1; r++) {
         const double* row = x + r * nf;
@@ -113,7 +118,12 @@ static void bp_shift_columns(double* restrict x, Py_ssize_t nf, Py_ssize_t r0, P
     for (Py_ssize_t f = 0; f < nf; f++) lo[f] = lo[f] != INFINITY ? lo[f] : 0.0;
     for (Py_ssize_t r = r0; r < r1; r++) {
         double* row = x + r * nf;
-        for (Py_ssize_t f = 0; f < nf; f++) row[f] -= lo[f];
+        double* o = out + r * nf;
+        for (Py_ssize_t f = 0; f < nf; f++) {
+            const double v = row[f] - lo[f];
+            row[f] = v;
+            o[f] = bp_exp_neg1(v, beta);
+        }
     }
 }
 
@@ -165,42 +175,64 @@ static void bp_pair_shared(const double* restrict xa, const double* restrict xb,
     }
 }
 
-/* acc[i] = (1 - damping) * new + damping * old[i], new = acc[i] or, where acc
-   is NaN (the underflow flag), fb[i]; no damping term when damping == 0
-   (0 * inf would be NaN). fb is read at every i, set or not (the caller
-   zeroes it once): read only where acc is NaN, the compiler makes it a masked
-   load, which costs a microcode assist per vector on pages never written to
-   (a new thread's scratch): 2-thread BP ran at half the 1-thread speed. */
+/* The end of a pairwise block's update for the messages in rows r0..r1-1 ([state][factor],
+   nf factors), fused into two passes: damp the new messages acc against old (where acc is
+   NaN, the underflow flag, the exact value fb replaces it; use_fb = 0 when nothing was
+   flagged), normalize each factor's message to minimum 0 (an all +inf message is left
+   alone), and return the largest change |acc - old| (the values are >= 0 and never NaN, so
+   the maximum is taken on their bit patterns as integers, which order like the doubles and
+   vectorize without fast-math). Two passes over the rows. fb is read at every element,
+   set or not (the caller zeroes it once): read only where acc is NaN, the compiler makes it
+   a masked load, which costs a microcode assist per vector on pages never written to (a new
+   thread's scratch). lo: nf doubles of scratch. */
 BP_CLONES
-static void bp_damp(double* restrict acc, const double* restrict old, const double* restrict fb,
-                    Py_ssize_t n, double damping) {
+static double bp_finish_rows(double* restrict acc, const double* restrict old,
+                             const double* restrict fb, Py_ssize_t nf, Py_ssize_t r0,
+                             Py_ssize_t r1, double damping, int use_fb, double* restrict lo) {
     const double keep = 1.0 - damping;
-    if (damping > 0.0) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            const double f = fb[i], a = acc[i];
-            const double y = a == a ? a : f;
-            acc[i] = keep * y + damping * old[i];
-        }
-    } else {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            const double f = fb[i], a = acc[i];
-            acc[i] = a == a ? a : f;
+    for (Py_ssize_t f = 0; f < nf; f++) lo[f] = INFINITY;
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        double* a = acc + r * nf;
+        const double* o = old + r * nf;
+        const double* b = fb + r * nf;
+        if (use_fb && damping > 0.0) {
+            for (Py_ssize_t f = 0; f < nf; f++) {
+                const double x = a[f], y = b[f];
+                const double v = keep * (x == x ? x : y) + damping * o[f];
+                a[f] = v;
+                lo[f] = v < lo[f] ? v : lo[f];
+            }
+        } else if (use_fb) {
+            for (Py_ssize_t f = 0; f < nf; f++) {
+                const double x = a[f], y = b[f];
+                const double v = x == x ? x : y;
+                a[f] = v;
+                lo[f] = v < lo[f] ? v : lo[f];
+            }
+        } else if (damping > 0.0) {
+            for (Py_ssize_t f = 0; f < nf; f++) {
+                const double v = keep * a[f] + damping * o[f];
+                a[f] = v;
+                lo[f] = v < lo[f] ? v : lo[f];
+            }
+        } else {
+            for (Py_ssize_t f = 0; f < nf; f++) lo[f] = a[f] < lo[f] ? a[f] : lo[f];
         }
     }
-}
-
-/* max_i |x[i] - old[i]| (0 where equal, also both +inf). The values are >= 0
-   and never NaN, so the maximum is taken on their bit patterns as integers,
-   which order like the doubles and vectorize without fast-math. */
-BP_CLONES
-static double bp_max_change(const double* restrict x, const double* restrict old, Py_ssize_t n) {
-    uint64_t m = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        uint64_t u = bp_asuint(x[i] - old[i]) & 0x7FFFFFFFFFFFFFFFULL;   /* fabs */
-        u &= (uint64_t)0 - (uint64_t)(x[i] != old[i]);                  /* 0 if equal */
-        m = u > m ? u : m;
+    for (Py_ssize_t f = 0; f < nf; f++) lo[f] = lo[f] != INFINITY ? lo[f] : 0.0;
+    int64_t m = 0;       /* sign bits cleared: signed order is the doubles' order */
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        double* a = acc + r * nf;
+        const double* o = old + r * nf;
+        for (Py_ssize_t f = 0; f < nf; f++) {
+            const double x = a[f] - lo[f];
+            a[f] = x;
+            int64_t u = (int64_t)(bp_asuint(x - o[f]) & 0x7FFFFFFFFFFFFFFFULL);   /* fabs */
+            u &= -(int64_t)(x != o[f]);                                          /* 0 if equal */
+            m = u > m ? u : m;
+        }
     }
-    return bp_asdouble(m);
+    return bp_asdouble((uint64_t)m);
 }
 
 /* Pairwise Potts factors T(a, b) = d + c [a != b] (0 <= c <= +inf), nf of them with K states
@@ -264,7 +296,7 @@ BP_INLINE void bp_var_total_k(double* restrict tot, const double* restrict unary
 
 /* Variable v's total (tot, unary at its first state s0); msg_of_edge[i]: the message slot of
    its i-th edge, gathered into the stack for the unrolled loop. */
-static inline void bp_var_total(double* restrict tot, const double* restrict unary,
+BP_INLINE void bp_var_total(double* restrict tot, const double* restrict unary,
                                 const double* restrict f2v, const int64_t* restrict var_edges,
                                 const int64_t* restrict edge_msg_offset, Py_ssize_t n_edges,
                                 Py_ssize_t K) {
@@ -281,6 +313,22 @@ static inline void bp_var_total(double* restrict tot, const double* restrict una
 #define BP_VT(KK) bp_var_total_k(tot, unary, f2v, msg, n_edges, KK)
     BP_BY_CARD(K, BP_VT, BP_VT(K))
 #undef BP_VT
+}
+
+/* The totals of variables v_lo .. v_hi-1 (bp_var_total for each): one call per run of
+   variables, so that the unrolled state loops are cloned for the wider vector ISAs too. */
+BP_CLONES
+static void bp_var_totals(double* restrict tot, const double* restrict unary,
+                          const double* restrict f2v, const int64_t* restrict var_edges,
+                          const int64_t* restrict edge_msg_offset,
+                          const int64_t* restrict var_edge_offset,
+                          const int64_t* restrict var_state_offset, Py_ssize_t v_lo,
+                          Py_ssize_t v_hi) {
+    for (Py_ssize_t v = v_lo; v < v_hi; v++) {
+        const int64_t s0 = var_state_offset[v], i0 = var_edge_offset[v];
+        bp_var_total(tot + s0, unary + s0, f2v, var_edges + i0, edge_msg_offset,
+                     var_edge_offset[v + 1] - i0, var_state_offset[v + 1] - s0);
+    }
 }
 
 /* Load of a pairwise block, transposed: for factor f (message slots fo + f W, W = K0 + K1,

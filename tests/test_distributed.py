@@ -104,6 +104,16 @@ def test_distributed_objective_and_gradients_equal_the_local_ones(client):
         v0, g0 = local.value_and_grad(w)
         v1, g1 = dist.value_and_grad(w)
         assert abs(v1 - v0) <= RTOL * abs(v0) and _rel(g0, g1) <= RTOL
+    # the inference options travel with the shards (the loss-augmented E- differs from the
+    # most offending answer's, so dropping them would change the value)
+    options = {"e_minus": "loss_augmented", "hamming": 2.0}
+    local = GraphObjective(graphs, "hinge", inference_options=options)
+    plain = GraphObjective(graphs, "hinge")
+    assert abs(local.value_and_grad(w)[0] - plain.value_and_grad(w)[0]) > 1e-6
+    with DistributedObjective(client, local) as dist:
+        v0, g0 = local.value_and_grad(w)
+        v1, g1 = dist.value_and_grad(w)
+        assert abs(v1 - v0) <= RTOL * abs(v0) and _rel(g0, g1) <= RTOL
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adagrad"])

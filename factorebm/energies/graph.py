@@ -9,15 +9,13 @@ can be tied across factors and across graphs (templates, :func:`tied_phi`). The 
 clamped beliefs for the correct answer with latent variables summed out). See
 :class:`GraphObjective`.
 """
-import threading
-
 import numpy as np
 
-from .. import inference
 from ..objective import BatchObjective, loss_setup
+from .graph_batch import GraphBatch, check_options
 
 __all__ = ["ParametricGraph", "tied_phi", "GraphObjective", "graph_objective",
-           "graph_sample_terms", "check_samples", "SampleGroups", "clamped_free_energy"]
+           "check_samples", "SampleGroups"]
 
 
 def tied_phi(table_sizes, template_of_factor, n_templates=None):
@@ -83,9 +81,12 @@ class ParametricGraph:
 
     def __init__(self, graph, phi, offset=None):
         self.graph = graph
-        shapes = [tuple(graph.cardinality(v) for v in scope) for scope in self._scopes(graph)]
-        self.table_shapes = shapes
-        sizes = np.array([int(np.prod(s)) for s in shapes], dtype=np.int64)
+        # table sizes in insertion order from the compiled graph: numpy passes, no Python
+        # call per factor (a 300 x 300 grid has 270,000 factors)
+        cg = graph.compile()
+        sizes = np.zeros(graph.n_factors, dtype=np.int64)
+        sizes[np.asarray(cg.unary_factors, dtype=np.int64)] = cg.var_n_states[cg.unary_var]
+        sizes[cg.fac_index] = np.diff(cg.fac_table_offset)
         self.table_offset = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         total = int(self.table_offset[-1])
         import scipy.sparse as sp
@@ -96,7 +97,6 @@ class ParametricGraph:
         if phi.nnz and not np.all(np.isfinite(phi.data)):
             raise ValueError("phi contains NaN or infinite entries (use offset for +inf)")
         self.phi = phi
-        self.phi_T = phi.T.tocsr()
         self.n_weights = phi.shape[1]
         if offset is None:
             self.offset = None
@@ -107,11 +107,23 @@ class ParametricGraph:
             if np.any(np.isnan(offset)) or np.any(offset == -np.inf):
                 raise ValueError("offset contains NaN or -inf")
             self.offset = offset
-        self._scope_vars = self._scopes(graph)
+        self._phi_T = self._scope_vars = self._shapes = None
 
-    @staticmethod
-    def _scopes(graph):
-        return [graph.factor_scope(i) for i in range(graph.n_factors)]
+    @property
+    def phi_T(self):
+        """``Phi`` transposed, as a CSR matrix (made on first use)."""
+        if self._phi_T is None:
+            self._phi_T = self.phi.T.tocsr()
+        return self._phi_T
+
+    @property
+    def table_shapes(self):
+        """list of tuple: each factor's table shape, in insertion order (made on first use)."""
+        if self._shapes is None:
+            g = self.graph
+            self._scope_vars = [g.factor_scope(i) for i in range(g.n_factors)]
+            self._shapes = [tuple(g.cardinality(v) for v in scope) for scope in self._scope_vars]
+        return self._shapes
 
     def tables(self, w):
         """Flat energy tables ``Phi @ w + offset``, shape (total_table_size,)."""
@@ -133,9 +145,10 @@ class ParametricGraph:
     def indicator(self, assignment):
         """0/1 flat table vector of a full assignment (every variable in every scope)."""
         out = np.zeros(self.table_offset[-1])
+        shapes = self.table_shapes
         for i, scope in enumerate(self._scope_vars):
             idx = tuple(self._label_index(v, assignment[v]) for v in scope)
-            out[self.table_offset[i] + np.ravel_multi_index(idx, self.table_shapes[i])] = 1.0
+            out[self.table_offset[i] + np.ravel_multi_index(idx, shapes[i])] = 1.0
         return out
 
     def _label_index(self, var, label):
@@ -147,59 +160,6 @@ class ParametricGraph:
         """Concatenate per-factor belief tables (insertion order) into a flat vector."""
         return np.concatenate([np.asarray(b, dtype=np.float64).ravel()
                                for b in factor_beliefs]) if factor_beliefs else np.zeros(0)
-
-
-def _latent_vars(graph):
-    return [v for v in graph.variables if graph.is_latent(v)]
-
-
-def graph_sample_terms(pg, target, spec, beta, params):
-    """(loss, dL/dtables, min(E+, E-)) for one sample; the graph's tables already hold
-    Phi @ w + offset."""
-    g = pg.graph
-    latent = _latent_vars(g)
-    visible = [v for v in g.variables if v not in latent]
-    missing = [v for v in visible if v not in target]
-    if missing:
-        raise ValueError(f"target does not give a label to visible variable {missing[0]!r}")
-    target = {v: target[v] for v in visible}
-    kind = spec.e_minus
-    if kind == "free_energy":
-        clamped = inference.sum_product(g, beta=beta, evidence=target)
-        free = inference.sum_product(g, beta=beta)
-        e_plus = clamped.free_energy
-        b_plus = pg.beliefs_vector(clamped.factor_beliefs)
-        e_minus = free.free_energy
-        b_minus = pg.beliefs_vector(free.factor_beliefs)
-    else:
-        if latent:
-            r = inference.min_sum(g, evidence=target)
-            full = dict(target)
-            full.update(r.latent)
-            e_plus = r.energy
-        else:
-            full = target
-            e_plus = g.energy(target)
-        b_plus = pg.indicator(full)
-        e_minus = b_minus = None
-        if kind in ("most_offending", "min_all"):
-            if kind == "most_offending":
-                assign, e_minus = inference.most_offending(g, target)
-            else:
-                r = inference.min_sum(g)
-                assign = dict(r.assignment)
-                assign.update(r.latent)
-                e_minus = r.energy
-            assign = dict(assign)
-            if latent and any(v not in assign for v in latent):
-                r = inference.min_sum(g, evidence={v: assign[v] for v in visible})
-                assign.update(r.latent)
-            b_minus = pg.indicator(assign)
-    lo, dp, dm = spec(e_plus, e_minus, **params)
-    dtab = dp * b_plus
-    if b_minus is not None and dm != 0.0:
-        dtab = dtab + dm * b_minus
-    return float(lo), dtab, min(e_plus, np.inf if e_minus is None else e_minus)
 
 
 def check_samples(samples):
@@ -225,12 +185,16 @@ class GraphObjective(BatchObjective):
     """The batch objective of parametric factor graphs (units: the (graph, target) samples).
 
     Every sample's graph gets its tables ``Phi @ w + offset``; E+ is the target's energy
-    (latent variables minimized) or clamped free energy (NLL), E- the most offending answer,
-    the minimum (perceptron) or the free energy, by belief propagation: exact on forests,
-    min-sum / Bethe approximations on loopy graphs. Samples may share one ParametricGraph
-    (many observations of one model): the tables are then set once per batch, and for the
-    NLL the free energy -- which does not depend on the target -- is computed once, while a
-    target without latent variables needs no inference at all.
+    (latent variables minimized) or clamped free energy (NLL), E- the most offending answer
+    (or the loss-augmented one), the minimum (perceptron) or the free energy, by belief
+    propagation: exact on forests, min-sum / Bethe approximations on loopy graphs (see
+    :mod:`factorebm.energies.graph_batch` for the precise definitions). The graphs of a batch
+    are run together: one kernel call per kind of run over all of them
+    (:class:`~factorebm.energies.graph_batch.GraphBatch`), with everything that depends only
+    on the graphs (compiling, schedules, the split of Phi, targets) done once here. Samples
+    may share one ParametricGraph (many observations of one model): its free run is then
+    shared, and a target without latent variables needs no inference of its own. The
+    graphs themselves are only read (their tables are not set).
 
     Parameters
     ----------
@@ -238,70 +202,68 @@ class GraphObjective(BatchObjective):
         Each target gives every visible variable a label (index or name); every graph has
         the same ``n_weights``.
     loss, beta, **loss_params : as in :func:`graph_objective`
+    inference_options : dict or None
+        ``schedule`` ("flooding", "residual", or "trws" for the min-sum losses on pairwise
+        graphs), ``damping``, ``max_iter``, ``tol`` (as for :func:`factorebm.min_sum`; loopy
+        graphs only, forests always get the exact two-pass sweep), and for the margin losses
+        ``e_minus`` ("most_offending" or "loss_augmented") and ``hamming``
+        (:func:`factorebm.energies.graph_batch.check_options`).
     """
 
-    def __init__(self, samples, loss="nll", beta=1.0, **loss_params):
+    def __init__(self, samples, loss="nll", beta=1.0, inference_options=None, **loss_params):
         self.spec, self.params = loss_setup(loss, beta, loss_params)
         self.beta = float(beta)
         self.samples, self.n_params = check_samples(samples)
         self.n_units = len(self.samples)
-        self._lock = threading.Lock()
+        self.inference_options = dict(inference_options or {})   # as given (for shards)
+        self.options = check_options(self.spec, self.params, inference_options)
         self.groups = SampleGroups(self.samples)
+        self.graphs = GraphBatch(self.samples, self.groups, self.options)
 
     def unit_value_and_grad(self, w, units, n_threads=None):
         w = self.check_params(w)
-        grad = np.zeros(self.n_params)
-        total = 0.0
-        lowest = np.inf
-        free_energy_loss = self.spec.e_minus == "free_energy"
-        # the graphs' tables are set per evaluation: one evaluation at a time
-        with self._lock:
-            for pg, mine in self.groups.split(units):
-                pg.set_weights(w)
-                if free_energy_loss:
-                    lo, dtab, low = self._nll_group(pg, mine, w)
-                    total += lo
-                    grad += pg.phi_T @ dtab
-                    lowest = min(lowest, low)
-                    continue
-                for i in mine:
-                    lo, dtab, low = graph_sample_terms(pg, self.samples[i][1], self.spec,
-                                                       self.beta, self.params)
-                    total += lo
-                    grad += pg.phi_T @ dtab
-                    lowest = min(lowest, low)
+        total, grad, lowest, _, _ = self.graphs.terms(w, units, self.spec, self.params,
+                                                      self.beta, n_threads)
         self.spec.check_energies(lowest)
         return total, grad
 
-    def _nll_group(self, pg, mine, w):
-        """(loss sum, dL/dtables, lowest energy) of the samples ``mine`` of one graph: one
-        free sum-product for all of them; clamped ones only for targets with latent
-        variables."""
-        g = pg.graph
-        free = inference.sum_product(g, beta=self.beta)
-        b_free = pg.beliefs_vector(free.factor_beliefs)
-        tables = None
-        total = 0.0
-        lowest = free.free_energy
-        dtab = np.zeros_like(b_free)
-        for i in mine:
-            entries = self.groups.target_entries(i)
-            if entries is None:             # latent variables: the clamped free energy
-                e_plus, b_plus = clamped_free_energy(pg, self.samples[i][1], self.beta)
-            else:
-                if tables is None:
-                    tables = pg.tables(w)
-                e_plus = float(tables[entries].sum())
-                b_plus = None
-            lo, dp, dm = self.spec(e_plus, free.free_energy, **self.params)
-            total += float(lo)
-            if b_plus is None:
-                np.add.at(dtab, entries, dp)
-            else:
-                dtab += dp * b_plus
-            dtab += dm * b_free
-            lowest = min(lowest, e_plus)
-        return total, dtab, lowest
+    def minimizers(self, w, units=None, n_threads=None):
+        """The minimum-energy answer of every sample's graph at the weights w (min-sum with the
+        objective's schedule, all graphs in one run; exact on forests).
+
+        Returns
+        -------
+        list of (V,) int64
+            One array of state indices per sample, in its graph's variable order (latent
+            variables included).
+        """
+        w = self.check_params(w)
+        return self.graphs.minimizers(w, self._units(units), n_threads)
+
+    def _units(self, units):
+        units = np.arange(self.n_units) if units is None else np.asarray(units, dtype=np.int64)
+        if units.ndim != 1 or (units.size and not 0 <= units.min() <= units.max() < self.n_units):
+            raise ValueError(f"units must be sample numbers in 0..{self.n_units - 1}")
+        return units
+
+    def energies(self, w, units=None, n_threads=None):
+        """Every sample's E+ and E- at the weights w, as the loss sees them.
+
+        Parameters
+        ----------
+        w : (n_params,) float64
+        units : int64 array or None
+            The samples (default: all).
+
+        Returns
+        -------
+        e_plus, e_minus : (n,) float64
+            ``e_minus`` is None for the energy loss (it uses none).
+        """
+        w = self.check_params(w)
+        _, _, _, e_plus, e_minus = self.graphs.terms(w, self._units(units), self.spec,
+                                                     self.params, self.beta, n_threads)
+        return e_plus, e_minus
 
 
 class SampleGroups:
@@ -348,15 +310,8 @@ class SampleGroups:
         return self._entries[i]
 
 
-def clamped_free_energy(pg, target, beta):
-    """F(Y) of a target with latent variables summed out, and its factor beliefs (flat)."""
-    g = pg.graph
-    visible = {v: target[v] for v in g.variables if not g.is_latent(v)}
-    clamped = inference.sum_product(g, beta=beta, evidence=visible)
-    return clamped.free_energy, pg.beliefs_vector(clamped.factor_beliefs)
-
-
-def graph_objective(w, samples, loss="nll", *, l2=0.0, beta=1.0, **loss_params):
+def graph_objective(w, samples, loss="nll", *, l2=0.0, beta=1.0, inference_options=None,
+                    **loss_params):
     """Average loss over (ParametricGraph, target) samples plus ``0.5 * l2 * ||w||^2``.
 
     For each sample the graph's tables are set to ``Phi @ w + offset``; E+ is the target's
@@ -377,6 +332,8 @@ def graph_objective(w, samples, loss="nll", *, l2=0.0, beta=1.0, **loss_params):
     loss, l2, beta, **loss_params
         As in :func:`factorebm.learning.chain_objective` (including the RuntimeWarning for a
         loss that assumes non-negative energies).
+    inference_options : dict or None
+        As for :class:`GraphObjective` (schedule, damping, max_iter, tol; e_minus, hamming).
 
     Returns
     -------
@@ -385,7 +342,7 @@ def graph_objective(w, samples, loss="nll", *, l2=0.0, beta=1.0, **loss_params):
     """
     if len(samples) == 0:
         raise ValueError("graph_objective needs at least one sample")
-    obj = GraphObjective(samples, loss, beta, **loss_params)
+    obj = GraphObjective(samples, loss, beta, inference_options, **loss_params)
     w = np.ascontiguousarray(w, dtype=np.float64)
     if w.shape != (obj.n_params,):
         raise ValueError(f"sample 0: its ParametricGraph has {obj.n_params} weights, w has "
