@@ -78,11 +78,9 @@ def threads_for(n_threads, n_items=None, per_thread=8192):
     return nt
 
 
-def check_count(value, name, minimum=1):
-    """``value`` as an int: an integer (not a bool) >= ``minimum``; ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+def is_int(value):
+    """True for an integer (Python or numpy), False for a bool or anything else."""
+    return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def check_beta(beta, what="beta"):

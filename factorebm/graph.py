@@ -18,9 +18,11 @@ and cached until the graph changes.
 """
 from bisect import bisect_right
 from collections import namedtuple
-from numbers import Complex, Integral, Real
+from numbers import Complex, Real
 
 import numpy as np
+
+from .checks import is_int
 
 __all__ = ["FactorGraph"]
 
@@ -29,10 +31,6 @@ __all__ = ["FactorGraph"]
 # table per factor or (*cards) shared by all n (stored once: a Potts grid's one K x K table).
 # Both arrays are read-only, so copies of the graph share them.
 _Block = namedtuple("_Block", "scope table shared")
-
-
-def _is_int(value):
-    return isinstance(value, (Integral, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _is_real(value):
@@ -157,7 +155,7 @@ class FactorGraph:
             raise ValueError(f"duplicate variable name {name!r}")
         if not isinstance(latent, (bool, np.bool_)):
             raise ValueError(f"variable {name!r}: latent must be a bool, got {latent!r}")
-        if _is_int(states):
+        if is_int(states):
             n_states = int(states)
             if n_states < 1:
                 raise ValueError(f"variable {name!r}: the number of states must be >= 1, got {n_states}")
@@ -186,7 +184,7 @@ class FactorGraph:
         self._labels.append(labels)
         self._label_index.append(label_index)
         self._latent.append(bool(latent))
-        if self._int_names == v and _is_int(name) and name == v:
+        if self._int_names == v and is_int(name) and name == v:
             self._int_names += 1
         self._structure_changed()
 
@@ -213,7 +211,7 @@ class FactorGraph:
         >>> g.variables
         [0, 1, 2, 3, 'z0', 'z1']
         """
-        if _is_int(names):
+        if is_int(names):
             if names < 0:
                 raise ValueError(f"add_variables: the number of variables must be >= 0, got {names}")
             names = list(range(int(names)))
@@ -259,7 +257,7 @@ class FactorGraph:
     def _per_variable(names, value, what, kinds, valid, rule):
         """One value for every variable, or one each: a list of n Python scalars (validated)."""
         n = len(names)
-        scalar = isinstance(value, (bool, np.bool_)) if kinds == "b" else _is_int(value)
+        scalar = isinstance(value, (bool, np.bool_)) if kinds == "b" else is_int(value)
         if scalar:
             if valid is not None and not valid(value):
                 raise ValueError(f"add_variables: {rule}, got {what}={value!r}")
@@ -494,7 +492,7 @@ class FactorGraph:
 
     def _factor_index(self, factor):
         n = self.n_factors
-        if not _is_int(factor) or not 0 <= int(factor) < n:
+        if not is_int(factor) or not 0 <= int(factor) < n:
             raise ValueError(f"factor {factor!r} does not exist (the graph has {n} factors)")
         return int(factor)
 
@@ -619,13 +617,13 @@ class FactorGraph:
         """State index of ``value`` (a label name or an index) for variable index v."""
         # integers are always state indices; anything else is looked up as a label name
         label_index = self._label_index[v]
-        if label_index is not None and not _is_int(value):
+        if label_index is not None and not is_int(value):
             try:
                 return label_index[value]
             except (KeyError, TypeError):
                 raise ValueError(f"{what}: {value!r} is not a label of variable {self._names[v]!r} "
                                  f"(labels {self._labels[v]!r})") from None
-        if not _is_int(value):
+        if not is_int(value):
             raise ValueError(f"{what}: value {value!r} of variable {self._names[v]!r} is not a state index")
         k = int(value)
         if not 0 <= k < self._n_states[v]:
@@ -798,7 +796,7 @@ class FactorGraph:
                     raise ValueError(f"factor node {n!r} of a bipartite factor graph needs 'scope' and "
                                      f"'energy' attributes")
                 index = d.get("index")
-                factor_nodes.append((index if _is_int(index) else len(nodes) + pos, n, d))
+                factor_nodes.append((index if is_int(index) else len(nodes) + pos, n, d))
             else:
                 raise ValueError(f"node {n!r} has kind {kind!r}: in a bipartite factor graph (some node has "
                                  f"kind 'factor', as in to_networkx) every node has kind 'variable' or "

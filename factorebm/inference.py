@@ -29,8 +29,8 @@ from numbers import Real
 
 import numpy as np
 
-from .checks import check_beta, threads_for
-from .graph import FactorGraph, _is_int
+from .checks import check_beta, is_int, threads_for
+from .graph import FactorGraph
 
 __all__ = ["min_sum", "sum_product", "free_energy", "most_offending",
            "MinSumResult", "SumProductResult", "check_bp_options", "MIN_SUM_SCHEDULES",
@@ -139,7 +139,7 @@ def check_bp_options(max_iter, damping, tol, n_threads, schedule="flooding",
     """Validate the belief-propagation options (as :func:`min_sum` takes them; ``schedules``:
     those allowed, ``who`` names the caller in the message); return the thread count to run
     with (None = all cores)."""
-    if not _is_int(max_iter) or max_iter < 1:
+    if not is_int(max_iter) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if not isinstance(damping, Real) or not 0.0 <= damping < 1.0:
         raise ValueError(f"damping must be in [0, 1), got {damping!r}")
