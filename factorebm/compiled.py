@@ -58,6 +58,9 @@ from . import _bp
 __all__ = ["CompiledGraph", "Plan", "SegmentViews", "concatenate", "select", "ranges", "part_ranges"]
 
 _I = np.int64
+# passes of TRW-S whose energy and bound run_trws records (its traces' size does not grow
+# with max_iter)
+TRWS_TRACE_PASSES = 1 << 16
 
 
 def _reorder(items, perm):
@@ -586,16 +589,21 @@ class CompiledGraph:
         bound : float
             Lower bound on min E (over assignments allowed by ``unary``).
         trace_energy : float64 (iterations + 1,)
-            Energy decoded in each forward pass and after the last backward pass.
+            Energy decoded in each forward pass and after the last backward pass (the
+            first ``TRWS_TRACE_PASSES`` passes only, and then no final entry, when the run
+            is longer).
         trace_bound : float64 (iterations,)
-            The best bound after each pass.
+            The best bound after each pass (the first ``TRWS_TRACE_PASSES`` only).
         """
         V = self.n_vars
         v2f = np.zeros(max(self.n_msg, 1))
         f2v = np.zeros(max(self.n_msg, 1))
         states = np.zeros(max(V, 1), dtype=_I)
-        trace_e = np.full(max_iter + 1, np.inf)
-        trace_b = np.full(max_iter, -np.inf)
+        # the traces are sized by a cap, not by max_iter: max_iter=2**31 ("until it
+        # converges") must not allocate 32 GiB
+        n_trace = min(int(max_iter), TRWS_TRACE_PASSES)
+        trace_e = np.full(n_trace + 1, np.inf)
+        trace_b = np.full(n_trace, -np.inf)
         it, delta, energy, bound = _bp.run_trws(
             self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
             self.fac_edge_offset, self.edge_var, self.edge_fac, self.edge_stride,
@@ -603,6 +611,8 @@ class CompiledGraph:
             self.fac_potts, _padded(unary, np.float64), v2f, f2v, int(max_iter), float(tol),
             self.max_card, states, trace_e, trace_b, np.empty(3 * V + 4 * self.max_card + 4),
             np.zeros(max(V, 1), dtype=_I))
+        if it > n_trace:
+            return v2f, f2v, it, delta, states[:V], bound, trace_e[:n_trace], trace_b
         return v2f, f2v, it, delta, states[:V], bound, trace_e[:it + 1], trace_b[:it]
 
     def beliefs(self, unary, v2f, f2v, factors=True):
