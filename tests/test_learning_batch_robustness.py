@@ -62,3 +62,49 @@ def test_trws_traces_beyond_the_recorded_passes_are_the_first_passes_of_the_run(
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(capped[6], full[6][:3])
     np.testing.assert_array_equal(capped[7], full[7][:3])
+
+
+def test_a_target_naming_a_latent_variable_is_refused_not_ignored():
+    # before, the label given to the latent variable was silently dropped (minimized over)
+    with pytest.raises(ValueError, match="sample 1: .*variable 'h', which is latent"):
+        GraphObjective([(loopy(True), TARGET), (loopy(True), {**TARGET, "h": 1})], "hinge")
+
+
+def test_a_target_naming_an_unknown_variable_is_a_key_error():
+    with pytest.raises(KeyError, match="sample 0: .*unknown variable 'x'"):
+        GraphObjective([(loopy(), {**TARGET, "x": 0})], "nll")
+
+
+@pytest.mark.parametrize("label", [True, np.True_, 1.0, np.float64(1.0), None])
+def test_labels_that_are_not_state_indices_are_refused_as_by_graph_energy(label):
+    # FactorGraph.energy refuses them (an integer is a state index, anything else a label
+    # name); the batched targets mapped True and 1.0 to state 1
+    pg = loopy()
+    with pytest.raises(ValueError):
+        pg.graph.energy({**TARGET, 2: label})
+    with pytest.raises(ValueError, match="sample 0: .*variable 2"):
+        GraphObjective([(pg, {**TARGET, 2: label})], "perceptron")
+    with pytest.raises(ValueError, match="sample 0: .*variable 0"):
+        GraphObjective([(pg, {0: label, 1: label, 2: label})], "perceptron")
+    named = loopy(labels=["a", "b"])
+    with pytest.raises(ValueError, match="sample 0: .*variable 2"):
+        GraphObjective([(named, {0: "a", 1: "b", 2: label})], "perceptron")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.full(5, np.nan), "NaN or infinite"), (np.r_[0.0, np.inf, 0, 0, 0], "NaN or infinite"),
+    (np.ones(5) + 1j, "real"), (np.ones(4), "5 entries"), ("abcde", "5 entries"),
+])
+def test_weights_that_are_not_five_finite_reals_raise_naming_the_weights(bad, message):
+    obj = GraphObjective([(loopy(), TARGET)], "hinge")
+    for call in (obj.value_and_grad, obj.minimizers, obj.energies):
+        with pytest.raises(ValueError, match=message):
+            call(bad)
+
+
+@pytest.mark.parametrize("units", [[1], [-1], [0.5], [[0]]])
+def test_unit_numbers_out_of_range_or_not_integers_raise_a_value_error(units):
+    obj = GraphObjective([(loopy(), TARGET)], "nll")
+    for call in (obj.unit_value_and_grad, obj.energies, obj.minimizers):
+        with pytest.raises(ValueError, match="units must be"):
+            call(np.ones(5), np.asarray(units))

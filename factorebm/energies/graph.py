@@ -220,10 +220,18 @@ class GraphObjective(BatchObjective):
         self.groups = SampleGroups(self.samples)
         self.graphs = GraphBatch(self.samples, self.groups, self.options)
 
+    def check_params(self, w):
+        """``w`` as a contiguous (n_params,) float64 array of finite weights: NaN or inf would
+        reach belief propagation as energies and fail there, in words about the graphs."""
+        w = super().check_params(w)
+        if not np.isfinite(w).all():
+            raise ValueError("the parameter vector w contains NaN or infinite weights")
+        return w
+
     def unit_value_and_grad(self, w, units, n_threads=None):
         w = self.check_params(w)
-        total, grad, lowest, _, _ = self.graphs.terms(w, units, self.spec, self.params,
-                                                      self.beta, n_threads)
+        total, grad, lowest, _, _ = self.graphs.terms(w, self._units(units), self.spec,
+                                                      self.params, self.beta, n_threads)
         self.spec.check_energies(lowest)
         return total, grad
 
@@ -241,10 +249,14 @@ class GraphObjective(BatchObjective):
         return self.graphs.minimizers(w, self._units(units), n_threads)
 
     def _units(self, units):
-        units = np.arange(self.n_units) if units is None else np.asarray(units, dtype=np.int64)
-        if units.ndim != 1 or (units.size and not 0 <= units.min() <= units.max() < self.n_units):
-            raise ValueError(f"units must be sample numbers in 0..{self.n_units - 1}")
-        return units
+        if units is None:
+            return np.arange(self.n_units)
+        arr = np.asarray(units)
+        if (arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu")
+                or (arr.size and not 0 <= arr.min() <= arr.max() < self.n_units)):
+            raise ValueError(f"units must be a 1-D array of sample numbers in "
+                             f"0..{self.n_units - 1}")
+        return arr.astype(np.int64, copy=False)
 
     def energies(self, w, units=None, n_threads=None):
         """Every sample's E+ and E- at the weights w, as the loss sees them.

@@ -51,7 +51,7 @@ import warnings
 
 import numpy as np
 
-from ..checks import threads_for
+from ..checks import is_int, threads_for
 from ..compiled import Plan, concatenate, part_ranges, ranges, select
 from ..inference import MIN_SUM_SCHEDULES, SUM_PRODUCT_SCHEDULES, check_bp_options
 
@@ -321,9 +321,14 @@ class GraphBatch:
                 v = next(v for v in vis_names if v not in target)
                 raise ValueError(f"sample {i}: the target does not give a label to visible "
                                  f"variable {v!r}") from None
+            if len(target) != len(vis_names):       # it names more than the visible ones
+                _extra_variable(g, i, target)
             states = np.full(len(names), -1, dtype=_I)
             arr = np.asarray(labels) if labels else np.zeros(0, dtype=_I)
-            if arr.dtype.kind in "iu" and arr.ndim == 1:      # label indices: one numpy pass
+            # label indices: one numpy pass (numpy makes [1, True] an int array, but a bool
+            # is no state index)
+            if (arr.dtype.kind in "iu" and arr.ndim == 1
+                    and not {bool, np.bool_} & set(map(type, labels))):
                 K = cg.var_n_states[visible]
                 bad = np.flatnonzero((arr < 0) | (arr >= K))
                 if bad.size:
@@ -695,17 +700,33 @@ class GraphBatch:
 
 
 def _label_state(g, i, v, lab, K):
-    """The state index of label ``lab`` of variable ``v`` (an index or one of its names)."""
-    if isinstance(lab, (int, np.integer)) and not isinstance(lab, (bool, np.bool_)):
+    """The state index of label ``lab`` of variable ``v``: an integer is a state index,
+    anything else one of its label names (as for :meth:`FactorGraph.energy`), so True or 1.0
+    is no state index."""
+    if is_int(lab):
         if not 0 <= int(lab) < K:
             raise ValueError(f"sample {i}: label {lab!r} of variable {v!r} is out of range (it "
                              f"has {K} states)")
         return int(lab)
-    names = g.labels(v)
-    try:
-        return list(names).index(lab)
-    except ValueError:
-        raise ValueError(f"sample {i}: variable {v!r} has no label {lab!r}") from None
+    for k, name in enumerate(g.labels(v)):
+        if not is_int(name) and type(name) is type(lab) and name == lab:
+            return k
+    raise ValueError(f"sample {i}: variable {v!r} has no label {lab!r} (labels "
+                     f"{g.labels(v)!r}; an integer is a state index)")
+
+
+def _extra_variable(g, i, target):
+    """Raise for the first variable of a target that is not a visible one: a latent variable
+    (ValueError: never observed; the target's label would be silently dropped) or an unknown
+    name (KeyError)."""
+    known = set(g.variables)
+    for v in target:
+        if v not in known:
+            raise KeyError(f"sample {i}: the target names unknown variable {v!r}")
+        if g.is_latent(v):
+            raise ValueError(f"sample {i}: the target gives a label to variable {v!r}, which "
+                             f"is latent: latent variables are never observed; their labels "
+                             f"are minimized (or summed) over")
 
 
 def _clamp_mask(cg, tgt):
