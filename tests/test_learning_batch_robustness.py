@@ -108,3 +108,68 @@ def test_unit_numbers_out_of_range_or_not_integers_raise_a_value_error(units):
     for call in (obj.unit_value_and_grad, obj.energies, obj.minimizers):
         with pytest.raises(ValueError, match="units must be"):
             call(np.ones(5), np.asarray(units))
+
+
+def _grid(H=6, W=6, K=3, seed=0):
+    g = fe.FactorGraph()
+    g.add_variables(H * W, K)
+    edges = fe.models.grid_edges(H, W)
+    g.add_factors(edges, np.random.default_rng(seed).normal(size=(len(edges), K, K)))
+    return g.compile()
+
+
+def test_compiled_kernels_refuse_arrays_that_do_not_fit_the_graph():
+    # the kernels run without bounds checks: a unary vector, messages, a schedule or a
+    # decoding order that does not fit the graph read or wrote out of bounds (garbage
+    # beliefs, segfaults) before
+    cg = _grid()
+    plan = cg.plan([])
+    S, M = cg.n_states_total, cg.n_msg
+    v2f, f2v, *_ = cg.run_bp(cg.unary, plan, 1.0, True, 5)
+    short, bad_type = np.zeros(2), np.zeros(S, dtype=np.float32)
+    for call, name in [
+            (lambda: cg.run_bp(short, plan, 1.0, True, 5), "unary"),
+            (lambda: cg.run_bp(short, plan, 1.0, True, 5, schedule="residual"), "unary"),
+            (lambda: cg.run_trws(short, 5), "unary"),
+            (lambda: cg.beliefs(short, v2f, f2v), "unary"),
+            (lambda: cg.beliefs(cg.unary, v2f[:2], f2v), "v2f"),
+            (lambda: cg.beliefs(cg.unary, v2f, f2v[:-1]), "f2v"),
+            (lambda: cg.factor_gibbs(v2f[:2], 1.0), "v2f"),
+            (lambda: cg.variable_gibbs(short, 1.0), "var_b"),
+            (lambda: cg.variable_gibbs(cg.unary, 1.0, energy=short), "energy"),
+            (lambda: cg.decode(short, plan, v2f.copy(), f2v.copy(),
+                               np.zeros(cg.n_vars, dtype=np.int64)), "unary"),
+            (lambda: cg.decode(cg.unary, plan, v2f.copy(), f2v.copy(),
+                               np.zeros(3, dtype=np.int64)), "states"),
+            (lambda: cg.decode(cg.unary, plan, v2f.copy(), f2v.copy(),
+                               np.zeros(cg.n_vars, dtype=np.int32)), "states"),
+            (lambda: cg.decode(cg.unary, fe.compiled.Plan(False, np.full(1, -1),
+                                                          np.array([0, 10 ** 9])),
+                               v2f.copy(), f2v.copy(), np.zeros(cg.n_vars, dtype=np.int64)),
+             "order"),
+            (lambda: cg.run_bp(cg.unary, fe.compiled.Plan(True, np.array([10 ** 12, 5]),
+                                                          plan.order), 1.0, True, 5),
+             "schedule"),
+            (lambda: cg.run_bp(bad_type.astype(complex), plan, 1.0, True, 5), "unary")]:
+        with pytest.raises(ValueError, match=name):
+            call()
+    assert M > 2
+    # what fits still runs, a float32 unary converted as before
+    a = cg.run_bp(bad_type, plan, 1.0, True, 5)[0]
+    np.testing.assert_array_equal(a, cg.run_bp(np.zeros(S), plan, 1.0, True, 5)[0])
+
+
+def test_compiled_runs_clamp_threads_and_refuse_a_bad_beta():
+    cg = _grid()
+    plan = cg.plan([])
+    want = cg.run_bp(cg.unary, plan, 1.0, False, 5)[0]
+    np.testing.assert_array_equal(cg.run_bp(cg.unary, plan, 1.0, False, 5,
+                                            n_threads=10 ** 6)[0], want)
+    for n_threads in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="n_threads"):
+            cg.run_bp(cg.unary, plan, 1.0, False, 5, n_threads=n_threads)
+    for beta in (0.0, -1.0, np.nan):
+        with pytest.raises(ValueError, match="beta"):
+            cg.run_bp(cg.unary, plan, beta, False, 5)
+        with pytest.raises(ValueError, match="beta"):
+            cg.factor_gibbs(want, beta)
