@@ -208,9 +208,13 @@ class GraphObjective(BatchObjective):
         graphs only, forests always get the exact two-pass sweep), and for the margin losses
         ``e_minus`` ("most_offending" or "loss_augmented") and ``hamming``
         (:func:`factorebm.energies.graph_batch.check_options`).
+    first_sample : int
+        The number errors raised while evaluating give sample 0 (a shard of a larger set of
+        samples names them by their numbers in the whole set).
     """
 
-    def __init__(self, samples, loss="nll", beta=1.0, inference_options=None, **loss_params):
+    def __init__(self, samples, loss="nll", beta=1.0, inference_options=None, *,
+                 first_sample=0, **loss_params):
         self.spec, self.params = loss_setup(loss, beta, loss_params)
         self.beta = float(beta)
         self.samples, self.n_params = check_samples(samples)
@@ -218,7 +222,7 @@ class GraphObjective(BatchObjective):
         self.inference_options = dict(inference_options or {})   # as given (for shards)
         self.options = check_options(self.spec, self.params, inference_options)
         self.groups = SampleGroups(self.samples)
-        self.graphs = GraphBatch(self.samples, self.groups, self.options)
+        self.graphs = GraphBatch(self.samples, self.groups, self.options, first_sample)
 
     def check_params(self, w):
         """``w`` as a contiguous (n_params,) float64 array of finite weights: NaN or inf would

@@ -213,6 +213,9 @@ class GraphBatch:
         The samples grouped by graph.
     options : dict
         From :func:`check_options`.
+    first_sample : int
+        The number of sample 0 in the messages of errors raised while evaluating (the first
+        unit of a shard of a larger set).
 
     Raises
     ------
@@ -221,9 +224,10 @@ class GraphBatch:
         "trws" with a factor of arity > 2.
     """
 
-    def __init__(self, samples, groups, options):
+    def __init__(self, samples, groups, options, first_sample=0):
         import scipy.sparse as sp
         self.options = options
+        self.first_sample = int(first_sample)
         self.graph_of = groups.graph_of
         self.n_samples = len(samples)
         graphs = groups.graphs
@@ -550,12 +554,12 @@ class GraphBatch:
             raise ValueError(f"sample {i}: no assignment has finite energy (every state of a "
                              f"variable is forbidden, +inf)")
 
-    @staticmethod
-    def _sample_of(part, units, inv):
-        """The sample a part stands for (for a graph: its first sample in the batch)."""
-        if inv is None:
-            return int(units[part])
-        return int(units[int(np.flatnonzero(inv == part)[0])])
+    def _sample_of(self, part, units, inv):
+        """The number (for messages) of the sample a part stands for (for a graph: its first
+        sample in the batch)."""
+        if inv is not None:
+            part = int(np.flatnonzero(inv == part)[0])
+        return self.first_sample + int(units[part])
 
     def _infinite(self, run, energies, kind, units, inv):
         """An infinite decoded energy: an error where the part is a forest, else a warning."""
@@ -603,7 +607,7 @@ class GraphBatch:
         if mm.size:
             best[nonempty] = np.minimum.reduceat(mm, run.off["state"][:-1][nonempty])
         if not np.isfinite(best).all():
-            i = int(units[np.flatnonzero(~np.isfinite(best))[0]])
+            i = self._sample_of(int(np.flatnonzero(~np.isfinite(best))[0]), units, None)
             raise ValueError(f"sample {i}: no assignment with finite energy differs from the "
                              f"target in a visible variable")
         hit = np.flatnonzero(mm == best[state_part])
