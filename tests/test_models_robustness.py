@@ -186,3 +186,12 @@ def test_a_fit_stopped_midway_leaves_a_fitted_model_exactly_as_it_was(fitted, mo
     assert model.history_ == history
     for p, q in zip(model.predict(X), pred):
         np.testing.assert_array_equal(p, q)
+
+
+def test_a_fit_that_cannot_take_a_single_step_warns_instead_of_returning_silently_untrained():
+    # features of magnitude 1e10 made L-BFGS's first line search fail: fit returned the
+    # starting weights (all zero) without a word unless verbose
+    X, Y = images(4, 2)
+    with pytest.warns(RuntimeWarning, match="line search failed at iteration 1"):
+        crf = fe.GridCRF(2, max_iter=5, verbose=False).fit([x * 1e10 for x in X], Y)
+    assert not crf.coef_.any()
