@@ -369,6 +369,13 @@ class GridCRF:
     def _check_fitted(self):
         if getattr(self, "coef_", None) is None:
             raise ValueError("this GridCRF is not fitted yet: call fit(X, Y) first")
+        # set_params may have changed n_states or pairwise since: the weights would then be
+        # read at the wrong places (and a saved file would not load)
+        want = self._n_weights(self.n_features_)
+        if self.coef_.shape != (want,):
+            raise ValueError(f"this GridCRF's {self.coef_.size} weights were fitted with other "
+                             f"settings than n_states={self.n_states!r}, "
+                             f"pairwise={self.pairwise!r} (which need {want}): fit it again")
 
     @property
     def weights_(self):

@@ -195,3 +195,23 @@ def test_a_fit_that_cannot_take_a_single_step_warns_instead_of_returning_silentl
     with pytest.warns(RuntimeWarning, match="line search failed at iteration 1"):
         crf = fe.GridCRF(2, max_iter=5, verbose=False).fit([x * 1e10 for x in X], Y)
     assert not crf.coef_.any()
+
+
+@pytest.mark.parametrize("change", [{"n_states": 3}, {"pairwise": "full"},
+                                    {"pairwise": "potts"}, {"pairwise": "none"}])
+def test_a_fitted_model_whose_shape_settings_changed_refuses_to_predict_or_save(
+        fitted, tmp_path, change):
+    # set_params(n_states=3) after fit: weights_ was silently reshaped wrong, pairwise_ read
+    # the wrong weights or raised IndexError, and save wrote a file that load refused
+    crf, X, Y = fitted
+    model = fe.GridCRF.__new__(fe.GridCRF)
+    model.__dict__.update(crf.__dict__)
+    model.set_params(**change)
+    path = tmp_path / "changed.npz"
+    for call in (lambda: model.predict(X), lambda: model.score(X, Y), lambda: model.weights_,
+                 lambda: model.bias_, lambda: model.pairwise_, lambda: model.save(path)):
+        with pytest.raises(ValueError, match="fit it again"):
+            call()
+    assert not path.exists()
+    model.set_params(**{k: crf.get_params()[k] for k in change})
+    np.testing.assert_array_equal(model.pairwise_, crf.pairwise_)
