@@ -173,3 +173,14 @@ def test_compiled_runs_clamp_threads_and_refuse_a_bad_beta():
             cg.run_bp(cg.unary, plan, beta, False, 5)
         with pytest.raises(ValueError, match="beta"):
             cg.factor_gibbs(want, beta)
+
+
+@pytest.mark.parametrize("margin", [np.nan, -1.0, 0.0, np.inf, "x"])
+def test_a_bad_margin_is_named_as_the_margin_not_as_the_hamming_weight(margin):
+    # the margin is also the default Hamming weight, whose check spoke of "hamming" only
+    for options in (None, {"e_minus": "most_offending"}):
+        with pytest.raises(ValueError, match="margin must be a finite number > 0"):
+            GraphObjective([(loopy(), TARGET)], "hinge", inference_options=options,
+                           margin=margin)
+    with pytest.raises(ValueError, match="margin must be a finite number > 0"):
+        fe.GridCRF(2, "hinge", margin=margin)

@@ -100,13 +100,15 @@ def check_options(spec, params, options):
     if out["e_minus"] not in E_MINUS:
         raise ValueError(f"unknown e_minus {out['e_minus']!r}; use one of "
                          f"{', '.join(map(repr, E_MINUS))}")
+    given = "hamming" in options
     h = options.get("hamming", params.get("margin", 1.0))
     try:
         ok = bool(np.isfinite(h) and h > 0)
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"hamming must be a finite number > 0, got {h!r}")
+        name = "hamming" if given else "margin"   # the margin is the default Hamming weight
+        raise ValueError(f"{name} must be a finite number > 0, got {h!r}")
     if "hamming" in options and out["e_minus"] != "loss_augmented":
         raise ValueError("inference option 'hamming' weighs the Hamming loss of "
                          "e_minus='loss_augmented'; it means nothing with 'most_offending'")
