@@ -184,3 +184,13 @@ def test_a_bad_margin_is_named_as_the_margin_not_as_the_hamming_weight(margin):
                            margin=margin)
     with pytest.raises(ValueError, match="margin must be a finite number > 0"):
         fe.GridCRF(2, "hinge", margin=margin)
+
+
+def test_a_graph_changed_after_its_parametric_graph_was_made_is_named():
+    # a factor or variable added afterwards made Phi's rows and the tables disagree: the
+    # objective raised IndexError from deep in its setup
+    pg = loopy()
+    pg.graph.add_variable("z", 2)
+    pg.graph.add_factor(["z", 0], np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="sample 1: its graph has changed"):
+        GraphObjective([(loopy(), TARGET), (pg, {**TARGET, "z": 0})], "hinge")

@@ -84,6 +84,7 @@ class ParametricGraph:
         # table sizes in insertion order from the compiled graph: numpy passes, no Python
         # call per factor (a 300 x 300 grid has 270,000 factors)
         cg = graph.compile()
+        self.structure_version = cg.structure_version   # Phi's rows fit this structure only
         sizes = np.zeros(graph.n_factors, dtype=np.int64)
         sizes[np.asarray(cg.unary_factors, dtype=np.int64)] = cg.var_n_states[cg.unary_var]
         sizes[cg.fac_index] = np.diff(cg.fac_table_offset)
@@ -175,6 +176,10 @@ def check_samples(samples):
             raise ValueError(f"sample {i} must be a (ParametricGraph, target dict) pair")
     n_weights = samples[0][0].n_weights
     for i, (pg, _) in enumerate(samples):
+        if pg.graph.compile().structure_version != pg.structure_version:
+            raise ValueError(f"sample {i}: its graph has changed (variables or factors added) "
+                             f"since its ParametricGraph was made, so Phi no longer fits its "
+                             f"tables; make the ParametricGraph again")
         if pg.n_weights != n_weights:
             raise ValueError(f"sample {i}: its ParametricGraph has {pg.n_weights} weights, "
                              f"sample 0's has {n_weights}")
