@@ -194,3 +194,36 @@ def test_a_graph_changed_after_its_parametric_graph_was_made_is_named():
     pg.graph.add_factor(["z", 0], np.zeros((2, 2)))
     with pytest.raises(ValueError, match="sample 1: its graph has changed"):
         GraphObjective([(loopy(), TARGET), (pg, {**TARGET, "z": 0})], "hinge")
+
+
+@pytest.mark.parametrize("loss", ["nll", "hinge", "perceptron"])
+def test_one_objective_evaluated_from_several_threads_matches_serial_calls(loss):
+    import threading
+    samples = [(loopy(seed=s), {0: s % 2, 1: (s // 2) % 2, 2: 1}) for s in range(6)]
+    samples += [(samples[0][0], {0: 0, 1: 1, 2: 0})]        # a shared graph
+    obj = GraphObjective(samples, loss)
+    rng = np.random.default_rng(3)
+    ws = [rng.normal(size=5) for _ in range(4)]
+    batches = [np.array([0, 2, 6]), np.arange(7), np.array([5, 1]), np.array([3])]
+    want = {(a, b): obj.unit_value_and_grad(ws[a], batches[b])
+            for a in range(4) for b in range(4)}
+    got, errors = [], []
+
+    def work(k):
+        try:
+            for j in range(8):
+                a, b = (k + j) % 4, (k * j) % 4
+                got.append(((a, b), obj.unit_value_and_grad(ws[a], batches[b])))
+        except BaseException as exc:      # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(got) == 32
+    for key, (value, grad) in got:
+        assert value == want[key][0]
+        np.testing.assert_array_equal(grad, want[key][1])
