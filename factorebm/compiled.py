@@ -645,7 +645,7 @@ class CompiledGraph:
         states = np.zeros(max(V, 1), dtype=_I)
         # the traces are sized by a cap, not by max_iter: max_iter=2**31 ("until it
         # converges") must not allocate 32 GiB
-        n_trace = min(int(max_iter), TRWS_TRACE_PASSES)
+        n_trace = max(0, min(int(max_iter), TRWS_TRACE_PASSES))
         trace_e = np.full(n_trace + 1, np.inf)
         trace_b = np.full(n_trace, -np.inf)
         it, delta, energy, bound = _bp.run_trws(
