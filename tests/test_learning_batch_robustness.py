@@ -227,3 +227,16 @@ def test_one_objective_evaluated_from_several_threads_matches_serial_calls(loss)
     for key, (value, grad) in got:
         assert value == want[key][0]
         np.testing.assert_array_equal(grad, want[key][1])
+
+
+def test_a_max_iter_beyond_int64_is_a_value_error_not_an_overflow_error():
+    g = loopy().graph
+    for schedule in ("trws", "flooding", "residual"):
+        with pytest.raises(ValueError, match="max_iter must be an integer"):
+            fe.min_sum(g, schedule=schedule, max_iter=2 ** 63)
+    with pytest.raises(ValueError, match="max_iter must be an integer"):
+        fe.sum_product(g, max_iter=10 ** 30)
+    with pytest.raises(ValueError, match="max_iter must be an integer"):
+        fe.GridCRF(2, "hinge", inference_options={"max_iter": 10 ** 30})
+    assert fe.min_sum(g, schedule="trws", max_iter=2 ** 63 - 1).energy == fe.min_sum(
+        g, schedule="trws").energy
