@@ -54,10 +54,14 @@ schedule (leaves to roots, then roots to leaves).
 import numpy as np
 
 from . import _bp
+from .checks import check_beta, threads_for
 
 __all__ = ["CompiledGraph", "Plan", "SegmentViews", "concatenate", "select", "ranges", "part_ranges"]
 
 _I = np.int64
+# passes of TRW-S whose energy and bound run_trws records (its traces' size does not grow
+# with max_iter)
+TRWS_TRACE_PASSES = 1 << 16
 
 
 def _reorder(items, perm):
@@ -140,6 +144,40 @@ def _padded(a, dtype):
     """The kernel reads element 0 of every array: give empty arrays one dummy slot."""
     a = np.ascontiguousarray(a, dtype=dtype)
     return a if a.size else np.zeros(1, dtype=dtype)
+
+
+def _fitting(x, n, name, dtype=np.float64):
+    """``x`` as a contiguous (n,) array of ``dtype`` (an input a kernel reads n entries of,
+    without bounds checks); ValueError naming it when its shape differs or it is complex."""
+    a = np.asarray(x)
+    if a.shape != (n,) or a.dtype.kind == "c":
+        raise ValueError(f"{name} must be a real (n,) array with n = {n} here, got dtype "
+                         f"{a.dtype} and shape {a.shape}")
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _buffer(x, n, name, dtype=np.float64):
+    """``x`` itself, checked to be a writable contiguous (n,) array of ``dtype``: a kernel
+    reads and writes it in place, so it cannot be a converted copy."""
+    if (not isinstance(x, np.ndarray) or x.shape != (n,) or x.dtype != dtype
+            or not x.flags.c_contiguous or not x.flags.writeable):
+        raise ValueError(f"{name} must be a writable contiguous ({n},) {np.dtype(dtype).name} "
+                         f"array here, got "
+                         + (f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray)
+                            else type(x).__name__))
+    return x
+
+
+def _indices(x, hi, name, skip_negative=False):
+    """``x`` as a contiguous 1-D int64 array of indices in ``0..hi-1`` (negative entries
+    allowed where the kernel skips them)."""
+    a = np.asarray(x)
+    if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+        raise ValueError(f"{name} must be a 1-D integer array, got dtype {a.dtype} and shape "
+                         f"{a.shape}")
+    if a.size and (a.max() >= hi or (not skip_negative and a.min() < 0)):
+        raise ValueError(f"{name} holds indices outside 0..{hi - 1}")
+    return np.ascontiguousarray(a, dtype=_I)
 
 
 class Plan:
@@ -537,13 +575,16 @@ class CompiledGraph:
             The loopy schedule (on a forest the exact two-pass sweep runs). "residual"
             runs on one thread.
         """
+        unary = _padded(_fitting(unary, self.n_states_total, "unary"), np.float64)
+        n_threads = threads_for(n_threads)
+        if not min_sum:
+            beta = check_beta(beta)
         v2f = np.zeros(max(self.n_msg, 1))
         f2v = np.zeros(max(self.n_msg, 1))
         if self.n_facs == 0:
             return v2f, f2v, 0, 0.0, True
         exact = plan.is_forest
         exp_tables = self.unique_tables if min_sum else self.exp_tables(beta)
-        unary = _padded(unary, np.float64)
         if schedule == "residual" and not exact:
             E = self.n_edges
             it, delta = _bp.run_residual(
@@ -558,7 +599,12 @@ class CompiledGraph:
             return v2f, f2v, it, delta, exact
         if schedule not in ("flooding", "residual"):
             raise ValueError(f"unknown schedule {schedule!r} for run_bp: 'flooding' or 'residual'")
-        sched = plan.schedule if exact else np.full(1, -1, dtype=_I)
+        sched = np.full(1, -1, dtype=_I)
+        if exact:
+            sched = _indices(plan.schedule, 2 * self.n_edges, "plan.schedule",
+                             skip_negative=True)
+            if sched.size == 0 or (sched[0] >= 0 and sched.min() < 0):
+                raise ValueError("plan.schedule must be steps 0..2E-1 (or [-1]: flooding)")
         track_inf = self.has_inf or (unary is not self.unary and bool(np.isinf(unary).any()))
         it, delta = _bp.run(
             self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
@@ -586,16 +632,22 @@ class CompiledGraph:
         bound : float
             Lower bound on min E (over assignments allowed by ``unary``).
         trace_energy : float64 (iterations + 1,)
-            Energy decoded in each forward pass and after the last backward pass.
+            Energy decoded in each forward pass and after the last backward pass (the
+            first ``TRWS_TRACE_PASSES`` passes only, and then no final entry, when the run
+            is longer).
         trace_bound : float64 (iterations,)
-            The best bound after each pass.
+            The best bound after each pass (the first ``TRWS_TRACE_PASSES`` only).
         """
         V = self.n_vars
+        unary = _fitting(unary, self.n_states_total, "unary")
         v2f = np.zeros(max(self.n_msg, 1))
         f2v = np.zeros(max(self.n_msg, 1))
         states = np.zeros(max(V, 1), dtype=_I)
-        trace_e = np.full(max_iter + 1, np.inf)
-        trace_b = np.full(max_iter, -np.inf)
+        # the traces are sized by a cap, not by max_iter: max_iter=2**31 ("until it
+        # converges") must not allocate 32 GiB
+        n_trace = max(0, min(int(max_iter), TRWS_TRACE_PASSES))
+        trace_e = np.full(n_trace + 1, np.inf)
+        trace_b = np.full(n_trace, -np.inf)
         it, delta, energy, bound = _bp.run_trws(
             self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
             self.fac_edge_offset, self.edge_var, self.edge_fac, self.edge_stride,
@@ -603,6 +655,8 @@ class CompiledGraph:
             self.fac_potts, _padded(unary, np.float64), v2f, f2v, int(max_iter), float(tol),
             self.max_card, states, trace_e, trace_b, np.empty(3 * V + 4 * self.max_card + 4),
             np.zeros(max(V, 1), dtype=_I))
+        if it > n_trace:
+            return v2f, f2v, it, delta, states[:V], bound, trace_e[:n_trace], trace_b
         return v2f, f2v, it, delta, states[:V], bound, trace_e[:it + 1], trace_b[:it]
 
     def beliefs(self, unary, v2f, f2v, factors=True):
@@ -612,6 +666,9 @@ class CompiledGraph:
         then uninitialized).
         """
         size = int(self.fac_table_offset[-1])
+        unary = _fitting(unary, self.n_states_total, "unary")
+        M = max(self.n_msg, 1)
+        v2f, f2v = _fitting(v2f, M, "v2f"), _fitting(f2v, M, "f2v")
         var_out = np.empty(max(self.n_states_total, 1))
         fac_out = np.empty(max(size, 1))
         if self.n_vars:
@@ -639,6 +696,8 @@ class CompiledGraph:
         """
         F = self.n_facs
         size = int(self.fac_table_offset[-1])
+        v2f = _fitting(v2f, max(self.n_msg, 1), "v2f")
+        beta, n_threads = check_beta(beta), threads_for(n_threads)
         q = np.empty(max(size, 1))
         mean, ent, bmin = np.empty(max(F, 1)), np.empty(max(F, 1)), np.empty(max(F, 1))
         if F:
@@ -649,14 +708,20 @@ class CompiledGraph:
         return q[:size], mean[:F], ent[:F], bmin[:F]
 
     def decode(self, unary, plan, v2f, f2v, states):
-        """Consistent MAP decoding of the unclamped variables into ``states`` (V,) in place."""
+        """Consistent MAP decoding of the unclamped variables into ``states`` (V,) in place
+        (``v2f`` and ``f2v`` are overwritten)."""
+        unary = _fitting(unary, self.n_states_total, "unary")
+        order = _indices(plan.order, self.n_vars, "plan.order", skip_negative=True)
+        M = max(self.n_msg, 1)
+        v2f, f2v = _buffer(v2f, M, "v2f"), _buffer(f2v, M, "f2v")
+        states = _buffer(states, self.n_vars, "states", _I)
         _bp.decode(self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
                    _padded(self.fac_edge_offset, _I), _padded(self.edge_var, _I),
                    _padded(self.edge_stride, _I), _padded(self.edge_msg_offset, _I),
                    _padded(self.fac_table, _I), _padded(self.unique_tables, np.float64),
                    _padded(self.table_min, np.float64), _padded(self.fac_potts, np.float64),
                    _padded(unary, np.float64),
-                   _padded(plan.order, _I) if plan.order.size else np.full(1, -1, dtype=_I),
+                   order if order.size else np.full(1, -1, dtype=_I),
                    v2f, f2v, self.max_card, states)
 
     def energies_of(self, states):
@@ -694,13 +759,14 @@ class CompiledGraph:
         entropy : float64 (V,)
             -sum p log p.
         """
-        V = self.n_vars
-        p = np.empty(max(self.n_states_total, 1))
+        V, S = self.n_vars, self.n_states_total
+        var_b = _fitting(var_b, S, "var_b")
+        energy = _fitting(self.unary if energy is None else energy, S, "energy")
+        beta, n_threads = check_beta(beta), threads_for(n_threads)
+        p = np.empty(max(S, 1))
         mean, ent = np.empty(max(V, 1)), np.empty(max(V, 1))
         if V:
-            _bp.gibbs(self.var_state_offset, np.ascontiguousarray(var_b, dtype=np.float64),
-                      np.ascontiguousarray(self.unary if energy is None else energy,
-                                           dtype=np.float64), float(beta), p, mean, ent,
+            _bp.gibbs(self.var_state_offset, var_b, energy, float(beta), p, mean, ent,
                       int(n_threads))
         return p[:self.n_states_total], mean[:V], ent[:V]
 

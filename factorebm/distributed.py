@@ -213,9 +213,10 @@ def _build_chain(model, X, offsets, y, loss, beta, params):
     return ChainObjective(model, _unpack_input(X), offsets, y, loss, beta, **params)
 
 
-def _build_graphs(samples, loss, beta, params, inference_options=None):
+def _build_graphs(samples, loss, beta, params, inference_options=None, first_sample=0):
     from .energies.graph import GraphObjective
-    return GraphObjective(samples, loss, beta, inference_options, **params)
+    return GraphObjective(samples, loss, beta, inference_options, first_sample=first_sample,
+                          **params)
 
 
 def _loss_name(spec):
@@ -258,7 +259,8 @@ def _shard_recipe(objective, lo, hi):
     if isinstance(objective, GraphObjective):
         return _build_graphs, (objective.samples[lo:hi], _loss_name(objective.spec),
                                objective.beta, _loss_params(objective),
-                               objective.inference_options)
+                               objective.inference_options,
+                               objective.graphs.first_sample + lo)
     raise ValueError(f"cannot split a {type(objective).__name__} into shards: give it a "
                      "shard_recipe(lo, hi) method returning (build, args)")
 

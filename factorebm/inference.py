@@ -139,8 +139,9 @@ def check_bp_options(max_iter, damping, tol, n_threads, schedule="flooding",
     """Validate the belief-propagation options (as :func:`min_sum` takes them; ``schedules``:
     those allowed, ``who`` names the caller in the message); return the thread count to run
     with (None = all cores)."""
-    if not is_int(max_iter) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    # the kernels count iterations in int64: a larger count overflowed converting to C
+    if not is_int(max_iter) or not 1 <= max_iter < 2 ** 63:
+        raise ValueError(f"max_iter must be an integer in 1..2**63-1, got {max_iter!r}")
     if not isinstance(damping, Real) or not 0.0 <= damping < 1.0:
         raise ValueError(f"damping must be in [0, 1), got {damping!r}")
     if not isinstance(tol, Real) or not tol >= 0.0:

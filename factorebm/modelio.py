@@ -75,9 +75,10 @@ def save_arrays(path, arrays, metadata, kind):
     arrays : dict of str -> array_like
         The model's arrays. Object dtypes (which would need pickle) are refused.
     metadata : dict
-        JSON-serializable settings. ``format_version``, ``kind``, ``arrays`` (the sorted
-        names) and ``shapes`` (name -> ``[dtype string, shape]``, which :func:`load_arrays`
-        holds every member to) are added (and must not be given).
+        JSON-serializable settings (numpy scalars are written as Python numbers).
+        ``format_version``, ``kind``, ``arrays`` (the sorted names) and ``shapes`` (name ->
+        ``[dtype string, shape]``, which :func:`load_arrays` holds every member to) are added
+        (and must not be given).
     kind : str
         What the file holds, e.g. ``"SequenceTagger"``; :func:`load_arrays` checks it.
 
@@ -121,12 +122,20 @@ def save_arrays(path, arrays, metadata, kind):
     meta["shapes"] = {name: [a.dtype.str, list(a.shape)] for name, a in checked.items()}
     meta.setdefault("library_version", _library_version())
     try:
-        text = json.dumps(meta, sort_keys=True, allow_nan=True)
+        text = json.dumps(meta, sort_keys=True, allow_nan=True, default=_json_scalar)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata is not JSON-serializable: {exc}") from None
     checked[_METADATA_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
     write_atomic(path, lambda fh: _write_npz(fh, checked))
+
+
+def _json_scalar(value):
+    """A numpy scalar (np.int64, np.bool_, ...) as the Python number JSON writes: settings
+    validated as integers must save, and load back as plain ints."""
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def write_atomic(path, content):

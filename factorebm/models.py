@@ -51,19 +51,26 @@ def grid_edges(H, W):
                            np.stack([ids[:, :-1].ravel(), ids[:, 1:].ravel()], 1)])
 
 
+def _n_pairwise(K, pairwise):
+    """The number of pairwise weights, by arithmetic: a model file's declared K is checked
+    against its weights before anything of size K^2 is built."""
+    return {"full": K * K, "symmetric": K * (K + 1) // 2, "potts": 1}.get(pairwise, 0)
+
+
 def _pairwise_columns(K, pairwise):
     """(entries, columns): which entries a*K + b of the K x K table carry which pairwise
     weight (numbered from 0), and the number of pairwise weights."""
+    n = _n_pairwise(K, pairwise)
+    if pairwise == "none":
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), n
     a, b = np.divmod(np.arange(K * K), K)
     if pairwise == "full":
-        return np.arange(K * K), np.arange(K * K), K * K
+        return np.arange(K * K), np.arange(K * K), n
     if pairwise == "symmetric":
         lo, hi = np.minimum(a, b), np.maximum(a, b)
-        return np.arange(K * K), lo * K - lo * (lo - 1) // 2 + (hi - lo), K * (K + 1) // 2
-    if pairwise == "potts":
-        off = np.flatnonzero(a != b)
-        return off, np.zeros(off.size, dtype=np.int64), 1
-    return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 0
+        return np.arange(K * K), lo * K - lo * (lo - 1) // 2 + (hi - lo), n
+    off = np.flatnonzero(a != b)            # potts
+    return off, np.zeros(off.size, dtype=np.int64), n
 
 
 def _check_real(name, value, optional=False, positive=False):
@@ -250,7 +257,7 @@ class GridCRF:
         return self._n_weights(self.n_features_)
 
     def _n_weights(self, d):
-        return (d + 1) * self.n_states + _pairwise_columns(self.n_states, self.pairwise)[2]
+        return (d + 1) * self.n_states + _n_pairwise(self.n_states, self.pairwise)
 
     # ------------------------------------------------------------------ data
     def _check_images(self, X, Y=None, n_features=None):
@@ -273,9 +280,13 @@ class GridCRF:
         d0 = n_features
         for i, x in enumerate(X):
             try:
-                x = np.asarray(x, dtype=np.float64)
+                a = np.asarray(x)
+                # complex: a cast to float would silently drop the imaginary parts
+                x = None if a.dtype.kind == "c" else a.astype(np.float64, copy=False)
             except (TypeError, ValueError):
                 raise ValueError(f"image {i}: features must be a numeric (H, W, d) array") from None
+            if x is None:
+                raise ValueError(f"image {i}: features must be real numbers, got dtype {a.dtype}")
             if x.ndim != 3 or x.shape[0] < 1 or x.shape[1] < 1:
                 raise ValueError(f"image {i}: features must be an (H, W, d) array with H, W >= 1, "
                                  f"got shape {x.shape}")
@@ -358,6 +369,13 @@ class GridCRF:
     def _check_fitted(self):
         if getattr(self, "coef_", None) is None:
             raise ValueError("this GridCRF is not fitted yet: call fit(X, Y) first")
+        # set_params may have changed n_states or pairwise since: the weights would then be
+        # read at the wrong places (and a saved file would not load)
+        want = self._n_weights(self.n_features_)
+        if self.coef_.shape != (want,):
+            raise ValueError(f"this GridCRF's {self.coef_.size} weights were fitted with other "
+                             f"settings than n_states={self.n_states!r}, "
+                             f"pairwise={self.pairwise!r} (which need {want}): fit it again")
 
     @property
     def weights_(self):

@@ -80,11 +80,14 @@ class BatchObjective:
         return np.zeros(self.n_params)
 
     def check_params(self, w):
-        """``w`` as a contiguous (n_params,) float64 array (ValueError naming both lengths)."""
+        """``w`` as a contiguous (n_params,) float64 array (ValueError naming both lengths, or
+        the dtype of a complex one: a cast would drop its imaginary parts)."""
         w = np.asarray(w)
         if w.shape != (self.n_params,):
             raise ValueError(f"the parameter vector must have {self.n_params} entries, got an "
                              f"array of shape {w.shape}")
+        if w.dtype.kind == "c":
+            raise ValueError(f"the parameter vector must hold real numbers, got dtype {w.dtype}")
         return np.ascontiguousarray(w, dtype=np.float64)
 
     def value_and_grad(self, w, n_threads=None):

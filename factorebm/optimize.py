@@ -44,7 +44,7 @@ import warnings
 import numpy as np
 
 from . import losses as _losses
-from .checks import check_threads, threads_for
+from .checks import check_threads, threads_for, user_stacklevel
 from .objective import BatchObjective
 from .params import dense_segments
 
@@ -259,7 +259,11 @@ def _lbfgs_smooth(fun, w0, max_iter, tol, reporter, n_pairs=6, gtol=1e-10, n_thr
                     lambda z: value_grad(z)[0], lambda z: value_grad(z)[1], x, d, gfk=g,
                     old_fval=f, c1=1e-4, c2=0.9, maxiter=30)[0]
         if alpha is None:
-            if reporter.verbose:
+            if it == 1:     # not one step taken: the result is the start, untrained
+                warnings.warn("lbfgs: the line search failed at iteration 1, so the weights "
+                              "are the starting ones (are the features of a sensible "
+                              "scale?)", RuntimeWarning, stacklevel=user_stacklevel())
+            elif reporter.verbose:
                 print(f"lbfgs: line search failed at iteration {it}; stopping", flush=True)
             break
         phi(alpha)                       # makes x_trial = x + alpha d and its f, g current

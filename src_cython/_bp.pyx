@@ -1556,11 +1556,14 @@ def run_trws(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offs
     ----------
     states_out : int64 (V,)
         The lowest-energy assignment decoded over the passes.
-    trace_energy : float64 (max_iter + 1,)
-        Energy of the assignment decoded in each forward pass, and in a last
-        decoding after the final backward pass (entries past the run: +inf).
-    trace_bound : float64 (max_iter,)
-        The best lower bound after each pass (entries past the run: -inf).
+    trace_energy : float64 (n_trace + 1,)
+        Energy of the assignment decoded in each of the first n_trace forward
+        passes, and in a last decoding after the final backward pass when the run
+        ends within them (entries past the run: +inf). Any n_trace >= 0: the
+        caller need not allocate a slot per allowed pass.
+    trace_bound : float64 (n_trace,)
+        The best lower bound after each of the first n_trace passes (entries past
+        the run: -inf).
     work : float64 (3 V + 4 max_card + 4,), iwork : int64 (V,)
         Scratch (max_card: the largest cardinality).
 
@@ -1585,6 +1588,7 @@ def run_trws(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offs
     cdef intp_t* best_x = &states_out[0]
     cdef const intp_t* ef = &edge_fac[0]
     cdef intp_t s, i, j, e, f, e0, o, n_lo, n_hi, n, it = 0, step
+    cdef intp_t n_trace = min(trace_bound.shape[0], trace_energy.shape[0] - 1)
     cdef double lo, bsum, change = INFINITY, energy, best = INFINITY, bound = -INFINITY
     with nogil:
         for s in range(V):
@@ -1623,13 +1627,15 @@ def run_trws(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offs
                             bsum += _trws_send(&g, e, f, theta, gamma[s], pre, out, &change)
                 if step == 0:
                     energy = _pairwise_energy(&g, x)
-                    trace_energy[it] = energy
+                    if it < n_trace:
+                        trace_energy[it] = energy
                     if energy < best:
                         best = energy
                         for s in range(V):
                             best_x[s] = x[s]
                 bound = bsum if bsum > bound else bound
-            trace_bound[it] = bound
+            if it < n_trace:
+                trace_bound[it] = bound
             it += 1
             # converged: messages settled, or the best energy is proved (near-)optimal,
             # or the bound proves that no assignment has finite energy
@@ -1639,7 +1645,8 @@ def run_trws(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offs
         for s in range(V):
             _trws_decode(&g, ef, s, x, dec)
         energy = _pairwise_energy(&g, x)
-        trace_energy[it] = energy
+        if it <= n_trace:
+            trace_energy[it] = energy
         if energy < best:
             best = energy
             for s in range(V):

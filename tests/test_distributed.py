@@ -116,6 +116,25 @@ def test_distributed_objective_and_gradients_equal_the_local_ones(client):
         assert abs(v1 - v0) <= RTOL * abs(v0) and _rel(g0, g1) <= RTOL
 
 
+def test_an_error_in_a_shard_names_the_sample_by_its_number_in_the_whole_set(client):
+    # a shard's objective numbered its samples from 0: the infeasible sample 8 of 10 was
+    # reported as "sample 3" by the second of two shards
+    from factorebm.distributed import DistributedObjective
+    graphs = _graph_samples()
+    pg, target = graphs[8]
+    offset = np.zeros(pg.table_offset[-1])
+    offset[:3] = np.inf                         # every state of variable a forbidden
+    graphs[8] = (ParametricGraph(pg.graph, pg.phi, offset), target)
+    local = GraphObjective(graphs, "hinge")
+    w = np.ones(local.n_params)
+    with pytest.raises(ValueError, match="^sample 8: no assignment has finite energy"):
+        local.value_and_grad(w)
+    with DistributedObjective(client, local, n_shards=2) as dist:
+        assert dist.bounds[1] <= 8
+        with pytest.raises(ValueError, match="^sample 8: no assignment has finite energy"):
+            dist.value_and_grad(w)
+
+
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adagrad"])
 def test_training_through_the_client_gives_the_local_weights(client, optimizer):
     X, offsets, y, model = _corpus(seed=3)

@@ -84,6 +84,7 @@ class ParametricGraph:
         # table sizes in insertion order from the compiled graph: numpy passes, no Python
         # call per factor (a 300 x 300 grid has 270,000 factors)
         cg = graph.compile()
+        self.structure_version = cg.structure_version   # Phi's rows fit this structure only
         sizes = np.zeros(graph.n_factors, dtype=np.int64)
         sizes[np.asarray(cg.unary_factors, dtype=np.int64)] = cg.var_n_states[cg.unary_var]
         sizes[cg.fac_index] = np.diff(cg.fac_table_offset)
@@ -175,6 +176,10 @@ def check_samples(samples):
             raise ValueError(f"sample {i} must be a (ParametricGraph, target dict) pair")
     n_weights = samples[0][0].n_weights
     for i, (pg, _) in enumerate(samples):
+        if pg.graph.compile().structure_version != pg.structure_version:
+            raise ValueError(f"sample {i}: its graph has changed (variables or factors added) "
+                             f"since its ParametricGraph was made, so Phi no longer fits its "
+                             f"tables; make the ParametricGraph again")
         if pg.n_weights != n_weights:
             raise ValueError(f"sample {i}: its ParametricGraph has {pg.n_weights} weights, "
                              f"sample 0's has {n_weights}")
@@ -208,9 +213,13 @@ class GraphObjective(BatchObjective):
         graphs only, forests always get the exact two-pass sweep), and for the margin losses
         ``e_minus`` ("most_offending" or "loss_augmented") and ``hamming``
         (:func:`factorebm.energies.graph_batch.check_options`).
+    first_sample : int
+        The number errors raised while evaluating give sample 0 (a shard of a larger set of
+        samples names them by their numbers in the whole set).
     """
 
-    def __init__(self, samples, loss="nll", beta=1.0, inference_options=None, **loss_params):
+    def __init__(self, samples, loss="nll", beta=1.0, inference_options=None, *,
+                 first_sample=0, **loss_params):
         self.spec, self.params = loss_setup(loss, beta, loss_params)
         self.beta = float(beta)
         self.samples, self.n_params = check_samples(samples)
@@ -218,12 +227,20 @@ class GraphObjective(BatchObjective):
         self.inference_options = dict(inference_options or {})   # as given (for shards)
         self.options = check_options(self.spec, self.params, inference_options)
         self.groups = SampleGroups(self.samples)
-        self.graphs = GraphBatch(self.samples, self.groups, self.options)
+        self.graphs = GraphBatch(self.samples, self.groups, self.options, first_sample)
+
+    def check_params(self, w):
+        """``w`` as a contiguous (n_params,) float64 array of finite weights: NaN or inf would
+        reach belief propagation as energies and fail there, in words about the graphs."""
+        w = super().check_params(w)
+        if not np.isfinite(w).all():
+            raise ValueError("the parameter vector w contains NaN or infinite weights")
+        return w
 
     def unit_value_and_grad(self, w, units, n_threads=None):
         w = self.check_params(w)
-        total, grad, lowest, _, _ = self.graphs.terms(w, units, self.spec, self.params,
-                                                      self.beta, n_threads)
+        total, grad, lowest, _, _ = self.graphs.terms(w, self._units(units), self.spec,
+                                                      self.params, self.beta, n_threads)
         self.spec.check_energies(lowest)
         return total, grad
 
@@ -241,10 +258,14 @@ class GraphObjective(BatchObjective):
         return self.graphs.minimizers(w, self._units(units), n_threads)
 
     def _units(self, units):
-        units = np.arange(self.n_units) if units is None else np.asarray(units, dtype=np.int64)
-        if units.ndim != 1 or (units.size and not 0 <= units.min() <= units.max() < self.n_units):
-            raise ValueError(f"units must be sample numbers in 0..{self.n_units - 1}")
-        return units
+        if units is None:
+            return np.arange(self.n_units)
+        arr = np.asarray(units)
+        if (arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu")
+                or (arr.size and not 0 <= arr.min() <= arr.max() < self.n_units)):
+            raise ValueError(f"units must be a 1-D array of sample numbers in "
+                             f"0..{self.n_units - 1}")
+        return arr.astype(np.int64, copy=False)
 
     def energies(self, w, units=None, n_threads=None):
         """Every sample's E+ and E- at the weights w, as the loss sees them.

@@ -51,7 +51,7 @@ import warnings
 
 import numpy as np
 
-from ..checks import threads_for
+from ..checks import is_int, threads_for
 from ..compiled import Plan, concatenate, part_ranges, ranges, select
 from ..inference import MIN_SUM_SCHEDULES, SUM_PRODUCT_SCHEDULES, check_bp_options
 
@@ -100,13 +100,15 @@ def check_options(spec, params, options):
     if out["e_minus"] not in E_MINUS:
         raise ValueError(f"unknown e_minus {out['e_minus']!r}; use one of "
                          f"{', '.join(map(repr, E_MINUS))}")
+    given = "hamming" in options
     h = options.get("hamming", params.get("margin", 1.0))
     try:
         ok = bool(np.isfinite(h) and h > 0)
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"hamming must be a finite number > 0, got {h!r}")
+        name = "hamming" if given else "margin"   # the margin is the default Hamming weight
+        raise ValueError(f"{name} must be a finite number > 0, got {h!r}")
     if "hamming" in options and out["e_minus"] != "loss_augmented":
         raise ValueError("inference option 'hamming' weighs the Hamming loss of "
                          "e_minus='loss_augmented'; it means nothing with 'most_offending'")
@@ -213,6 +215,9 @@ class GraphBatch:
         The samples grouped by graph.
     options : dict
         From :func:`check_options`.
+    first_sample : int
+        The number of sample 0 in the messages of errors raised while evaluating (the first
+        unit of a shard of a larger set).
 
     Raises
     ------
@@ -221,9 +226,10 @@ class GraphBatch:
         "trws" with a factor of arity > 2.
     """
 
-    def __init__(self, samples, groups, options):
+    def __init__(self, samples, groups, options, first_sample=0):
         import scipy.sparse as sp
         self.options = options
+        self.first_sample = int(first_sample)
         self.graph_of = groups.graph_of
         self.n_samples = len(samples)
         graphs = groups.graphs
@@ -321,9 +327,14 @@ class GraphBatch:
                 v = next(v for v in vis_names if v not in target)
                 raise ValueError(f"sample {i}: the target does not give a label to visible "
                                  f"variable {v!r}") from None
+            if len(target) != len(vis_names):       # it names more than the visible ones
+                _extra_variable(g, i, target)
             states = np.full(len(names), -1, dtype=_I)
             arr = np.asarray(labels) if labels else np.zeros(0, dtype=_I)
-            if arr.dtype.kind in "iu" and arr.ndim == 1:      # label indices: one numpy pass
+            # label indices: one numpy pass (numpy makes [1, True] an int array, but a bool
+            # is no state index)
+            if (arr.dtype.kind in "iu" and arr.ndim == 1
+                    and not {bool, np.bool_} & set(map(type, labels))):
                 K = cg.var_n_states[visible]
                 bad = np.flatnonzero((arr < 0) | (arr >= K))
                 if bad.size:
@@ -545,12 +556,12 @@ class GraphBatch:
             raise ValueError(f"sample {i}: no assignment has finite energy (every state of a "
                              f"variable is forbidden, +inf)")
 
-    @staticmethod
-    def _sample_of(part, units, inv):
-        """The sample a part stands for (for a graph: its first sample in the batch)."""
-        if inv is None:
-            return int(units[part])
-        return int(units[int(np.flatnonzero(inv == part)[0])])
+    def _sample_of(self, part, units, inv):
+        """The number (for messages) of the sample a part stands for (for a graph: its first
+        sample in the batch)."""
+        if inv is not None:
+            part = int(np.flatnonzero(inv == part)[0])
+        return self.first_sample + int(units[part])
 
     def _infinite(self, run, energies, kind, units, inv):
         """An infinite decoded energy: an error where the part is a forest, else a warning."""
@@ -598,7 +609,7 @@ class GraphBatch:
         if mm.size:
             best[nonempty] = np.minimum.reduceat(mm, run.off["state"][:-1][nonempty])
         if not np.isfinite(best).all():
-            i = int(units[np.flatnonzero(~np.isfinite(best))[0]])
+            i = self._sample_of(int(np.flatnonzero(~np.isfinite(best))[0]), units, None)
             raise ValueError(f"sample {i}: no assignment with finite energy differs from the "
                              f"target in a visible variable")
         hit = np.flatnonzero(mm == best[state_part])
@@ -695,17 +706,33 @@ class GraphBatch:
 
 
 def _label_state(g, i, v, lab, K):
-    """The state index of label ``lab`` of variable ``v`` (an index or one of its names)."""
-    if isinstance(lab, (int, np.integer)) and not isinstance(lab, (bool, np.bool_)):
+    """The state index of label ``lab`` of variable ``v``: an integer is a state index,
+    anything else one of its label names (as for :meth:`FactorGraph.energy`), so True or 1.0
+    is no state index."""
+    if is_int(lab):
         if not 0 <= int(lab) < K:
             raise ValueError(f"sample {i}: label {lab!r} of variable {v!r} is out of range (it "
                              f"has {K} states)")
         return int(lab)
-    names = g.labels(v)
-    try:
-        return list(names).index(lab)
-    except ValueError:
-        raise ValueError(f"sample {i}: variable {v!r} has no label {lab!r}") from None
+    for k, name in enumerate(g.labels(v)):
+        if not is_int(name) and type(name) is type(lab) and name == lab:
+            return k
+    raise ValueError(f"sample {i}: variable {v!r} has no label {lab!r} (labels "
+                     f"{g.labels(v)!r}; an integer is a state index)")
+
+
+def _extra_variable(g, i, target):
+    """Raise for the first variable of a target that is not a visible one: a latent variable
+    (ValueError: never observed; the target's label would be silently dropped) or an unknown
+    name (KeyError)."""
+    known = set(g.variables)
+    for v in target:
+        if v not in known:
+            raise KeyError(f"sample {i}: the target names unknown variable {v!r}")
+        if g.is_latent(v):
+            raise ValueError(f"sample {i}: the target gives a label to variable {v!r}, which "
+                             f"is latent: latent variables are never observed; their labels "
+                             f"are minimized (or summed) over")
 
 
 def _clamp_mask(cg, tgt):
