@@ -51,6 +51,10 @@ def grid_edges(H, W):
                            np.stack([ids[:, :-1].ravel(), ids[:, 1:].ravel()], 1)])
 
 
+# The most table entries plus feature values one image's graph may hold (~4 GB of float64).
+_MAX_ENTRIES = 2 ** 29
+
+
 def _n_pairwise(K, pairwise):
     """The number of pairwise weights, by arithmetic: a model file's declared K is checked
     against its weights before anything of size K^2 is built."""
@@ -318,6 +322,14 @@ class GridCRF:
         H, W, d = x.shape
         K = self.n_states
         n = H * W
+        # Every edge gets its own K x K block of Phi's rows: refuse, before allocating, an
+        # image whose graph could not be built (a model file may declare any n_states).
+        n_edges = (H - 1) * W + H * (W - 1) if _n_pairwise(K, self.pairwise) else 0
+        size = n * K * (d + 2) + n_edges * K * K
+        if size > _MAX_ENTRIES:
+            raise ValueError(f"GridCRF: an image of {H} x {W} pixels with {K} labels needs "
+                             f"{size:.3g} table entries and features, more than the "
+                             f"{_MAX_ENTRIES:.3g} one graph may hold")
         g = FactorGraph()
         g.add_variables(n, K)
         g.add_factors(np.arange(n, dtype=np.int64)[:, None], np.zeros((n, K)))

@@ -215,3 +215,18 @@ def test_a_fitted_model_whose_shape_settings_changed_refuses_to_predict_or_save(
     assert not path.exists()
     model.set_params(**{k: crf.get_params()[k] for k in change})
     np.testing.assert_array_equal(model.pairwise_, crf.pairwise_)
+
+
+def test_a_small_potts_model_file_with_a_huge_label_count_is_refused_at_predict(tmp_path):
+    # A Potts (or no-pairwise) model's weights grow linearly in K, so a file of a few MB may
+    # declare 10^5 labels and load; each edge of an image would then need K^2 rows of Phi
+    # (terabytes): predict must refuse before allocating, not exhaust memory.
+    X, Y = images(1, 2)
+    crf = fe.GridCRF(2, pairwise="potts", max_iter=2, verbose=False).fit(X, Y)
+    crf.save(tmp_path / "potts.npz")
+    K, d = 100_000, X[0].shape[2]
+    path = _edited(tmp_path / "potts.npz", tmp_path / "huge.npz", params={"n_states": K},
+                   coef=np.zeros((d + 1) * K + 1))
+    big = fe.GridCRF.load(path)
+    with pytest.raises(ValueError, match=r"100000 labels needs .* table entries"):
+        big.predict(X[:1])
