@@ -18,6 +18,7 @@ split. Errors print one line and exit with status 1; a closed output pipe
 import argparse
 import json
 import os
+import stat
 import sys
 import time
 
@@ -218,6 +219,53 @@ def _cmd_tag_files(args):
     return 0
 
 
+def tag_document(tagger, source, format="auto"):
+    """Read a document and tag it: ``(document, tags)``, a :class:`~factorebm.datasets.
+    ConlluDocument` and one tag list per sentence (``document.write(out, upos=tags)`` writes
+    the result). Reading and writing are compiled passes over the file's bytes.
+
+    Parameters
+    ----------
+    tagger : SequenceTagger (fitted)
+    source : str, os.PathLike or binary file object (CoNLL-U or plain text, maybe gzipped)
+    format : {"auto", "conllu", "text"}
+    """
+    try:
+        document = datasets.read_document(source, format=format)
+    except datasets.ConlluSyntaxError as exc:
+        if format != "auto":
+            raise
+        raise ValueError(f"{exc} (read as CoNLL-U because its first token line has 10 "
+                         "tab-separated columns; use --format text for plain text)") from None
+    return document, tagger.predict(document.forms)
+
+
+def comments_only(document, format):
+    """True for a document read as CoNLL-U by ``format="auto"`` that holds comments and no
+    word: probably plain text whose lines all start with '#'."""
+    return format == "auto" and document.n_words == 0 and document.n_comment_lines > 0
+
+
+def warn_comments_only(name):
+    print(f"factorebm tag: warning: {name} has only comment lines, written back untagged; "
+          "use --format text to tag it as plain text", file=sys.stderr)
+
+
+def _write_output(path, write):
+    """``write(fh)`` into ``path``: atomically (a reader never sees half a file, a failure
+    leaves the old one) for a file, straight into a device or pipe (``-o /dev/stdout``)."""
+    from .modelio import write_atomic
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        special = False                   # a new file
+    if special:
+        with open(path, "wb") as out:
+            write(out)
+    else:
+        write_atomic(path, write)
+
+
 def _cmd_tag(args):
     if args.scheduler or args.more_files:
         return _cmd_tag_files(args)
@@ -230,22 +278,12 @@ def _cmd_tag(args):
     tagger = _load_model(args)
     # Bytes in and out keep the input's line endings (CRLF stays CRLF) byte for byte.
     source = sys.stdin.buffer if from_stdin else args.file
-    try:
-        # compiled reading and writing: the file is kept as bytes, only FORM is decoded
-        document = datasets.read_document(source, format=args.format)
-    except datasets.ConlluSyntaxError as exc:
-        if args.format != "auto":
-            raise
-        raise ValueError(f"{exc} (read as CoNLL-U because its first token line has 10 "
-                         "tab-separated columns; use --format text for plain text)") from None
-    if args.format == "auto" and document.n_words == 0 and document.n_comment_lines:
-        name = "<stdin>" if source is sys.stdin.buffer else args.file
-        print(f"factorebm tag: warning: {name} has only comment lines, written back untagged; "
-              "use --format text to tag it as plain text", file=sys.stderr)
-    tags = tagger.predict(document.forms)
+    document, tags = tag_document(tagger, source, args.format)
+    if comments_only(document, args.format):
+        name = "<stdin>" if from_stdin else args.file
+        warn_comments_only(name)
     if args.output:
-        with open(args.output, "wb") as out:
-            document.write(out, upos=tags)
+        _write_output(args.output, lambda out: document.write(out, upos=tags))
     else:
         sys.stdout.flush()
         document.write(sys.stdout.buffer, upos=tags)

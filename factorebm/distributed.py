@@ -52,7 +52,6 @@ import contextlib
 import copy
 import io
 import os
-import sys
 import threading
 import time
 
@@ -811,23 +810,15 @@ def tagged_name(path):
 
 def _tag_document(tagger, data, fmt, name):
     """Tag one document (bytes of CoNLL-U or text): ``(CoNLL-U bytes, comments only)``."""
-    from . import datasets
+    from .cli import comments_only, tag_document
     if getattr(tagger, "n_threads", None) is None:
         tagger.n_threads = _worker_threads()     # not every core of a shared machine
     source = io.BytesIO(data)
     source.name = name
-    try:
-        sentences = datasets.read_sentences(source, format=fmt)
-    except datasets.ConlluSyntaxError as exc:
-        if fmt != "auto":
-            raise
-        raise ValueError(f"{exc} (read as CoNLL-U because its first token line has 10 "
-                         "tab-separated columns; use --format text for plain text)") from None
-    forms = [s.forms for s in sentences]
-    comments_only = fmt == "auto" and not any(forms) and any(s.comments for s in sentences)
+    document, tags = tag_document(tagger, source, fmt)
     out = io.BytesIO()
-    datasets.write_conllu(sentences, out, upos=tagger.predict(forms))
-    return out.getvalue(), comments_only
+    document.write(out, upos=tags)
+    return out.getvalue(), comments_only(document, fmt)
 
 
 def tag_files(tagger, paths, outdir, format="auto", client=None):
@@ -850,6 +841,7 @@ def tag_files(tagger, paths, outdir, format="auto", client=None):
     -------
     list of str, the output paths in the order of ``paths``
     """
+    from .cli import warn_comments_only
     from .modelio import write_atomic
     outputs = [os.path.join(outdir, tagged_name(p)) for p in paths]
     seen = {}
@@ -861,8 +853,7 @@ def tag_files(tagger, paths, outdir, format="auto", client=None):
     def finish(i, result):
         data, comments_only = result
         if comments_only:
-            print(f"factorebm tag: warning: {paths[i]} has only comment lines, written back "
-                  "untagged; use --format text to tag it as plain text", file=sys.stderr)
+            warn_comments_only(paths[i])
         write_atomic(outputs[i], data)
 
     def read(path):

@@ -292,3 +292,39 @@ def test_version_and_python_dash_m_factorebm(files):
     r = subprocess.run([sys.executable, "-m", "factorebm"], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 2 and "usage: factorebm" in r.stderr
+
+
+def test_tag_output_file_is_written_atomically_and_devices_directly(files, tmp_path):
+    # -o FILE goes through the models' atomic writer: an existing file keeps its mode and a
+    # symbolic link stays a link; -o /dev/stdout (not a regular file) is written straight
+    expected = run_cli("tag", "--model", files["model"], files["dev"]).stdout
+    target = tmp_path / "out.conllu"
+    target.write_text("old\n")
+    os.chmod(target, 0o600)
+    link = tmp_path / "link.conllu"
+    link.symlink_to(target)
+    r = run_cli("tag", "--model", files["model"], files["dev"], "-o", link)
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and target.read_text(encoding="utf-8") == expected
+    assert (os.stat(target).st_mode & 0o777) == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no temp left
+    r = run_cli("tag", "--model", files["model"], files["dev"], "-o", "/dev/stdout")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == expected
+
+
+def test_tag_output_failing_midway_leaves_the_old_file(files, tmp_path, monkeypatch, capsys):
+    from factorebm import cli, datasets
+
+    def write_half(self, out, upos=None):
+        out.write(b"# half a document\n")
+        raise OSError("disk full")
+
+    target = tmp_path / "out.conllu"
+    target.write_text("old\n")
+    monkeypatch.setattr(datasets.ConlluDocument, "write", write_half)
+    assert cli.main(["tag", "--model", str(files["model"]), str(files["dev"]), "-o",
+                     str(target)]) == 1
+    assert "disk full" in capsys.readouterr().err
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.conllu"]     # no temporary left
