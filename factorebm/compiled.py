@@ -55,6 +55,7 @@ import numpy as np
 
 from . import _bp
 from .checks import check_beta, threads_for
+from .indexing import part_ranges, ranges
 
 __all__ = ["CompiledGraph", "Plan", "SegmentViews", "concatenate", "select", "ranges", "part_ranges"]
 
@@ -131,13 +132,6 @@ class SegmentViews:
             block = x[:count] if gather is None else x[gather]
             views.extend(block.reshape((-1,) + shape))
         return views if self.perm is None else _reorder(views, self.perm)
-
-
-def ranges(first, count):
-    """Concatenated aranges: first[i] .. first[i] + count[i] - 1 for each i (int64)."""
-    first, count = np.asarray(first, dtype=_I), np.asarray(count, dtype=_I)
-    total = int(count.sum())
-    return np.repeat(first - (np.cumsum(count) - count), count) + np.arange(total, dtype=_I)
 
 
 def _padded(a, dtype):
@@ -326,8 +320,7 @@ class CompiledGraph:
                 n = len(blocks[b].scope)
                 vals.append(t.ravel() if len(t) == n else np.broadcast_to(t, (n, t.shape[1])).ravel())
             cards = self.var_n_states[self.unary_var]
-            idx = (np.repeat(self.var_state_offset[self.unary_var] - (np.cumsum(cards) - cards), cards)
-                   + np.arange(int(cards.sum())))
+            idx = ranges(self.var_state_offset[self.unary_var], cards)
             unary = np.bincount(idx, weights=np.concatenate(vals), minlength=self.n_states_total)
         self.unary = unary
         if self.n_facs:
@@ -362,7 +355,7 @@ class CompiledGraph:
         row_first = np.zeros(len(block_rows) + 1, dtype=_I)
         np.cumsum(n_rows, out=row_first[1:])
         shared = np.repeat(np.asarray([s for _, s in block_rows], dtype=bool), block_count)
-        local = np.arange(F) - np.repeat(np.cumsum(block_count) - block_count, block_count)
+        local = ranges(np.zeros(len(block_count), dtype=_I), block_count)
         cand_of = np.repeat(row_first[:-1], block_count) + np.where(shared, 0, local)
         size_of_block = np.asarray([r.shape[1] for r, _ in block_rows], dtype=_I)
         cand_unique = np.empty(int(row_first[-1]), dtype=_I)
@@ -466,8 +459,7 @@ class CompiledGraph:
             cards = self.var_n_states[uv]
             u_off = np.zeros(len(uv) + 1, dtype=_I)
             np.cumsum(cards, out=u_off[1:])
-            u_idx = (np.repeat(self.var_state_offset[uv], cards) + np.arange(int(u_off[-1]))
-                     - np.repeat(u_off[:-1], cards))
+            u_idx = ranges(self.var_state_offset[uv], cards)
             position = np.concatenate([self.fac_index, self._unary_fac])
             perm = np.empty(len(position), dtype=_I)
             perm[position] = np.arange(len(position))
@@ -962,13 +954,6 @@ def concatenate(parts):
     g._plans, g._belief_layout, g._var_views = {}, None, None
     g._factor_place, g._tables_flat, g._exp_cache = None, None, (None, None)
     return g, o
-
-
-def part_ranges(offsets, parts):
-    """int64: the indices ``offsets[p] .. offsets[p + 1] - 1`` of every part p in ``parts``,
-    back to back (e.g. the batch states of some parts: ``part_ranges(off["state"], parts)``)."""
-    parts = np.asarray(parts, dtype=_I)
-    return ranges(offsets[parts], offsets[parts + 1] - offsets[parts])
 
 
 def select(batch, offsets, parts):

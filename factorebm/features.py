@@ -56,6 +56,7 @@ import unicodedata
 import numpy as np
 
 from .checks import check_threads, threads_for
+from .indexing import ranges
 
 __all__ = ["FeatureExtractor", "default_templates", "TEMPLATE_NAMES"]
 
@@ -1096,7 +1097,7 @@ class FeatureExtractor:
         lengths = seg[s_ty, s_g + 1] - lo
         indptr = np.zeros(slot_key.shape[0] + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
-        flat = np.repeat(lo - indptr[:-1], lengths) + np.arange(int(indptr[-1]))
+        flat = ranges(lo, lengths)
         Phi = sp.csr_matrix((np.broadcast_to(np.float64(1.0), (flat.shape[0],)),
                              cache.ids_view()[flat], indptr),
                             shape=(slot_key.shape[0], self.n_features_), copy=False)

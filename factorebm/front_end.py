@@ -25,6 +25,7 @@ import numpy as np
 
 from .charcnn import ACTIVATIONS, CharCNN, OpenMPLinear, StepScale, WordChars, matmul
 from .checks import check_count, threads_for
+from .indexing import ranges
 from .modules import Context, ReLU, Select, Sequential, SparseLinear, Sum
 
 __all__ = ["FRONT_ENDS", "CHAR_DEFAULTS", "check_front_end", "CharEncoder", "CharFrontEnd"]
@@ -179,8 +180,7 @@ class CharEncoder:
         chars[starts] = _BOW
         chars[char_offsets[_N_PSEUDO + 1:] - 1] = _EOW
         # the characters of word i go to starts[i] + 1 ...
-        first = np.cumsum(word_len) - word_len
-        inner = np.repeat(starts + 1 - first, word_len) + np.arange(int(word_len.sum()))
+        inner = ranges(starts + 1, word_len)
         chars[inner] = self.char_ids(text)
         x = WordChars._from_validated(chars, char_offsets,
                                       window_types(tok, offsets, window),

@@ -38,6 +38,7 @@ import numpy as np
 
 from . import _sample
 from .checks import check_beta, check_count, threads_for
+from .indexing import ranges
 from .graph import FactorGraph
 
 __all__ = ["sample", "SampleResult", "metropolis_hastings", "sweep_chains", "initial_states",
@@ -199,8 +200,7 @@ class _Layout:
             deg = np.diff(self.pair_offset)[order]
             pos_offset = np.zeros(len(order) + 1, dtype=_I)
             np.cumsum(deg, out=pos_offset[1:])
-            rows = (np.repeat(self.pair_offset[order] - pos_offset[:-1], deg)
-                    + np.arange(int(pos_offset[-1])))
+            rows = ranges(self.pair_offset[order], deg)
             hit = (slots, pos_offset, _padded(slots[rows], np.int32))
             cache["slots"] = hit
         K = self.uniform_k

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import chain
 from ..checks import check_labels, check_offsets, threads_for
+from ..indexing import part_ranges
 from ..modules import Context, LabelGradient, Module, SparseLinear
 from ..objective import Batch, BatchObjective, loss_setup
 from ..sparse import CSRFeatures, FactoredFeatures, SequenceGather, prepare_features
@@ -594,11 +595,7 @@ class ChainObjective(BatchObjective):
                          " give it a take_tokens(token_ids) method")
 
     def _tokens(self, seqs):
-        o = self.corpus.offsets
-        starts, stops = o[seqs], o[seqs + 1]
-        lengths = stops - starts
-        base = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-        return base + np.arange(int(lengths.sum()))
+        return part_ranges(self.corpus.offsets, seqs)
 
     def batch(self, units, batch_size=None):
         """Gather the sequences ``units``: their emission input (sparse features as LocalRows

@@ -52,7 +52,8 @@ import warnings
 import numpy as np
 
 from ..checks import is_int, threads_for
-from ..compiled import Plan, concatenate, part_ranges, ranges, select
+from ..compiled import Plan, concatenate, select
+from ..indexing import part_ranges, ranges
 from ..inference import MIN_SUM_SCHEDULES, SUM_PRODUCT_SCHEDULES, check_bp_options
 
 __all__ = ["GraphBatch", "BP_OPTIONS", "E_MINUS", "check_options"]
