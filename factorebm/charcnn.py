@@ -28,7 +28,7 @@ type at each window position.
 import numpy as np
 
 from .checks import check_count, threads_for
-from .modules import LabelGradient, Linear, Module
+from .modules import Linear, Module, check_output_grad, dense_dy, sigmoid
 from .params import dense_gradient
 
 __all__ = ["CharCNN", "WordChars", "OpenMPLinear", "StepScale", "ACTIVATIONS", "matmul"]
@@ -188,10 +188,8 @@ class OpenMPLinear(Linear):
 
     def backward(self, w, dy, grad, ctx):
         x, nt = ctx.restore(self)
-        dy = dy.toarray() if isinstance(dy, LabelGradient) else dy
-        if dy.shape != (x.shape[0], self.n_out):
-            raise ValueError(f"{self!r}: dy must have the output's shape "
-                             f"{(x.shape[0], self.n_out)}, got {dy.shape}")
+        dy = dense_dy(dy)
+        check_output_grad(self, dy, (x.shape[0], self.n_out))
         g = dense_gradient(grad)
         nw = self.n_in * self.n_out
         matmul(x, dy, g[:nw].reshape(self.n_in, self.n_out), accumulate=True, n_threads=nt,
@@ -251,11 +249,6 @@ class StepScale(Module):
         g *= self.scale
         dense_gradient(grad)[...] += g
         return dx
-
-
-def _sigmoid(x):
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 class CharCNN(Module):
@@ -417,7 +410,7 @@ class CharCNN(Module):
             G = np.maximum(A, 0.0)
             T = matmul(H, p["W_T"], n_threads=nt)
             T += p["b_T"]
-            T = _sigmoid(T)
+            T = sigmoid(T)
             V = T * (G - H)
             V += H
             if keep:
@@ -442,11 +435,9 @@ class CharCNN(Module):
     def backward(self, w, dy, grad, ctx):
         from . import _charcnn
         x, types, inv, (arg, Z, H, saved, nt) = ctx.restore(self)
-        dy = dy.toarray() if isinstance(dy, LabelGradient) else dy
+        dy = dense_dy(dy)
         N, d = x.shape[0], self.n_dim
-        if dy.shape != (N, self.n_out):
-            raise ValueError(f"{self!r}: dy must have the output's shape {(N, self.n_out)}, "
-                             f"got {dy.shape}")
+        check_output_grad(self, dy, (N, self.n_out))
         p = self.parts(w)
         g = self.parts(dense_gradient(grad))
         dV = np.zeros((types.shape[0], d))

@@ -79,7 +79,8 @@ class LabelGradient:
         return out
 
 
-def _dense_dy(dy):
+def dense_dy(dy):
+    """A module's output gradient as a dense array (a LabelGradient expanded)."""
     return dy.toarray() if isinstance(dy, LabelGradient) else dy
 
 
@@ -286,7 +287,8 @@ def _check_float_input(module, x, n_in):
     return a
 
 
-def _check_output_grad(module, dy, shape):
+def check_output_grad(module, dy, shape):
+    """ValueError naming the module when its output gradient dy does not have ``shape``."""
     if dy.shape != shape:
         raise ValueError(f"{module!r}: dy must have the output's shape {shape}, got {dy.shape}")
 
@@ -329,8 +331,8 @@ class Linear(Module):
 
     def backward(self, w, dy, grad, ctx):
         x = ctx.restore(self)
-        dy = _dense_dy(dy)
-        _check_output_grad(self, dy, (x.shape[0], self.n_out))
+        dy = dense_dy(dy)
+        check_output_grad(self, dy, (x.shape[0], self.n_out))
         g = dense_gradient(grad)
         nw = self.n_in * self.n_out
         g[:nw].reshape(self.n_in, self.n_out)[...] += x.T @ dy
@@ -478,8 +480,8 @@ class Embedding(Module):
 
     def backward(self, w, dy, grad, ctx):
         ids = ctx.restore(self)
-        dy = _dense_dy(dy)
-        _check_output_grad(self, dy, (ids.shape[0], self.n_out))
+        dy = dense_dy(dy)
+        check_output_grad(self, dy, (ids.shape[0], self.n_out))
         if isinstance(grad, GradientView):
             rows, values = grad.rows()
             np.add.at(values, np.searchsorted(rows, ids), dy)
@@ -498,8 +500,8 @@ class _Elementwise(Module):
 
     def backward(self, w, dy, grad, ctx):
         y = ctx.restore(self)
-        dy = _dense_dy(dy)
-        _check_output_grad(self, dy, y.shape)
+        dy = dense_dy(dy)
+        check_output_grad(self, dy, y.shape)
         return dy * self._derivative(y)
 
     def check_input(self, x):
@@ -532,12 +534,17 @@ class ReLU(_Elementwise):
         return (y > 0).astype(np.float64)
 
 
+def sigmoid(x):
+    """``1 / (1 + exp(-x))`` elementwise, without overflow for large |x|."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
 class Sigmoid(_Elementwise):
     """``y = 1 / (1 + exp(-x))``, without overflow."""
 
     def _forward(self, x):
-        e = np.exp(-np.abs(x))
-        return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        return sigmoid(x)
 
     def _derivative(self, y):
         return y * (1.0 - y)
@@ -612,9 +619,9 @@ def _sum_inputs(dxs):
     dxs = [d for d in dxs if d is not None]
     if not dxs:
         return None
-    total = _dense_dy(dxs[0]).copy()
+    total = dense_dy(dxs[0]).copy()
     for d in dxs[1:]:
-        total += _dense_dy(d)
+        total += dense_dy(d)
     return total
 
 
@@ -713,7 +720,7 @@ class Concat(_Composite):
         return np.concatenate(ys, axis=-1)
 
     def _split(self, dy, widths):
-        dy = _dense_dy(dy)
+        dy = dense_dy(dy)
         bounds = np.cumsum([0] + widths)
         if dy.shape[-1] != bounds[-1]:
             raise ValueError(f"{self!r}: dy has {dy.shape[-1]} columns, the output {bounds[-1]}")
