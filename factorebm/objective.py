@@ -24,7 +24,39 @@ from . import losses as _losses
 from .checks import check_beta
 from .params import BatchGradient, dense_segments
 
-__all__ = ["BatchObjective", "Batch", "loss_setup"]
+__all__ = ["BatchObjective", "Batch", "loss_setup", "penalized_mean"]
+
+
+def penalized_mean(objective, w, l2, n_threads, nonfinite):
+    """The full-batch objective ``mean loss + 0.5 * l2 * ||w||^2`` and its gradient.
+
+    Parameters
+    ----------
+    objective : BatchObjective
+    w : (n_params,) contiguous float64, already checked for its length
+    l2 : float >= 0
+    n_threads : int
+        Threads of the objective and of the two passes over w (an OpenMP reduction, not BLAS:
+        BLAS threads left spinning would contend with the kernels').
+    nonfinite : callable
+        ``nonfinite(w)`` raises ValueError when w holds NaN or inf; called only when
+        ``||w||^2`` is not finite (the finiteness check costs no pass of its own).
+
+    Returns
+    -------
+    value : float
+    grad : (n_params,) float64
+    """
+    from . import _sparse
+    ww = _sparse.vec_dot(w, w, n_threads)
+    if not np.isfinite(ww):
+        nonfinite(w)
+    loss_sum, grad = objective.value_and_grad(w, n_threads)
+    grad = np.ascontiguousarray(grad, dtype=np.float64)
+    n = max(objective.n_units, 1)
+    # grad = grad / n + l2 * w in one pass over the weights
+    _sparse.scale_add(grad, 1.0 / n, w, float(l2), n_threads)
+    return loss_sum / n + (0.5 * l2 * ww if l2 else 0.0), grad
 
 
 def loss_setup(loss, beta, loss_params):

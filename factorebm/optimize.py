@@ -45,7 +45,7 @@ import numpy as np
 
 from . import losses as _losses
 from .checks import check_threads, threads_for, user_stacklevel
-from .objective import BatchObjective
+from .objective import BatchObjective, penalized_mean
 from .params import dense_segments
 
 __all__ = ["minimize", "fit_chain", "fit_graphs", "OPTIMIZERS", "default_optimizer"]
@@ -322,23 +322,16 @@ def _lbfgs_b_l1(fun, w0, l1, max_iter, tol, reporter):
     return res.x[:n] - res.x[n:]
 
 
+def _diverged(w):
+    if not np.isfinite(w).all():
+        raise ValueError("the weights became NaN or infinite (diverged?)")
+
+
 def _mean_objective(objective, l2, n_threads):
     """``fun(w) -> (mean loss + 0.5 l2 ||w||^2, its gradient)`` for full-batch optimizers."""
-    from . import _sparse
-    n = max(objective.n_units, 1)
     nt = threads_for(n_threads)
-
-    def fun(w):
-        w = np.ascontiguousarray(w, dtype=np.float64)
-        # one parallel pass: the penalty's ||w||^2, and NaN or inf anywhere in w shows in it
-        ww = _sparse.vec_dot(w, w, nt)
-        if not np.isfinite(ww) and not np.isfinite(w).all():
-            raise ValueError("the weights became NaN or infinite (diverged?)")
-        loss_sum, grad = objective.value_and_grad(w, n_threads)
-        grad = np.ascontiguousarray(grad, dtype=np.float64)
-        _sparse.scale_add(grad, 1.0 / n, w, float(l2), nt)
-        return loss_sum / n + (0.5 * l2 * ww if l2 else 0.0), grad
-    return fun
+    return lambda w: penalized_mean(objective, np.ascontiguousarray(w, dtype=np.float64), l2,
+                                    nt, _diverged)
 
 
 class _Stochastic:

@@ -31,7 +31,7 @@ from .. import chain
 from ..checks import check_labels, check_offsets, threads_for
 from ..indexing import part_ranges
 from ..modules import Context, LabelGradient, Module, SparseLinear
-from ..objective import Batch, BatchObjective, loss_setup
+from ..objective import Batch, BatchObjective, loss_setup, penalized_mean
 from ..sparse import CSRFeatures, FactoredFeatures, SequenceGather, prepare_features
 
 __all__ = ["ChainEnergy", "LinearChainEnergy", "ChainCorpus", "ChainObjective",
@@ -672,18 +672,7 @@ def chain_objective(w, model, X, offsets, y, loss="nll", *, l2=0.0, beta=1.0, n_
     value : float
     grad : (n_weights,) float64
     """
-    from .. import _sparse
     obj = ChainObjective(model, X, offsets, y, loss, beta, **loss_params)
     w = model.check_weights(w)
-    nt = threads_for(n_threads, obj.corpus.n_tokens)
-    # an OpenMP reduction, not BLAS (BLAS threads left spinning would contend with ours), and
-    # the finiteness check of w in the same pass: NaN or inf anywhere makes it non-finite
-    ww = _sparse.vec_dot(w, w, nt)
-    if not np.isfinite(ww):
-        _check_finite(w)
-    loss_sum, grad = obj.value_and_grad(w, nt)
-    n = max(obj.n_units, 1)
-    value = loss_sum / n + (0.5 * l2 * ww if l2 else 0.0)
-    # grad = grad / n + l2 * w in one pass over the weights
-    _sparse.scale_add(grad, 1.0 / n, w, float(l2), nt)
-    return value, grad
+    return penalized_mean(obj, w, l2, threads_for(n_threads, obj.corpus.n_tokens),
+                          _check_finite)

@@ -11,7 +11,8 @@ clamped beliefs for the correct answer with latent variables summed out). See
 """
 import numpy as np
 
-from ..objective import BatchObjective, loss_setup
+from ..checks import threads_for
+from ..objective import BatchObjective, loss_setup, penalized_mean
 from .graph_batch import GraphBatch, check_options
 
 __all__ = ["ParametricGraph", "tied_phi", "GraphObjective", "graph_objective",
@@ -361,18 +362,9 @@ def graph_objective(w, samples, loss="nll", *, l2=0.0, beta=1.0, inference_optio
     value : float
     grad : (n_weights,) float64
     """
-    if len(samples) == 0:
-        raise ValueError("graph_objective needs at least one sample")
     obj = GraphObjective(samples, loss, beta, inference_options, **loss_params)
-    w = np.ascontiguousarray(w, dtype=np.float64)
-    if w.shape != (obj.n_params,):
+    if np.shape(w) != (obj.n_params,):
         raise ValueError(f"sample 0: its ParametricGraph has {obj.n_params} weights, w has "
-                         f"{w.size}")
-    total, grad = obj.value_and_grad(w)
-    n = obj.n_units
-    value = total / n
-    grad /= n
-    if l2:
-        value += 0.5 * l2 * float(w @ w)
-        grad += l2 * w
-    return value, grad
+                         f"{np.size(w)}")
+    w = obj.check_params(w)        # NaN or inf, named
+    return penalized_mean(obj, w, l2, threads_for(None), obj.check_params)
