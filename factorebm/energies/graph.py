@@ -135,7 +135,7 @@ class ParametricGraph:
         return t
 
     def set_weights(self, w):
-        """Write ``Phi @ w + offset`` into the graph's factors."""
+        """Write ``Phi @ w + offset`` into the graph's factors; returns those flat tables."""
         w = np.asarray(w, dtype=np.float64)
         if w.shape != (self.n_weights,):
             raise ValueError(f"weights must have shape ({self.n_weights},), got {w.shape}")
@@ -143,6 +143,7 @@ class ParametricGraph:
         for i, shape in enumerate(self.table_shapes):
             self.graph.set_factor_energies(i, t[self.table_offset[i]:self.table_offset[i + 1]]
                                            .reshape(shape))
+        return t
 
     def indicator(self, assignment):
         """0/1 flat table vector of a full assignment (every variable in every scope)."""

@@ -129,8 +129,7 @@ class PCDGraphObjective(BatchObjective):
         for pg, mine in self.groups.split(units):
             j = self.groups.graph_of[mine[0]]
             m = len(mine)
-            tables = pg.tables(w)
-            pg.set_weights(w)
+            tables = pg.set_weights(w)          # the chains sample the graph's own tables
             g = pg.graph
             # the model's term, shared by every sample of this graph
             fantasy = self._fantasy(j)
