@@ -412,16 +412,9 @@ class GraphBatch:
         e_plus, e_minus : (n,) float64
             Every sample's E+ and E- (``e_minus`` None for the energy loss).
         """
-        units = np.asarray(units, dtype=_I)
-        G, inv = np.unique(self.graph_of[units], return_inverse=True)
-        inv = np.asarray(inv, dtype=_I).ravel()
-        s = self._structure(G)
-        gcg = copy.copy(s["cg"])        # per evaluation: the cached structure is never written
-        gcg.set_tables(s["U"] @ w + s["u_off"], s["P"] @ w + s["p_off"], s["table_of"],
-                       s["table_offset"])
+        units, G, inv, s, gcg, nt = self._distinct_graphs(w, units, n_threads)
         off = s["off"]
         graphs = _Run(gcg, off, G)
-        nt = threads_for(n_threads, max(gcg.n_msg, 1), _SLOTS_PER_THREAD)
         gs = np.zeros(gcg.n_states_total)      # dL/d(unary energy) of every state
         gt = np.zeros(gcg.unique_tables.size)  # dL/d(entry) of every distinct table
         # the samples' batch: part i is the graph of sample units[i], tables shared with G's
@@ -469,6 +462,15 @@ class GraphBatch:
         """The min-sum answers of the samples' graphs at w (the options' schedule), one kernel
         call over the distinct graphs: a list with one (V,) int64 array of state indices per
         sample, in the graph's variable order (latent variables included)."""
+        units, G, inv, s, gcg, nt = self._distinct_graphs(w, units, n_threads)
+        states, _, _ = self._min_sum(_Run(gcg, s["off"], G), gcg.unary, "free", nt, units, inv)
+        per_graph = np.split(states, s["off"]["var"][1:-1])
+        return [per_graph[j] for j in inv.tolist()]
+
+    def _distinct_graphs(self, w, units, n_threads):
+        """The distinct graphs G of the samples ``units`` (``inv``: each sample's place in G),
+        their cached structure ``s``, and a copy of their batch ``gcg`` holding the tables at w
+        (per evaluation: the cached structure is never written); ``nt`` threads for it."""
         units = np.asarray(units, dtype=_I)
         G, inv = np.unique(self.graph_of[units], return_inverse=True)
         inv = np.asarray(inv, dtype=_I).ravel()
@@ -477,9 +479,7 @@ class GraphBatch:
         gcg.set_tables(s["U"] @ w + s["u_off"], s["P"] @ w + s["p_off"], s["table_of"],
                        s["table_offset"])
         nt = threads_for(n_threads, max(gcg.n_msg, 1), _SLOTS_PER_THREAD)
-        states, _, _ = self._min_sum(_Run(gcg, s["off"], G), gcg.unary, "free", nt, units, inv)
-        per_graph = np.split(states, s["off"]["var"][1:-1])
-        return [per_graph[j] for j in inv.tolist()]
+        return units, G, inv, s, gcg, nt
 
     # ------------------------------------------------------------------ runs
     def _messages(self, run, unary, kind, min_sum, beta, nt):
