@@ -55,6 +55,8 @@ OPTIMIZERS = ("lbfgs", "sgd", "adagrad", "adam", "perceptron")
 _EPS_ADAGRAD = 1e-8
 _ADAM_BETAS = (0.9, 0.999)
 _EPS_ADAM = 1e-8
+# first size of a row block's buffer of caught-up rows (it grows when a batch needs more)
+_FIRST_ROWS = 4096
 
 
 def default_optimizer(loss):
@@ -372,9 +374,12 @@ class _Stochastic:
         blocks = obj.row_blocks()
         # Row blocks and dense segments are both (rows, cols) matrices for the kernels: a
         # dense segment is one row that every step touches.
-        mats = [w[b.offset:b.offset + b.n_rows * b.n_cols].reshape(b.n_rows, b.n_cols)
-                for b in blocks]
-        mats += [w[a:b].reshape(1, b - a) for a, b in dense_segments(w.size, blocks)]
+        segments = dense_segments(w.size, blocks)
+
+        def as_mats(v):
+            return ([v[b.offset:b.offset + b.n_rows * b.n_cols].reshape(b.n_rows, b.n_cols)
+                     for b in blocks] + [v[a:b].reshape(1, b - a) for a, b in segments])
+        mats = as_mats(w)
         n_blocks = len(blocks)
         one_row = np.zeros(1, dtype=np.int64)
         last = [np.full(m.shape[0], -1, dtype=np.int64) for m in mats]
@@ -385,11 +390,9 @@ class _Stochastic:
         first_moment = [np.zeros(m.shape) for m in mats] if adam else None
         if perceptron:
             u = np.zeros_like(w)        # sum over steps t of (t - 1) * update (averaging)
-            u_mats = [u[b.offset:b.offset + b.n_rows * b.n_cols].reshape(b.n_rows, b.n_cols)
-                      for b in blocks]
-            u_mats += [u[a:b].reshape(1, b - a) for a, b in dense_segments(w.size, blocks)]
+            u_mats = as_mats(u)
         # the caught-up rows of a batch, which the gradient is evaluated at
-        row_values = [np.empty((min(b.n_rows, self._max_rows(b)), b.n_cols)) for b in blocks]
+        row_values = [np.empty((min(b.n_rows, _FIRST_ROWS), b.n_cols)) for b in blocks]
         n = obj.n_units
         step = 0
         for epoch in range(1, max_iter + 1):
@@ -415,7 +418,7 @@ class _Stochastic:
                 grad = obj.batch_gradient(batch)
                 epoch_loss += obj.batch_value_and_grad(w, batch, grad.view(), self.n_threads,
                                                        values)
-                seg_grads = grad.values + _segment_rows(grad)
+                seg_grads = grad.values + grad.dense_rows()
                 for k, (m, g) in enumerate(zip(mats, seg_grads)):
                     rows = batch.rows[k] if k < n_blocks else one_row
                     if perceptron:
@@ -442,10 +445,6 @@ class _Stochastic:
             return w - u / max(step, 1)
         return w
 
-    def _max_rows(self, block):
-        """A first size for a block's buffer of caught-up rows (it grows when needed)."""
-        return 4096
-
     def _catch_up_rate(self, step, lr_epoch):
         """(rate, eps, per-coordinate) of the proximal steps a row owes at ``step``: SGD's
         rate of this epoch (the previous epoch's rows were all caught up at its end),
@@ -460,14 +459,7 @@ class _Stochastic:
         return lr_epoch, _EPS_ADAGRAD, False
 
 
-def _segment_rows(grad):
-    """The dense gradient cut into (1, len) rows, one per dense segment."""
-    out = []
-    pos = 0
-    for a, b in grad.segments:
-        out.append(grad.dense[pos:pos + b - a].reshape(1, b - a))
-        pos += b - a
-    return out
+
 
 
 def minimize(objective, *, optimizer=None, l1=0.0, l2=None, max_iter=None,

@@ -87,6 +87,11 @@ class BatchGradient:
         self.dense = np.zeros(starts[-1])
         self.values = [np.zeros((r.shape[0], b.n_cols)) for b, r in zip(self.blocks, self.rows)]
 
+    def dense_rows(self):
+        """The dense gradient cut into (1, len) rows, one per dense segment (views)."""
+        return [self.dense[s:s + b - a].reshape(1, b - a)
+                for (a, b), s in zip(self.segments, self._seg_start)]
+
     def view(self):
         """The whole gradient as a :class:`GradientView`."""
         return GradientView(self, 0, self.n_params)
