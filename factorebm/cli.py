@@ -18,13 +18,13 @@ split. Errors print one line and exit with status 1; a closed output pipe
 import argparse
 import json
 import os
-import stat
 import sys
 import time
 
 from . import __version__, datasets
 from .front_end import FRONT_ENDS
-from .tagger import OPTIMIZERS, TAGGER_LOSSES, SequenceTagger
+from .modelio import write_atomic
+from .tagger import OPTIMIZERS, TAGGER_LOSSES, SequenceTagger, comments_only, tag_document
 
 DESCRIPTION = __doc__.splitlines()[0].replace("``", "")     # --help shows no RST markup
 EXIT_BROKEN_PIPE = 128 + 13     # the shell's status for a process killed by SIGPIPE
@@ -219,51 +219,9 @@ def _cmd_tag_files(args):
     return 0
 
 
-def tag_document(tagger, source, format="auto"):
-    """Read a document and tag it: ``(document, tags)``, a :class:`~factorebm.datasets.
-    ConlluDocument` and one tag list per sentence (``document.write(out, upos=tags)`` writes
-    the result). Reading and writing are compiled passes over the file's bytes.
-
-    Parameters
-    ----------
-    tagger : SequenceTagger (fitted)
-    source : str, os.PathLike or binary file object (CoNLL-U or plain text, maybe gzipped)
-    format : {"auto", "conllu", "text"}
-    """
-    try:
-        document = datasets.read_document(source, format=format)
-    except datasets.ConlluSyntaxError as exc:
-        if format != "auto":
-            raise
-        raise ValueError(f"{exc} (read as CoNLL-U because its first token line has 10 "
-                         "tab-separated columns; use --format text for plain text)") from None
-    return document, tagger.predict(document.forms)
-
-
-def comments_only(document, format):
-    """True for a document read as CoNLL-U by ``format="auto"`` that holds comments and no
-    word: probably plain text whose lines all start with '#'."""
-    return format == "auto" and document.n_words == 0 and document.n_comment_lines > 0
-
-
 def warn_comments_only(name):
     print(f"factorebm tag: warning: {name} has only comment lines, written back untagged; "
           "use --format text to tag it as plain text", file=sys.stderr)
-
-
-def _write_output(path, write):
-    """``write(fh)`` into ``path``: atomically (a reader never sees half a file, a failure
-    leaves the old one) for a file, straight into a device or pipe (``-o /dev/stdout``)."""
-    from .modelio import write_atomic
-    try:
-        special = not stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        special = False                   # a new file
-    if special:
-        with open(path, "wb") as out:
-            write(out)
-    else:
-        write_atomic(path, write)
 
 
 def _cmd_tag(args):
@@ -283,7 +241,7 @@ def _cmd_tag(args):
         name = "<stdin>" if from_stdin else args.file
         warn_comments_only(name)
     if args.output:
-        _write_output(args.output, lambda out: document.write(out, upos=tags))
+        write_atomic(args.output, lambda out: document.write(out, upos=tags))
     else:
         sys.stdout.flush()
         document.write(sys.stdout.buffer, upos=tags)

@@ -52,6 +52,7 @@ import contextlib
 import copy
 import io
 import os
+import sys
 import threading
 import time
 
@@ -810,7 +811,7 @@ def tagged_name(path):
 
 def _tag_document(tagger, data, fmt, name):
     """Tag one document (bytes of CoNLL-U or text): ``(CoNLL-U bytes, comments only)``."""
-    from .cli import comments_only, tag_document
+    from .tagger import comments_only, tag_document
     if getattr(tagger, "n_threads", None) is None:
         tagger.n_threads = _worker_threads()     # not every core of a shared machine
     source = io.BytesIO(data)
@@ -841,7 +842,6 @@ def tag_files(tagger, paths, outdir, format="auto", client=None):
     -------
     list of str, the output paths in the order of ``paths``
     """
-    from .cli import warn_comments_only
     from .modelio import write_atomic
     outputs = [os.path.join(outdir, tagged_name(p)) for p in paths]
     seen = {}
@@ -853,7 +853,8 @@ def tag_files(tagger, paths, outdir, format="auto", client=None):
     def finish(i, result):
         data, comments_only = result
         if comments_only:
-            warn_comments_only(paths[i])
+            print(f"factorebm tag: warning: {paths[i]} has only comment lines, written back "
+                  "untagged; use --format text to tag it as plain text", file=sys.stderr)
         write_atomic(outputs[i], data)
 
     def read(path):

@@ -144,7 +144,9 @@ def write_atomic(path, content):
     A temporary file beside the target is written, flushed and fsynced, then renamed over it
     (``os.replace``: atomic on POSIX and Windows); on any error it is removed. A symbolic link
     is written through (the link stays a link), an existing file keeps its mode, and stale
-    temporary files of a killed earlier write to the same target are removed.
+    temporary files of a killed earlier write to the same target are removed. An existing
+    target that is not a regular file (a device such as ``/dev/stdout``, a named pipe) cannot
+    be replaced: it is written straight.
 
     Parameters
     ----------
@@ -158,15 +160,23 @@ def write_atomic(path, content):
         Naming ``path`` (not the temporary file) when it cannot be written.
     """
     path = os.fspath(path)
+    write = content if callable(content) else (lambda fh: fh.write(content))
     # Through a symbolic link to the file it names: replacing the link itself would cut it.
     target = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
     folder = os.path.dirname(target)
     base = os.path.basename(target)
     try:
-        mode = os.stat(target).st_mode
-        mode = stat.S_IMODE(mode) if stat.S_ISREG(mode) else None
+        mode = os.stat(path).st_mode        # through links (/dev/stdout -> a pipe)
     except OSError:
         mode = None         # a new file: 0o666 minus the umask, as open() makes it
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        try:
+            with open(path, "wb") as fh:
+                write(fh)
+        except OSError as exc:
+            raise _naming_target(exc, path) from exc
+        return
+    mode = stat.S_IMODE(mode) if mode is not None else None
     try:
         fd, tmp = _create_temp(folder, base)
     except OSError as exc:
@@ -176,10 +186,7 @@ def write_atomic(path, content):
             if mode is not None:
                 _chmod(fh.fileno(), tmp, mode)
             _remove_stale_temps(folder, base, tmp)
-            if callable(content):
-                content(fh)
-            else:
-                fh.write(content)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
             if fcntl is not None:

@@ -26,6 +26,7 @@ from . import chain, losses
 from .features import FeatureExtractor
 from .checks import check_threads, threads_for
 from .constraints import constraint_mask, forbid_transitions, observed_transitions
+from .datasets.conllu import ConlluSyntaxError, read_document
 from .energies.chain import ChainEnergy, LinearChainEnergy   # not via .learning: no graphs
 from .front_end import CharFrontEnd, check_front_end
 from .modelio import load_arrays, save_arrays
@@ -860,7 +861,33 @@ class SequenceTagger:
         tagger.allowed_transitions_ = allowed
         tagger.char_front_end_ = chars
         return tagger
-        return tagger
 
     def __repr__(self):
         return f"SequenceTagger(loss={self.loss!r})"
+
+
+def tag_document(tagger, source, format="auto"):
+    """Read a document and tag it: ``(document, tags)``, a :class:`~factorebm.datasets.
+    ConlluDocument` and one tag list per sentence (``document.write(out, upos=tags)`` writes
+    the result). Reading and writing are compiled passes over the file's bytes.
+
+    Parameters
+    ----------
+    tagger : SequenceTagger (fitted)
+    source : str, os.PathLike or binary file object (CoNLL-U or plain text, maybe gzipped)
+    format : {"auto", "conllu", "text"}
+    """
+    try:
+        document = read_document(source, format=format)
+    except ConlluSyntaxError as exc:
+        if format != "auto":
+            raise
+        raise ValueError(f"{exc} (read as CoNLL-U because its first token line has 10 "
+                         "tab-separated columns; use --format text for plain text)") from None
+    return document, tagger.predict(document.forms)
+
+
+def comments_only(document, format):
+    """True for a document read as CoNLL-U by ``format="auto"`` that holds comments and no
+    word: probably plain text whose lines all start with '#'."""
+    return format == "auto" and document.n_words == 0 and document.n_comment_lines > 0

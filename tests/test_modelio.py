@@ -395,3 +395,21 @@ def test_saving_to_a_symlink_writes_through_it(tmp_path):
     dangling.symlink_to(real_dir / "new.npz")       # a link to a file not written yet
     save_arrays(dangling, {"x": np.ones(1)}, {}, kind="K")
     assert dangling.is_symlink() and (real_dir / "new.npz").is_file()
+
+
+def test_a_device_or_pipe_target_is_written_straight_not_replaced(tmp_path):
+    # a temporary file beside /dev/null could not be made, nor may /dev/null be renamed over;
+    # a named pipe is written into, not replaced by a file
+    import stat
+    import threading
+    from factorebm.modelio import write_atomic
+    write_atomic("/dev/null", b"discarded")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    write_atomic(fifo, lambda fh: fh.write(b"through the pipe"))
+    reader.join(10)
+    assert got == [b"through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
