@@ -176,3 +176,41 @@ def test_import_does_not_load_networkx():
     code = "import sys, factorebm; g = factorebm.FactorGraph(); print('networkx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_setting_all_tables_at_once_equals_setting_them_one_by_one():
+    # blocks of shared and per-factor tables, single factors, mixed arities; overrides from
+    # earlier one-by-one calls are replaced too
+    rng = np.random.default_rng(3)
+    g = fe.FactorGraph()
+    g.add_variables(6, 3)
+    g.add_variable("b", 2)
+    g.add_factors(np.arange(6)[:, None], rng.normal(size=(6, 3)))
+    g.add_factors([[0, 1], [1, 2], [2, 3]], 1.0 - np.eye(3))          # shared
+    g.add_factor([3, "b"], rng.normal(size=(3, 2)))
+    g.add_factors([[3, 4, 5]], rng.normal(size=(1, 3, 3, 3)))
+    g.set_factor_energies(7, np.zeros((3, 3)))                        # an override
+    one = g.copy()
+    sizes = [np.prod([g.cardinality(v) for v in g.factor_scope(f)]) for f in range(g.n_factors)]
+    flat = rng.normal(size=int(sum(sizes)))
+    flat[3] = np.inf                                                 # forbidden: allowed
+    g.set_all_factor_energies(flat)
+    pos = 0
+    for f, k in enumerate(sizes):
+        one.set_factor_energies(f, flat[pos:pos + k].reshape(
+            [one.cardinality(v) for v in one.factor_scope(f)]))
+        pos += k
+    for f in range(g.n_factors):
+        np.testing.assert_array_equal(g.factor_energies(f), one.factor_energies(f))
+    r0, r1 = fe.min_sum(g), fe.min_sum(one)
+    assert r0.assignment == r1.assignment and r0.energy == r1.energy
+    bad = flat.copy()
+    bad[int(sum(sizes[:7])) + 4] = np.nan                              # in factor 7
+    with pytest.raises(ValueError, match=r"factor 7 over \(1, 2\): energies contain NaN"):
+        g.set_all_factor_energies(bad)
+    bad[int(sum(sizes[:7])) + 4] = -np.inf
+    with pytest.raises(ValueError, match=r"factor 7 over .*-inf"):
+        g.set_all_factor_energies(bad)
+    with pytest.raises(ValueError, match=r"hold \d+ entries, got 5"):
+        g.set_all_factor_energies(np.zeros(5))
+    np.testing.assert_array_equal(g.factor_energies(0), one.factor_energies(0))   # unchanged

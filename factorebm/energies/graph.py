@@ -140,9 +140,7 @@ class ParametricGraph:
         if w.shape != (self.n_weights,):
             raise ValueError(f"weights must have shape ({self.n_weights},), got {w.shape}")
         t = self.tables(w)
-        for i, shape in enumerate(self.table_shapes):
-            self.graph.set_factor_energies(i, t[self.table_offset[i]:self.table_offset[i + 1]]
-                                           .reshape(shape))
+        self.graph.set_all_factor_energies(t)
         return t
 
     def indicator(self, assignment):
