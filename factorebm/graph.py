@@ -702,6 +702,12 @@ class FactorGraph:
             states[v] = k
         return states
 
+    def state_of(self, name, value):
+        """The state index of ``value`` for variable ``name``: an integer is a state index
+        (checked against the range), anything else one of its label names (True or 1.0 is
+        neither). ValueError otherwise. The inverse of :meth:`label_of`."""
+        return self._state(self._var(name), value)
+
     def label_of(self, name, state):
         """The label name of ``state`` of variable ``name`` (the index when it has none)."""
         v = self._var(name)

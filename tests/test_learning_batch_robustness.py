@@ -89,6 +89,13 @@ def test_labels_that_are_not_state_indices_are_refused_as_by_graph_energy(label)
     named = loopy(labels=["a", "b"])
     with pytest.raises(ValueError, match="sample 0: .*variable 2"):
         GraphObjective([(named, {0: "a", 1: "b", 2: label})], "perceptron")
+    # the sampling learner's targets go by the same rule (its indicator took True as 1)
+    with pytest.raises(ValueError):
+        pg.indicator({**TARGET, 2: label})
+    # and a numpy string is the label it equals, in both
+    target = {0: np.str_("a"), 1: "b", 2: "a"}
+    GraphObjective([(named, target)], "perceptron")
+    assert named.indicator(target).sum() == named.graph.n_factors
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -153,9 +153,7 @@ class ParametricGraph:
         return out
 
     def _label_index(self, var, label):
-        if isinstance(label, (int, np.integer)):
-            return int(label)
-        return list(self.graph.labels(var)).index(label)
+        return self.graph.state_of(var, label)
 
     def beliefs_vector(self, factor_beliefs):
         """Concatenate per-factor belief tables (insertion order) into a flat vector."""

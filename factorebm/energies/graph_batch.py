@@ -710,16 +710,14 @@ def _label_state(g, i, v, lab, K):
     """The state index of label ``lab`` of variable ``v``: an integer is a state index,
     anything else one of its label names (as for :meth:`FactorGraph.energy`), so True or 1.0
     is no state index."""
-    if is_int(lab):
-        if not 0 <= int(lab) < K:
-            raise ValueError(f"sample {i}: label {lab!r} of variable {v!r} is out of range (it "
-                             f"has {K} states)")
-        return int(lab)
-    for k, name in enumerate(g.labels(v)):
-        if not is_int(name) and type(name) is type(lab) and name == lab:
-            return k
-    raise ValueError(f"sample {i}: variable {v!r} has no label {lab!r} (labels "
-                     f"{g.labels(v)!r}; an integer is a state index)")
+    if is_int(lab) and not 0 <= int(lab) < K:
+        raise ValueError(f"sample {i}: label {lab!r} of variable {v!r} is out of range (it "
+                         f"has {K} states)")
+    try:
+        return g.state_of(v, lab)          # FactorGraph's rule, as for energy()
+    except ValueError:
+        raise ValueError(f"sample {i}: variable {v!r} has no label {lab!r} (labels "
+                         f"{g.labels(v)!r}; an integer is a state index)") from None
 
 
 def _extra_variable(g, i, target):
