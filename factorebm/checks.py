@@ -130,12 +130,29 @@ def check_labels(y, n_tokens, n_labels, what="y"):
     return y
 
 
-def check_count(value, what, minimum=1):
-    """``value`` as an int: an integer (Python or numpy, not a bool) >= ``minimum``."""
+def check_count(value, what, minimum=1, optional=False):
+    """``value`` as an int: an integer (Python or numpy, not a bool) >= ``minimum``; None
+    stays None when ``optional``."""
+    if value is None and optional:
+        return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)) \
             or value < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{what} must be {'None or ' if optional else ''}an integer >= "
+                         f"{minimum}, got {value!r}")
     return int(value)
+
+
+def check_real(value, what, optional=False, positive=False):
+    """``value`` as a float: a finite real number >= 0 (> 0 when ``positive``); None stays
+    None when ``optional``."""
+    if value is None and optional:
+        return None
+    bound = "> 0" if positive else ">= 0"
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
+            or not np.isfinite(value) or value < 0 or (positive and value == 0)):
+        raise ValueError(f"{what} must be {'None or ' if optional else ''}a finite number "
+                         f"{bound}, got {value!r}")
+    return float(value)
 
 
 def user_stacklevel():

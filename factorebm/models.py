@@ -22,7 +22,7 @@ import numbers
 import numpy as np
 
 from . import losses
-from .checks import check_threads
+from .checks import check_count, check_real, check_threads
 from .energies.graph import GraphObjective, ParametricGraph
 from .energies.graph_batch import check_options
 from .graph import FactorGraph
@@ -77,23 +77,6 @@ def _pairwise_columns(K, pairwise):
     return off, np.zeros(off.size, dtype=np.int64), n
 
 
-def _check_real(name, value, optional=False, positive=False):
-    if value is None and optional:
-        return
-    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-          and np.isfinite(value) and (value > 0 if positive else value >= 0))
-    if not ok:
-        rule = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite number {rule}"
-                         f"{' or None' if optional else ''}, got {value!r}")
-
-
-def _check_count(name, value, optional=False):
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1{' or None' if optional else ''}, "
-                         f"got {value!r}")
 
 
 class GridCRF:
@@ -217,11 +200,11 @@ class GridCRF:
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be None or one of {', '.join(OPTIMIZERS)}; got "
                              f"{self.optimizer!r}")
-        _check_real("l1", self.l1)
-        _check_real("l2", self.l2, optional=True)
-        _check_count("max_iter", self.max_iter, optional=True)
-        _check_count("batch_size", self.batch_size, optional=True)
-        _check_real("learning_rate", self.learning_rate, optional=True, positive=True)
+        check_real(self.l1, "l1")
+        check_real(self.l2, "l2", optional=True)
+        check_count(self.max_iter, "max_iter", optional=True)
+        check_count(self.batch_size, "batch_size", optional=True)
+        check_real(self.learning_rate, "learning_rate", optional=True, positive=True)
         if not (isinstance(self.schedule, str) and self.schedule in MIN_SUM_SCHEDULES):
             raise ValueError(f"schedule must be one of {', '.join(map(repr, MIN_SUM_SCHEDULES))}"
                              f", got {self.schedule!r}")

@@ -16,7 +16,6 @@ LeCun et al., "A Tutorial on Energy-Based Learning", 2006, sections 2-3 and 6.
 Lafferty et al., "Conditional Random Fields", 2001 (the NLL loss on this architecture).
 Collins, "Discriminative Training Methods for Hidden Markov Models", 2002 (the perceptron).
 """
-import math
 import numbers
 import time
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from . import chain, losses
 from .features import FeatureExtractor
-from .checks import check_threads, threads_for
+from .checks import check_count, check_real, check_threads, threads_for
 from .constraints import constraint_mask, forbid_transitions, observed_transitions
 from .datasets.conllu import ConlluSyntaxError, read_document
 from .energies.chain import ChainEnergy, LinearChainEnergy   # not via .learning: no graphs
@@ -76,30 +75,6 @@ def _split(flat, offsets):
     return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _check_substates(n):
-    return _check_count("n_substates", n)
-
-
-def _check_count(name, value, optional=False):
-    """An integer >= 1 (or None when ``optional``), as int."""
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be {'None or ' if optional else ''}an integer >= 1, "
-                         f"got {value!r}")
-    return int(value)
-
-
-def _check_real(name, value, optional=False, positive=False):
-    """A finite real number >= 0 (> 0 when ``positive``; None when ``optional``)."""
-    if value is None and optional:
-        return None
-    bound = "> 0" if positive else ">= 0"
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not math.isfinite(value) or value < 0 or (positive and value == 0)):
-        raise ValueError(f"{name} must be {'None or ' if optional else ''}a finite number "
-                         f"{bound}, got {value!r}")
-    return float(value)
 
 
 def _check_saved_labels(labels):
@@ -356,13 +331,13 @@ class SequenceTagger:
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be None or one of {', '.join(OPTIMIZERS)}; got "
                              f"{self.optimizer!r}")
-        _check_real("l1", self.l1)
-        _check_real("l2", self.l2, optional=True)
-        _check_count("max_iter", self.max_iter, optional=True)
-        _check_count("batch_size", self.batch_size, optional=True)
-        _check_real("learning_rate", self.learning_rate, optional=True, positive=True)
-        _check_count("min_count", self.min_count)
-        _check_substates(self.n_substates)
+        check_real(self.l1, "l1")
+        check_real(self.l2, "l2", optional=True)
+        check_count(self.max_iter, "max_iter", optional=True)
+        check_count(self.batch_size, "batch_size", optional=True)
+        check_real(self.learning_rate, "learning_rate", optional=True, positive=True)
+        check_count(self.min_count, "min_count")
+        check_count(self.n_substates, "n_substates")
         check_threads(self.n_threads)
         if not (isinstance(self.transitions, str) and self.transitions in TRANSITIONS):
             raise ValueError(f"transitions must be one of {', '.join(map(repr, TRANSITIONS))}, "
@@ -453,7 +428,7 @@ class SequenceTagger:
         """
         self._check_params()
         from .optimize import fit_chain
-        n_substates = _check_substates(self.n_substates)
+        n_substates = check_count(self.n_substates, "n_substates")
         n_tokens = _check_corpus(sents, tags)
         if n_tokens == 0:
             raise ValueError("cannot fit a tagger on zero tokens")
