@@ -350,7 +350,6 @@ class CompiledGraph:
         bytes once -0.0 is made 0.0; +inf equals +inf); unique tables are numbered in order of
         first use, and a table no factor uses any more (replaced) is dropped.
         """
-        F = self.n_facs
         n_rows = np.asarray([len(r) for r, _ in block_rows], dtype=_I)
         row_first = np.zeros(len(block_rows) + 1, dtype=_I)
         np.cumsum(n_rows, out=row_first[1:])
@@ -495,7 +494,7 @@ class CompiledGraph:
     def _make_plan(self, clamped):
         import scipy.sparse as sp
         from scipy.sparse.csgraph import breadth_first_order, connected_components
-        V, F, E = self.n_vars, self.n_facs, self.n_edges
+        V, F = self.n_vars, self.n_facs
         is_clamped = np.zeros(V, dtype=bool)
         is_clamped[clamped] = True
         live = ~is_clamped[self.edge_var]         # edges of unclamped variables

@@ -403,8 +403,8 @@ class FactorGraph:
                                      f"names, got {scopes!r}")
                 rows = list(scopes)
                 if any(isinstance(r, (str, bytes)) or not hasattr(r, "__iter__") for r in rows):
-                    raise ValueError(f"add_factors: scopes must be 2-D (F, arity), one row of names "
-                                     f"per factor (unary factors: [[name], ...])")
+                    raise ValueError("add_factors: scopes must be 2-D (F, arity), one row of names "
+                                     "per factor (unary factors: [[name], ...])")
                 rows = [list(r) for r in rows]
                 if len({len(r) for r in rows}) > 1:
                     raise ValueError(f"add_factors: scopes must be an (F, arity) array; rows have "

@@ -232,7 +232,6 @@ class GraphBatch:
         self.options = options
         self.first_sample = int(first_sample)
         self.graph_of = groups.graph_of
-        self.n_samples = len(samples)
         graphs = groups.graphs
         cgs = [pg.graph.compile() for pg in graphs]
         if options["schedule"] == "trws":
@@ -246,9 +245,7 @@ class GraphBatch:
                                      f"{len(g.factor_scope(f))}; use schedule 'flooding' or "
                                      f"'residual'")
         self.corpus, self.off = concatenate(cgs)
-        self.n_weights = graphs[0].n_weights
         self._cgs = cgs
-        self._graphs = graphs
         # the linear maps: unary energy per state, U @ w + u_off; non-unary tables, Pt @ w + ot
         U, u_off, Pt, ot = [], [], [], []
         for pg, cg in zip(graphs, cgs):
