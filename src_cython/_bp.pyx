@@ -87,8 +87,6 @@ cdef extern from "_bp_simd.h":
     double bp_finish_rows(double* acc, const double* old, const double* fb, Py_ssize_t nf,
                           Py_ssize_t r0, Py_ssize_t r1, double damping, int use_fb,
                           double* lo) noexcept nogil
-    void bp_var_total(double* tot, const double* unary, const double* f2v, const intp_t* var_edges,
-                      const intp_t* edge_msg_offset, Py_ssize_t n_edges, Py_ssize_t K) noexcept nogil
     void bp_var_totals(double* tot, const double* unary, const double* f2v,
                        const intp_t* var_edges, const intp_t* edge_msg_offset,
                        const intp_t* var_edge_offset, const intp_t* var_state_offset,
@@ -464,14 +462,11 @@ cdef inline void _var_update_flood(Graph* g, intp_t v, double* tot) noexcept nog
 
 
 
-cdef inline void _var_total(Graph* g, intp_t v, double* tot, double* n_inf,
-                            bint track_inf) noexcept nogil:
-    """tot (S,) and n_inf (S,) at v's states: U_v + every incoming f2v.
-
-    With track_inf the +inf terms are counted in n_inf instead of added, so
-    that a factor can take its own f2v back out of the total exactly (v2f_e =
-    tot - f2v_e is undefined where f2v_e is +inf). Without it (no table and no
-    unary energy is +inf, hence no message ever is) n_inf is not touched.
+cdef inline void _var_total_inf(Graph* g, intp_t v, double* tot, double* n_inf) noexcept nogil:
+    """tot (S,) and n_inf (S,) at v's states: U_v + every incoming f2v, the +inf terms
+    counted in n_inf instead of added, so that a factor can take its own f2v back out of the
+    total exactly (v2f_e = tot - f2v_e is undefined where f2v_e is +inf). Graphs without
+    +inf energies take bp_var_totals instead (no message is ever +inf there).
     """
     cdef intp_t s0 = g.var_state_offset[v]
     cdef intp_t K = g.var_state_offset[v + 1] - s0
@@ -480,10 +475,6 @@ cdef inline void _var_total(Graph* g, intp_t v, double* tot, double* n_inf,
     cdef double* t = tot + s0
     cdef double* c = n_inf + s0
     cdef double x
-    if not track_inf:
-        bp_var_total(t, g.unary + s0, g.f2v, g.var_edges + g.var_edge_offset[v],
-                     g.edge_msg_offset, g.var_edge_offset[v + 1] - g.var_edge_offset[v], K)
-        return
     for k in range(K):
         x = g.unary[s0 + k]
         t[k] = x if x != INFINITY else 0.0
@@ -500,7 +491,8 @@ cdef inline void _var_total(Graph* g, intp_t v, double* tot, double* n_inf,
 
 cdef inline void _var_totals(Graph* g, intp_t c, double* tot, double* n_inf,
                              bint track_inf) noexcept nogil:
-    """_var_total of the variables of chunk c (_VAR_CHUNK of them)."""
+    """The totals of the variables of chunk c (_VAR_CHUNK of them): bp_var_totals, or
+    _var_total_inf each where energies may be +inf."""
     cdef intp_t v_lo = c * _VAR_CHUNK, v_hi = v_lo + _VAR_CHUNK, v
     if v_hi > g.n_vars:
         v_hi = g.n_vars
@@ -509,7 +501,7 @@ cdef inline void _var_totals(Graph* g, intp_t c, double* tot, double* n_inf,
                       g.var_state_offset, v_lo, v_hi)
         return
     for v in range(v_lo, v_hi):
-        _var_total(g, v, tot, n_inf, track_inf)
+        _var_total_inf(g, v, tot, n_inf)
 
 
 cdef double _flood_block(Graph* g, intp_t f_lo, intp_t f_hi, const double* tot,
