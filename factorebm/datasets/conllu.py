@@ -606,6 +606,21 @@ def sentences_from_text(text):
     return out
 
 
+def _conllu_from_text(text):
+    """What ``write_conllu(sentences_from_text(text))`` writes, without a Sentence per line
+    (tagging plain text read it twice as slowly as it tagged): the tokens of ``str.split``
+    are never empty and hold no tab or line break, so they need no check."""
+    parts = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        tokens = line.split()
+        if tokens:
+            parts.append(f"# sent_id = {lineno}\n# text = {' '.join(tokens)}\n")
+            parts.extend([f"{i}\t{tok}\t_\t_\t_\t_\t_\t_\t_\t_\n"
+                          for i, tok in enumerate(tokens, 1)])
+            parts.append("\n")
+    return "".join(parts)
+
+
 def looks_like_conllu(text):
     """True when ``text`` reads as CoNLL-U rather than plain text.
 
@@ -681,8 +696,8 @@ def read_document(path_or_file, format="auto"):
     if format == "conllu" or (format == "auto" and looks_like_conllu(data)):
         return ConlluDocument(data, name)
     text = data if isinstance(data, str) else decode_utf8(data, name)
-    return ConlluDocument.from_sentences(
-        sentences_from_text(text[1:] if text.startswith(BOM) else text))
+    return ConlluDocument(_conllu_from_text(text[1:] if text.startswith(BOM) else text)
+                          .encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------
