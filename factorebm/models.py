@@ -25,6 +25,7 @@ from . import losses
 from .checks import check_count, check_real, check_threads
 from .energies.graph import GraphObjective, ParametricGraph
 from .energies.graph_batch import check_options
+from .estimator import Estimator
 from .graph import FactorGraph
 from .inference import MIN_SUM_SCHEDULES
 from .modelio import load_arrays, save_arrays
@@ -79,7 +80,7 @@ def _pairwise_columns(K, pairwise):
 
 
 
-class GridCRF:
+class GridCRF(Estimator):
     """A conditional random field on 4-connected pixel grids (sklearn-style estimator).
 
     Parameters
@@ -140,6 +141,8 @@ class GridCRF:
     (4, 4)
     """
 
+    _PARAM_NAMES = _PARAM_NAMES
+
     def __init__(self, n_states, loss="nll", *, pairwise="symmetric", optimizer=None, l1=0.0,
                  l2=None, max_iter=None, batch_size=None, learning_rate=None,
                  inference_options=None, schedule="trws", n_threads=None, random_state=0,
@@ -162,30 +165,6 @@ class GridCRF:
         self._check_params()
 
     # ------------------------------------------------------------------ parameters
-    def get_params(self, deep=True):
-        params = {k: getattr(self, k) for k in _PARAM_NAMES}
-        params.update(self.loss_params)
-        return params
-
-    def set_params(self, **params):
-        """Set parameters (sklearn style); ValueError on a bad one, leaving the model as it was."""
-        old = self.get_params()
-        loss_params = dict(self.loss_params)
-        for k, v in params.items():
-            if k in _PARAM_NAMES:
-                setattr(self, k, v)
-            else:
-                loss_params[k] = v
-        self.loss_params = loss_params
-        try:
-            self._check_params()
-        except ValueError:
-            for k in _PARAM_NAMES:
-                setattr(self, k, old[k])
-            self.loss_params = {k: v for k, v in old.items() if k not in _PARAM_NAMES}
-            raise
-        return self
-
     def _check_params(self):
         """Raise ValueError naming the first bad setting."""
         K = self.n_states

@@ -27,6 +27,7 @@ from .checks import check_count, check_real, check_threads, threads_for
 from .constraints import constraint_mask, forbid_transitions, observed_transitions
 from .datasets.conllu import ConlluSyntaxError, read_document
 from .energies.chain import ChainEnergy, LinearChainEnergy   # not via .learning: no graphs
+from .estimator import Estimator
 from .front_end import CharFrontEnd, check_front_end
 from .modelio import load_arrays, save_arrays
 
@@ -208,7 +209,7 @@ def _progress_line(schedule):
     return report
 
 
-class SequenceTagger:
+class SequenceTagger(Estimator):
     """Part-of-speech (or any sequence) tagger trained by shaping a linear-chain energy.
 
     Parameters
@@ -290,6 +291,8 @@ class SequenceTagger:
         may start a sentence, column K: may end one (:mod:`factorebm.constraints`).
     """
 
+    _PARAM_NAMES = _PARAM_NAMES
+
     def __init__(self, loss="nll", *, optimizer=None, l1=0.0, l2=None, max_iter=None,
                  batch_size=None, learning_rate=None, features=None, min_count=2,
                  n_substates=2, n_threads=None, random_state=0, verbose=True,
@@ -318,11 +321,6 @@ class SequenceTagger:
         self._check_params()
 
     # ------------------------------------------------------------------ parameters
-    def get_params(self, deep=True):
-        params = {k: getattr(self, k) for k in _PARAM_NAMES}
-        params.update(self.loss_params)
-        return params
-
     def _check_params(self):
         """Raise ValueError naming the first bad hyper-parameter (called by ``__init__``,
         ``fit`` and ``load``): a value that would train nothing (``max_iter=0``), diverge

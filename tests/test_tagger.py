@@ -230,3 +230,15 @@ def test_model_files_from_before_substates_load_as_one_substate(tmp_path, small_
 def test_bad_substate_counts_are_refused(bad):
     with pytest.raises(ValueError, match="n_substates must be an integer >= 1"):
         fe.SequenceTagger(n_substates=bad, verbose=False).fit([["a"]], [["X"]])
+
+
+def test_set_params_sets_settings_and_loss_parameters_and_rolls_back_a_bad_one():
+    # scikit-learn's clone / GridSearchCV call get_params and set_params
+    tagger = fe.SequenceTagger(loss="hinge", margin=2.0, verbose=False)
+    assert tagger.set_params(max_iter=3, margin=1.5) is tagger
+    assert tagger.max_iter == 3 and tagger.get_params()["margin"] == 1.5
+    before = tagger.get_params()
+    with pytest.raises(ValueError, match="max_iter"):
+        tagger.set_params(max_iter=0, l1=0.5)
+    assert tagger.get_params() == before
+    assert fe.SequenceTagger(**tagger.get_params()).get_params() == before
