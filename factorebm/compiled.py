@@ -55,7 +55,7 @@ import numpy as np
 
 from . import _bp
 from .checks import check_beta, threads_for
-from .indexing import part_ranges, ranges
+from .indexing import offsets_of, padded, part_ranges, ranges
 
 __all__ = ["CompiledGraph", "Plan", "SegmentViews", "concatenate", "select", "ranges", "part_ranges"]
 
@@ -132,12 +132,6 @@ class SegmentViews:
             block = x[:count] if gather is None else x[gather]
             views.extend(block.reshape((-1,) + shape))
         return views if self.perm is None else _reorder(views, self.perm)
-
-
-def _padded(a, dtype):
-    """The kernel reads element 0 of every array: give empty arrays one dummy slot."""
-    a = np.ascontiguousarray(a, dtype=dtype)
-    return a if a.size else np.zeros(1, dtype=dtype)
 
 
 def _fitting(x, n, name, dtype=np.float64):
@@ -566,7 +560,7 @@ class CompiledGraph:
             The loopy schedule (on a forest the exact two-pass sweep runs). "residual"
             runs on one thread.
         """
-        unary = _padded(_fitting(unary, self.n_states_total, "unary"), np.float64)
+        unary = padded(_fitting(unary, self.n_states_total, "unary"), np.float64)
         n_threads = threads_for(n_threads)
         if not min_sum:
             beta = check_beta(beta)
@@ -598,7 +592,7 @@ class CompiledGraph:
                 raise ValueError("plan.schedule must be steps 0..2E-1 (or [-1]: flooding)")
         track_inf = self.has_inf or (unary is not self.unary and bool(np.isinf(unary).any()))
         it, delta = _bp.run(
-            self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
+            self.var_state_offset, self.var_edge_offset, padded(self.var_edges, _I),
             self.fac_edge_offset, self.edge_var, self.edge_stride, self.edge_msg_offset,
             self.fac_table, self.unique_tables, exp_tables, self.table_min, self.fac_potts,
             unary, sched, v2f, f2v,
@@ -640,10 +634,10 @@ class CompiledGraph:
         trace_e = np.full(n_trace + 1, np.inf)
         trace_b = np.full(n_trace, -np.inf)
         it, delta, energy, bound = _bp.run_trws(
-            self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
+            self.var_state_offset, self.var_edge_offset, padded(self.var_edges, _I),
             self.fac_edge_offset, self.edge_var, self.edge_fac, self.edge_stride,
             self.edge_msg_offset, self.fac_table, self.unique_tables, self.table_min,
-            self.fac_potts, _padded(unary, np.float64), v2f, f2v, int(max_iter), float(tol),
+            self.fac_potts, padded(unary, np.float64), v2f, f2v, int(max_iter), float(tol),
             self.max_card, states, trace_e, trace_b, np.empty(3 * V + 4 * self.max_card + 4),
             np.zeros(max(V, 1), dtype=_I))
         if it > n_trace:
@@ -663,11 +657,11 @@ class CompiledGraph:
         var_out = np.empty(max(self.n_states_total, 1))
         fac_out = np.empty(max(size, 1))
         if self.n_vars:
-            _bp.beliefs(self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
-                        _padded(self.fac_edge_offset, _I), _padded(self.edge_var, _I),
-                        _padded(self.edge_stride, _I), _padded(self.edge_msg_offset, _I),
-                        _padded(self.fac_table_offset, _I), _padded(self.fac_table, _I),
-                        _padded(self.unique_tables, np.float64), _padded(unary, np.float64),
+            _bp.beliefs(self.var_state_offset, self.var_edge_offset, padded(self.var_edges, _I),
+                        padded(self.fac_edge_offset, _I), padded(self.edge_var, _I),
+                        padded(self.edge_stride, _I), padded(self.edge_msg_offset, _I),
+                        padded(self.fac_table_offset, _I), padded(self.fac_table, _I),
+                        padded(self.unique_tables, np.float64), padded(unary, np.float64),
                         v2f, f2v, var_out, fac_out, bool(factors))
         return var_out[:self.n_states_total], fac_out[:size]
 
@@ -706,12 +700,12 @@ class CompiledGraph:
         M = max(self.n_msg, 1)
         v2f, f2v = _buffer(v2f, M, "v2f"), _buffer(f2v, M, "f2v")
         states = _buffer(states, self.n_vars, "states", _I)
-        _bp.decode(self.var_state_offset, self.var_edge_offset, _padded(self.var_edges, _I),
-                   _padded(self.fac_edge_offset, _I), _padded(self.edge_var, _I),
-                   _padded(self.edge_stride, _I), _padded(self.edge_msg_offset, _I),
-                   _padded(self.fac_table, _I), _padded(self.unique_tables, np.float64),
-                   _padded(self.table_min, np.float64), _padded(self.fac_potts, np.float64),
-                   _padded(unary, np.float64),
+        _bp.decode(self.var_state_offset, self.var_edge_offset, padded(self.var_edges, _I),
+                   padded(self.fac_edge_offset, _I), padded(self.edge_var, _I),
+                   padded(self.edge_stride, _I), padded(self.edge_msg_offset, _I),
+                   padded(self.fac_table, _I), padded(self.unique_tables, np.float64),
+                   padded(self.table_min, np.float64), padded(self.fac_potts, np.float64),
+                   padded(unary, np.float64),
                    order if order.size else np.full(1, -1, dtype=_I),
                    v2f, f2v, self.max_card, states)
 
@@ -893,18 +887,15 @@ def concatenate(parts):
     if not parts or not all(isinstance(p, CompiledGraph) for p in parts):
         raise ValueError("concatenate needs a non-empty sequence of CompiledGraph")
 
-    def offs(sizes):
-        out = np.zeros(len(sizes) + 1, dtype=_I)
-        np.cumsum(np.asarray(sizes, dtype=_I), out=out[1:])
-        return out
-
-    o = {"var": offs([p.n_vars for p in parts]), "state": offs([p.n_states_total for p in parts]),
-         "fac": offs([p.n_facs for p in parts]), "edge": offs([p.n_edges for p in parts]),
-         "msg": offs([p.n_msg for p in parts]),
-         "table": offs([int(p.fac_table_offset[-1]) for p in parts]),
-         "factor": offs([len(p.unary_factors) + p.n_facs for p in parts])}
-    u_off = offs([p.unique_tables.size for p in parts])
-    u_cnt = offs([len(p._unique_offset) - 1 for p in parts])
+    o = {"var": offsets_of([p.n_vars for p in parts]),
+         "state": offsets_of([p.n_states_total for p in parts]),
+         "fac": offsets_of([p.n_facs for p in parts]),
+         "edge": offsets_of([p.n_edges for p in parts]),
+         "msg": offsets_of([p.n_msg for p in parts]),
+         "table": offsets_of([int(p.fac_table_offset[-1]) for p in parts]),
+         "factor": offsets_of([len(p.unary_factors) + p.n_facs for p in parts])}
+    u_off = offsets_of([p.unique_tables.size for p in parts])
+    u_cnt = offsets_of([len(p._unique_offset) - 1 for p in parts])
 
     def cat(name, shift=None, tail=False):
         """Concatenate field `name` (for an (n+1,) offsets array: its tails), shifted per part."""
@@ -998,11 +989,6 @@ def select(batch, offsets, parts):
         """Per item counted by `per`: how far part j's `k` ids move."""
         return np.repeat(o[k][:-1] - offsets[k][parts], counts[per])
 
-    def tail(sizes):
-        out = np.zeros(len(sizes) + 1, dtype=_I)
-        np.cumsum(sizes, out=out[1:])
-        return out
-
     v, f, e, u = take("var"), take("fac"), take("edge"), take("unary")
     g = object.__new__(CompiledGraph)
     g.structure_version = g.tables_version = None
@@ -1010,23 +996,23 @@ def select(batch, offsets, parts):
     g.n_edges, g.n_msg = int(o["edge"][-1]), int(o["msg"][-1])
     g.n_states_total = int(o["state"][-1])
     g.var_n_states = batch.var_n_states[v]
-    g.var_state_offset = tail(g.var_n_states)
+    g.var_state_offset = offsets_of(g.var_n_states)
     g.max_card = batch.max_card
     g.latent = batch.latent[v]
     g._unary_fac = batch._unary_fac[u] + shift("factor", "unary")
     g.unary_factors = g._unary_fac.tolist()
     g.unary_var = batch.unary_var[u] + shift("var", "unary")
     g.fac_index = batch.fac_index[f] + shift("factor", "fac")
-    g.fac_edge_offset = tail(np.diff(batch.fac_edge_offset)[f])
+    g.fac_edge_offset = offsets_of(np.diff(batch.fac_edge_offset)[f])
     g.edge_var = batch.edge_var[e] + shift("var", "edge")
     g.edge_fac = batch.edge_fac[e] + shift("fac", "edge")
     g.edge_stride = batch.edge_stride[e]
-    g.edge_msg_offset = tail(np.diff(batch.edge_msg_offset)[e])
+    g.edge_msg_offset = offsets_of(np.diff(batch.edge_msg_offset)[e])
     # a part's variables list its own edges: var_edges of part j lie in its edge range
     g.var_edges = batch.var_edges[e] + shift("edge", "edge")
     g.var_degree = batch.var_degree[v]
-    g.var_edge_offset = tail(g.var_degree)
-    g.fac_table_offset = tail(np.diff(batch.fac_table_offset)[f])
+    g.var_edge_offset = offsets_of(g.var_degree)
+    g.fac_table_offset = offsets_of(np.diff(batch.fac_table_offset)[f])
     g.q_size = batch.q_size
     g.max_arity = batch.max_arity
     g._unary_blocks = g._table_blocks = None

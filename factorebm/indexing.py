@@ -6,9 +6,23 @@ in numpy passes, without a Python loop over the parts.
 """
 import numpy as np
 
-__all__ = ["ranges", "part_ranges"]
+__all__ = ["offsets_of", "padded", "ranges", "part_ranges"]
 
 _I = np.int64
+
+
+def offsets_of(sizes):
+    """(n + 1,) int64: 0 and the running sums of ``sizes`` (where each part starts, and the end)."""
+    out = np.zeros(len(sizes) + 1, dtype=_I)
+    np.cumsum(np.asarray(sizes, dtype=_I), out=out[1:])
+    return out
+
+
+def padded(a, dtype):
+    """``a`` contiguous of ``dtype``; an empty one becomes one zero slot (of its ndim): a
+    kernel takes the address of element 0 of every array it is handed."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.size else np.zeros((1,) * max(a.ndim, 1), dtype=dtype)
 
 
 def ranges(first, count):

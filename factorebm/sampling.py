@@ -38,7 +38,7 @@ import numpy as np
 
 from . import _sample
 from .checks import check_beta, check_count, threads_for
-from .indexing import ranges
+from .indexing import padded, ranges
 from .graph import FactorGraph
 
 __all__ = ["sample", "SampleResult", "metropolis_hastings", "sweep_chains", "initial_states",
@@ -51,12 +51,6 @@ _INT32_MAX = 2**31 - 1
 # below this many variables per thread in the largest colour, a parallel loop over one
 # colour's variables costs more in barriers than it gains: parallelize over chains instead
 _MIN_COLOUR_PER_THREAD = 2048
-
-
-def _padded(a, dtype):
-    """The kernel takes the address of element 0 of every array: give empty ones one slot."""
-    a = np.ascontiguousarray(a, dtype=dtype)
-    return a if a.size else np.zeros((1,) * max(a.ndim, 1), dtype=dtype)
 
 
 # ---------------------------------------------------------------------- per-graph layout
@@ -80,8 +74,8 @@ class _Layout:
         n_colours = 0
         if V:
             n_colours = _sample.greedy_colouring(
-                cg.var_edge_offset, _padded(cg.var_edges, _I), _padded(cg.edge_fac, _I),
-                cg.fac_edge_offset, _padded(cg.edge_var, _I), colour, np.full(V + 1, -1, dtype=_I))
+                cg.var_edge_offset, padded(cg.var_edges, _I), padded(cg.edge_fac, _I),
+                cg.fac_edge_offset, padded(cg.edge_var, _I), colour, np.full(V + 1, -1, dtype=_I))
         colour.setflags(write=False)
         self.colour = colour
         self.n_colours = int(n_colours)
@@ -98,7 +92,7 @@ class _Layout:
         self.pair_other = cg.edge_var[np.where(first, pe + 1, pe - 1)]
         self.pair_offset = np.zeros(V + 1, dtype=_I)
         np.cumsum(np.bincount(cg.edge_var[pe], minlength=V), out=self.pair_offset[1:])
-        self.high_edge = _padded(ve[~is_pair], _I)
+        self.high_edge = padded(ve[~is_pair], _I)
         self.high_offset = np.zeros(V + 1, dtype=_I)
         np.cumsum(np.bincount(cg.edge_var[ve[~is_pair]], minlength=V), out=self.high_offset[1:])
         self.var_card = np.asarray(cg.var_n_states, dtype=_I)
@@ -127,7 +121,7 @@ class _Layout:
             offset = np.zeros(len(sizes) + 1, dtype=_I)
             np.cumsum(sizes, out=offset[1:])
             moving = int((self.var_card[idx] > 1).sum())
-            hit = (_padded(order, _I), offset, int(sizes.max()) if sizes.size else 0, moving,
+            hit = (padded(order, _I), offset, int(sizes.max()) if sizes.size else 0, moving,
                    {})     # the last: the specialized sweeps' arrays in this order (positions)
             if len(self._orders) > 64:
                 self._orders.clear()
@@ -184,7 +178,7 @@ class _Layout:
             slots = np.zeros((max(self.pair_edge.size, 1), 2), dtype=np.int32)
             slots[:self.pair_edge.size, 0] = self.pair_other
             slots[:self.pair_edge.size, 1] = rows
-            out = (slots, gather, _padded(cg.unique_tables[gather], np.float64))
+            out = (slots, gather, padded(cg.unique_tables[gather], np.float64))
             self._tables = (src, out)
         return out
 
@@ -201,12 +195,12 @@ class _Layout:
             pos_offset = np.zeros(len(order) + 1, dtype=_I)
             np.cumsum(deg, out=pos_offset[1:])
             rows = ranges(self.pair_offset[order], deg)
-            hit = (slots, pos_offset, _padded(slots[rows], np.int32))
+            hit = (slots, pos_offset, padded(slots[rows], np.int32))
             cache["slots"] = hit
         K = self.uniform_k
         hit_u = cache.get("unary")
         if hit_u is None or hit_u[0] is not eu:
-            hit_u = (eu, _padded(eu.reshape(-1, K)[order].ravel(), np.float64))
+            hit_u = (eu, padded(eu.reshape(-1, K)[order].ravel(), np.float64))
             cache["unary"] = hit_u
         return hit[1], hit[2], hit_u[1]
 
@@ -216,7 +210,7 @@ class _Layout:
         exp_shared = cg.exp_tables(beta)
         g_src, e_src, out = self._exp_tables
         if g_src is not gather or e_src is not exp_shared:
-            out = _padded(exp_shared[gather], np.float64)
+            out = padded(exp_shared[gather], np.float64)
             self._exp_tables = (gather, exp_shared, out)
         return out
 
@@ -297,10 +291,10 @@ def _clamped_indices(cg, clamped):
 def _energies(cg, states, n_threads):
     out = np.empty(max(states.shape[0], 1))
     if states.shape[0]:
-        _sample.energies(cg.var_state_offset, _padded(cg.unary, np.float64),
-                         _padded(cg.fac_edge_offset, _I), _padded(cg.edge_var, _I),
-                         _padded(cg.edge_stride, _I), _padded(cg.fac_table, _I),
-                         _padded(cg.unique_tables, np.float64), states, out, n_threads)
+        _sample.energies(cg.var_state_offset, padded(cg.unary, np.float64),
+                         padded(cg.fac_edge_offset, _I), padded(cg.edge_var, _I),
+                         padded(cg.edge_stride, _I), padded(cg.fac_table, _I),
+                         padded(cg.unique_tables, np.float64), states, out, n_threads)
     return out[:states.shape[0]]
 
 
@@ -502,10 +496,10 @@ def _run(cg, states, keys, sweep0, n_burn, n_record, thin, out, beta, method, cl
     if out is None:
         out = np.zeros((1, 1, 1), dtype=_I)
     slots, _, tables = lay.tables(cg)
-    _sample.run(cg.var_state_offset, _padded(cg.unary, np.float64), lay.exp_unary(cg, beta),
+    _sample.run(cg.var_state_offset, padded(cg.unary, np.float64), lay.exp_unary(cg, beta),
                 lay.pair_offset, slots, lay.high_offset, lay.high_edge,
-                _padded(cg.fac_edge_offset, _I), _padded(cg.edge_var, _I),
-                _padded(cg.edge_stride, _I), _padded(cg.edge_fac, _I), _padded(cg.fac_table, _I),
+                padded(cg.fac_edge_offset, _I), padded(cg.edge_var, _I),
+                padded(cg.edge_stride, _I), padded(cg.edge_fac, _I), padded(cg.fac_table, _I),
                 tables, lay.exp_tables(cg, beta),
                 order, colour_offset, states, keys, int(sweep0), int(n_burn), int(n_record),
                 int(thin), out, float(beta), method == "mh", lay.uniform_k,
@@ -553,10 +547,10 @@ def accumulate_beliefs(g, states, var_out, fac_out=None, weight=None, n_threads=
         raise ValueError(f"weight must be a finite number, got {weight!r}")
     if cg.n_vars == 0:
         return
-    _sample.count_states(cg.var_state_offset, _padded(cg.fac_edge_offset, _I),
-                         _padded(cg.edge_var, _I), _padded(cg.edge_stride, _I),
-                         _padded(cg.fac_table_offset, _I), states, float(weight), var_out,
-                         _padded(fac_out if fac_out is not None else np.zeros(0), np.float64),
+    _sample.count_states(cg.var_state_offset, padded(cg.fac_edge_offset, _I),
+                         padded(cg.edge_var, _I), padded(cg.edge_stride, _I),
+                         padded(cg.fac_table_offset, _I), states, float(weight), var_out,
+                         padded(fac_out if fac_out is not None else np.zeros(0), np.float64),
                          fac_out is not None and cg.n_facs > 0,
                          threads_for(n_threads, cg.n_vars * n, 65536))
 
@@ -648,15 +642,15 @@ def sample(g, n_samples=1000, beta=1.0, evidence=None, method="gibbs", burn_in=1
     out = np.empty((n_chains, n_samples, V), dtype=_I)
     nt = threads_for(n_threads, n_chains * V, 8192)
     n_acc, n_prop = _run(cg, states, _chain_keys(seed, n_chains), 0, burn_in, n_samples, thin,
-                         _padded(out, _I) if out.size else np.zeros((1, 1, 1), dtype=_I),
+                         padded(out, _I) if out.size else np.zeros((1, 1, 1), dtype=_I),
                          beta, method, np.fromiter(clamped, dtype=_I, count=len(clamped)), nt)
     samples = out.reshape(n_chains * n_samples, V)
     energies = _energies(cg, samples, threads_for(n_threads, samples.shape[0], 64))
     counts = np.zeros(max(cg.n_states_total, 1))
     if V:
-        _sample.count_states(cg.var_state_offset, _padded(cg.fac_edge_offset, _I),
-                             _padded(cg.edge_var, _I), _padded(cg.edge_stride, _I),
-                             _padded(cg.fac_table_offset, _I), samples, 1.0 / samples.shape[0],
+        _sample.count_states(cg.var_state_offset, padded(cg.fac_edge_offset, _I),
+                             padded(cg.edge_var, _I), padded(cg.edge_stride, _I),
+                             padded(cg.fac_table_offset, _I), samples, 1.0 / samples.shape[0],
                              counts, np.zeros(1), False, threads_for(n_threads, samples.size, 65536))
     marginals = dict(zip(g.variables, cg.variable_views(counts[:cg.n_states_total])))
     rate = n_acc / n_prop if n_prop else 1.0

@@ -53,7 +53,7 @@ import numpy as np
 
 from ..checks import is_int, threads_for
 from ..compiled import Plan, concatenate, select
-from ..indexing import part_ranges, ranges
+from ..indexing import offsets_of, part_ranges, ranges
 from ..inference import MIN_SUM_SCHEDULES, SUM_PRODUCT_SCHEDULES, check_bp_options
 
 __all__ = ["GraphBatch", "BP_OPTIONS", "E_MINUS", "check_options"]
@@ -126,9 +126,9 @@ class _Plans:
         self.forest = np.array([p.is_forest for p in plans], dtype=bool)
         sched = [p.schedule if p.is_forest and p.schedule[0] >= 0 else np.zeros(0, dtype=_I)
                  for p in plans]
-        self.sched_off = _offsets([len(s) for s in sched])
+        self.sched_off = offsets_of([len(s) for s in sched])
         self.sched = np.concatenate(sched).astype(_I)
-        self.order_off = _offsets([len(p.order) for p in plans])
+        self.order_off = offsets_of([len(p.order) for p in plans])
         self.order = np.concatenate([p.order for p in plans]).astype(_I)
 
     def plan(self, off, gids, forest):
@@ -142,12 +142,6 @@ class _Plans:
             if s.size:
                 sched = s
         return Plan(forest, sched, order)
-
-
-def _offsets(sizes):
-    out = np.zeros(len(sizes) + 1, dtype=_I)
-    np.cumsum(np.asarray(sizes, dtype=_I), out=out[1:])
-    return out
 
 
 def _part_of(off, key):
@@ -306,7 +300,7 @@ class GraphBatch:
         reps, template = np.unique(rep, return_inverse=True)
         self.template = np.asarray(template, dtype=_I).ravel()
         self.t_size = sizes[reps]
-        self.t_off = _offsets(self.t_size)
+        self.t_off = offsets_of(self.t_size)
         rows = ranges(c.fac_table_offset[reps], self.t_size)
         self.P = Pt[rows]
         self.p_off = ot[rows]
@@ -344,7 +338,7 @@ class GraphBatch:
                 for k, v, lab in zip(visible.tolist(), vis_names, labels):
                     states[k] = _label_state(g, i, v, lab, int(cg.var_n_states[k]))
             tgt.append(states)
-        self.tgt_off = _offsets([len(t) for t in tgt])
+        self.tgt_off = offsets_of([len(t) for t in tgt])
         self.tgt = np.concatenate(tgt) if tgt else np.zeros(0, dtype=_I)
 
     def _plan_kind(self, kind):
@@ -379,7 +373,7 @@ class GraphBatch:
              "U": self.U if all_graphs else self.U[srows], "u_off": self.u_off[srows],
              "P": self.P if every else self.P[erows],
              "p_off": self.p_off if every else self.p_off[erows],
-             "table_of": rank[tmpl], "table_offset": _offsets(self.t_size[used])}
+             "table_of": rank[tmpl], "table_offset": offsets_of(self.t_size[used])}
         self._cache = (key, s)
         return s
 
