@@ -413,3 +413,16 @@ def test_a_device_or_pipe_target_is_written_straight_not_replaced(tmp_path):
     write_atomic(fifo, lambda fh: fh.write(b"through the pipe"))
     reader.join(10)
     assert got == [b"through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_fast_crc32_equals_zlib():
+    # every length around the 16- and 64-byte folding steps, from several starting CRCs
+    import zlib
+
+    from factorebm._crc32 import crc32
+    rng = np.random.default_rng(0)
+    for n in list(range(0, 200)) + [255, 256, 257, 1023, 4096, 65536 + 13, 1_000_003]:
+        data = rng.integers(0, 256, n, dtype=np.uint8)
+        for start in (0, 1, 0x12345678, 0xFFFFFFFF):
+            assert crc32(data, start) == zlib.crc32(data.tobytes(), start), (n, start)
+    assert crc32(b"") == 0 and crc32(b"123456789") == 0xCBF43926   # the CRC-32 check value
