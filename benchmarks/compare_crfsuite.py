@@ -6,8 +6,10 @@ resident memory (``ru_maxrss``), so the figures of one system never include the 
 
 CRFsuite gets the standard feature set of the sklearn-crfsuite tutorial style: lowercased word,
 suffixes 1-4, prefixes 1-3, shape flags, neighbouring words; L-BFGS, 100 iterations, c1 = 0.05,
-c2 = 0.01. factorebm uses its defaults (``factorebm train``), one row per front end
-(``--front-end``, default: both ``features`` and ``features+chars``).
+c2 = 0.01. factorebm has one row per configuration (``--configs``, default: all three):
+``features``, its defaults (``factorebm train``); ``features+chars``, plus the character CNN
+(``--front-end features+chars``); ``ensemble``, four models of 3 latent substates per tag
+decoded by their averaged tag marginals (``--substates 3 --ensemble 4``).
 
 Tagging speed is measured twice. In process: from a CoNLL-U file, read, extract features,
 decode (the model already loaded). End to end, process start included, as a user runs it:
@@ -25,7 +27,7 @@ scipy, which factorebm's reader would import (about 45 MiB); its tagging process
 factorebm's compiled reader, the faster one.
 
 Run:  pip install python-crfsuite && python benchmarks/compare_crfsuite.py [--repeats 3]
-      [--front-end features features+chars] [--cli-repeats 5]
+      [--configs features features+chars ensemble] [--cli-repeats 5]
 """
 import argparse
 import json
@@ -166,11 +168,19 @@ def crfsuite_tag_file(model_path, in_path, out_path):
 
 
 # ----------------------------------------------------------------------------- factorebm side
-def fe_train(model_path, train_path, front_end="features"):
+# factorebm's rows: SequenceTagger settings over its defaults
+CONFIGS = {
+    "features": {},
+    "features+chars": {"front_end": "features+chars"},
+    "ensemble": {"n_substates": 3, "ensemble": 4},
+}
+
+
+def fe_train(model_path, train_path, config="features"):
     import factorebm as fe
     t0 = time.perf_counter()
     sents, tags = fe.datasets.load_conllu(train_path)
-    tagger = fe.SequenceTagger(verbose=False, front_end=front_end)
+    tagger = fe.SequenceTagger(verbose=False, **CONFIGS[config])
     tagger.fit(sents, tags)
     tagger.save(model_path)
     return {"train_s": time.perf_counter() - t0, "peak_mib": _peak_mib()}
@@ -308,9 +318,8 @@ def main(argv=None):
     ap.add_argument("--cli-repeats", type=int, default=5,
                     help="repeats of each end-to-end command (median)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
-    ap.add_argument("--front-end", nargs="+", default=["features", "features+chars"],
-                    choices=["features", "features+chars"], dest="front_ends",
-                    help="factorebm front ends, one row each (default: both)")
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                    help="factorebm configurations, one row each (default: all)")
     ap.add_argument("--crfsuite-tag", nargs=3, metavar=("MODEL", "IN", "OUT"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -333,9 +342,9 @@ def main(argv=None):
     models = {}
     with tempfile.TemporaryDirectory() as tmp:
         runs = [("crfsuite", "crf_train", "crf_tag", os.path.join(tmp, "ewt.crfsuite"), ())]
-        for i, front in enumerate(args.front_ends):
-            name = "factorebm" if front == "features" else f"factorebm {front}"
-            runs.append((name, "fe_train", "fe_tag", os.path.join(tmp, f"ewt{i}.npz"), (front,)))
+        for i, config in enumerate(args.configs):
+            name = "factorebm" if config == "features" else f"factorebm {config}"
+            runs.append((name, "fe_train", "fe_tag", os.path.join(tmp, f"ewt{i}.npz"), (config,)))
         for name, train_fn, tag_fn, path, extra in runs:
             models[name] = path
             trains = [in_child(train_fn, path, train_path, *extra)

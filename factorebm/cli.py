@@ -24,7 +24,8 @@ import time
 from . import __version__, datasets
 from .front_end import FRONT_ENDS
 from .modelio import write_atomic
-from .tagger import OPTIMIZERS, TAGGER_LOSSES, SequenceTagger, comments_only, tag_document
+from .tagger import (DECODES, OPTIMIZERS, TAGGER_LOSSES, SequenceTagger, comments_only,
+                     tag_document)
 
 DESCRIPTION = __doc__.splitlines()[0].replace("``", "")     # --help shows no RST markup
 EXIT_BROKEN_PIPE = 128 + 13     # the shell's status for a process killed by SIGPIPE
@@ -32,7 +33,7 @@ EXIT_BROKEN_PIPE = 128 + 13     # the shell's status for a process killed by SIG
 _OPTIONS = {"l1": "--l1", "l2": "--l2", "max_iter": "--max-iter", "batch_size": "--batch-size",
             "learning_rate": "--learning-rate", "min_count": "--min-count",
             "n_substates": "--substates", "n_threads": "--threads", "optimizer": "--optimizer",
-            "loss": "--loss", "front_end": "--front-end"}
+            "loss": "--loss", "front_end": "--front-end", "ensemble": "--ensemble"}
 
 
 def _load_gold(path, column="UPOS"):
@@ -84,6 +85,8 @@ def _check_model_target(path, option="--model", example="model.npz"):
 def _load_model(args):
     """The tagger of ``--model``, with ``--threads`` (when given) replacing the saved setting."""
     overrides = {} if args.threads is None else {"n_threads": args.threads}
+    if getattr(args, "decode", None) is not None:
+        overrides["decode"] = args.decode
     return SequenceTagger.load(args.model, **overrides)
 
 
@@ -92,7 +95,7 @@ def _new_tagger(args):
     data is read, in the words of the option that gave it."""
     params = {"loss": args.loss, "verbose": not args.quiet, "n_threads": args.threads}
     for name in ("optimizer", "l1", "l2", "max_iter", "batch_size", "learning_rate", "min_count",
-                 "n_substates", "front_end"):
+                 "n_substates", "front_end", "decode", "ensemble"):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
@@ -257,6 +260,13 @@ def _add_column(parser):
                              "(2, 3, ...; -1 the last), as CoNLL-2000 and 2003 write them")
 
 
+def _add_decode(parser, default="viterbi"):
+    parser.add_argument("--decode", choices=DECODES,
+                        help="viterbi: the tags of the best (tags, substates) path; marginal: "
+                             "each token's most probable tag, substates summed out (slower, "
+                             f"more accurate; default: {default})")
+
+
 def _add_threads(parser, default="all cores"):
     parser.add_argument("--threads", type=int,
                         help=f"kernel threads, an integer >= 1; more than the cores are clamped "
@@ -306,6 +316,12 @@ def build_parser():
     t.add_argument("--front-end", dest="front_end", choices=FRONT_ENDS,
                    help="what turns words into emission energies: sparse features alone "
                         "(default) or plus a trained character CNN (features+chars)")
+    _add_decode(t)
+    t.add_argument("--ensemble", type=int, metavar="M",
+                   help="train M models from different random starts and tag with the "
+                        "average of their tag marginals (default: 1; M times the training "
+                        "and tagging time and the model size, for about +0.4 point on EWT "
+                        "with --substates 3 --ensemble 4)")
     _add_column(t)
     _add_threads(t)
     _add_scheduler(t, "train")
@@ -331,6 +347,7 @@ def build_parser():
     e.add_argument("--strict", action="store_true",
                    help="span-f1 counts well-formed spans only (an I-X without its B-X "
                         "starts no span; by default it starts one, as in conlleval)")
+    _add_decode(e, "the model's saved setting")
     _add_column(e)
     e.add_argument("--json", action="store_true", help="print one JSON object")
     _add_threads(e, default="the model's saved setting, else all cores")
@@ -351,6 +368,7 @@ def build_parser():
                         "'# sent_id = N' gives the input line number N")
     g.add_argument("--output", "-o", help="output file (default: stdout); the output folder "
                                             "with several files or --scheduler")
+    _add_decode(g, "the model's saved setting")
     _add_threads(g, default="the model's saved setting, else all cores")
     _add_scheduler(g, "tag the files")
     g.set_defaults(func=_cmd_tag)

@@ -1,0 +1,200 @@
+"""SequenceTagger's marginal decoding and ensembles (issue 11): decode="marginal" takes each
+token's most probable tag with the substates summed out; ensemble=M trains M models from
+different random starts and averages their tag marginals."""
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import factorebm as fe
+from factorebm.modelio import load_arrays, save_arrays
+from test_tagger_additions import bio_corpus, ewt, valid_bio  # noqa: F401  (ewt: a fixture)
+
+
+@pytest.fixture(scope="module")
+def members(ewt):
+    """Three taggers trained alone, seeds 3, 4, 5."""
+    (s, t), _ = ewt
+    return [fe.SequenceTagger(max_iter=2, n_substates=2, random_state=3 + m,
+                              verbose=False).fit(s, t) for m in range(3)]
+
+
+@pytest.fixture(scope="module")
+def ensemble(ewt):
+    (s, t), _ = ewt
+    return fe.SequenceTagger(max_iter=2, n_substates=2, random_state=3, ensemble=3,
+                             verbose=False).fit(s, t)
+
+
+def test_members_are_the_taggers_trained_alone(members, ensemble):
+    assert ensemble.coef_.shape == (3, members[0].coef_.shape[0])
+    for m, alone in enumerate(members):
+        np.testing.assert_array_equal(ensemble.coef_[m], alone.coef_)
+    # different starts make different models (else an ensemble would be pointless)
+    assert np.abs(members[0].coef_ - members[1].coef_).max() > 1e-3
+    assert {row["member"] for row in ensemble.history_} == {0, 1, 2}
+
+
+def test_ensemble_averages_the_members_marginals_and_takes_the_argmax(ewt, members, ensemble):
+    _, (ds, _) = ewt
+    mean = np.mean([np.concatenate(m.predict_marginals(ds)) for m in members], axis=0)
+    got = np.concatenate(ensemble.predict_marginals(ds))
+    np.testing.assert_allclose(got, mean, atol=1e-12)
+    pred = sum(ensemble.predict(ds), [])
+    assert pred == ensemble.labels_[mean.argmax(axis=1)].tolist()
+
+
+def test_marginal_decoding_takes_each_tokens_most_probable_tag(ewt, members):
+    _, (ds, dt) = ewt
+    alone = members[0]
+    alone.set_params(decode="marginal")
+    try:
+        P = np.concatenate(alone.predict_marginals(ds))
+        pred = sum(alone.predict(ds), [])
+        assert pred == alone.labels_[P.argmax(axis=1)].tolist()
+        acc_marginal = alone.score(ds, dt)
+    finally:
+        alone.set_params(decode="viterbi")
+    viterbi = sum(alone.predict(ds), [])
+    assert viterbi != pred          # with latent substates the two answers differ somewhere
+    assert abs(acc_marginal - alone.score(ds, dt)) < 0.05
+
+
+def _brute_force_allowed(P, allowed):
+    """The tag sequence of highest summed log-marginals whose transitions ``allowed`` permits."""
+    T, K = P.shape
+    best, arg = -np.inf, None
+    with np.errstate(divide="ignore"):
+        logp = np.log(P)
+    for seq in itertools.product(range(K), repeat=T):
+        ok = allowed[K, seq[0]] and allowed[seq[-1], K] and all(
+            allowed[a, b] for a, b in zip(seq, seq[1:]))
+        score = logp[np.arange(T), seq].sum() if ok else -np.inf
+        if score > best:
+            best, arg = score, seq
+    return arg
+
+
+def test_marginal_decoding_keeps_to_the_observed_transitions():
+    rng = np.random.default_rng(0)
+    s, t = bio_corpus(rng, 300)
+    tagger = fe.SequenceTagger(max_iter=3, verbose=False, transitions="observed",
+                               decode="marginal", ensemble=2).fit(s, t)
+    words = ["jr", "smith", "the", "paris", "went", "lee", "ann", "oslo"]
+    test = [[str(w) for w in rng.choice(words, size=int(rng.integers(1, 5)))]
+            for _ in range(40)]
+    pred = tagger.predict(test)
+    assert all(valid_bio(p) for p in pred)
+    # against brute force over every allowed tag sequence (BIO over 2 types: K = 5)
+    marginals = tagger.predict_marginals(test)
+    labels = tagger.labels_
+    for words_, p, P in zip(test, pred, marginals):
+        best = _brute_force_allowed(P, tagger.allowed_transitions_)
+        assert p == labels[list(best)].tolist(), words_
+    # on marginals whose per-token argmax breaks the rule (so that the check can fail): the
+    # decoder's pass over allowed sequences against brute force
+    K = len(labels)
+    sents = [["w"] * int(T) for T in rng.integers(1, 6, size=30)]
+    offsets = np.cumsum([0] + [len(x) for x in sents])
+    P = rng.dirichlet(np.full(K, 0.3), size=offsets[-1])
+    tagger._tag_marginals = lambda *args: (P, offsets, labels, False, 1)
+    pred = tagger.predict(sents)
+    argmax = [labels[P[a:b].argmax(axis=1)].tolist() for a, b in zip(offsets, offsets[1:])]
+    assert not all(valid_bio(p) for p in argmax)
+    for p, a, b in zip(pred, offsets, offsets[1:]):
+        assert valid_bio(p)
+        assert p == labels[list(_brute_force_allowed(P[a:b], tagger.allowed_transitions_))].tolist()
+
+
+def test_marginal_decoding_obeys_constraints(ensemble):
+    sents = [["I", "can", "fly"], ["the", "dog", "barks", "."]]
+    cons = [{1: "NOUN"}, {0: {"PRON", "PROPN"}, 3: "X"}]
+    pred = ensemble.predict(sents, constraints=cons)
+    assert pred[0][1] == "NOUN" and pred[1][0] in {"PRON", "PROPN"} and pred[1][3] == "X"
+    with pytest.raises(ValueError, match="unknown|not a tag|tag"):
+        ensemble.predict(sents[:1], constraints=[{0: "NOT-A-TAG"}])
+
+
+def test_an_ensemble_has_no_single_energy(ensemble):
+    for call in (lambda: ensemble.energies([["a"]]), lambda: ensemble.explain(["a"]),
+                 lambda: ensemble.predict_kbest([["a"]], 2)):
+        with pytest.raises(ValueError, match="ensemble"):
+            call()
+
+
+def test_bad_settings_are_refused():
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="ensemble"):
+            fe.SequenceTagger(ensemble=bad)
+    with pytest.raises(ValueError, match="decode"):
+        fe.SequenceTagger(decode="mbr")
+    with pytest.raises(ValueError, match="warm_start"):
+        fe.SequenceTagger(ensemble=2, warm_start=True)
+
+
+def test_warm_start_refuses_a_fitted_ensemble(ewt, ensemble):
+    (s, t), _ = ewt
+    params = ensemble.get_params()
+    params.update(ensemble=1, warm_start=True)
+    warm = fe.SequenceTagger(**params)
+    warm.coef_, warm.labels_ = ensemble.coef_, ensemble.labels_
+    warm.feature_extractor_, warm.model_ = ensemble.feature_extractor_, ensemble.model_
+    with pytest.raises(ValueError, match="ensemble"):
+        warm.fit(s[:20], t[:20])
+
+
+def test_ensemble_round_trips_and_decode_is_a_runtime_setting(ewt, ensemble, members, tmp_path):
+    _, (ds, _) = ewt
+    path = tmp_path / "ens.npz"
+    ensemble.save(path)
+    loaded = fe.SequenceTagger.load(path)
+    assert loaded.ensemble == 3
+    np.testing.assert_array_equal(loaded.coef_, ensemble.coef_)
+    assert loaded.predict(ds) == ensemble.predict(ds)
+    members[0].save(tmp_path / "one.npz")
+    one = fe.SequenceTagger.load(tmp_path / "one.npz", decode="marginal")
+    assert one.decode == "marginal"
+    P = np.concatenate(one.predict_marginals(ds))
+    assert sum(one.predict(ds), []) == one.labels_[P.argmax(axis=1)].tolist()
+
+
+def test_a_file_whose_weights_do_not_match_its_ensemble_is_refused(ensemble, tmp_path):
+    path = tmp_path / "ens.npz"
+    ensemble.save(path)
+    arrays, metadata = load_arrays(path, kind="SequenceTagger")
+    bad = tmp_path / "bad.npz"
+    for coef, ens in ((arrays["coef"][0], 3), (arrays["coef"][:2], 3), (arrays["coef"], 1)):
+        md = json.loads(json.dumps(metadata))
+        md["params"]["ensemble"] = ens
+        extra = {k: v for k, v in md.items() if k not in ("format_version", "kind", "arrays",
+                                                          "shapes")}
+        save_arrays(bad, {**arrays, "coef": coef}, extra, kind="SequenceTagger")
+        with pytest.raises(ValueError, match="bad.npz"):
+            fe.SequenceTagger.load(bad)
+
+
+def test_command_line_trains_and_tags_an_ensemble(tmp_path):
+    train = tmp_path / "train.conllu"
+    rows = []
+    s, t = fe.datasets.load_ud_english_ewt("train")
+    for i, (words, tags) in enumerate(zip(s[:120], t[:120])):
+        rows.append(f"# sent_id = {i}")
+        rows += [f"{k + 1}\t{w}\t_\t{tag}\t_\t_\t_\t_\t_\t_" for k, (w, tag) in
+                 enumerate(zip(words, tags))]
+        rows.append("")
+    train.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    model = tmp_path / "m.npz"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "factorebm", *a],  # noqa: E731
+                                    capture_output=True, text=True)
+    r = run("train", "--model", str(model), "--train", str(train), "--dev", str(train),
+            "--test", str(train), "--ensemble", "2", "--max-iter", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert fe.SequenceTagger.load(model).coef_.shape[0] == 2
+    for decode in ("viterbi", "marginal"):
+        r = run("evaluate", "--model", str(model), str(train), "--decode", decode, "--json")
+        assert r.returncode == 0, r.stderr
+    r = run("train", "--model", str(model), "--ensemble", "0")
+    assert r.returncode != 0 and "--ensemble" in r.stderr
