@@ -1240,11 +1240,13 @@ class FeatureExtractor:
         }
 
     @classmethod
-    def from_config_and_arrays(cls, config, arrays):
+    def from_config_and_arrays(cls, config, arrays, copy=True):
         """Rebuild a fitted extractor from :meth:`get_config` and :meth:`to_arrays` output.
 
         Every array is checked (dtypes, shapes, bounds), since it may come from an untrusted
         file: a bad one raises ValueError rather than reaching the compiled assembly loop.
+        ``copy=False`` keeps the arrays themselves rather than copies, for a caller that owns
+        them and will not change them (a model file's loader: 4 MB less to copy).
         """
         if not isinstance(config, dict):
             raise ValueError("feature extractor config must be a dict")
@@ -1311,8 +1313,9 @@ class FeatureExtractor:
         if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
             raise ValueError(f"feature extractor config: bad min_count {min_count!r}")
         # Feature names are decoded, and their lookup table built, on first need.
-        fx._set_fitted(names_buf.copy(), names_len.copy(), min_count, bounds.copy(),
-                       _TypeCache(index, seg.copy(), ids.copy(), n_types, ids.shape[0]))
+        own = np.array if copy else np.asarray
+        fx._set_fitted(own(names_buf), own(names_len), min_count, own(bounds),
+                       _TypeCache(index, own(seg), own(ids), n_types, ids.shape[0]))
         return fx
 
     def __repr__(self):

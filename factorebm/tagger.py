@@ -898,7 +898,7 @@ class SequenceTagger(Estimator):
             feature_arrays = {k[len("features."):]: v for k, v in arrays.items()
                               if k.startswith("features.")}
             fx = FeatureExtractor.from_config_and_arrays(metadata["feature_config"],
-                                                         feature_arrays)
+                                                         feature_arrays, copy=False)
             labels = _check_saved_labels(arrays["labels"])
             coef = _check_saved_coef(arrays["coef"], tagger.ensemble)
             chars = None
