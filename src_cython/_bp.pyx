@@ -49,8 +49,9 @@
 # a quotient, so that a message costs no exp and no log (they were most of a sum-product
 # sweep); damping 0.5 is then a geometric mean, a square root. The messages keep a
 # [state][factor] block layout for the whole run, which also saves min-sum the transposes
-# of the general sweep. Where a probability could come near underflow (large beta c or
-# unary spreads), or damping needs a pow, the general log-domain sweep runs.
+# of the general sweep, and a variable's total is retaken right after the block of its last
+# factor, while its messages are in cache. Where a probability could come near underflow
+# (large beta c or unary spreads), or damping needs a pow, the general log-domain sweep runs.
 #
 # Layout (see factorebm/compiled.py): variables v own the global states
 # [var_state_offset[v], var_state_offset[v+1]); non-unary factors f own the edges
@@ -122,7 +123,8 @@ cdef extern from "_bp_simd.h":
                   int min_sum, double* agg) noexcept nogil
     void bp_potts_totals(double* tot, const double* u, const double* msg, const intp_t* var_edges,
                          const intp_t* var_edge_offset, const intp_t* var_state_offset,
-                         Py_ssize_t v_lo, Py_ssize_t v_hi, Py_ssize_t K, int prob) noexcept nogil
+                         const intp_t* vars, Py_ssize_t n_vars, Py_ssize_t K,
+                         int prob) noexcept nogil
     double bp_potts_block(double* msg, const double* tot, const intp_t* ev, const intp_t* vso,
                           const double* cw, Py_ssize_t nf, Py_ssize_t K, int min_sum,
                           double damping, double beta, double* x, double* acc,
@@ -1086,14 +1088,10 @@ cdef bint _potts_domain_ok(Graph* g, double damping) noexcept nogil:
     return g.beta * (spread + (max_deg + 2) * c_max) <= _PROB_RANGE
 
 
-cdef inline void _potts_totals(Graph* g, intp_t c, double* tot, const double* u, const double* msg,
-                               intp_t K) noexcept nogil:
-    """bp_potts_totals over the variables of chunk c (_VAR_CHUNK of them)."""
-    cdef intp_t v_lo = c * _VAR_CHUNK, v_hi = v_lo + _VAR_CHUNK
-    if v_hi > g.n_vars:
-        v_hi = g.n_vars
-    bp_potts_totals(tot, u, msg, g.var_edges, g.var_edge_offset, g.var_state_offset, v_lo, v_hi,
-                    K, not g.min_sum)
+cdef inline void _potts_totals(Graph* g, const intp_t* vars, intp_t n, double* tot,
+                               const double* u, const double* msg, intp_t K) noexcept nogil:
+    bp_potts_totals(tot, u, msg, g.var_edges, g.var_edge_offset, g.var_state_offset, vars, n, K,
+                    not g.min_sum)
 
 
 cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, int n_threads,
@@ -1103,15 +1101,22 @@ cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, i
     and no log (bp_potts_block). The messages keep the blocks' layout for the whole run: read
     from f2v at the start, written back to it (as energies) at the end, and v2f set from
     them, as after the general sweep. work: 2 S doubles (the totals, and sum-product's unary
-    probabilities)."""
+    probabilities).
+
+    The blocks are split into n_threads contiguous runs, one a thread. A variable whose
+    factors all lie in one run gets its new total right after that run's block holding its
+    last factor: no later factor of the sweep reads its total, and its messages are still in
+    cache (a separate pass over the variables read them all from memory again, a quarter of
+    a sweep's traffic on a large grid). The totals of the other variables (factors in two
+    runs) follow the sweep."""
     cdef intp_t F = g.n_facs, V = g.n_vars
     cdef intp_t K = g.edge_msg_offset[1] - g.edge_msg_offset[0]
     cdef intp_t W = 2 * K
     cdef intp_t n_blocks = (F + BP_NF - 1) // BP_NF
     cdef intp_t S = g.var_state_offset[V]
-    cdef intp_t n_chunks = (V + _VAR_CHUNK - 1) // _VAR_CHUNK
+    cdef intp_t n_runs = n_threads
     cdef intp_t scratch_len = (2 * W + 3) * BP_NF     # a multiple of 8: own cache lines
-    cdef intp_t it = 0, b, c, e, f, k, v, s0, o, slot
+    cdef intp_t it = 0, b, c, e, f, k, v, i, s0, o, slot, r, f_lo, f_hi, n_local, n_late
     cdef double delta = INFINITY, lo, x
     cdef double neutral = 0.0 if g.min_sum else 1.0
     cdef double* tot = work
@@ -1120,12 +1125,50 @@ cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, i
     cdef double* msg = <double*> malloc(n_blocks * W * BP_NF * sizeof(double))
     cdef double* cw = <double*> malloc(n_blocks * BP_NF * sizeof(double))
     cdef double* bufs = <double*> malloc(n_threads * scratch_len * sizeof(double))
-    if msg == NULL or cw == NULL or bufs == NULL:
+    # the variables (with edges) in the order their totals are taken: those finishing in
+    # block b at [fin_offset[b], fin_offset[b + 1]), then the late ones (factors in two runs)
+    cdef intp_t* fin_offset = <intp_t*> calloc(n_blocks + 2, sizeof(intp_t))
+    cdef intp_t* fin_vars = <intp_t*> malloc((V + 1) * sizeof(intp_t))
+    cdef intp_t* run_of = <intp_t*> malloc((n_blocks + 1) * sizeof(intp_t))
+    cdef intp_t* key = <intp_t*> malloc((V + 1) * sizeof(intp_t))
+    if (msg == NULL or cw == NULL or bufs == NULL or fin_offset == NULL or fin_vars == NULL
+            or run_of == NULL or key == NULL):
         free(msg)
         free(cw)
         free(bufs)
+        free(fin_offset)
+        free(fin_vars)
+        free(run_of)
+        free(key)
         raise MemoryError()
     with nogil:
+        for r in range(n_runs):
+            for b in range(r * n_blocks // n_runs, (r + 1) * n_blocks // n_runs):
+                run_of[b] = r
+        for v in range(V):
+            key[v] = -1
+            if g.var_edge_offset[v + 1] == g.var_edge_offset[v]:
+                continue
+            f_lo = F
+            f_hi = -1
+            for i in range(g.var_edge_offset[v], g.var_edge_offset[v + 1]):
+                f = g.var_edges[i] // 2
+                f_lo = f if f < f_lo else f_lo
+                f_hi = f if f > f_hi else f_hi
+            key[v] = f_hi // BP_NF if run_of[f_lo // BP_NF] == run_of[f_hi // BP_NF] else n_blocks
+            fin_offset[key[v] + 1] += 1
+        for b in range(n_blocks + 1):
+            fin_offset[b + 1] += fin_offset[b]
+        for v in range(V):
+            if key[v] >= 0:
+                fin_vars[fin_offset[key[v]]] = v
+                fin_offset[key[v]] += 1
+        for b in range(n_blocks, 0, -1):
+            fin_offset[b] = fin_offset[b - 1]
+        fin_offset[0] = 0
+        n_local = fin_offset[n_blocks]
+        n_late = fin_offset[n_blocks + 1] - n_local
+
         # padding slots: neutral messages, and cw 0 keeps them so (y = x in both semirings)
         for o in range(n_blocks * W * BP_NF):
             msg[o] = neutral
@@ -1150,18 +1193,21 @@ cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, i
                     lo = g.unary[s0 + k] if g.unary[s0 + k] < lo else lo
                 for k in range(g.var_state_offset[v + 1] - s0):
                     work[S + s0 + k] = exp(-g.beta * (g.unary[s0 + k] - lo)) if lo != INFINITY else 0.0
-        for c in prange(n_chunks, num_threads=n_threads, schedule="static"):
-            _potts_totals(g, c, tot, u, msg, K)
+        _potts_totals(g, fin_vars, n_local + n_late, tot, u, msg, K)
         while it < max_iter:
-            with parallel(num_threads=n_threads):
+            for r in prange(n_runs, num_threads=n_threads, schedule="static", chunksize=1):
                 buf = bufs + threadid() * scratch_len
-                for b in prange(n_blocks, schedule="static"):
+                for b in range(r * n_blocks // n_runs, (r + 1) * n_blocks // n_runs):
                     block_delta[b] = bp_potts_block(
                         msg + b * W * BP_NF, tot, g.edge_var + 2 * b * BP_NF, g.var_state_offset,
                         cw + b * BP_NF, min(<intp_t> BP_NF, F - b * BP_NF), K, g.min_sum, damping,
                         g.beta, buf, buf + W * BP_NF, buf + 2 * W * BP_NF)
-            for c in prange(n_chunks, num_threads=n_threads, schedule="static"):
-                _potts_totals(g, c, tot, u, msg, K)
+                    _potts_totals(g, fin_vars + fin_offset[b], fin_offset[b + 1] - fin_offset[b],
+                                  tot, u, msg, K)
+            for c in prange((n_late + _VAR_CHUNK - 1) // _VAR_CHUNK, num_threads=n_threads,
+                            schedule="static"):
+                _potts_totals(g, fin_vars + n_local + c * _VAR_CHUNK,
+                              min(<intp_t> _VAR_CHUNK, n_late - c * _VAR_CHUNK), tot, u, msg, K)
             delta = _largest(block_delta, n_blocks)
             it += 1
             if delta <= tol:
@@ -1179,6 +1225,10 @@ cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, i
     free(msg)
     free(cw)
     free(bufs)
+    free(fin_offset)
+    free(fin_vars)
+    free(run_of)
+    free(key)
     return it, delta
 
 

@@ -404,7 +404,8 @@ static inline void bp_store_pair(double* restrict fo, const double* restrict acc
    [state][factor] rows (W = 2K rows, the messages to the first variables, then to the
    second), so a block's update is flat vector loops with no transposes; the variables'
    pass reads each message state at a fixed stride. */
-#define BP_NF 64
+/* factors a block: a row is four AVX-512 vectors (of 16, 32 and 64, the fewest instructions a sweep) */
+#define BP_NF 32
 
 /* The slot of edge e's message at state 0 (state k at + k BP_NF). */
 BP_INLINE int64_t bp_potts_slot(int64_t e, Py_ssize_t K) {
@@ -430,18 +431,19 @@ BP_INLINE void bp_potts_total_k(double* restrict tot, const double* restrict u,
     for (Py_ssize_t k = 0; k < K; k++) tot[k] = t[k];
 }
 
-/* The totals of variables v_lo .. v_hi-1 that have edges (u: unary energies, or their
-   probabilities for sum-product; K states each). */
+/* The totals of the variables vars[0 .. n) (u: unary energies, or their probabilities for
+   sum-product; K states each; every listed variable has an edge). */
 BP_CLONES
 static void bp_potts_totals(double* restrict tot, const double* restrict u,
                             const double* restrict msg, const int64_t* restrict var_edges,
                             const int64_t* restrict var_edge_offset,
-                            const int64_t* restrict var_state_offset, Py_ssize_t v_lo,
-                            Py_ssize_t v_hi, Py_ssize_t K, int prob) {
-    for (Py_ssize_t v = v_lo; v < v_hi; v++) {
+                            const int64_t* restrict var_state_offset,
+                            const int64_t* restrict vars, Py_ssize_t n_vars, Py_ssize_t K,
+                            int prob) {
+    for (Py_ssize_t i = 0; i < n_vars; i++) {
+        const int64_t v = vars[i];
         const int64_t s0 = var_state_offset[v], i0 = var_edge_offset[v];
         const Py_ssize_t n = var_edge_offset[v + 1] - i0;
-        if (n == 0) continue;
 #define BP_PTP(KK) bp_potts_total_k(tot + s0, u + s0, msg, var_edges + i0, n, KK, 1)
 #define BP_PTE(KK) bp_potts_total_k(tot + s0, u + s0, msg, var_edges + i0, n, KK, 0)
         if (prob) {
