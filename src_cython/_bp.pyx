@@ -62,6 +62,7 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport exp, log, INFINITY, fabs
 from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memset
+from libc.stdint cimport int32_t
 
 from _typedefs cimport float64_t, intp_t
 
@@ -121,12 +122,10 @@ cdef extern from "_bp_simd.h":
     void bp_store_pair(double* fo, const double* acc, Py_ssize_t nf, Py_ssize_t W) noexcept nogil
     void bp_potts(const double* x, double* y, const double* cw, Py_ssize_t nf, Py_ssize_t K,
                   int min_sum, double* agg) noexcept nogil
-    void bp_potts_totals(double* tot, const double* u, const double* msg, const intp_t* var_edges,
-                         const intp_t* var_edge_offset, const intp_t* var_state_offset,
-                         const intp_t* vars, Py_ssize_t n_vars, Py_ssize_t K,
+    void bp_potts_totals(double* tot, const double* u, const double* msg, const int32_t* s0,
+                         const int32_t* eo, const int32_t* slots, Py_ssize_t n, Py_ssize_t K,
                          int prob) noexcept nogil
-    double bp_potts_block(double* msg, const double* tot, const intp_t* ev, const intp_t* vso,
-                          const double* cw, Py_ssize_t nf, Py_ssize_t K, int min_sum,
+    double bp_potts_block(double* msg, const double* tot, const int32_t* s01, const double* cw, Py_ssize_t nf, Py_ssize_t K, int min_sum,
                           double damping, double beta, double* x, double* acc,
                           double* s) noexcept nogil
     intp_t bp_potts_slot(intp_t e, Py_ssize_t K) noexcept nogil
@@ -1081,6 +1080,10 @@ cdef bint _potts_domain_ok(Graph* g, double damping) noexcept nogil:
         if lo == INFINITY:
             return False
         spread = hi - lo if hi - lo > spread else spread
+    # its 32-bit indices (message slots, states)
+    if ((g.n_facs // BP_NF + 1) * 2 * K * BP_NF > 2147483647
+            or g.var_state_offset[g.n_vars] > 2147483647):
+        return False
     if g.min_sum:
         return True
     if damping != 0.0 and damping != 0.5:
@@ -1088,10 +1091,6 @@ cdef bint _potts_domain_ok(Graph* g, double damping) noexcept nogil:
     return g.beta * (spread + (max_deg + 2) * c_max) <= _PROB_RANGE
 
 
-cdef inline void _potts_totals(Graph* g, const intp_t* vars, intp_t n, double* tot,
-                               const double* u, const double* msg, intp_t K) noexcept nogil:
-    bp_potts_totals(tot, u, msg, g.var_edges, g.var_edge_offset, g.var_state_offset, vars, n, K,
-                    not g.min_sum)
 
 
 cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, int n_threads,
@@ -1119,6 +1118,7 @@ cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, i
     cdef intp_t it = 0, b, c, e, f, k, v, i, s0, o, slot, r, f_lo, f_hi, n_local, n_late
     cdef double delta = INFINITY, lo, x
     cdef double neutral = 0.0 if g.min_sum else 1.0
+    cdef bint prob = not g.min_sum
     cdef double* tot = work
     cdef const double* u = g.unary
     cdef double* buf
@@ -1131,8 +1131,15 @@ cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, i
     cdef intp_t* fin_vars = <intp_t*> malloc((V + 1) * sizeof(intp_t))
     cdef intp_t* run_of = <intp_t*> malloc((n_blocks + 1) * sizeof(intp_t))
     cdef intp_t* key = <intp_t*> malloc((V + 1) * sizeof(intp_t))
+    # in that order, each variable's first state and its messages' slots (CSR), and per factor
+    # its variables' first states: what the sweep reads, in 32 bits (see bp_potts_totals)
+    cdef int32_t* fin_s0 = <int32_t*> malloc((V + 1) * sizeof(int32_t))
+    cdef int32_t* fin_eo = <int32_t*> malloc((V + 1) * sizeof(int32_t))
+    cdef int32_t* fin_slots = <int32_t*> malloc((2 * F + 1) * sizeof(int32_t))
+    cdef int32_t* s01 = <int32_t*> malloc((2 * F + 1) * sizeof(int32_t))
     if (msg == NULL or cw == NULL or bufs == NULL or fin_offset == NULL or fin_vars == NULL
-            or run_of == NULL or key == NULL):
+            or run_of == NULL or key == NULL or fin_s0 == NULL or fin_eo == NULL
+            or fin_slots == NULL or s01 == NULL):
         free(msg)
         free(cw)
         free(bufs)
@@ -1140,6 +1147,10 @@ cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, i
         free(fin_vars)
         free(run_of)
         free(key)
+        free(fin_s0)
+        free(fin_eo)
+        free(fin_slots)
+        free(s01)
         raise MemoryError()
     with nogil:
         for r in range(n_runs):
@@ -1168,6 +1179,17 @@ cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, i
         fin_offset[0] = 0
         n_local = fin_offset[n_blocks]
         n_late = fin_offset[n_blocks + 1] - n_local
+        fin_eo[0] = 0
+        for i in range(n_local + n_late):
+            v = fin_vars[i]
+            fin_s0[i] = <int32_t> g.var_state_offset[v]
+            o = fin_eo[i]
+            for k in range(g.var_edge_offset[v], g.var_edge_offset[v + 1]):
+                fin_slots[o] = <int32_t> bp_potts_slot(g.var_edges[k], K)
+                o += 1
+            fin_eo[i + 1] = <int32_t> o
+        for e in range(2 * F):
+            s01[e] = <int32_t> g.var_state_offset[g.edge_var[e]]
 
         # padding slots: neutral messages, and cw 0 keeps them so (y = x in both semirings)
         for o in range(n_blocks * W * BP_NF):
@@ -1193,21 +1215,22 @@ cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, i
                     lo = g.unary[s0 + k] if g.unary[s0 + k] < lo else lo
                 for k in range(g.var_state_offset[v + 1] - s0):
                     work[S + s0 + k] = exp(-g.beta * (g.unary[s0 + k] - lo)) if lo != INFINITY else 0.0
-        _potts_totals(g, fin_vars, n_local + n_late, tot, u, msg, K)
+        bp_potts_totals(tot, u, msg, fin_s0, fin_eo, fin_slots, n_local + n_late, K, prob)
         while it < max_iter:
             for r in prange(n_runs, num_threads=n_threads, schedule="static", chunksize=1):
                 buf = bufs + threadid() * scratch_len
                 for b in range(r * n_blocks // n_runs, (r + 1) * n_blocks // n_runs):
                     block_delta[b] = bp_potts_block(
-                        msg + b * W * BP_NF, tot, g.edge_var + 2 * b * BP_NF, g.var_state_offset,
-                        cw + b * BP_NF, min(<intp_t> BP_NF, F - b * BP_NF), K, g.min_sum, damping,
-                        g.beta, buf, buf + W * BP_NF, buf + 2 * W * BP_NF)
-                    _potts_totals(g, fin_vars + fin_offset[b], fin_offset[b + 1] - fin_offset[b],
-                                  tot, u, msg, K)
+                        msg + b * W * BP_NF, tot, s01 + 2 * b * BP_NF, cw + b * BP_NF,
+                        min(<intp_t> BP_NF, F - b * BP_NF), K, g.min_sum, damping, g.beta, buf,
+                        buf + W * BP_NF, buf + 2 * W * BP_NF)
+                    bp_potts_totals(tot, u, msg, fin_s0 + fin_offset[b], fin_eo + fin_offset[b],
+                                    fin_slots, fin_offset[b + 1] - fin_offset[b], K, prob)
             for c in prange((n_late + _VAR_CHUNK - 1) // _VAR_CHUNK, num_threads=n_threads,
                             schedule="static"):
-                _potts_totals(g, fin_vars + n_local + c * _VAR_CHUNK,
-                              min(<intp_t> _VAR_CHUNK, n_late - c * _VAR_CHUNK), tot, u, msg, K)
+                bp_potts_totals(tot, u, msg, fin_s0 + n_local + c * _VAR_CHUNK,
+                                fin_eo + n_local + c * _VAR_CHUNK, fin_slots,
+                                min(<intp_t> _VAR_CHUNK, n_late - c * _VAR_CHUNK), K, prob)
             delta = _largest(block_delta, n_blocks)
             it += 1
             if delta <= tol:
@@ -1229,6 +1252,10 @@ cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, i
     free(fin_vars)
     free(run_of)
     free(key)
+    free(fin_s0)
+    free(fin_eo)
+    free(fin_slots)
+    free(s01)
     return it, delta
 
 

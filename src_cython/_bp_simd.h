@@ -413,15 +413,15 @@ BP_INLINE int64_t bp_potts_slot(int64_t e, Py_ssize_t K) {
     return (int64_t)((f / BP_NF) * (2 * K * BP_NF) + (e & 1) * (K * BP_NF) + f % BP_NF);
 }
 
-/* tot[0 .. K) = u combined with every incoming message of the variable (edges: its edges),
+/* tot[0 .. K) = u combined with the messages at slots[0 .. n) (a variable's incoming ones),
    by the semiring's product: + on energies, x on probabilities. */
 BP_INLINE void bp_potts_total_k(double* restrict tot, const double* restrict u,
-                                const double* restrict msg, const int64_t* restrict edges,
-                                Py_ssize_t n_edges, Py_ssize_t K, int prob) {
+                                const double* restrict msg, const int32_t* restrict slots,
+                                Py_ssize_t n, Py_ssize_t K, int prob) {
     double t[K > 0 ? K : 1];
     for (Py_ssize_t k = 0; k < K; k++) t[k] = u[k];
-    for (Py_ssize_t i = 0; i < n_edges; i++) {
-        const double* m = msg + bp_potts_slot(edges[i], K);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double* m = msg + slots[i];
         if (prob) {
             for (Py_ssize_t k = 0; k < K; k++) t[k] *= m[k * BP_NF];
         } else {
@@ -431,21 +431,19 @@ BP_INLINE void bp_potts_total_k(double* restrict tot, const double* restrict u,
     for (Py_ssize_t k = 0; k < K; k++) tot[k] = t[k];
 }
 
-/* The totals of the variables vars[0 .. n) (u: unary energies, or their probabilities for
-   sum-product; K states each; every listed variable has an edge). */
+/* The totals of n variables (u: unary energies, or their probabilities for sum-product; K
+   states each): the i-th's first state s0[i], its messages' slots slots[eo[i] .. eo[i+1]).
+   32-bit indices in the order the totals are taken: a sweep reads them once each, from a
+   third of the memory of the graph's own arrays. */
 BP_CLONES
 static void bp_potts_totals(double* restrict tot, const double* restrict u,
-                            const double* restrict msg, const int64_t* restrict var_edges,
-                            const int64_t* restrict var_edge_offset,
-                            const int64_t* restrict var_state_offset,
-                            const int64_t* restrict vars, Py_ssize_t n_vars, Py_ssize_t K,
-                            int prob) {
-    for (Py_ssize_t i = 0; i < n_vars; i++) {
-        const int64_t v = vars[i];
-        const int64_t s0 = var_state_offset[v], i0 = var_edge_offset[v];
-        const Py_ssize_t n = var_edge_offset[v + 1] - i0;
-#define BP_PTP(KK) bp_potts_total_k(tot + s0, u + s0, msg, var_edges + i0, n, KK, 1)
-#define BP_PTE(KK) bp_potts_total_k(tot + s0, u + s0, msg, var_edges + i0, n, KK, 0)
+                            const double* restrict msg, const int32_t* restrict s0,
+                            const int32_t* restrict eo, const int32_t* restrict slots,
+                            Py_ssize_t n, Py_ssize_t K, int prob) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const int32_t o = s0[i], e0 = eo[i], ne = eo[i + 1] - e0;
+#define BP_PTP(KK) bp_potts_total_k(tot + o, u + o, msg, slots + e0, ne, KK, 1)
+#define BP_PTE(KK) bp_potts_total_k(tot + o, u + o, msg, slots + e0, ne, KK, 0)
         if (prob) {
             BP_BY_CARD(K, BP_PTP, BP_PTP(K))
         } else {
@@ -457,13 +455,12 @@ static void bp_potts_totals(double* restrict tot, const double* restrict u,
 }
 
 /* The totals of a block's variables, transposed: x[k][f] the first variable's of factor f,
-   x[K + k][f] the second's (ev: the block's edges' variables). */
+   x[K + k][f] the second's (s01: the first states of factor f's variables at 2f, 2f + 1). */
 BP_INLINE void bp_potts_gather_k(double* restrict x, const double* restrict tot,
-                                 const int64_t* restrict ev, const int64_t* restrict vso,
-                                 Py_ssize_t nf, Py_ssize_t K) {
+                                 const int32_t* restrict s01, Py_ssize_t nf, Py_ssize_t K) {
     for (Py_ssize_t f = 0; f < nf; f++) {
-        const double* t0 = tot + vso[ev[2 * f]];
-        const double* t1 = tot + vso[ev[2 * f + 1]];
+        const double* t0 = tot + s01[2 * f];
+        const double* t1 = tot + s01[2 * f + 1];
         for (Py_ssize_t k = 0; k < K; k++) {
             x[k * BP_NF + f] = t0[k];
             x[(K + k) * BP_NF + f] = t1[k];
@@ -478,8 +475,7 @@ BP_INLINE void bp_potts_gather_k(double* restrict x, const double* restrict tot,
    sum-product 0 or 0.5. x, acc: W BP_NF doubles of scratch each; s: 3 BP_NF. */
 BP_CLONES
 static double bp_potts_block(double* restrict msg, const double* restrict tot,
-                             const int64_t* restrict ev, const int64_t* restrict vso,
-                             const double* restrict cw, Py_ssize_t nf, Py_ssize_t K,
+                             const int32_t* restrict s01, const double* restrict cw, Py_ssize_t nf, Py_ssize_t K,
                              int min_sum, double damping, double beta, double* restrict x,
                              double* restrict acc, double* restrict s) {
     const Py_ssize_t W = 2 * K, n = W * BP_NF;
@@ -487,7 +483,7 @@ static double bp_potts_block(double* restrict msg, const double* restrict tot,
     double* restrict lo = s;                 /* per factor: the minimum (or maximum) */
     double* restrict hi = s + BP_NF;         /* the largest change (or ratio new / old) */
     double* restrict rlo = s + 2 * BP_NF;    /* sum-product: the smallest ratio */
-#define BP_PG(KK) bp_potts_gather_k(x, tot, ev, vso, nf, KK)
+#define BP_PG(KK) bp_potts_gather_k(x, tot, s01, nf, KK)
     BP_BY_CARD(K, BP_PG, BP_PG(K))
 #undef BP_PG
     for (Py_ssize_t r = 0; r < (nf < BP_NF ? W : 0); r++)
