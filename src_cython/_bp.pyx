@@ -1113,7 +1113,7 @@ cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, i
     cdef intp_t W = 2 * K
     cdef intp_t n_blocks = (F + BP_NF - 1) // BP_NF
     cdef intp_t S = g.var_state_offset[V]
-    cdef intp_t n_runs = n_threads
+    cdef intp_t n_runs = n_threads if n_threads > 1 else 1
     cdef intp_t scratch_len = (2 * W + 3) * BP_NF     # a multiple of 8: own cache lines
     cdef intp_t it = 0, b, c, e, f, k, v, i, s0, o, slot, r, f_lo, f_hi, n_local, n_late
     cdef double delta = INFINITY, lo, x
