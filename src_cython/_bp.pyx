@@ -125,9 +125,9 @@ cdef extern from "_bp_simd.h":
     void bp_potts_totals(double* tot, const double* u, const double* msg, const int32_t* s0,
                          const int32_t* eo, const int32_t* slots, Py_ssize_t n, Py_ssize_t K,
                          int prob) noexcept nogil
-    double bp_potts_block(double* msg, const double* tot, const int32_t* s01, const double* cw, Py_ssize_t nf, Py_ssize_t K, int min_sum,
-                          double damping, double beta, double* x, double* acc,
-                          double* s) noexcept nogil
+    double bp_potts_block(double* msg, const double* tot, const int32_t* s01, const double* cw,
+                          Py_ssize_t nf, Py_ssize_t K, int min_sum, double damping, double beta,
+                          double* x, double* acc, double* s) noexcept nogil
     intp_t bp_potts_slot(intp_t e, Py_ssize_t K) noexcept nogil
     enum: BP_NF
 
@@ -1091,8 +1091,6 @@ cdef bint _potts_domain_ok(Graph* g, double damping) noexcept nogil:
     return g.beta * (spread + (max_deg + 2) * c_max) <= _PROB_RANGE
 
 
-
-
 cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, int n_threads,
                         double* block_delta, double* work):
     """Flooding on a graph of Potts factors (_potts_domain_ok), each semiring in its own
@@ -1214,7 +1212,8 @@ cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, i
                 for k in range(g.var_state_offset[v + 1] - s0):
                     lo = g.unary[s0 + k] if g.unary[s0 + k] < lo else lo
                 for k in range(g.var_state_offset[v + 1] - s0):
-                    work[S + s0 + k] = exp(-g.beta * (g.unary[s0 + k] - lo)) if lo != INFINITY else 0.0
+                    work[S + s0 + k] = (exp(-g.beta * (g.unary[s0 + k] - lo)) if lo != INFINITY
+                                        else 0.0)
         bp_potts_totals(tot, u, msg, fin_s0, fin_eo, fin_slots, n_local + n_late, K, prob)
         while it < max_iter:
             for r in prange(n_runs, num_threads=n_threads, schedule="static", chunksize=1):

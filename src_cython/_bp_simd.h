@@ -402,9 +402,9 @@ static inline void bp_store_pair(double* restrict fo, const double* restrict acc
    geometric mean sqrt(y m), normalization to maximum 1), where it needs no exp and no log
    per message. The messages keep one layout for the whole run: blocks of BP_NF factors,
    [state][factor] rows (W = 2K rows, the messages to the first variables, then to the
-   second), so a block's update is flat vector loops with no transposes; the variables'
-   pass reads each message state at a fixed stride. */
-/* factors a block: a row is four AVX-512 vectors (of 16, 32 and 64, the fewest instructions a sweep) */
+   second), so a block's update is flat vector loops with no transposes; a variable's total
+   reads each message's states at a fixed stride. BP_NF 32: a row is four AVX-512 vectors
+   (of 16, 32 and 64 factors a block, the fewest instructions a sweep). */
 #define BP_NF 32
 
 /* The slot of edge e's message at state 0 (state k at + k BP_NF). */
@@ -475,9 +475,10 @@ BP_INLINE void bp_potts_gather_k(double* restrict x, const double* restrict tot,
    sum-product 0 or 0.5. x, acc: W BP_NF doubles of scratch each; s: 3 BP_NF. */
 BP_CLONES
 static double bp_potts_block(double* restrict msg, const double* restrict tot,
-                             const int32_t* restrict s01, const double* restrict cw, Py_ssize_t nf, Py_ssize_t K,
-                             int min_sum, double damping, double beta, double* restrict x,
-                             double* restrict acc, double* restrict s) {
+                             const int32_t* restrict s01, const double* restrict cw,
+                             Py_ssize_t nf, Py_ssize_t K, int min_sum, double damping,
+                             double beta, double* restrict x, double* restrict acc,
+                             double* restrict s) {
     const Py_ssize_t W = 2 * K, n = W * BP_NF;
     const double keep = 1.0 - damping;
     double* restrict lo = s;                 /* per factor: the minimum (or maximum) */
