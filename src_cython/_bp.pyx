@@ -43,6 +43,16 @@
 # w sum_l q_l + (1 - w) q_k with w = exp(-beta c) on the scaled probabilities of
 # sum-product (bp_potts in _bp_simd.h, where the flat C loops live).
 #
+# A graph whose every non-unary factor is such a Potts table (finite c, one K) floods in
+# each semiring's own domain instead (_flood_potts, bp_potts_block): min-sum on energies,
+# sum-product on probabilities exp(-beta energy) with the totals as products and the cavity
+# a quotient, so that a message costs no exp and no log (they were most of a sum-product
+# sweep); damping 0.5 is then a geometric mean, a square root. The messages keep a
+# [state][factor] block layout for the whole run, which also saves min-sum the transposes
+# of the general sweep, and a variable's total is retaken right after the block of its last
+# factor, while its messages are in cache. Where a probability could come near underflow
+# (large beta c or unary spreads), or damping needs a pow, the general log-domain sweep runs.
+#
 # Layout (see factorebm/compiled.py): variables v own the global states
 # [var_state_offset[v], var_state_offset[v+1]); non-unary factors f own the edges
 # [fac_edge_offset[f], fac_edge_offset[f+1]) in scope order; edge e joins factor
@@ -52,6 +62,7 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport exp, log, INFINITY, fabs
 from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memset
+from libc.stdint cimport int32_t
 
 from _typedefs cimport float64_t, intp_t
 
@@ -68,6 +79,21 @@ def _set_block(intp_t n):
     """Test hook: the message slots per block of a flooding sweep."""
     global _BLOCK
     _BLOCK = n
+
+
+# Graphs of Potts factors only run in the semirings' own domains (_flood_potts); off, they
+# take the general log-domain sweep (a test hook compares the two)
+cdef bint _POTTS_DOMAIN = True
+# sum-product's probabilities stay above exp(-_PROB_RANGE) (see _potts_domain_ok), far from
+# the smallest normal double (exp(-708)), so that every product and quotient keeps its
+# relative precision
+cdef double _PROB_RANGE = 600.0
+
+
+def _set_potts_domain(bint on):
+    """Test hook: whether Potts-only graphs take the semiring-domain sweep (_flood_potts)."""
+    global _POTTS_DOMAIN
+    _POTTS_DOMAIN = on
 
 # Batched exp and log for the flooding sum-product sweeps. Every message state
 # needs one exp (q = exp(-beta v2f)) and one log (the output energy); libm's
@@ -96,6 +122,14 @@ cdef extern from "_bp_simd.h":
     void bp_store_pair(double* fo, const double* acc, Py_ssize_t nf, Py_ssize_t W) noexcept nogil
     void bp_potts(const double* x, double* y, const double* cw, Py_ssize_t nf, Py_ssize_t K,
                   int min_sum, double* agg) noexcept nogil
+    void bp_potts_totals(double* tot, const double* u, const double* msg, const int32_t* s0,
+                         const int32_t* eo, const int32_t* slots, Py_ssize_t n, Py_ssize_t K,
+                         int prob) noexcept nogil
+    double bp_potts_block(double* msg, const double* tot, const int32_t* s01, const double* cw,
+                          Py_ssize_t nf, Py_ssize_t K, int min_sum, double damping, double beta,
+                          double* x, double* acc, double* s) noexcept nogil
+    intp_t bp_potts_slot(intp_t e, Py_ssize_t K) noexcept nogil
+    enum: BP_NF
 
 
 bp_log_table_init()
@@ -421,6 +455,15 @@ cdef inline double _store_f2v(Graph* g, intp_t e, double* new, intp_t K, double 
     return delta
 
 
+cdef inline double _largest(const double* block_delta, intp_t n_blocks) noexcept nogil:
+    """The largest message change of a sweep, from its blocks' (0 for none)."""
+    cdef double dmax = 0.0
+    cdef intp_t b
+    for b in range(n_blocks):
+        dmax = block_delta[b] if block_delta[b] > dmax else dmax
+    return dmax
+
+
 cdef inline void _var_update_flood(Graph* g, intp_t v, double* tot) noexcept nogil:
     """All v2f messages of variable v at once (flooding).
 
@@ -727,7 +770,7 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
                                exp_tables, table_min, potts, unary, v2f, f2v, beta, min_sum)
     cdef intp_t n_steps = schedule.shape[0]
     cdef intp_t it = 0, s, e, f, v, i, t, a, K, e0, b
-    cdef double delta = INFINITY, dmax
+    cdef double delta = INFINITY
     cdef double* q
     cdef double* out
     cdef double* buf
@@ -761,6 +804,9 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
             free(cnt)
             free(q)
         return 1, 0.0
+
+    if _POTTS_DOMAIN and _potts_domain_ok(&g, damping):
+        return _flood_potts(&g, max_iter, damping, tol, n_threads, &block_delta[0], &work[0])
 
     # Flooding. Blocks of consecutive factors with about _BLOCK message slots
     # each: the unit of work of one thread, small enough for its buffers to
@@ -847,11 +893,8 @@ def run(const intp_t[::1] var_state_offset, const intp_t[::1] var_edge_offset,
                                 buf + 5 * max_slots, buf + 6 * max_slots, cnt, damping)
                 for c in prange(n_chunks, num_threads=n_threads, schedule="static"):
                     _var_totals(&g, c, tot, n_inf, track_inf)
-                dmax = 0.0
-                for b in range(n_blocks):
-                    dmax = block_delta[b] if block_delta[b] > dmax else dmax
+                delta = _largest(&block_delta[0], n_blocks)
                 it += 1
-                delta = dmax
                 if delta <= tol:
                     break
             # the caller reads v2f (beliefs, decoding): set it from the final f2v
@@ -994,6 +1037,225 @@ cdef double _flood_pairwise_block(Graph* g, intp_t f_lo, intp_t f_hi, bint share
     # store, transposed back
     bp_store_pair(g.f2v + base, acc, nf, W)
     return delta
+
+
+cdef bint _potts_domain_ok(Graph* g, double damping) noexcept nogil:
+    """Whether flooding can run in the semiring's own domain (_flood_potts): every non-unary
+    factor is pairwise Potts with a finite c and K states on both sides (one K for all), and
+    every variable in a factor has an allowed state (so no message is ever +inf or, in
+    probabilities, 0). Sum-product also needs damping 0 or 0.5 (other values would need a pow
+    per message) and its probabilities far from underflow: a variable's total is at least
+    exp(-beta (U spread + degree c_max)), and a message's terms at least exp(-2 beta c_max)
+    times a neighbour's total; both stay above exp(-_PROB_RANGE). Otherwise the general
+    log-domain sweep runs (it is exact at any energy scale)."""
+    cdef intp_t f, v, k, s0, K = 0, deg, max_deg = 0
+    cdef double c, c_max = 0.0, lo, hi, x, spread = 0.0
+    for f in range(g.n_facs):
+        if g.fac_edge_offset[f] != 2 * f or g.fac_edge_offset[f + 1] != 2 * f + 2:
+            return False
+        c = g.potts[f]
+        if not (c >= 0.0 and c < INFINITY):
+            return False
+        if f == 0:
+            K = g.edge_msg_offset[1] - g.edge_msg_offset[0]
+        if (g.edge_msg_offset[2 * f + 1] - g.edge_msg_offset[2 * f] != K
+                or g.edge_msg_offset[2 * f + 2] - g.edge_msg_offset[2 * f + 1] != K):
+            return False
+        c_max = c if c > c_max else c_max
+    for v in range(g.n_vars):
+        deg = g.var_edge_offset[v + 1] - g.var_edge_offset[v]
+        if deg == 0:
+            continue
+        max_deg = deg if deg > max_deg else max_deg
+        s0 = g.var_state_offset[v]
+        lo = INFINITY
+        hi = -INFINITY
+        for k in range(K):
+            x = g.unary[s0 + k]
+            if x != x or x == -INFINITY:
+                return False
+            lo = x if x < lo else lo
+            if x != INFINITY:
+                hi = x if x > hi else hi
+        if lo == INFINITY:
+            return False
+        spread = hi - lo if hi - lo > spread else spread
+    # its 32-bit indices (message slots, states)
+    if ((g.n_facs // BP_NF + 1) * 2 * K * BP_NF > 2147483647
+            or g.var_state_offset[g.n_vars] > 2147483647):
+        return False
+    if g.min_sum:
+        return True
+    if damping != 0.0 and damping != 0.5:
+        return False
+    return g.beta * (spread + (max_deg + 2) * c_max) <= _PROB_RANGE
+
+
+cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, int n_threads,
+                        double* block_delta, double* work):
+    """Flooding on a graph of Potts factors (_potts_domain_ok), each semiring in its own
+    domain: min-sum on energies, sum-product on probabilities, so that a message costs no exp
+    and no log (bp_potts_block). The messages keep the blocks' layout for the whole run: read
+    from f2v at the start, written back to it (as energies) at the end, and v2f set from
+    them, as after the general sweep. work: 2 S doubles (the totals, and sum-product's unary
+    probabilities).
+
+    The blocks are split into n_threads contiguous runs, one a thread. A variable whose
+    factors all lie in one run gets its new total right after that run's block holding its
+    last factor: no later factor of the sweep reads its total, and its messages are still in
+    cache (a separate pass over the variables read them all from memory again, a quarter of
+    a sweep's traffic on a large grid). The totals of the other variables (factors in two
+    runs) follow the sweep."""
+    cdef intp_t F = g.n_facs, V = g.n_vars
+    cdef intp_t K = g.edge_msg_offset[1] - g.edge_msg_offset[0]
+    cdef intp_t W = 2 * K
+    cdef intp_t n_blocks = (F + BP_NF - 1) // BP_NF
+    cdef intp_t S = g.var_state_offset[V]
+    cdef intp_t n_runs = n_threads if n_threads > 1 else 1
+    cdef intp_t scratch_len = (2 * W + 3) * BP_NF     # a multiple of 8: own cache lines
+    cdef intp_t it = 0, b, c, e, f, k, v, i, s0, o, slot, r, f_lo, f_hi, n_local, n_late
+    cdef double delta = INFINITY, lo, x
+    cdef double neutral = 0.0 if g.min_sum else 1.0
+    cdef bint prob = not g.min_sum
+    cdef double* tot = work
+    cdef const double* u = g.unary
+    cdef double* buf
+    cdef double* msg = <double*> malloc(n_blocks * W * BP_NF * sizeof(double))
+    cdef double* cw = <double*> malloc(n_blocks * BP_NF * sizeof(double))
+    cdef double* bufs = <double*> malloc(n_threads * scratch_len * sizeof(double))
+    # the variables (with edges) in the order their totals are taken: those finishing in
+    # block b at [fin_offset[b], fin_offset[b + 1]), then the late ones (factors in two runs)
+    cdef intp_t* fin_offset = <intp_t*> calloc(n_blocks + 2, sizeof(intp_t))
+    cdef intp_t* fin_vars = <intp_t*> malloc((V + 1) * sizeof(intp_t))
+    cdef intp_t* run_of = <intp_t*> malloc((n_blocks + 1) * sizeof(intp_t))
+    cdef intp_t* key = <intp_t*> malloc((V + 1) * sizeof(intp_t))
+    # in that order, each variable's first state and its messages' slots (CSR), and per factor
+    # its variables' first states: what the sweep reads, in 32 bits (see bp_potts_totals)
+    cdef int32_t* fin_s0 = <int32_t*> malloc((V + 1) * sizeof(int32_t))
+    cdef int32_t* fin_eo = <int32_t*> malloc((V + 1) * sizeof(int32_t))
+    cdef int32_t* fin_slots = <int32_t*> malloc((2 * F + 1) * sizeof(int32_t))
+    cdef int32_t* s01 = <int32_t*> malloc((2 * F + 1) * sizeof(int32_t))
+    if (msg == NULL or cw == NULL or bufs == NULL or fin_offset == NULL or fin_vars == NULL
+            or run_of == NULL or key == NULL or fin_s0 == NULL or fin_eo == NULL
+            or fin_slots == NULL or s01 == NULL):
+        free(msg)
+        free(cw)
+        free(bufs)
+        free(fin_offset)
+        free(fin_vars)
+        free(run_of)
+        free(key)
+        free(fin_s0)
+        free(fin_eo)
+        free(fin_slots)
+        free(s01)
+        raise MemoryError()
+    with nogil:
+        for r in range(n_runs):
+            for b in range(r * n_blocks // n_runs, (r + 1) * n_blocks // n_runs):
+                run_of[b] = r
+        for v in range(V):
+            key[v] = -1
+            if g.var_edge_offset[v + 1] == g.var_edge_offset[v]:
+                continue
+            f_lo = F
+            f_hi = -1
+            for i in range(g.var_edge_offset[v], g.var_edge_offset[v + 1]):
+                f = g.var_edges[i] // 2
+                f_lo = f if f < f_lo else f_lo
+                f_hi = f if f > f_hi else f_hi
+            key[v] = f_hi // BP_NF if run_of[f_lo // BP_NF] == run_of[f_hi // BP_NF] else n_blocks
+            fin_offset[key[v] + 1] += 1
+        for b in range(n_blocks + 1):
+            fin_offset[b + 1] += fin_offset[b]
+        for v in range(V):
+            if key[v] >= 0:
+                fin_vars[fin_offset[key[v]]] = v
+                fin_offset[key[v]] += 1
+        for b in range(n_blocks, 0, -1):
+            fin_offset[b] = fin_offset[b - 1]
+        fin_offset[0] = 0
+        n_local = fin_offset[n_blocks]
+        n_late = fin_offset[n_blocks + 1] - n_local
+        fin_eo[0] = 0
+        for i in range(n_local + n_late):
+            v = fin_vars[i]
+            fin_s0[i] = <int32_t> g.var_state_offset[v]
+            o = fin_eo[i]
+            for k in range(g.var_edge_offset[v], g.var_edge_offset[v + 1]):
+                fin_slots[o] = <int32_t> bp_potts_slot(g.var_edges[k], K)
+                o += 1
+            fin_eo[i + 1] = <int32_t> o
+        for e in range(2 * F):
+            s01[e] = <int32_t> g.var_state_offset[g.edge_var[e]]
+
+        # padding slots: neutral messages, and cw 0 keeps them so (y = x in both semirings)
+        for o in range(n_blocks * W * BP_NF):
+            msg[o] = neutral
+        for f in range(n_blocks * BP_NF):
+            cw[f] = 0.0
+        for f in range(F):
+            # exp(-beta c) is the exp table's entry (0, 1), as in the log-domain sweep
+            cw[f] = g.potts[f] if g.min_sum else g.exp_tables[g.fac_table[f] + 1]
+        for e in range(2 * F):
+            slot = bp_potts_slot(e, K)
+            o = g.edge_msg_offset[e]
+            for k in range(K):
+                x = g.f2v[o + k]
+                msg[slot + k * BP_NF] = x if g.min_sum else exp(-g.beta * x)
+        if not g.min_sum:
+            # the unary energies as probabilities, each variable's scaled to maximum 1
+            u = work + S
+            for v in range(V):
+                s0 = g.var_state_offset[v]
+                lo = INFINITY
+                for k in range(g.var_state_offset[v + 1] - s0):
+                    lo = g.unary[s0 + k] if g.unary[s0 + k] < lo else lo
+                for k in range(g.var_state_offset[v + 1] - s0):
+                    work[S + s0 + k] = (exp(-g.beta * (g.unary[s0 + k] - lo)) if lo != INFINITY
+                                        else 0.0)
+        bp_potts_totals(tot, u, msg, fin_s0, fin_eo, fin_slots, n_local + n_late, K, prob)
+        while it < max_iter:
+            for r in prange(n_runs, num_threads=n_threads, schedule="static", chunksize=1):
+                buf = bufs + threadid() * scratch_len
+                for b in range(r * n_blocks // n_runs, (r + 1) * n_blocks // n_runs):
+                    block_delta[b] = bp_potts_block(
+                        msg + b * W * BP_NF, tot, s01 + 2 * b * BP_NF, cw + b * BP_NF,
+                        min(<intp_t> BP_NF, F - b * BP_NF), K, g.min_sum, damping, g.beta, buf,
+                        buf + W * BP_NF, buf + 2 * W * BP_NF)
+                    bp_potts_totals(tot, u, msg, fin_s0 + fin_offset[b], fin_eo + fin_offset[b],
+                                    fin_slots, fin_offset[b + 1] - fin_offset[b], K, prob)
+            for c in prange((n_late + _VAR_CHUNK - 1) // _VAR_CHUNK, num_threads=n_threads,
+                            schedule="static"):
+                bp_potts_totals(tot, u, msg, fin_s0 + n_local + c * _VAR_CHUNK,
+                                fin_eo + n_local + c * _VAR_CHUNK, fin_slots,
+                                min(<intp_t> _VAR_CHUNK, n_late - c * _VAR_CHUNK), K, prob)
+            delta = _largest(block_delta, n_blocks)
+            it += 1
+            if delta <= tol:
+                break
+        for e in prange(2 * F, num_threads=n_threads, schedule="static"):
+            slot = bp_potts_slot(e, K)
+            o = g.edge_msg_offset[e]
+            for k in range(K):
+                x = msg[slot + k * BP_NF]
+                g.f2v[o + k] = x if g.min_sum else -log(x) / g.beta
+        with parallel(num_threads=n_threads):
+            buf = bufs + threadid() * scratch_len        # K + 1 <= scratch_len doubles
+            for v in prange(V, schedule="static"):
+                _var_update_flood(g, v, buf)
+    free(msg)
+    free(cw)
+    free(bufs)
+    free(fin_offset)
+    free(fin_vars)
+    free(run_of)
+    free(key)
+    free(fin_s0)
+    free(fin_eo)
+    free(fin_slots)
+    free(s01)
+    return it, delta
 
 
 cdef intp_t _edge_factor(Graph* g, intp_t e) noexcept nogil:

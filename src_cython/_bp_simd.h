@@ -242,9 +242,9 @@ static double bp_finish_rows(double* restrict acc, const double* restrict old,
      min-sum (x energies, cw[f] = c):               y_k = min(x_k, min_l x_l + c)
      sum-product (x = exp(-beta v2f), cw = exp(-beta c)):  y_k = cw sum_l x_l + (1 - cw) x_k
    agg: nf doubles of scratch. */
-BP_CLONES
-static void bp_potts(const double* restrict x, double* restrict y, const double* restrict cw,
-                     Py_ssize_t nf, Py_ssize_t K, int min_sum, double* restrict agg) {
+static inline __attribute__((always_inline)) void bp_potts_body(
+        const double* restrict x, double* restrict y, const double* restrict cw, Py_ssize_t nf,
+        Py_ssize_t K, int min_sum, double* restrict agg) {
     for (Py_ssize_t f = 0; f < nf; f++) agg[f] = x[f];
     if (min_sum) {
         for (Py_ssize_t k = 1; k < K; k++) {
@@ -269,6 +269,12 @@ static void bp_potts(const double* restrict x, double* restrict y, const double*
             for (Py_ssize_t f = 0; f < nf; f++) out[f] = agg[f] + (1.0 - cw[f]) * row[f];
         }
     }
+}
+
+BP_CLONES
+static void bp_potts(const double* restrict x, double* restrict y, const double* restrict cw,
+                     Py_ssize_t nf, Py_ssize_t K, int min_sum, double* restrict agg) {
+    bp_potts_body(x, y, cw, nf, K, min_sum, agg);
 }
 
 /* The scalar gathers and scatters of a flooding sweep (no +inf anywhere, so no counts of
@@ -387,6 +393,169 @@ static inline void bp_store_pair(double* restrict fo, const double* restrict acc
         bp_store_pair_k(fo, acc, nf, W);
     }
 #undef BP_SP
+}
+
+/* Flooding on a graph whose every non-unary factor is Potts, pairwise with K states on both
+   sides (factor f owns edges 2f and 2f + 1), with each semiring in its own domain: min-sum
+   on energies (the cavity tot - m, damping a linear mix, normalization to minimum 0), and
+   sum-product on probabilities exp(-beta energy) (the cavity tot / m, damping 0.5 the
+   geometric mean sqrt(y m), normalization to maximum 1), where it needs no exp and no log
+   per message. The messages keep one layout for the whole run: blocks of BP_NF factors,
+   [state][factor] rows (W = 2K rows, the messages to the first variables, then to the
+   second), so a block's update is flat vector loops with no transposes; a variable's total
+   reads each message's states at a fixed stride. BP_NF 32: a row is four AVX-512 vectors
+   (of 16, 32 and 64 factors a block, the fewest instructions a sweep). */
+#define BP_NF 32
+
+/* The slot of edge e's message at state 0 (state k at + k BP_NF). */
+BP_INLINE int64_t bp_potts_slot(int64_t e, Py_ssize_t K) {
+    const uint64_t f = (uint64_t)e >> 1;
+    return (int64_t)((f / BP_NF) * (2 * K * BP_NF) + (e & 1) * (K * BP_NF) + f % BP_NF);
+}
+
+/* tot[0 .. K) = u combined with the messages at slots[0 .. n) (a variable's incoming ones),
+   by the semiring's product: + on energies, x on probabilities. */
+BP_INLINE void bp_potts_total_k(double* restrict tot, const double* restrict u,
+                                const double* restrict msg, const int32_t* restrict slots,
+                                Py_ssize_t n, Py_ssize_t K, int prob) {
+    double t[K > 0 ? K : 1];
+    for (Py_ssize_t k = 0; k < K; k++) t[k] = u[k];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double* m = msg + slots[i];
+        if (prob) {
+            for (Py_ssize_t k = 0; k < K; k++) t[k] *= m[k * BP_NF];
+        } else {
+            for (Py_ssize_t k = 0; k < K; k++) t[k] += m[k * BP_NF];
+        }
+    }
+    for (Py_ssize_t k = 0; k < K; k++) tot[k] = t[k];
+}
+
+/* The totals of n variables (u: unary energies, or their probabilities for sum-product; K
+   states each): the i-th's first state s0[i], its messages' slots slots[eo[i] .. eo[i+1]).
+   32-bit indices in the order the totals are taken: a sweep reads them once each, from a
+   third of the memory of the graph's own arrays. */
+BP_CLONES
+static void bp_potts_totals(double* restrict tot, const double* restrict u,
+                            const double* restrict msg, const int32_t* restrict s0,
+                            const int32_t* restrict eo, const int32_t* restrict slots,
+                            Py_ssize_t n, Py_ssize_t K, int prob) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const int32_t o = s0[i], e0 = eo[i], ne = eo[i + 1] - e0;
+#define BP_PTP(KK) bp_potts_total_k(tot + o, u + o, msg, slots + e0, ne, KK, 1)
+#define BP_PTE(KK) bp_potts_total_k(tot + o, u + o, msg, slots + e0, ne, KK, 0)
+        if (prob) {
+            BP_BY_CARD(K, BP_PTP, BP_PTP(K))
+        } else {
+            BP_BY_CARD(K, BP_PTE, BP_PTE(K))
+        }
+#undef BP_PTP
+#undef BP_PTE
+    }
+}
+
+/* The totals of a block's variables, transposed: x[k][f] the first variable's of factor f,
+   x[K + k][f] the second's (s01: the first states of factor f's variables at 2f, 2f + 1). */
+BP_INLINE void bp_potts_gather_k(double* restrict x, const double* restrict tot,
+                                 const int32_t* restrict s01, Py_ssize_t nf, Py_ssize_t K) {
+    for (Py_ssize_t f = 0; f < nf; f++) {
+        const double* t0 = tot + s01[2 * f];
+        const double* t1 = tot + s01[2 * f + 1];
+        for (Py_ssize_t k = 0; k < K; k++) {
+            x[k * BP_NF + f] = t0[k];
+            x[(K + k) * BP_NF + f] = t1[k];
+        }
+    }
+}
+
+/* One flooding update of a block's nf <= BP_NF factors, in place on its messages msg
+   (W BP_NF doubles): cavity, Potts contraction (bp_potts_body, cw: c or exp(-beta c) per
+   factor), damping, normalization. Returns the largest change in energy. Slots past nf
+   are padding that stays neutral (message 0 or 1, cw 0). Min-sum takes any damping,
+   sum-product 0 or 0.5. x, acc: W BP_NF doubles of scratch each; s: 3 BP_NF. */
+BP_CLONES
+static double bp_potts_block(double* restrict msg, const double* restrict tot,
+                             const int32_t* restrict s01, const double* restrict cw,
+                             Py_ssize_t nf, Py_ssize_t K, int min_sum, double damping,
+                             double beta, double* restrict x, double* restrict acc,
+                             double* restrict s) {
+    const Py_ssize_t W = 2 * K, n = W * BP_NF;
+    const double keep = 1.0 - damping;
+    double* restrict lo = s;                 /* per factor: the minimum (or maximum) */
+    double* restrict hi = s + BP_NF;         /* the largest change (or ratio new / old) */
+    double* restrict rlo = s + 2 * BP_NF;    /* sum-product: the smallest ratio */
+#define BP_PG(KK) bp_potts_gather_k(x, tot, s01, nf, KK)
+    BP_BY_CARD(K, BP_PG, BP_PG(K))
+#undef BP_PG
+    for (Py_ssize_t r = 0; r < (nf < BP_NF ? W : 0); r++)
+        for (Py_ssize_t f = nf; f < BP_NF; f++) x[r * BP_NF + f] = min_sum ? 0.0 : 1.0;
+    /* v2f: the variable's total without this edge's own message */
+    if (min_sum) {
+        for (Py_ssize_t i = 0; i < n; i++) x[i] -= msg[i];
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) x[i] /= msg[i];
+    }
+    bp_potts_body(x, acc + K * BP_NF, cw, BP_NF, K, min_sum, lo);
+    bp_potts_body(x + K * BP_NF, acc, cw, BP_NF, K, min_sum, lo);
+    for (Py_ssize_t f = 0; f < BP_NF; f++) { hi[f] = min_sum ? 0.0 : 1.0; rlo[f] = 1.0; }
+    for (Py_ssize_t r0 = 0; r0 < W; r0 += K) {
+        /* each edge's message apart: damp, then normalize and measure the change */
+        if (min_sum) {
+            for (Py_ssize_t f = 0; f < BP_NF; f++) lo[f] = INFINITY;
+            for (Py_ssize_t r = r0; r < r0 + K; r++) {
+                double* a = acc + r * BP_NF;
+                const double* o = msg + r * BP_NF;
+                for (Py_ssize_t f = 0; f < BP_NF; f++) {
+                    const double v = damping > 0.0 ? keep * a[f] + damping * o[f] : a[f];
+                    a[f] = v;
+                    lo[f] = v < lo[f] ? v : lo[f];
+                }
+            }
+            for (Py_ssize_t r = r0; r < r0 + K; r++) {
+                const double* a = acc + r * BP_NF;
+                double* o = msg + r * BP_NF;
+                for (Py_ssize_t f = 0; f < BP_NF; f++) {
+                    const double v = a[f] - lo[f];
+                    const double d = fabs(v - o[f]);
+                    hi[f] = d > hi[f] ? d : hi[f];
+                    o[f] = v;
+                }
+            }
+        } else {
+            /* energies mix linearly: with damping 0.5, probabilities by their geometric mean */
+            for (Py_ssize_t f = 0; f < BP_NF; f++) lo[f] = 0.0;
+            for (Py_ssize_t r = r0; r < r0 + K; r++) {
+                double* a = acc + r * BP_NF;
+                const double* o = msg + r * BP_NF;
+                for (Py_ssize_t f = 0; f < BP_NF; f++) {
+                    const double v = damping > 0.0 ? sqrt(a[f] * o[f]) : a[f];
+                    a[f] = v;
+                    lo[f] = v > lo[f] ? v : lo[f];
+                }
+            }
+            for (Py_ssize_t f = 0; f < BP_NF; f++) lo[f] = 1.0 / lo[f];
+            for (Py_ssize_t r = r0; r < r0 + K; r++) {
+                const double* a = acc + r * BP_NF;
+                double* o = msg + r * BP_NF;
+                for (Py_ssize_t f = 0; f < BP_NF; f++) {
+                    const double v = a[f] * lo[f];
+                    const double q = v / o[f];
+                    hi[f] = q > hi[f] ? q : hi[f];
+                    rlo[f] = q < rlo[f] ? q : rlo[f];
+                    o[f] = v;
+                }
+            }
+        }
+    }
+    double dmax = hi[0], rmin = rlo[0];
+    for (Py_ssize_t f = 1; f < BP_NF; f++) {
+        dmax = hi[f] > dmax ? hi[f] : dmax;
+        rmin = rlo[f] < rmin ? rlo[f] : rmin;
+    }
+    if (min_sum) return dmax;
+    /* the largest |log(new / old)| / beta: the change of the energies */
+    const double up = log(dmax), down = -log(rmin);
+    return (up > down ? up : down) / beta;
 }
 
 #endif
