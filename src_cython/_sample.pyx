@@ -56,7 +56,8 @@ cdef extern from "_sample_site.h":
                              double tiny) noexcept nogil
     double smp_uniform(uint64_t key, uint64_t counter) noexcept nogil
     intp_t smp_sweep_pairwise(intp_t K, const intp_t* order, intp_t lo, intp_t hi,
-                              const intp_t* pos_offset, const int32_t* pos_slot,
+                              const intp_t* pos_offset, intp_t pos_degree,
+                              const int32_t* pos_slot,
                               const double* pos_eu, const double* et, intp_t* x,
                               uint64_t key, uint64_t ctr, double tiny) noexcept nogil
 
@@ -90,6 +91,7 @@ cdef struct Model:
     intp_t uniform_k                 # K when every variable has K (2..8) states and every
                                      # factor is pairwise (the specialized sweeps), else 0
     const intp_t* pos_offset         # (n_order+1,) the slots of order[i], with uniform_k:
+    intp_t pos_degree                # > 0: pos_offset unused, position i has this many slots
     const int32_t* pos_slot          # (P', 2) pair_slot rows in update order
     const float64_t* pos_exp_unary   # (n_order K,) exp_unary rows in update order
 
@@ -214,8 +216,9 @@ cdef intp_t _sweep_range(const Model* m, intp_t* x, const intp_t* order, intp_t 
     elif m.uniform_k:
         i = lo
         while i < hi:
-            i = smp_sweep_pairwise(m.uniform_k, order, i, hi, m.pos_offset, m.pos_slot,
-                                   m.pos_exp_unary, m.exp_tables, x, key, 2 * ctr, _TINY)
+            i = smp_sweep_pairwise(m.uniform_k, order, i, hi, m.pos_offset, m.pos_degree,
+                                   m.pos_slot, m.pos_exp_unary, m.exp_tables, x, key, 2 * ctr,
+                                   _TINY)
             if i < hi:      # the weights of site i underflowed: redo it exactly
                 v = order[i]
                 _gibbs_site(m, x, v, smp_uniform(key, 2 * (ctr + v)), w)
@@ -256,7 +259,7 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
         const intp_t[::1] colour_offset, intp_t[:, ::1] states, const uint64_t[::1] keys,
         uint64_t sweep0, intp_t n_burn, intp_t n_record, intp_t thin, intp_t[:, :, ::1] out,
         double beta, bint mh, intp_t uniform_k, const intp_t[::1] pos_offset,
-        const int32_t[:, ::1] pos_slot, const float64_t[::1] pos_exp_unary, int n_threads,
+        intp_t pos_degree, const int32_t[:, ::1] pos_slot, const float64_t[::1] pos_exp_unary, int n_threads,
         bint by_chain, float64_t[:, ::1] scratch, intp_t[:, ::1] accepted):
     """Run ``n_burn + n_record * thin`` sweeps on every chain of ``states`` (in place).
 
@@ -279,9 +282,11 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
     uniform_k : int
         K when every variable has K states, 2 <= K <= 8, and no factor has arity >= 3 (the
         specialized Gibbs sweeps of _sample_site.h), else 0.
-    pos_offset, pos_slot, pos_exp_unary
-        With uniform_k: the slots (CSR over positions in ``order``) and the unary weights of
-        the variable ``order[i]`` at position i (read in update order); else one dummy entry.
+    pos_offset, pos_degree, pos_slot, pos_exp_unary
+        With uniform_k: the slots and the unary weights of the variable ``order[i]`` at
+        position i (read in update order); else one dummy entry. The slots of position i are
+        ``pos_slot[pos_offset[i]:pos_offset[i + 1]]``, or with pos_degree > 0
+        ``pos_slot[pos_degree * i:pos_degree * (i + 1)]`` (padded with slots that read ones).
     by_chain : bool
         Parallel over chains instead of over the variables of a colour.
     scratch : float64 (n_threads, >= max cardinality)
@@ -315,6 +320,7 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
     m.beta = beta
     m.uniform_k = uniform_k
     m.pos_offset = &pos_offset[0]
+    m.pos_degree = pos_degree
     m.pos_slot = &pos_slot[0, 0]
     m.pos_exp_unary = &pos_exp_unary[0]
     if n_chains == 0 or V == 0:
