@@ -34,8 +34,8 @@ import time
 # its helpers) sets it to 1.
 for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
-os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))
-                                             if hasattr(os, "sched_getaffinity") else os.cpu_count()))
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(
+    os, "sched_getaffinity") else os.cpu_count()))
 os.environ.setdefault("TQDM_DISABLE", "1")        # pgmpy's progress bars
 
 import numpy as np  # noqa: E402

@@ -95,9 +95,10 @@ static inline int64_t smp_draw_pairwise(int64_t K, const double* eu, const int32
 /* The uniforms of a block of sites are drawn apart from the sites, in one loop that the
    AVX-512 clone vectorizes with its 64-bit multiply (0.4 ns a uniform instead of 1.5 on an
    EPYC; AVX2, which emulates that multiply, is no faster than scalar code, hence no AVX2
-   clone): inlined, SplitMix64 was a quarter of a K = 2 site's instructions. Only integer arithmetic and an exact
-   conversion (z >> 11 < 2^53) are cloned, so every clone returns the same bits; the products
-   of the weights stay in portable code, where no FMA contraction can round them otherwise. */
+   clone): inlined, SplitMix64 was a quarter of a K = 2 site's instructions. Only integer
+   arithmetic and an exact conversion (z >> 11 < 2^53) are cloned, so every clone returns the
+   same bits; the products of the weights stay in portable code, where no FMA contraction can
+   round them otherwise. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 12
 #define SMP_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
 #elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
@@ -175,7 +176,8 @@ static inline int64_t smp_sweep_pairwise(int64_t K, const int64_t* order, int64_
                                          const int32_t* pos_slot, const double* pos_eu,
                                          const double* et, int64_t* x, uint64_t key,
                                          uint64_t ctr, double tiny) {
-#define SMP_CALL(K) smp_sweep_pairwise_##K(order, lo, hi, pos_offset, deg, pos_slot, pos_eu, et, x, key, ctr, tiny)
+#define SMP_CALL(K) \
+    smp_sweep_pairwise_##K(order, lo, hi, pos_offset, deg, pos_slot, pos_eu, et, x, key, ctr, tiny)
     switch (K) {
         case 2: return SMP_CALL(2);
         case 3: return SMP_CALL(3);
