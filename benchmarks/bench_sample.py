@@ -28,9 +28,14 @@ import argparse
 import os
 import time
 
-# single-threaded BLAS, so that the numpy baseline is one core like the 1-thread kernel
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+# single-threaded BLAS, so that the numpy baseline is one core like the 1-thread kernel. Not
+# OMP_NUM_THREADS = 1: factorebm caps every n_threads at it (checks.available_cores), so every
+# "2 threads" row ran one thread. It is set to the cores here, before bench_bp (imported for
+# its helpers) sets it to 1.
+for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(
+    os, "sched_getaffinity") else os.cpu_count()))
 os.environ.setdefault("TQDM_DISABLE", "1")        # pgmpy's progress bars
 
 import numpy as np  # noqa: E402
@@ -220,6 +225,10 @@ def main():
     print("machine:", describe(), f"; numpy {np.__version__}")
     print(f"rates from the median time (after a warm-up sweep) of {args.repeats} runs, wall clock; "
           f"load average at start: {os.getloadavg()}")
+    cores = fe.checks.available_cores()
+    if max(args.threads) > cores:
+        print(f"warning: only {cores} thread(s) available (CPU affinity, OMP_NUM_THREADS): the "
+              f"rows of more threads run {cores}")
     summary = {K: bench_grid(args.n, K, args.sweeps, args.repeats, args.threads) for K in (2, 5)}
     bench_pgmpy(3, 2, 200 if args.quick else 1000, args.threads)
     bench_pgmpy(2, 5, 200 if args.quick else 1000, args.threads)

@@ -183,11 +183,21 @@ class _Layout:
         return out
 
     def positions(self, cg, order, cache, beta):
-        """With uniform_k, (pos_offset, pos_slot, pos_exp_unary): the slots and the unary
-        weights of the variables in update order (see _sample_site.h); else dummies."""
+        """With uniform_k, (pos_offset, pos_degree, pos_slot, pos_exp_unary): the slots and
+        the unary weights of the variables in update order (see _sample_site.h); else
+        dummies.
+
+        When padding every variable to the largest degree D costs at most a quarter more
+        slots (lattices: only the border has fewer neighbours), pos_degree = D and each
+        variable has D slots, the missing ones reading a K x K block of ones at the end of
+        :meth:`exp_tables` (a product times 1.0 is itself: the same draws), so that the
+        kernel finds a slot row at D i with no offsets to load; else pos_degree = 0 and
+        pos_offset is the CSR of the slots.
+        """
         if not self.uniform_k:
-            return np.zeros(1, dtype=_I), np.zeros((1, 2), dtype=np.int32), np.zeros(1)
-        slots, _, _ = self.tables(cg)
+            return np.zeros(1, dtype=_I), 0, np.zeros((1, 2), dtype=np.int32), np.zeros(1)
+        K = self.uniform_k
+        slots, gather, _ = self.tables(cg)
         eu = self.exp_unary(cg, beta)
         hit = cache.get("slots")
         if hit is None or hit[0] is not slots:
@@ -195,22 +205,32 @@ class _Layout:
             pos_offset = np.zeros(len(order) + 1, dtype=_I)
             np.cumsum(deg, out=pos_offset[1:])
             rows = ranges(self.pair_offset[order], deg)
-            hit = (slots, pos_offset, padded(slots[rows], np.int32))
+            D = int(deg.max()) if deg.size else 0
+            ones = gather.size                    # offset of the block of ones
+            if 0 < D and D * deg.size <= 1.25 * pos_offset[-1] and ones + K * K <= _INT32_MAX:
+                pad = np.empty((deg.size, D, 2), dtype=np.int32)
+                pad[:, :, 0] = order[:, None]     # x_v itself: a state in 0..K-1
+                pad[:, :, 1] = ones
+                pad[np.arange(D) < deg[:, None]] = slots[rows]
+                hit = (slots, pos_offset, D, pad.reshape(-1, 2))
+            else:
+                hit = (slots, pos_offset, 0, padded(slots[rows], np.int32))
             cache["slots"] = hit
-        K = self.uniform_k
         hit_u = cache.get("unary")
         if hit_u is None or hit_u[0] is not eu:
             hit_u = (eu, padded(eu.reshape(-1, K)[order].ravel(), np.float64))
             cache["unary"] = hit_u
-        return hit[1], hit[2], hit_u[1]
+        return hit[1], hit[2], hit[3], hit_u[1]
 
     def exp_tables(self, cg, beta):
-        """exp(-beta (T - min T)) of the oriented tables (see :meth:`tables`)."""
+        """exp(-beta (T - min T)) of the oriented tables (see :meth:`tables`), then, with
+        uniform_k = K, a K x K block of ones (the padding slots of :meth:`positions`)."""
         _, gather, _ = self.tables(cg)
         exp_shared = cg.exp_tables(beta)
         g_src, e_src, out = self._exp_tables
         if g_src is not gather or e_src is not exp_shared:
-            out = padded(exp_shared[gather], np.float64)
+            out = padded(np.concatenate([exp_shared[gather], np.ones(self.uniform_k ** 2)]),
+                         np.float64)
             self._exp_tables = (gather, exp_shared, out)
         return out
 
@@ -504,7 +524,7 @@ def _run(cg, states, keys, sweep0, n_burn, n_record, thin, out, beta, method, cl
                 order, colour_offset, states, keys, int(sweep0), int(n_burn), int(n_record),
                 int(thin), out, float(beta), method == "mh", lay.uniform_k,
                 *lay.positions(cg, order[:colour_offset[-1]], pos_cache, beta), int(nt),
-                bool(by_chain), scratch, accepted)
+                bool(by_chain), scratch, accepted, np.zeros((nt, 8), dtype=np.int64))
     n_proposed = n_chains * (n_burn + n_record * thin) * moving
     n_accepted = int(accepted[:, 0].sum()) if method == "mh" else n_proposed
     return n_accepted, n_proposed

@@ -21,8 +21,9 @@
 #
 # Blocking. The variables are coloured so that no two variables of one colour share a
 # factor; given the other colours, the variables of one colour are independent, so a colour
-# is updated in parallel (OpenMP prange), colours in a fixed order (systematic scan). A sweep
-# is one pass over the colours. Parallel over the variables of a colour (by_chain=0), or over
+# is updated in parallel (each OpenMP thread a contiguous share, then a barrier:
+# _team_barrier.h), colours in a fixed order (systematic scan). A sweep is one pass over the
+# colours. Parallel over the variables of a colour (by_chain=0), or over
 # chains (by_chain=1, each thread runs whole sweeps of its chains): both give the same
 # numbers, since a site's update reads only other colours.
 #
@@ -43,7 +44,7 @@
 # other edges' strides give the row.
 from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport exp, INFINITY
-from libc.stdint cimport uint64_t, int32_t
+from libc.stdint cimport uint64_t, int32_t, int64_t
 
 from _typedefs cimport float64_t, intp_t
 
@@ -56,17 +57,26 @@ cdef extern from "_sample_site.h":
                              double tiny) noexcept nogil
     double smp_uniform(uint64_t key, uint64_t counter) noexcept nogil
     intp_t smp_sweep_pairwise(intp_t K, const intp_t* order, intp_t lo, intp_t hi,
-                              const intp_t* pos_offset, const int32_t* pos_slot,
+                              const intp_t* pos_offset, intp_t pos_degree,
+                              const int32_t* pos_slot,
                               const double* pos_eu, const double* et, intp_t* x,
                               uint64_t key, uint64_t ctr, double tiny) noexcept nogil
+
+cdef extern from "_team_barrier.h":
+    ctypedef struct tb_barrier:
+        pass
+    void tb_init(tb_barrier* b) noexcept nogil
+    int tb_team_size() noexcept nogil
+    void tb_wait(tb_barrier* b, int n, const int64_t* counters) noexcept nogil
+    void tb_tick(int64_t* counter) noexcept nogil
 
 # below this weight sum the product of exponentials may have lost precision (or underflowed
 # although the energies are finite): the site is redone in energy space
 cdef double _TINY = 1e-250
 # variables with at most this many states keep their weights in a local array
 DEF _SMALL_K = 16
-# sites per unit of parallel work within a colour
-cdef intp_t _CHUNK = 1024
+# sites between two ticks of a thread's work counter (a microsecond on a Potts grid)
+cdef intp_t _TICK = 256
 
 
 cdef struct Model:
@@ -90,6 +100,7 @@ cdef struct Model:
     intp_t uniform_k                 # K when every variable has K (2..8) states and every
                                      # factor is pairwise (the specialized sweeps), else 0
     const intp_t* pos_offset         # (n_order+1,) the slots of order[i], with uniform_k:
+    intp_t pos_degree                # > 0: pos_offset unused, position i has this many slots
     const int32_t* pos_slot          # (P', 2) pair_slot rows in update order
     const float64_t* pos_exp_unary   # (n_order K,) exp_unary rows in update order
 
@@ -214,8 +225,9 @@ cdef intp_t _sweep_range(const Model* m, intp_t* x, const intp_t* order, intp_t 
     elif m.uniform_k:
         i = lo
         while i < hi:
-            i = smp_sweep_pairwise(m.uniform_k, order, i, hi, m.pos_offset, m.pos_slot,
-                                   m.pos_exp_unary, m.exp_tables, x, key, 2 * ctr, _TINY)
+            i = smp_sweep_pairwise(m.uniform_k, order, i, hi, m.pos_offset, m.pos_degree,
+                                   m.pos_slot, m.pos_exp_unary, m.exp_tables, x, key, 2 * ctr,
+                                   _TINY)
             if i < hi:      # the weights of site i underflowed: redo it exactly
                 v = order[i]
                 _gibbs_site(m, x, v, smp_uniform(key, 2 * (ctr + v)), w)
@@ -256,8 +268,9 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
         const intp_t[::1] colour_offset, intp_t[:, ::1] states, const uint64_t[::1] keys,
         uint64_t sweep0, intp_t n_burn, intp_t n_record, intp_t thin, intp_t[:, :, ::1] out,
         double beta, bint mh, intp_t uniform_k, const intp_t[::1] pos_offset,
-        const int32_t[:, ::1] pos_slot, const float64_t[::1] pos_exp_unary, int n_threads,
-        bint by_chain, float64_t[:, ::1] scratch, intp_t[:, ::1] accepted):
+        intp_t pos_degree, const int32_t[:, ::1] pos_slot, const float64_t[::1] pos_exp_unary,
+        int n_threads, bint by_chain, float64_t[:, ::1] scratch, intp_t[:, ::1] accepted,
+        int64_t[:, ::1] progress):
     """Run ``n_burn + n_record * thin`` sweeps on every chain of ``states`` (in place).
 
     Parameters
@@ -279,21 +292,30 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
     uniform_k : int
         K when every variable has K states, 2 <= K <= 8, and no factor has arity >= 3 (the
         specialized Gibbs sweeps of _sample_site.h), else 0.
-    pos_offset, pos_slot, pos_exp_unary
-        With uniform_k: the slots (CSR over positions in ``order``) and the unary weights of
-        the variable ``order[i]`` at position i (read in update order); else one dummy entry.
+    pos_offset, pos_degree, pos_slot, pos_exp_unary
+        With uniform_k: the slots and the unary weights of the variable ``order[i]`` at
+        position i (read in update order); else one dummy entry. The slots of position i are
+        ``pos_slot[pos_offset[i]:pos_offset[i + 1]]``, or with pos_degree > 0
+        ``pos_slot[pos_degree * i:pos_degree * (i + 1)]`` (padded with slots that read ones).
     by_chain : bool
         Parallel over chains instead of over the variables of a colour.
     scratch : float64 (n_threads, >= max cardinality)
     accepted : int64 (n_threads, >= 1)
         Accepted updates are added to column 0 of the running thread's row.
+    progress : int64 (n_threads, 8)
+        Zeros: each thread's work counter in column 0 (_team_barrier.h).
 
     Every array is validated (and empty ones padded to one element) by the caller.
     """
     cdef Model m
     cdef intp_t n_chains = states.shape[0], V = states.shape[1]
     cdef intp_t n_colours = colour_offset.shape[0] - 1
-    cdef intp_t c, s, col, i, v, r, tid, lo, n_chunks, n_sweeps
+    cdef intp_t c, s, col, v, r, tid, lo, n, a, b, n_sweeps
+    cdef int64_t* tick
+    cdef const int64_t* counters = &progress[0, 0]
+    cdef int team
+    cdef tb_barrier bar_storage
+    cdef tb_barrier* bar = &bar_storage
     cdef uint64_t sweep
     cdef double* w
     cdef intp_t* acc
@@ -315,6 +337,7 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
     m.beta = beta
     m.uniform_k = uniform_k
     m.pos_offset = &pos_offset[0]
+    m.pos_degree = pos_degree
     m.pos_slot = &pos_slot[0, 0]
     m.pos_exp_unary = &pos_exp_unary[0]
     if n_chains == 0 or V == 0:
@@ -326,10 +349,15 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
                 &m, &states[c, 0], &order[0], colour_offset[n_colours], keys[c], sweep0,
                 n_burn, n_record, thin, &out[c, 0, 0], mh, &scratch[tid, 0])
         return
+    # each thread updates its contiguous share of every colour, then waits for the others
+    # at a barrier that spins while the others progress, then sleeps (_team_barrier.h)
+    tb_init(bar)
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
+        team = tb_team_size()
         w = &scratch[tid, 0]
         acc = &accepted[tid, 0]
+        tick = &progress[tid, 0]
         for c in range(n_chains):
             sweep = sweep0
             for r in range(-1, n_record):
@@ -338,16 +366,20 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
                 for s in range(n_sweeps):
                     for col in range(n_colours):
                         lo = colour_offset[col]
-                        n_chunks = (colour_offset[col + 1] - lo + _CHUNK - 1) // _CHUNK
-                        for i in prange(n_chunks, schedule="static"):
-                            acc[0] += _sweep_range(
-                                &m, &states[c, 0], &order[0], lo + i * _CHUNK,
-                                min(lo + (i + 1) * _CHUNK, colour_offset[col + 1]), keys[c],
-                                sweep, mh, w)
+                        n = colour_offset[col + 1] - lo
+                        a = lo + n * tid // team
+                        b = lo + n * (tid + 1) // team
+                        while a < b:
+                            acc[0] += _sweep_range(&m, &states[c, 0], &order[0], a,
+                                                   min(a + _TICK, b), keys[c], sweep, mh, w)
+                            tb_tick(tick)
+                            a = a + _TICK
+                        tb_wait(bar, team, counters)
                     sweep = sweep + 1
                 if r >= 0:
-                    for v in prange(V, schedule="static"):
+                    for v in range(V * tid // team, V * (tid + 1) // team):
                         out[c, r, v] = states[c, v]
+                    tb_wait(bar, team, counters)     # before the next sweep changes states
 
 
 def energies(const intp_t[::1] var_state_offset, const float64_t[::1] unary,

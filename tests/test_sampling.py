@@ -187,6 +187,69 @@ def test_every_specialized_cardinality(K):
     check_against_enumeration(g, s, 1.0)
 
 
+def lattice(edges, n, K, seed):
+    """n variables of K states, random unaries, a random table per edge (some +inf)."""
+    rng = np.random.default_rng(seed)
+    g = fe.FactorGraph()
+    g.add_variables(n, K)
+    g.add_factors(np.arange(n).reshape(-1, 1), rng.normal(size=(n, K)))
+    tables = rng.normal(scale=0.5, size=(len(edges), K, K))
+    tables[::17, 0, 1] = np.inf
+    g.add_factors(np.asarray(edges), tables)
+    return g
+
+
+def grid_edges(shape, offsets):
+    """The edges (i, j) of a grid of ``shape`` between each site and its neighbours at the
+    given (positive) offsets."""
+    ids = np.arange(int(np.prod(shape))).reshape(shape)
+    out = []
+    for off in offsets:
+        src = ids[tuple(slice(max(0, -o), s - max(0, o)) for o, s in zip(off, shape))]
+        dst = ids[tuple(slice(max(0, o), s - max(0, -o)) for o, s in zip(off, shape))]
+        out.append(np.stack([src.ravel(), dst.ravel()], 1))
+    return np.concatenate(out).tolist()
+
+
+@pytest.mark.parametrize("name, degree", [("ring", 2), ("ladder", 3), ("grid", 4),
+                                          ("cube", 6), ("king", 8), ("star", 0)])
+@pytest.mark.parametrize("K", [2, 3])
+def test_specialized_sweeps_draw_what_the_general_path_draws(name, degree, K):
+    # the K-specialized sweeps pad every site to the largest degree with slots that multiply
+    # by 1 (unrolled for degrees 2, 4, 6, 8), or read the slots by offsets when padding would
+    # cost too much ("star"): the same products in the same order as the general path's,
+    # hence the same draws
+    n = {"ring": 60, "ladder": 60, "grid": 144, "cube": 125, "king": 144, "star": 60}[name]
+    edges = {
+        "ring": [[i, (i + 1) % n] for i in range(n)],
+        "ladder": [[i, (i + 1) % n] for i in range(n)] + [[i, i + n // 2] for i in range(n // 2)],
+        "grid": grid_edges((12, 12), [(0, 1), (1, 0)]),
+        "cube": grid_edges((5, 5, 5), [(0, 0, 1), (0, 1, 0), (1, 0, 0)]),
+        "king": grid_edges((12, 12), [(0, 1), (1, 0), (1, 1), (1, -1)]),
+        "star": [[0, i] for i in range(1, n)] + [[i, i + 1] for i in range(1, n - 1)],
+    }[name]
+    g = lattice(edges, n, K, seed=degree)
+    lay = sampling._layout(g.compile())
+    assert lay.uniform_k == K
+    order, colour_offset, _, _, cache = lay.order(np.zeros(0, dtype=np.int64))
+    _, pos_degree, _, _ = lay.positions(g.compile(), order[:colour_offset[-1]], cache, 1.0)
+    assert pos_degree == degree
+    x0 = sampling.initial_states(g, 3, random_state=1)
+    runs = []
+    for uniform_k in (K, 0):
+        lay.uniform_k = uniform_k           # 0: every site through the general path
+        try:
+            for nt in (1, 2):
+                x = x0.copy()
+                sampling.sweep_chains(g, x, 7, seed=2, n_threads=nt)
+                runs.append(x)
+        finally:
+            lay.uniform_k = K
+    for x in runs[1:]:
+        np.testing.assert_array_equal(runs[0], x)
+    assert (runs[0] != x0).mean() > 0.1      # the chains moved
+
+
 def test_a_table_shared_by_factors_of_two_shapes_is_read_right():
     # the compiled graph stores equal tables once: a 2 x 3 and a 3 x 2 factor with the same
     # six entries share one, which the sampler must orient per factor
