@@ -524,7 +524,7 @@ def _run(cg, states, keys, sweep0, n_burn, n_record, thin, out, beta, method, cl
                 order, colour_offset, states, keys, int(sweep0), int(n_burn), int(n_record),
                 int(thin), out, float(beta), method == "mh", lay.uniform_k,
                 *lay.positions(cg, order[:colour_offset[-1]], pos_cache, beta), int(nt),
-                bool(by_chain), scratch, accepted, np.zeros((nt, 8), dtype=np.int64))
+                bool(by_chain), scratch, accepted)
     n_proposed = n_chains * (n_burn + n_record * thin) * moving
     n_accepted = int(accepted[:, 0].sum()) if method == "mh" else n_proposed
     return n_accepted, n_proposed

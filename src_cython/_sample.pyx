@@ -44,7 +44,7 @@
 # other edges' strides give the row.
 from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport exp, INFINITY
-from libc.stdint cimport uint64_t, int32_t, int64_t
+from libc.stdint cimport uint64_t, int32_t
 
 from _typedefs cimport float64_t, intp_t
 
@@ -67,16 +67,13 @@ cdef extern from "_team_barrier.h":
         pass
     void tb_init(tb_barrier* b) noexcept nogil
     int tb_team_size() noexcept nogil
-    void tb_wait(tb_barrier* b, int n, const int64_t* counters) noexcept nogil
-    void tb_tick(int64_t* counter) noexcept nogil
+    void tb_wait(tb_barrier* b, int n) noexcept nogil
 
 # below this weight sum the product of exponentials may have lost precision (or underflowed
 # although the energies are finite): the site is redone in energy space
 cdef double _TINY = 1e-250
 # variables with at most this many states keep their weights in a local array
 DEF _SMALL_K = 16
-# sites between two ticks of a thread's work counter (a microsecond on a Potts grid)
-cdef intp_t _TICK = 256
 
 
 cdef struct Model:
@@ -268,9 +265,8 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
         const intp_t[::1] colour_offset, intp_t[:, ::1] states, const uint64_t[::1] keys,
         uint64_t sweep0, intp_t n_burn, intp_t n_record, intp_t thin, intp_t[:, :, ::1] out,
         double beta, bint mh, intp_t uniform_k, const intp_t[::1] pos_offset,
-        intp_t pos_degree, const int32_t[:, ::1] pos_slot, const float64_t[::1] pos_exp_unary,
-        int n_threads, bint by_chain, float64_t[:, ::1] scratch, intp_t[:, ::1] accepted,
-        int64_t[:, ::1] progress):
+        intp_t pos_degree, const int32_t[:, ::1] pos_slot, const float64_t[::1] pos_exp_unary, int n_threads,
+        bint by_chain, float64_t[:, ::1] scratch, intp_t[:, ::1] accepted):
     """Run ``n_burn + n_record * thin`` sweeps on every chain of ``states`` (in place).
 
     Parameters
@@ -302,17 +298,13 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
     scratch : float64 (n_threads, >= max cardinality)
     accepted : int64 (n_threads, >= 1)
         Accepted updates are added to column 0 of the running thread's row.
-    progress : int64 (n_threads, 8)
-        Zeros: each thread's work counter in column 0 (_team_barrier.h).
 
     Every array is validated (and empty ones padded to one element) by the caller.
     """
     cdef Model m
     cdef intp_t n_chains = states.shape[0], V = states.shape[1]
     cdef intp_t n_colours = colour_offset.shape[0] - 1
-    cdef intp_t c, s, col, v, r, tid, lo, n, a, b, n_sweeps
-    cdef int64_t* tick
-    cdef const int64_t* counters = &progress[0, 0]
+    cdef intp_t c, s, col, v, r, tid, lo, n, n_sweeps
     cdef int team
     cdef tb_barrier bar_storage
     cdef tb_barrier* bar = &bar_storage
@@ -350,14 +342,13 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
                 n_burn, n_record, thin, &out[c, 0, 0], mh, &scratch[tid, 0])
         return
     # each thread updates its contiguous share of every colour, then waits for the others
-    # at a barrier that spins while the others progress, then sleeps (_team_barrier.h)
+    # at a barrier that spins for a bounded time, then sleeps (see _team_barrier.h)
     tb_init(bar)
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
         team = tb_team_size()
         w = &scratch[tid, 0]
         acc = &accepted[tid, 0]
-        tick = &progress[tid, 0]
         for c in range(n_chains):
             sweep = sweep0
             for r in range(-1, n_record):
@@ -367,19 +358,15 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
                     for col in range(n_colours):
                         lo = colour_offset[col]
                         n = colour_offset[col + 1] - lo
-                        a = lo + n * tid // team
-                        b = lo + n * (tid + 1) // team
-                        while a < b:
-                            acc[0] += _sweep_range(&m, &states[c, 0], &order[0], a,
-                                                   min(a + _TICK, b), keys[c], sweep, mh, w)
-                            tb_tick(tick)
-                            a = a + _TICK
-                        tb_wait(bar, team, counters)
+                        acc[0] += _sweep_range(&m, &states[c, 0], &order[0],
+                                               lo + n * tid // team, lo + n * (tid + 1) // team,
+                                               keys[c], sweep, mh, w)
+                        tb_wait(bar, team)
                     sweep = sweep + 1
                 if r >= 0:
                     for v in range(V * tid // team, V * (tid + 1) // team):
                         out[c, r, v] = states[c, v]
-                    tb_wait(bar, team, counters)     # before the next sweep changes states
+                    tb_wait(bar, team)     # before the next sweep changes states
 
 
 def energies(const intp_t[::1] var_state_offset, const float64_t[::1] unary,

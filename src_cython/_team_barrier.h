@@ -1,16 +1,15 @@
-/* A barrier for the threads of one OpenMP team that spins while the threads it waits for
- * make progress, and sleeps on a futex when they stall.
+/* A barrier for the threads of one OpenMP team: spin for at most 10 microseconds, then sleep
+ * on a futex.
  *
  * The blocked Gibbs sweep of one chain (_sample.pyx) meets at a barrier after every colour,
  * two per sweep. libgomp's barrier spins up to GOMP_SPINCOUNT (300000) pauses, milliseconds,
- * before it sleeps: when other processes keep the cores busy, the thread it waits for may be
- * queued behind the spinning thread on its core, and every barrier then costs a time slice.
- * On a 2-core VM at load 2-3, one chain on 2 threads (K = 2, 300x300 Potts grid) ran a median
- * 10 M site updates/s in such stretches, where one thread ran 90 M. Sleeping after a fixed
- * 10 us spin never fell that low (91 M), but slept at nearly every barrier, and on this VM a
- * wake-up waits for the scheduler (milliseconds): 2 threads never beat one. So each thread
- * ticks a counter of its own as it works (every few microseconds), and a waiting thread spins
- * while some teammate's counter moves, and sleeps once none has moved for TB_STALL_NS.
+ * before it sleeps: on a machine whose cores are also busy with other processes, a thread
+ * spinning on the core where the thread it waits for is queued holds that core all that
+ * time, at every barrier. On a 2-core VM at load 3, one chain on 2 threads ran 10 M site
+ * updates/s (K = 2, 300x300 Potts grid; median of 25 calls) where one thread ran 90 M; with
+ * this barrier, 91 M (spinning 20 or 50 us: 57 M, 200 us: 45 M, 1 ms: 24 M). Threads that
+ * split a colour evenly and both run meet within the spin (one colour's share of that grid
+ * is 90 us of work), so an idle machine takes no sleep.
  */
 #ifndef FACTOREBM_TEAM_BARRIER_H
 #define FACTOREBM_TEAM_BARRIER_H
@@ -40,28 +39,7 @@
 #else
 #define TB_PAUSE() ((void)0)
 #endif
-/* no teammate ticked for this long: they do not run, give the core up */
-#define TB_STALL_NS 20000
-/* int64 slots between two threads' counters: 64 bytes, so never on one cache line */
-#define TB_STRIDE 8
-
-#if defined(__GNUC__) || defined(__clang__)
-/* Count a step of the calling thread's work (its counter, read by the waiting threads). */
-static inline void tb_tick(int64_t* counter) {
-    __atomic_store_n(counter, *counter + 1, __ATOMIC_RELAXED);
-}
-
-/* The sum of the n threads' counters. */
-static inline int64_t tb_progress(const int64_t* counters, int n) {
-    int64_t sum = 0;
-    for (int t = 0; t < n; t++) {
-        sum += __atomic_load_n(&counters[TB_STRIDE * t], __ATOMIC_RELAXED);
-    }
-    return sum;
-}
-#else
-static inline void tb_tick(int64_t* counter) { *counter += 1; }
-#endif
+#define TB_SPIN_NS 10000
 
 /* A monotonic clock in nanoseconds (0 where there is none: the spin then stops after its
    first check, as if the time were up). */
@@ -93,10 +71,9 @@ static inline int tb_team_size(void) {
 #endif
 }
 
-/* Wait until all n threads of the team have called it in this round; counters[TB_STRIDE t]
-   is thread t's (tb_tick). Every write a thread made before the call is visible to all of
-   them after it. */
-static inline void tb_wait(tb_barrier* b, int n, const int64_t* counters) {
+/* Wait until all n threads of the team have called it in this round. Every write a thread
+   made before the call is visible to all of them after it. */
+static inline void tb_wait(tb_barrier* b, int n) {
     if (n <= 1) return;
 #if defined(__GNUC__) || defined(__clang__)
     const int round = __atomic_load_n(&b->round, __ATOMIC_ACQUIRE);
@@ -112,28 +89,23 @@ static inline void tb_wait(tb_barrier* b, int n, const int64_t* counters) {
         if (__atomic_load_n(&b->sleepers, __ATOMIC_SEQ_CST) > 0) TB_WAKE(&b->round);
         return;
     }
-    int64_t seen = tb_progress(counters, n), moved = tb_now_ns();
+    int64_t t0 = -1;
     for (int spins = 0; __atomic_load_n(&b->round, __ATOMIC_ACQUIRE) == round; spins++) {
         if (spins % 64 != 63) {
             TB_PAUSE();
+        } else if (t0 < 0) {
+            t0 = tb_now_ns();
+        } else if (tb_now_ns() - t0 < TB_SPIN_NS && t0 > 0) {
             continue;
-        }
-        const int64_t now = tb_now_ns(), p = tb_progress(counters, n);
-        if (p != seen) {
-            seen = p;
-            moved = now;
-        } else if (now - moved >= TB_STALL_NS || now == 0) {
+        } else {
             __atomic_add_fetch(&b->sleepers, 1, __ATOMIC_SEQ_CST);
             /* the futex returns at once when round has moved on */
             if (__atomic_load_n(&b->round, __ATOMIC_SEQ_CST) == round) TB_SLEEP(&b->round, round);
             __atomic_sub_fetch(&b->sleepers, 1, __ATOMIC_SEQ_CST);
-            moved = tb_now_ns();
         }
     }
 #else
-    /* no atomics: a build without OpenMP (MSVC here), whose teams have one thread */
-    (void)b;
-    (void)counters;
+    (void)b;        /* no atomics: a build without OpenMP (MSVC here), whose teams have one thread */
 #endif
 }
 #endif
