@@ -21,9 +21,8 @@
 #
 # Blocking. The variables are coloured so that no two variables of one colour share a
 # factor; given the other colours, the variables of one colour are independent, so a colour
-# is updated in parallel (each OpenMP thread a contiguous share, then a barrier:
-# _team_barrier.h), colours in a fixed order (systematic scan). A sweep is one pass over the
-# colours. Parallel over the variables of a colour (by_chain=0), or over
+# is updated in parallel (OpenMP prange), colours in a fixed order (systematic scan). A sweep
+# is one pass over the colours. Parallel over the variables of a colour (by_chain=0), or over
 # chains (by_chain=1, each thread runs whole sweeps of its chains): both give the same
 # numbers, since a site's update reads only other colours.
 #
@@ -62,18 +61,13 @@ cdef extern from "_sample_site.h":
                               const double* pos_eu, const double* et, intp_t* x,
                               uint64_t key, uint64_t ctr, double tiny) noexcept nogil
 
-cdef extern from "_team_barrier.h":
-    ctypedef struct tb_barrier:
-        pass
-    void tb_init(tb_barrier* b) noexcept nogil
-    int tb_team_size() noexcept nogil
-    void tb_wait(tb_barrier* b, int n) noexcept nogil
-
 # below this weight sum the product of exponentials may have lost precision (or underflowed
 # although the energies are finite): the site is redone in energy space
 cdef double _TINY = 1e-250
 # variables with at most this many states keep their weights in a local array
 DEF _SMALL_K = 16
+# sites per unit of parallel work within a colour
+cdef intp_t _CHUNK = 1024
 
 
 cdef struct Model:
@@ -304,10 +298,7 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
     cdef Model m
     cdef intp_t n_chains = states.shape[0], V = states.shape[1]
     cdef intp_t n_colours = colour_offset.shape[0] - 1
-    cdef intp_t c, s, col, v, r, tid, lo, n, n_sweeps
-    cdef int team
-    cdef tb_barrier bar_storage
-    cdef tb_barrier* bar = &bar_storage
+    cdef intp_t c, s, col, i, v, r, tid, lo, n_chunks, n_sweeps
     cdef uint64_t sweep
     cdef double* w
     cdef intp_t* acc
@@ -341,12 +332,8 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
                 &m, &states[c, 0], &order[0], colour_offset[n_colours], keys[c], sweep0,
                 n_burn, n_record, thin, &out[c, 0, 0], mh, &scratch[tid, 0])
         return
-    # each thread updates its contiguous share of every colour, then waits for the others
-    # at a barrier that spins for a bounded time, then sleeps (see _team_barrier.h)
-    tb_init(bar)
     with nogil, parallel(num_threads=n_threads):
         tid = threadid()
-        team = tb_team_size()
         w = &scratch[tid, 0]
         acc = &accepted[tid, 0]
         for c in range(n_chains):
@@ -357,16 +344,16 @@ def run(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
                 for s in range(n_sweeps):
                     for col in range(n_colours):
                         lo = colour_offset[col]
-                        n = colour_offset[col + 1] - lo
-                        acc[0] += _sweep_range(&m, &states[c, 0], &order[0],
-                                               lo + n * tid // team, lo + n * (tid + 1) // team,
-                                               keys[c], sweep, mh, w)
-                        tb_wait(bar, team)
+                        n_chunks = (colour_offset[col + 1] - lo + _CHUNK - 1) // _CHUNK
+                        for i in prange(n_chunks, schedule="static"):
+                            acc[0] += _sweep_range(
+                                &m, &states[c, 0], &order[0], lo + i * _CHUNK,
+                                min(lo + (i + 1) * _CHUNK, colour_offset[col + 1]), keys[c],
+                                sweep, mh, w)
                     sweep = sweep + 1
                 if r >= 0:
-                    for v in range(V * tid // team, V * (tid + 1) // team):
+                    for v in prange(V, schedule="static"):
                         out[c, r, v] = states[c, v]
-                    tb_wait(bar, team)     # before the next sweep changes states
 
 
 def energies(const intp_t[::1] var_state_offset, const float64_t[::1] unary,
