@@ -26,9 +26,13 @@ import statistics
 import time
 
 # single-threaded BLAS, so that the numpy baseline is one core like the 1-thread
-# kernel (and its idle BLAS threads do not spin against the kernel's threads)
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+# kernel (and its idle BLAS threads do not spin against the kernel's threads). Not
+# OMP_NUM_THREADS = 1: factorebm caps every n_threads at it (checks.available_cores), so the
+# "2 threads" rows would run one thread.
+for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))
+                                             if hasattr(os, "sched_getaffinity") else os.cpu_count()))
 
 import numpy as np  # noqa: E402
 
