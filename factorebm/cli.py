@@ -239,15 +239,15 @@ def _cmd_tag(args):
     tagger = _load_model(args)
     # Bytes in and out keep the input's line endings (CRLF stays CRLF) byte for byte.
     source = sys.stdin.buffer if from_stdin else args.file
-    document, tags = tag_document(tagger, source, args.format)
+    document, codes, labels = tag_document(tagger, source, args.format)
     if comments_only(document, args.format):
         name = "<stdin>" if from_stdin else args.file
         warn_comments_only(name)
     if args.output:
-        write_atomic(args.output, lambda out: document.write(out, upos=tags))
+        write_atomic(args.output, lambda out: document.write_codes(out, codes, labels))
     else:
         sys.stdout.flush()
-        document.write(sys.stdout.buffer, upos=tags)
+        document.write_codes(sys.stdout.buffer, codes, labels)
         sys.stdout.buffer.flush()
     return 0
 

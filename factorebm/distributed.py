@@ -816,9 +816,9 @@ def _tag_document(tagger, data, fmt, name):
         tagger.n_threads = _worker_threads()     # not every core of a shared machine
     source = io.BytesIO(data)
     source.name = name
-    document, tags = tag_document(tagger, source, fmt)
+    document, codes, labels = tag_document(tagger, source, fmt)
     out = io.BytesIO()
-    document.write(out, upos=tags)
+    document.write_codes(out, codes, labels)
     return out.getvalue(), comments_only(document, fmt)
 
 

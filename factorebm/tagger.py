@@ -934,9 +934,10 @@ class SequenceTagger(Estimator):
 
 
 def tag_document(tagger, source, format="auto"):
-    """Read a document and tag it: ``(document, tags)``, a :class:`~factorebm.datasets.
-    ConlluDocument` and one tag list per sentence (``document.write(out, upos=tags)`` writes
-    the result). Reading and writing are compiled passes over the file's bytes.
+    """Read a document and tag it: ``(document, codes, labels)``, a :class:`~factorebm.
+    datasets.ConlluDocument`, the tag id of each word (N,) and the tag set;
+    ``document.write_codes(out, codes, labels)`` writes the result. Reading, tagging and
+    writing run over flat arrays (no list of tags per sentence).
 
     Parameters
     ----------
@@ -951,7 +952,8 @@ def tag_document(tagger, source, format="auto"):
             raise
         raise ValueError(f"{exc} (read as CoNLL-U because its first token line has 10 "
                          "tab-separated columns; use --format text for plain text)") from None
-    return document, tagger.predict(document.forms)
+    codes, _, labels = tagger._viterbi(document.forms)
+    return document, codes, labels.tolist()
 
 
 def comments_only(document, format):

@@ -316,13 +316,13 @@ def test_tag_output_file_is_written_atomically_and_devices_directly(files, tmp_p
 def test_tag_output_failing_midway_leaves_the_old_file(files, tmp_path, monkeypatch, capsys):
     from factorebm import cli, datasets
 
-    def write_half(self, out, upos=None):
+    def write_half(self, out, codes, labels):
         out.write(b"# half a document\n")
         raise OSError("disk full")
 
     target = tmp_path / "out.conllu"
     target.write_text("old\n")
-    monkeypatch.setattr(datasets.ConlluDocument, "write", write_half)
+    monkeypatch.setattr(datasets.ConlluDocument, "write_codes", write_half)
     assert cli.main(["tag", "--model", str(files["model"]), str(files["dev"]), "-o",
                      str(target)]) == 1
     assert "disk full" in capsys.readouterr().err

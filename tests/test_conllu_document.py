@@ -252,3 +252,22 @@ def test_load_conll_columns(tmp_path):
     with pytest.raises(ValueError, match=r":1: no column -1 \(from the end\): the line has 1 "
                                          "field,"):
         load_conll(path)
+
+
+def test_write_codes_is_write_with_flat_tag_ids():
+    data = (b"# c\n1\ta\t_\tX\t_\t_\t_\t_\t_\t_\n\n1-2\tbc\t_\t_\t_\t_\t_\t_\t_\t_\n"
+            b"1\tb\t_\tX\t_\t_\t_\t_\t_\t_\n2\tc\t_\tX\t_\t_\t_\t_\t_\t_\n")
+    doc = ConlluDocument(data)
+    labels = ["NOUN", "DET", "\u00e9t\u00e9"]
+    codes = np.array([2, 0, 1])
+    out = io.BytesIO()
+    doc.write_codes(out, codes, labels)
+    assert out.getvalue() == doc.to_bytes([[labels[2]], [labels[0], labels[1]]])
+    for bad_codes, labels_, message in (
+            (np.array([0, 1]), labels, r"codes: expected one per word \(3\)"),
+            (np.array([0, 1, 3]), labels, r"codes: expected values in range\(3\)"),
+            (np.array([0, -1, 1]), labels, r"codes: expected values in range\(3\)"),
+            (codes, ["NOUN", "D\tET", "X"], r"labels: bad UPOS tag"),
+            (codes, ["NOUN", "", "X"], r"labels: bad UPOS tag")):
+        with pytest.raises(ValueError, match=message):
+            doc.write_codes(io.BytesIO(), bad_codes, labels_)

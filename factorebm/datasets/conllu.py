@@ -784,7 +784,7 @@ class ConlluDocument:
 
     def _encode(self, upos):
         """The bytes of the document with ``upos`` in the UPOS column, as a uint8 array."""
-        from .._conllu import label_codes, write_document
+        from .._conllu import label_codes
         if isinstance(upos, str) or not hasattr(upos, "__len__"):
             raise ValueError("upos: expected one sequence of tags per sentence, got "
                              f"{type(upos).__name__}")
@@ -799,7 +799,14 @@ class ConlluDocument:
             where = f"upos[{bad}]"
             _check_tags(upos[bad], int(offsets[bad + 1] - offsets[bad]), where)
             raise ValueError(f"{where}: expected a sequence of UPOS tags")  # len() lied
-        encoded = [tag.encode("utf-8") for tag in index]
+        return self._encode_codes(codes, list(index))
+
+    def _encode_codes(self, codes, labels):
+        """The bytes of the document with ``labels[codes[w]]`` in the UPOS column of word w,
+        as a uint8 array (``codes`` (n_words,) int64 in range, labels valid tags: checked by
+        the caller)."""
+        from .._conllu import write_document
+        encoded = [tag.encode("utf-8") for tag in labels]
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
         label_offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum(lengths, out=label_offsets[1:])
@@ -827,6 +834,29 @@ class ConlluDocument:
         """Write :meth:`to_bytes` to a path (gzip-compressed when it ends in ``.gz``) or an
         open binary or text file."""
         write_bytes(self._data if upos is None else self._encode(upos), file)
+
+    def write_codes(self, file, codes, labels):
+        """:meth:`write` with tag ``labels[codes[w]]`` for word ``w`` (words numbered through
+        the document): a tagger's flat output, without a list of tags per sentence.
+
+        Parameters
+        ----------
+        file : as :meth:`write`
+        codes : (n_words,) int array, each in ``range(len(labels))``
+        labels : sequence of str, each a non-empty tag without tabs or line breaks
+
+        Raises ValueError on a code out of range, a count that is not the words' or a bad
+        label.
+        """
+        codes = np.ascontiguousarray(codes, dtype=np.int64)
+        if codes.shape != (self.n_words,):
+            raise ValueError(f"codes: expected one per word ({self.n_words}), got shape "
+                             f"{codes.shape}")
+        labels = list(labels)
+        _check_tag_values(labels, "labels")
+        if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= len(labels)):
+            raise ValueError(f"codes: expected values in range({len(labels)})")
+        write_bytes(self._encode_codes(codes, labels), file)
 
     def __repr__(self):
         return (f"ConlluDocument({len(self.forms)} sentences, {self.n_words} words, "
