@@ -1135,9 +1135,107 @@ cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, i
     cdef int32_t* fin_eo = <int32_t*> malloc((V + 1) * sizeof(int32_t))
     cdef int32_t* fin_slots = <int32_t*> malloc((2 * F + 1) * sizeof(int32_t))
     cdef int32_t* s01 = <int32_t*> malloc((2 * F + 1) * sizeof(int32_t))
-    if (msg == NULL or cw == NULL or bufs == NULL or fin_offset == NULL or fin_vars == NULL
-            or run_of == NULL or key == NULL or fin_s0 == NULL or fin_eo == NULL
-            or fin_slots == NULL or s01 == NULL):
+    try:
+        if (msg == NULL or cw == NULL or bufs == NULL or fin_offset == NULL or fin_vars == NULL
+                or run_of == NULL or key == NULL or fin_s0 == NULL or fin_eo == NULL
+                or fin_slots == NULL or s01 == NULL):
+            raise MemoryError()
+        with nogil:
+            for r in range(n_runs):
+                for b in range(r * n_blocks // n_runs, (r + 1) * n_blocks // n_runs):
+                    run_of[b] = r
+            for v in range(V):
+                key[v] = -1
+                if g.var_edge_offset[v + 1] == g.var_edge_offset[v]:
+                    continue
+                f_lo = F
+                f_hi = -1
+                for i in range(g.var_edge_offset[v], g.var_edge_offset[v + 1]):
+                    f = g.var_edges[i] // 2
+                    f_lo = f if f < f_lo else f_lo
+                    f_hi = f if f > f_hi else f_hi
+                key[v] = (f_hi // BP_NF if run_of[f_lo // BP_NF] == run_of[f_hi // BP_NF]
+                          else n_blocks)
+                fin_offset[key[v] + 1] += 1
+            for b in range(n_blocks + 1):
+                fin_offset[b + 1] += fin_offset[b]
+            for v in range(V):
+                if key[v] >= 0:
+                    fin_vars[fin_offset[key[v]]] = v
+                    fin_offset[key[v]] += 1
+            for b in range(n_blocks, 0, -1):
+                fin_offset[b] = fin_offset[b - 1]
+            fin_offset[0] = 0
+            n_local = fin_offset[n_blocks]
+            n_late = fin_offset[n_blocks + 1] - n_local
+            fin_eo[0] = 0
+            for i in range(n_local + n_late):
+                v = fin_vars[i]
+                fin_s0[i] = <int32_t> g.var_state_offset[v]
+                o = fin_eo[i]
+                for k in range(g.var_edge_offset[v], g.var_edge_offset[v + 1]):
+                    fin_slots[o] = <int32_t> bp_potts_slot(g.var_edges[k], K)
+                    o += 1
+                fin_eo[i + 1] = <int32_t> o
+            for e in range(2 * F):
+                s01[e] = <int32_t> g.var_state_offset[g.edge_var[e]]
+
+            # padding slots: neutral messages, and cw 0 keeps them so (y = x in both semirings)
+            for o in range(n_blocks * W * BP_NF):
+                msg[o] = neutral
+            for f in range(n_blocks * BP_NF):
+                cw[f] = 0.0
+            for f in range(F):
+                # exp(-beta c) is the exp table's entry (0, 1), as in the log-domain sweep
+                cw[f] = g.potts[f] if g.min_sum else g.exp_tables[g.fac_table[f] + 1]
+            for e in range(2 * F):
+                slot = bp_potts_slot(e, K)
+                o = g.edge_msg_offset[e]
+                for k in range(K):
+                    x = g.f2v[o + k]
+                    msg[slot + k * BP_NF] = x if g.min_sum else exp(-g.beta * x)
+            if not g.min_sum:
+                # the unary energies as probabilities, each variable's scaled to maximum 1
+                u = work + S
+                for v in range(V):
+                    s0 = g.var_state_offset[v]
+                    lo = INFINITY
+                    for k in range(g.var_state_offset[v + 1] - s0):
+                        lo = g.unary[s0 + k] if g.unary[s0 + k] < lo else lo
+                    for k in range(g.var_state_offset[v + 1] - s0):
+                        work[S + s0 + k] = (exp(-g.beta * (g.unary[s0 + k] - lo)) if lo != INFINITY
+                                            else 0.0)
+            bp_potts_totals(tot, u, msg, fin_s0, fin_eo, fin_slots, n_local + n_late, K, prob)
+            while it < max_iter:
+                for r in prange(n_runs, num_threads=n_threads, schedule="static", chunksize=1):
+                    buf = bufs + threadid() * scratch_len
+                    for b in range(r * n_blocks // n_runs, (r + 1) * n_blocks // n_runs):
+                        block_delta[b] = bp_potts_block(
+                            msg + b * W * BP_NF, tot, s01 + 2 * b * BP_NF, cw + b * BP_NF,
+                            min(<intp_t> BP_NF, F - b * BP_NF), K, g.min_sum, damping, g.beta, buf,
+                            buf + W * BP_NF, buf + 2 * W * BP_NF)
+                        bp_potts_totals(tot, u, msg, fin_s0 + fin_offset[b], fin_eo + fin_offset[b],
+                                        fin_slots, fin_offset[b + 1] - fin_offset[b], K, prob)
+                for c in prange((n_late + _VAR_CHUNK - 1) // _VAR_CHUNK, num_threads=n_threads,
+                                schedule="static"):
+                    bp_potts_totals(tot, u, msg, fin_s0 + n_local + c * _VAR_CHUNK,
+                                    fin_eo + n_local + c * _VAR_CHUNK, fin_slots,
+                                    min(<intp_t> _VAR_CHUNK, n_late - c * _VAR_CHUNK), K, prob)
+                delta = _largest(block_delta, n_blocks)
+                it += 1
+                if delta <= tol:
+                    break
+            for e in prange(2 * F, num_threads=n_threads, schedule="static"):
+                slot = bp_potts_slot(e, K)
+                o = g.edge_msg_offset[e]
+                for k in range(K):
+                    x = msg[slot + k * BP_NF]
+                    g.f2v[o + k] = x if g.min_sum else -log(x) / g.beta
+            with parallel(num_threads=n_threads):
+                buf = bufs + threadid() * scratch_len        # K + 1 <= scratch_len doubles
+                for v in prange(V, schedule="static"):
+                    _var_update_flood(g, v, buf)
+    finally:
         free(msg)
         free(cw)
         free(bufs)
@@ -1149,112 +1247,6 @@ cdef tuple _flood_potts(Graph* g, intp_t max_iter, double damping, double tol, i
         free(fin_eo)
         free(fin_slots)
         free(s01)
-        raise MemoryError()
-    with nogil:
-        for r in range(n_runs):
-            for b in range(r * n_blocks // n_runs, (r + 1) * n_blocks // n_runs):
-                run_of[b] = r
-        for v in range(V):
-            key[v] = -1
-            if g.var_edge_offset[v + 1] == g.var_edge_offset[v]:
-                continue
-            f_lo = F
-            f_hi = -1
-            for i in range(g.var_edge_offset[v], g.var_edge_offset[v + 1]):
-                f = g.var_edges[i] // 2
-                f_lo = f if f < f_lo else f_lo
-                f_hi = f if f > f_hi else f_hi
-            key[v] = f_hi // BP_NF if run_of[f_lo // BP_NF] == run_of[f_hi // BP_NF] else n_blocks
-            fin_offset[key[v] + 1] += 1
-        for b in range(n_blocks + 1):
-            fin_offset[b + 1] += fin_offset[b]
-        for v in range(V):
-            if key[v] >= 0:
-                fin_vars[fin_offset[key[v]]] = v
-                fin_offset[key[v]] += 1
-        for b in range(n_blocks, 0, -1):
-            fin_offset[b] = fin_offset[b - 1]
-        fin_offset[0] = 0
-        n_local = fin_offset[n_blocks]
-        n_late = fin_offset[n_blocks + 1] - n_local
-        fin_eo[0] = 0
-        for i in range(n_local + n_late):
-            v = fin_vars[i]
-            fin_s0[i] = <int32_t> g.var_state_offset[v]
-            o = fin_eo[i]
-            for k in range(g.var_edge_offset[v], g.var_edge_offset[v + 1]):
-                fin_slots[o] = <int32_t> bp_potts_slot(g.var_edges[k], K)
-                o += 1
-            fin_eo[i + 1] = <int32_t> o
-        for e in range(2 * F):
-            s01[e] = <int32_t> g.var_state_offset[g.edge_var[e]]
-
-        # padding slots: neutral messages, and cw 0 keeps them so (y = x in both semirings)
-        for o in range(n_blocks * W * BP_NF):
-            msg[o] = neutral
-        for f in range(n_blocks * BP_NF):
-            cw[f] = 0.0
-        for f in range(F):
-            # exp(-beta c) is the exp table's entry (0, 1), as in the log-domain sweep
-            cw[f] = g.potts[f] if g.min_sum else g.exp_tables[g.fac_table[f] + 1]
-        for e in range(2 * F):
-            slot = bp_potts_slot(e, K)
-            o = g.edge_msg_offset[e]
-            for k in range(K):
-                x = g.f2v[o + k]
-                msg[slot + k * BP_NF] = x if g.min_sum else exp(-g.beta * x)
-        if not g.min_sum:
-            # the unary energies as probabilities, each variable's scaled to maximum 1
-            u = work + S
-            for v in range(V):
-                s0 = g.var_state_offset[v]
-                lo = INFINITY
-                for k in range(g.var_state_offset[v + 1] - s0):
-                    lo = g.unary[s0 + k] if g.unary[s0 + k] < lo else lo
-                for k in range(g.var_state_offset[v + 1] - s0):
-                    work[S + s0 + k] = (exp(-g.beta * (g.unary[s0 + k] - lo)) if lo != INFINITY
-                                        else 0.0)
-        bp_potts_totals(tot, u, msg, fin_s0, fin_eo, fin_slots, n_local + n_late, K, prob)
-        while it < max_iter:
-            for r in prange(n_runs, num_threads=n_threads, schedule="static", chunksize=1):
-                buf = bufs + threadid() * scratch_len
-                for b in range(r * n_blocks // n_runs, (r + 1) * n_blocks // n_runs):
-                    block_delta[b] = bp_potts_block(
-                        msg + b * W * BP_NF, tot, s01 + 2 * b * BP_NF, cw + b * BP_NF,
-                        min(<intp_t> BP_NF, F - b * BP_NF), K, g.min_sum, damping, g.beta, buf,
-                        buf + W * BP_NF, buf + 2 * W * BP_NF)
-                    bp_potts_totals(tot, u, msg, fin_s0 + fin_offset[b], fin_eo + fin_offset[b],
-                                    fin_slots, fin_offset[b + 1] - fin_offset[b], K, prob)
-            for c in prange((n_late + _VAR_CHUNK - 1) // _VAR_CHUNK, num_threads=n_threads,
-                            schedule="static"):
-                bp_potts_totals(tot, u, msg, fin_s0 + n_local + c * _VAR_CHUNK,
-                                fin_eo + n_local + c * _VAR_CHUNK, fin_slots,
-                                min(<intp_t> _VAR_CHUNK, n_late - c * _VAR_CHUNK), K, prob)
-            delta = _largest(block_delta, n_blocks)
-            it += 1
-            if delta <= tol:
-                break
-        for e in prange(2 * F, num_threads=n_threads, schedule="static"):
-            slot = bp_potts_slot(e, K)
-            o = g.edge_msg_offset[e]
-            for k in range(K):
-                x = msg[slot + k * BP_NF]
-                g.f2v[o + k] = x if g.min_sum else -log(x) / g.beta
-        with parallel(num_threads=n_threads):
-            buf = bufs + threadid() * scratch_len        # K + 1 <= scratch_len doubles
-            for v in prange(V, schedule="static"):
-                _var_update_flood(g, v, buf)
-    free(msg)
-    free(cw)
-    free(bufs)
-    free(fin_offset)
-    free(fin_vars)
-    free(run_of)
-    free(key)
-    free(fin_s0)
-    free(fin_eo)
-    free(fin_slots)
-    free(s01)
     return it, delta
 
 
