@@ -1024,31 +1024,38 @@ class FeatureExtractor:
         Parameters
         ----------
         sents : list of list of str
-        W : (n_features_, S) float64
-            Energy of each of S states per unit of each feature.
+        W : (n_features_, S) float64, or a list of such
+            Energy of each of S states per unit of each feature. A list (the members of an
+            ensemble) gives one U per matrix, the batch's words mapped to their types once.
         n_threads : int or None
             OpenMP threads (:func:`factorebm.checks.threads_for`: None uses every core, as
             the batch's size warrants; more than the cores is clamped to them).
 
         Returns
         -------
-        U : (N, S) float64
+        U : (N, S) float64, or a list of them for a list W
             Row ``offsets[i] + t`` is token ``t`` of sentence ``i``.
         offsets : (n+1,) int64
         """
         from . import _features
         self._check_fitted()
         check_threads(n_threads)        # refused before any work, not after
-        W = np.ascontiguousarray(W, dtype=np.float64)
-        if W.ndim != 2 or W.shape[0] != self.n_features_:
-            raise ValueError(f"W must have shape ({self.n_features_}, S), got {W.shape}")
+        Ws = [np.ascontiguousarray(w, dtype=np.float64)
+              for w in (W if isinstance(W, list) else [W])]
+        for w in Ws:
+            if w.ndim != 2 or w.shape[0] != self.n_features_:
+                raise ValueError(f"W must have shape ({self.n_features_}, S), got {w.shape}")
         tok_type, offsets, cache = self._map_batch(sents)
         n_tokens = tok_type.shape[0]
-        U = np.empty((n_tokens, W.shape[1]))
-        slot = np.full(cache.n_types, -1, dtype=np.int32)
-        _features.type_emissions(tok_type, offsets, self._shift, cache.seg_view(),
-                                 cache.ids_view(), W, slot, U, threads_for(n_threads, n_tokens))
-        return U, offsets
+        Us = []
+        for w in Ws:
+            U = np.empty((n_tokens, w.shape[1]))
+            slot = np.full(cache.n_types, -1, dtype=np.int32)
+            _features.type_emissions(tok_type, offsets, self._shift, cache.seg_view(),
+                                     cache.ids_view(), w, slot, U,
+                                     threads_for(n_threads, n_tokens))
+            Us.append(U)
+        return (Us if isinstance(W, list) else Us[0]), offsets
 
     def factored_transform(self, sents):
         """:meth:`transform`'s matrix as the product of two binary matrices, ``X = S @ Phi``.

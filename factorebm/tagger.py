@@ -614,26 +614,39 @@ class SequenceTagger(Estimator):
         """:meth:`energies` plus the model and tag set they were computed with (each read
         once, so a call sees one fitted state: ``fitted``, from :meth:`_fitted_state`, when
         the caller read it already) and the number of threads to use."""
-        self._check_fitted()
-        _check_corpus(sents)
-        fx, model, coef, labels, allowed, chars = fitted or self._fitted_state()
+        fitted = fitted or self._fitted_state()
+        coef = fitted[2]
         if coef.ndim != 1:
             raise ValueError(f"an ensemble of {coef.shape[0]} models has no single energy: "
                              "energies, predict_kbest and explain need a tagger fitted with "
                              "ensemble=1")
+        members, offsets, model, labels, n_threads = self._member_energies(sents, fitted)
+        return (*members[0], offsets, model, labels, n_threads)
+
+    def _member_energies(self, sents, fitted):
+        """``(members, offsets, model, labels_, n_threads)``: per member of the fitted state
+        (one, unless an ensemble) its ``(unary, transition, start, end)``, the batch's
+        words mapped to their features once for all of them."""
+        self._check_fitted()
+        _check_corpus(sents)
+        fx, model, coef, labels, allowed, chars = fitted
+        coefs = [coef] if coef.ndim == 1 else list(coef)
         n_threads = threads_for(self.n_threads, sum(map(len, sents)))
-        _, transition, start, end = model.unpack(coef)
-        if allowed is not None:
-            transition, start, end = forbid_transitions(transition, start, end, allowed,
-                                                        model.state_label)
         S = model.n_states
         n_sparse = fx.n_features_ * S      # the sparse features' W_emit comes first in coef
         # X @ W_emit without building X: summed once per word type present, then per token
-        unary, offsets = fx.emissions(sents, coef[:n_sparse].reshape(-1, S),
-                                      n_threads=n_threads)
-        if chars is not None:              # plus the character branch, once per word type
-            unary += chars.unary(coef[n_sparse:model.n_emit], sents, n_threads=n_threads)
-        return unary, transition, start, end, offsets, model, labels, n_threads
+        unaries, offsets = fx.emissions(sents, [c[:n_sparse].reshape(-1, S) for c in coefs],
+                                        n_threads=n_threads)
+        members = []
+        for c, unary in zip(coefs, unaries):
+            if chars is not None:          # plus the character branch, once per word type
+                unary += chars.unary(c[n_sparse:model.n_emit], sents, n_threads=n_threads)
+            _, transition, start, end = model.unpack(c)
+            if allowed is not None:
+                transition, start, end = forbid_transitions(transition, start, end, allowed,
+                                                            model.state_label)
+            members.append((unary, transition, start, end))
+        return members, offsets, model, labels, n_threads
 
     def _viterbi(self, sents, constraints=None):
         """The tags :meth:`predict` answers (by ``decode``): ``(labels (N,) int64 tag ids,
@@ -690,12 +703,9 @@ class SequenceTagger(Estimator):
         marginals of every token (substates summed out), averaged over the members of an
         ensemble."""
         mask = self._constraint_mask(sents, constraints, fitted)
-        coef = fitted[2]
-        members = [fitted] if coef.ndim == 1 else [fitted[:2] + (c,) + fitted[3:] for c in coef]
+        members, offsets, model, labels, n_threads = self._member_energies(sents, fitted)
         total = None
-        for member in members:
-            unary, transition, start, end, offsets, model, labels, n_threads = \
-                self._energies(sents, member)
+        for unary, transition, start, end in members:
             marginals, free_energies = chain.forward_backward(
                 unary, transition, offsets, beta, start, end, mask=mask,
                 state_label=model.state_label, n_threads=n_threads)
