@@ -1,6 +1,4 @@
 """``python -m factorebm``: the ``factorebm`` command line (see :mod:`factorebm.cli`)."""
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

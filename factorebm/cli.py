@@ -16,6 +16,7 @@ split. Errors print one line and exit with status 1; a closed output pipe
 (``factorebm tag ... | head``) ends quietly with status 141, as a program killed by SIGPIPE does.
 """
 import argparse
+import atexit
 import json
 import os
 import sys
@@ -244,7 +245,9 @@ def _cmd_tag(args):
         name = "<stdin>" if from_stdin else args.file
         warn_comments_only(name)
     if args.output:
-        write_atomic(args.output, lambda out: document.write_codes(out, codes, labels))
+        # whole or absent after a crash, as models are; not fsynced: it can be made again
+        write_atomic(args.output, lambda out: document.write_codes(out, codes, labels),
+                     durable=False)
     else:
         sys.stdout.flush()
         document.write_codes(sys.stdout.buffer, codes, labels)
@@ -403,5 +406,30 @@ def main(argv=None):
         return 130
 
 
+def run():
+    """The ``factorebm`` program (and ``python -m factorebm``): :func:`main`, then exit
+    without tearing the interpreter down.
+
+    The teardown frees every module and object and joins the BLAS threads: 30 to 60 ms, a
+    third of tagging one sentence from process start, and of no use once ``main`` returned
+    with its files written and closed. Exit handlers (:mod:`atexit`) still run. With other
+    Python threads alive (a Dask client's) or standard output that cannot be flushed, it
+    exits the usual way."""
+    status = main()
+    if "threading" in sys.modules and sys.modules["threading"].active_count() > 1:
+        sys.exit(status)
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):
+        sys.exit(status)        # the usual exit reports what cannot be flushed
+    if run_exit_handlers is None:
+        sys.exit(status)
+    run_exit_handlers()
+    os._exit(status or 0)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

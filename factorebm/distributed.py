@@ -855,7 +855,7 @@ def tag_files(tagger, paths, outdir, format="auto", client=None):
         if comments_only:
             print(f"factorebm tag: warning: {paths[i]} has only comment lines, written back "
                   "untagged; use --format text to tag it as plain text", file=sys.stderr)
-        write_atomic(outputs[i], data)
+        write_atomic(outputs[i], data, durable=False)
 
     def read(path):
         with open(path, "rb") as fh:

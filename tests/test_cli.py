@@ -328,3 +328,35 @@ def test_tag_output_failing_midway_leaves_the_old_file(files, tmp_path, monkeypa
     assert "disk full" in capsys.readouterr().err
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.conllu"]     # no temporary left
+
+
+def run_program(files, args, prelude=""):
+    """``factorebm ARGS`` as the installed program runs it (:func:`factorebm.cli.run`), after
+    ``prelude``."""
+    code = (f"import atexit, sys, threading, time\n{prelude}\n"
+            f"sys.argv = ['factorebm'] + {list(map(str, args))!r}\n"
+            "from factorebm.cli import run\nrun()\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_program_exit_flushes_output_runs_exit_handlers_and_keeps_the_status(files):
+    # run() skips the interpreter's teardown: what main printed must still arrive whole
+    # (a pipe, block-buffered), exit handlers must still run, the status must be main's
+    handler = "atexit.register(print, 'exit handler ran', file=sys.stderr)"
+    r = run_program(files, ["tag", "--model", files["model"], files["dev"]], handler)
+    assert (r.returncode, r.stderr) == (0, "exit handler ran\n")
+    assert r.stdout == run_cli("tag", "--model", files["model"], files["dev"]).stdout
+    assert r.stdout.count("\n") > 1000
+    r = run_program(files, ["tag", "--model", files["dir"] / "missing.npz", files["dev"]],
+                    handler)
+    assert r.returncode == 1
+    assert r.stderr.endswith("exit handler ran\n") and "missing.npz" in r.stderr
+
+
+def test_program_exit_waits_for_other_threads(files):
+    # a live thread (a Dask client's, say) gets the usual exit, which waits for it
+    worker = ("def late():\n    time.sleep(0.3)\n    print('thread finished', file=sys.stderr)\n"
+              "threading.Thread(target=late).start()")
+    r = run_program(files, ["tag", "--model", files["model"], files["dev"]], worker)
+    assert (r.returncode, r.stderr) == (0, "thread finished\n")
