@@ -16,7 +16,6 @@ split. Errors print one line and exit with status 1; a closed output pipe
 (``factorebm tag ... | head``) ends quietly with status 141, as a program killed by SIGPIPE does.
 """
 import argparse
-import atexit
 import json
 import os
 import sys
@@ -406,30 +405,6 @@ def main(argv=None):
         return 130
 
 
-def run():
-    """The ``factorebm`` program (and ``python -m factorebm``): :func:`main`, then exit
-    without tearing the interpreter down.
-
-    The teardown frees every module and object and joins the BLAS threads: 30 to 60 ms, a
-    third of tagging one sentence from process start, and of no use once ``main`` returned
-    with its files written and closed. Exit handlers (:mod:`atexit`) still run. With other
-    Python threads alive (a Dask client's) or standard output that cannot be flushed, it
-    exits the usual way."""
-    status = main()
-    if "threading" in sys.modules and sys.modules["threading"].active_count() > 1:
-        sys.exit(status)
-    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
-    try:
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:
-                stream.flush()
-    except (OSError, ValueError):
-        sys.exit(status)        # the usual exit reports what cannot be flushed
-    if run_exit_handlers is None:
-        sys.exit(status)
-    run_exit_handlers()
-    os._exit(status or 0)
-
-
 if __name__ == "__main__":
+    from .__main__ import run
     run()

@@ -1057,6 +1057,63 @@ class FeatureExtractor:
             Us.append(U)
         return (Us if isinstance(W, list) else Us[0]), offsets
 
+    def emission_blocks(self, sents, W, block_tokens=8192, n_threads=None):
+        """:meth:`emissions` a block of whole sentences at a time, in one reused buffer.
+
+        The words are mapped, and each present type's rows summed, once for the whole batch
+        as :meth:`emissions` does; only the per-token sums are done block by block. So
+        tagging a large document never holds its N x S energies: first-touching that much
+        fresh memory costs more than the sums, and a block stays in cache for the decoder.
+
+        Parameters
+        ----------
+        sents, W, n_threads : as :meth:`emissions` (one W)
+        block_tokens : int
+            Most tokens of a block; a longer sentence is a block of its own.
+
+        Returns
+        -------
+        offsets : (n+1,) int64
+        blocks : iterator of ``(first, last, U)``
+            Consecutive blocks of sentences ``first`` to ``last - 1``: U (their tokens, S)
+            float64 is a view of one buffer that the next block overwrites (use it before
+            asking for the next). Bad input raises here, before the first block.
+        """
+        self._check_fitted()
+        check_threads(n_threads)
+        W = np.ascontiguousarray(W, dtype=np.float64)
+        if W.ndim != 2 or W.shape[0] != self.n_features_:
+            raise ValueError(f"W must have shape ({self.n_features_}, S), got {W.shape}")
+        if isinstance(block_tokens, bool) or not isinstance(block_tokens, (int, np.integer)) \
+                or block_tokens < 1:
+            raise ValueError(f"block_tokens must be an integer >= 1, got {block_tokens!r}")
+        tok_type, offsets, cache = self._map_batch(sents)
+        nt = threads_for(n_threads, tok_type.shape[0])
+        return offsets, self._emission_blocks(tok_type, offsets, cache, W, int(block_tokens), nt)
+
+    def _emission_blocks(self, tok_type, offsets, cache, W, block_tokens, nt):
+        from . import _features
+        n_tokens, S = tok_type.shape[0], W.shape[1]
+        slot = np.full(cache.n_types, -1, dtype=np.int32)
+        used = np.empty(min(n_tokens, cache.n_types) + 2, dtype=np.int32)
+        n_rows = _features.present_types(tok_type, slot, used)
+        P = np.empty((n_rows, self._shift.shape[0], S))
+        _features.type_table(used, cache.seg_view(), cache.ids_view(), W, P, nt)
+        del used
+        n = offsets.shape[0] - 1
+        lengths = np.diff(offsets)
+        longest = int(lengths.max()) if n else 0
+        buf = np.empty((max(min(block_tokens, n_tokens), longest, 1), S))
+        first = 0
+        while first < n:
+            # the most sentences from first on whose tokens fit in a block (at least one)
+            last = int(np.searchsorted(offsets, offsets[first] + block_tokens, side="right")) - 1
+            last = min(max(last, first + 1), n)
+            _features.token_emissions(tok_type, offsets, first, last, self._shift, P, slot,
+                                      buf, nt)
+            yield first, last, buf[:offsets[last] - offsets[first]]
+            first = last
+
     def factored_transform(self, sents):
         """:meth:`transform`'s matrix as the product of two binary matrices, ``X = S @ Phi``.
 

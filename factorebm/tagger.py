@@ -50,6 +50,9 @@ _RUNTIME_PARAMS = ("n_threads", "verbose", "client", "decode")
 _UNSAVED_PARAMS = ("client",)
 TRANSITIONS = ("all", "observed")
 DECODES = ("viterbi", "marginal")
+# Tokens per block of a large batch's Viterbi decoding: its energies (2 MiB for 34 states)
+# stay in cache between the emission sums and the decoder.
+VITERBI_BLOCK_TOKENS = 8192
 # factorebm.optimize.OPTIMIZERS, written out so that tagging does not load the learner
 # (tests/test_startup.py checks that the two lists agree)
 OPTIMIZERS = ("lbfgs", "sgd", "adagrad", "adam", "perceptron")
@@ -655,10 +658,38 @@ class SequenceTagger(Estimator):
         if self.decode == "marginal" or fitted[2].ndim != 1:
             return self._max_marginals(sents, constraints, fitted)
         mask = self._constraint_mask(sents, constraints, fitted)
+        if fitted[5] is None:
+            return self._viterbi_blocks(sents, mask, fitted)
         unary, transition, start, end, offsets, model, labels, n_threads = \
             self._energies(sents, fitted)
         tag_ids, energies = chain.viterbi(unary, transition, offsets, start, end, mask=mask,
                                           state_label=model.state_label, n_threads=n_threads)
+        _check_feasible(energies, sents, mask is not None)
+        return tag_ids, offsets, labels
+
+    def _viterbi_blocks(self, sents, mask, fitted):
+        """:meth:`_viterbi` of a ``front_end="features"`` model a block of sentences at a time
+        (:meth:`FeatureExtractor.emission_blocks`): each block's energies are decoded while
+        in cache, and a large batch never holds all of them (the same answer)."""
+        self._check_fitted()
+        _check_corpus(sents)
+        fx, model, coef, labels, allowed, _ = fitted
+        S = model.n_states
+        _, transition, start, end = model.unpack(coef)
+        if allowed is not None:
+            transition, start, end = forbid_transitions(transition, start, end, allowed,
+                                                        model.state_label)
+        n_threads = threads_for(self.n_threads, sum(map(len, sents)))
+        offsets, blocks = fx.emission_blocks(sents, coef[:fx.n_features_ * S].reshape(-1, S),
+                                             VITERBI_BLOCK_TOKENS, n_threads)
+        tag_ids = np.empty(offsets[-1], dtype=np.int64)
+        energies = np.empty(offsets.shape[0] - 1)
+        for first, last, unary in blocks:
+            a, b = offsets[first], offsets[last]
+            tag_ids[a:b], energies[first:last] = chain.viterbi(
+                unary, transition, offsets[first:last + 1] - a, start, end,
+                mask=None if mask is None else mask[a:b], state_label=model.state_label,
+                n_threads=n_threads)
         _check_feasible(energies, sents, mask is not None)
         return tag_ids, offsets, labels
 

@@ -365,6 +365,16 @@ def type_ids_in_order(const intp_t[:, ::1] seg, const int32_t[::1] type_ids,
     return ok
 
 
+cdef inline void _token_rows(const int32_t[::1] tok_type, const intp_t[::1] shift,
+                             const int32_t[::1] slot, intp_t t, intp_t start, intp_t stop,
+                             const double* P, intp_t width, const double** rows) noexcept nogil:
+    """``rows[g]``: the row of P (rows of ``width`` doubles, G per present type) of the type
+    at t + shift[g] in group g, for every group g."""
+    cdef intp_t g, G = shift.shape[0]
+    for g in range(G):
+        rows[g] = P + (slot[_neighbour_type(tok_type, t + shift[g], start, stop)] * G + g) * width
+
+
 def type_emissions(const int32_t[::1] tok_type, const intp_t[::1] offsets,
                    const intp_t[::1] shift, const intp_t[:, ::1] seg,
                    const int32_t[::1] type_ids, const double[:, ::1] W,
@@ -426,11 +436,101 @@ def type_emissions(const int32_t[::1] tok_type, const intp_t[::1] offsets,
                     start = offsets[i]
                     stop = offsets[i + 1]
                     for t in range(start, stop):
-                        for g in range(G):
-                            ty = _neighbour_type(tok_type, t + shift[g], start, stop)
-                            rows[g] = P + (slot[ty] * G + g) * S
+                        _token_rows(tok_type, shift, slot, t, start, stop, P, S, rows)
                         febm_add_rows(rows, G, S, &out[t, 0])
     finally:
         free(all_rows)
         free(P)
         free(used)
+
+
+# ---------------------------------------------------------------------------------------------
+# The same product a block of sentences at a time (tagging a large document): P is built once
+# for the whole batch (present_types, type_table), then each block's U is summed into one
+# buffer that every block reuses (token_emissions) and decoded before the next. U for a whole
+# document is N x S doubles (136 MB for 500,000 tokens and 34 states): first-touching that much
+# fresh memory costs more than the arithmetic, and a block stays in cache for the decoder.
+
+def present_types(const int32_t[::1] tok_type, int32_t[::1] slot, int32_t[::1] used):
+    """Number the types present in a batch: ``slot[ty]`` gets the row of P of each type ``ty``
+    of ``tok_type``, pseudo-types 0 and 1 (sentence boundaries) first, in order of first
+    appearance; ``used[r]`` the type of row r. Returns the number of rows.
+
+    ``slot`` (n_types,) filled with -1 by the caller, every ``tok_type`` entry below n_types
+    (a :class:`_TypeCache` snapshot's ids); ``used`` holds at least
+    ``min(len(tok_type), n_types) + 2`` entries.
+    """
+    cdef intp_t N = tok_type.shape[0], n_used = 0, t
+    cdef int32_t ty
+    if slot.shape[0] < 2 or used.shape[0] < min(N, slot.shape[0]) + 2:
+        raise ValueError("present_types: slot or used too short")
+    with nogil:
+        for ty in range(2):
+            slot[ty] = <int32_t>n_used
+            used[n_used] = ty
+            n_used += 1
+        for t in range(N):
+            ty = tok_type[t]
+            if slot[ty] < 0:
+                slot[ty] = <int32_t>n_used
+                used[n_used] = ty
+                n_used += 1
+    return n_used
+
+
+def type_table(const int32_t[::1] used, const intp_t[:, ::1] seg, const int32_t[::1] type_ids,
+               const double[:, ::1] W, double[:, :, ::1] P, int n_threads=1):
+    """``P[r, g]`` = the sum of W's rows of the features of type ``used[r]`` in template group
+    g: P (n_rows, G, S), ``used`` from :func:`present_types` (n_rows entries), ``seg`` and
+    ``type_ids`` the snapshot's segment table (checked on load) and W (n_features, S)."""
+    cdef intp_t n_rows = P.shape[0], G = P.shape[1], S = P.shape[2], r, g, p0
+    cdef const double* W0 = &W[0, 0] if W.shape[0] else NULL
+    cdef const int32_t* ids0 = &type_ids[0] if type_ids.shape[0] else NULL
+    if used.shape[0] < n_rows or seg.shape[1] != G + 1 or W.shape[1] != S:
+        raise ValueError("type_table: shapes of used, seg, W and P do not agree")
+    if n_rows == 0 or G == 0 or S == 0:
+        return
+    with nogil:
+        for r in prange(n_rows, num_threads=n_threads, schedule="dynamic", chunksize=64):
+            for g in range(G):
+                p0 = seg[used[r], g]
+                febm_sum_rows_i32(ids0 + p0, seg[used[r], g + 1] - p0, W0, S, &P[r, g, 0])
+
+
+def token_emissions(const int32_t[::1] tok_type, const intp_t[::1] offsets, intp_t first,
+                    intp_t last, const intp_t[::1] shift, const double[:, :, ::1] P,
+                    const int32_t[::1] slot, double[:, ::1] out, int n_threads=1):
+    """``out[t - offsets[first]]`` = sum over groups g of ``P[slot[type at t + shift[g]], g]``
+    for the tokens t of sentences ``first`` to ``last - 1``: their rows of ``X @ W``.
+
+    ``P`` and ``slot`` come from :func:`type_table` and :func:`present_types` over this same
+    ``tok_type``, so every type met has its row; ``out`` has at least the block's token count
+    of rows and S = P.shape[2] columns.
+    """
+    cdef intp_t n_sents = offsets.shape[0] - 1, G = P.shape[1], S = P.shape[2]
+    cdef intp_t i, t, start, stop, base
+    cdef const double** all_rows
+    cdef const double** rows
+    cdef const double* P0 = &P[0, 0, 0] if P.shape[0] and G and S else NULL
+    if not (0 <= first <= last <= n_sents) or offsets[n_sents] > tok_type.shape[0]:
+        raise ValueError("token_emissions: sentence range out of the batch")
+    if shift.shape[0] != G or out.shape[1] != S or \
+            out.shape[0] < offsets[last] - offsets[first]:
+        raise ValueError("token_emissions: shapes of shift, P and out do not agree")
+    if offsets[last] == offsets[first] or S == 0:
+        return
+    base = offsets[first]
+    all_rows = <const double**>malloc(max(n_threads, 1) * (G + 8) * sizeof(double*))
+    if all_rows == NULL:
+        raise MemoryError()
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            rows = all_rows + threadid() * (G + 8)      # padded: no shared cache line
+            for i in prange(first, last, schedule="dynamic", chunksize=16):
+                start = offsets[i]
+                stop = offsets[i + 1]
+                for t in range(start, stop):
+                    _token_rows(tok_type, shift, slot, t, start, stop, P0, S, rows)
+                    febm_add_rows(rows, G, S, &out[t - base, 0])
+    finally:
+        free(all_rows)

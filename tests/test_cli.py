@@ -331,11 +331,11 @@ def test_tag_output_failing_midway_leaves_the_old_file(files, tmp_path, monkeypa
 
 
 def run_program(files, args, prelude=""):
-    """``factorebm ARGS`` as the installed program runs it (:func:`factorebm.cli.run`), after
+    """``factorebm ARGS`` as the installed program runs it (``factorebm.__main__.run``), after
     ``prelude``."""
     code = (f"import atexit, sys, threading, time\n{prelude}\n"
             f"sys.argv = ['factorebm'] + {list(map(str, args))!r}\n"
-            "from factorebm.cli import run\nrun()\n")
+            "from factorebm.__main__ import run\nrun()\n")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
 
@@ -360,3 +360,13 @@ def test_program_exit_waits_for_other_threads(files):
               "threading.Thread(target=late).start()")
     r = run_program(files, ["tag", "--model", files["model"], files["dev"]], worker)
     assert (r.returncode, r.stderr) == (0, "thread finished\n")
+
+
+def test_tagging_commands_let_idle_blas_threads_sleep_unless_told_otherwise(files):
+    show = ("atexit.register(lambda: print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), "
+            "file=sys.stderr))")
+    tag = ["tag", "--model", files["model"], files["dev"]]
+    assert run_program(files, tag, "import os; " + show).stderr == "4\n"
+    told = "import os; os.environ['OPENBLAS_THREAD_TIMEOUT'] = '12'; " + show
+    assert run_program(files, tag, told).stderr == "12\n"
+    assert run_program(files, ["--version"], "import os; " + show).stderr == "None\n"

@@ -445,6 +445,45 @@ def test_emissions_equal_the_sparse_product(sents, n_states, seed, n_threads):
     np.testing.assert_allclose(U, X @ W, rtol=1e-12, atol=1e-12)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["The", "dog", "barks", ".", "unseen", "Ünï-42", "",
+                                          "1999", "zzz"]), max_size=7), max_size=8),
+       st.integers(1, 12), st.integers(0, 10**6), st.sampled_from([1, 2]))
+def test_emission_blocks_cover_the_batch_with_what_emissions_give(sents, block_tokens, seed,
+                                                                   n_threads):
+    # Tagging a large document sums the per-token rows a block of whole sentences at a time,
+    # into one reused buffer: blocks must tile the sentences in order, hold at most
+    # block_tokens tokens unless one sentence is longer, and carry exactly emissions' rows.
+    fx = FeatureExtractor().fit(TRAIN)
+    W = np.random.default_rng(seed).normal(size=(fx.n_features_, 3))
+    ref, offsets_ref = fx.emissions(sents, W, n_threads=n_threads)
+    offsets, blocks = fx.emission_blocks(sents, W, block_tokens=block_tokens,
+                                         n_threads=n_threads)
+    assert np.array_equal(offsets, offsets_ref)
+    expected_first, buffers = 0, set()
+    for first, last, U in blocks:
+        assert first == expected_first and last > first
+        a, b = offsets[first], offsets[last]
+        assert b - a <= block_tokens or last == first + 1
+        assert np.array_equal(U, ref[a:b])      # same sums in the same order: bit for bit
+        buffers.add(U.base.__array_interface__["data"][0] if U.base is not None else None)
+        expected_first = last
+    assert expected_first == len(sents)
+    assert len(buffers) <= 1                    # one buffer for every block
+
+
+def test_emission_blocks_refuse_bad_arguments_before_any_block():
+    fx = FeatureExtractor().fit(TRAIN)
+    W = np.zeros((fx.n_features_, 3))
+    for bad in (0, -3, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="block_tokens"):
+            fx.emission_blocks(TRAIN, W, block_tokens=bad)
+    with pytest.raises(ValueError, match=r"W must have shape"):
+        fx.emission_blocks(TRAIN, np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="tokens must be strings"):
+        fx.emission_blocks([["a", 3]], W)
+
+
 def test_emissions_refuse_a_wrong_weight_shape():
     fx = FeatureExtractor().fit(TRAIN)
     with pytest.raises(ValueError, match=r"W must have shape \(\d+, S\)"):

@@ -205,6 +205,29 @@ def test_latent_substates_answer_in_tags(small_ewt, substate_tagger):
     assert tagger.score(ds, dt) > baseline + 0.03
 
 
+@pytest.mark.parametrize("block_tokens", [1, 40, 10**6])
+def test_predict_decodes_block_by_block_as_over_the_whole_batch(small_ewt, substate_tagger,
+                                                                monkeypatch, block_tokens):
+    # predict decodes a large batch a block of sentences at a time; the tags (and the
+    # constraints and observed-transition rules) must be those of one pass over all of it
+    from factorebm import tagger as tagger_module
+    _, (ds, _) = small_ewt
+    sents = ds[:60] + [[]] + ds[60:80]
+    tagger = substate_tagger
+    unary, transition, start, end, offsets = tagger.energies(sents)
+    states, _ = fe.chain.viterbi(unary, transition, offsets, start, end)
+    expected = tagger.labels_[states // 3].tolist()
+    i = next(i for i in range(10, len(sents)) if len(sents[i]) >= 3)
+    constraints = [None] * len(sents)
+    constraints[i] = {0: "NOUN", 2: {"VERB", "AUX"}}
+    monkeypatch.setattr(tagger_module, "VITERBI_BLOCK_TOKENS", 10**6)
+    whole_constrained = tagger.predict(sents, constraints=constraints)
+    monkeypatch.setattr(tagger_module, "VITERBI_BLOCK_TOKENS", block_tokens)
+    assert [p for ps in tagger.predict(sents) for p in ps] == expected
+    assert tagger.predict(sents, constraints=constraints) == whole_constrained
+    assert whole_constrained[i][0] == "NOUN" and whole_constrained[i][2] in ("VERB", "AUX")
+
+
 def test_substate_model_round_trip(tmp_path, small_ewt, substate_tagger):
     _, (ds, _) = small_ewt
     path = tmp_path / "h3.npz"
