@@ -413,24 +413,45 @@ def label_codes(upos, dict index, const intp_t[::1] word_offsets, intp_t[::1] co
 
 def write_document(const uint8_t[::1] data, const intp_t[:, ::1] spans,
                    const intp_t[::1] codes, const uint8_t[::1] labels,
-                   const intp_t[::1] label_offsets, uint8_t[::1] out):
-    """``out`` = ``data`` with the UPOS field of word ``i`` (bytes ``spans[i, 2]`` to
+                   const intp_t[::1] label_offsets, uint8_t[::1] out,
+                   Py_ssize_t first=0, Py_ssize_t last=-1):
+    """Write into ``out`` the bytes of ``data`` that words ``first`` to ``last - 1`` (-1: to
+    the end) cover, with the UPOS field of word ``i`` (bytes ``spans[i, 2]`` to
     ``spans[i, 3]``) replaced by label ``codes[i]``, the bytes
-    ``labels[label_offsets[c]:label_offsets[c + 1]]``.
+    ``labels[label_offsets[c]:label_offsets[c + 1]]``; returns the bytes written.
 
-    The caller validates: spans from :func:`fill_document` of this ``data``, codes in range,
-    and ``out`` of exactly the size the replacements give."""
-    cdef Py_ssize_t n_words = spans.shape[0], i, src = 0, dst = 0, a, c, m
+    A range starts where the previous word's field ends (the start of ``data`` for word 0)
+    and stops where its last word's field ends (the end of ``data`` for the last word), so
+    consecutive ranges write the whole document, piece by piece. The caller validates:
+    spans from :func:`fill_document` of this ``data``, codes in range, labels' offsets; the
+    range and the room in ``out`` are checked here."""
+    cdef Py_ssize_t n_words = spans.shape[0], i, src, stop, dst = 0, a, c, m
     cdef const uint8_t* d
     cdef const uint8_t* lab
     cdef uint8_t* o
-    if data.shape[0] == 0:
-        return
+    if last < 0:
+        last = n_words
+    if not 0 <= first <= last <= n_words or codes.shape[0] < last:
+        raise ValueError("write_document: word range out of the document")
+    src = spans[first - 1, 3] if first > 0 else 0
+    if first == last:           # nothing, or all of a document without words
+        stop = data.shape[0] if n_words == 0 else src
+    else:
+        stop = data.shape[0] if last == n_words else spans[last - 1, 3]
+    # the room needed, before any byte is written
+    m = stop - src
+    for i in range(first, last):
+        c = codes[i]
+        m += label_offsets[c + 1] - label_offsets[c] - (spans[i, 3] - spans[i, 2])
+    if out.shape[0] < m:
+        raise ValueError(f"write_document: out holds {out.shape[0]} bytes, {m} needed")
+    if m == 0:
+        return 0
     d = &data[0]
     o = &out[0]
     lab = &labels[0] if labels.shape[0] else NULL
     with nogil:
-        for i in range(n_words):
+        for i in range(first, last):
             a = spans[i, 2]
             memcpy(o + dst, d + src, a - src)
             dst += a - src
@@ -439,4 +460,6 @@ def write_document(const uint8_t[::1] data, const intp_t[:, ::1] spans,
             memcpy(o + dst, lab + label_offsets[c], m)
             dst += m
             src = spans[i, 3]
-        memcpy(o + dst, d + src, data.shape[0] - src)
+        memcpy(o + dst, d + src, stop - src)
+        dst += stop - src
+    return dst

@@ -98,6 +98,46 @@ def test_document_equals_python_reader_and_writer(lines, newline, final_newline,
         assert doc.to_bytes(tags) == python_twin(data, tags)[1]
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_LINES, max_size=25), st.sampled_from(["\n", "\r\n"]), st.booleans(),
+       st.booleans(), st.integers(1, 4))
+def test_tagged_output_written_piece_by_piece_is_the_whole(lines, newline, final_newline, bom,
+                                                          words_per_piece):
+    # write_codes writes a few thousand words at a time from one reused buffer: the pieces
+    # must join into exactly the document's bytes (comments, text after the last word, a
+    # document without words), one piece per words_per_piece words
+    text = ("\ufeff" if bom else "") + _render_lines(lines, newline) + (
+        newline if final_newline else "")
+    try:
+        doc = ConlluDocument(text.encode("utf-8"), "f")
+    except ValueError:
+        return
+    tags = fake_tags(doc.forms)
+    labels = sorted({t for ts in tags for t in ts}) or ["X"]
+    codes = np.array([labels.index(t) for ts in tags for t in ts], dtype=np.int64)
+    pieces = [bytes(p) for p in doc._pieces(codes, labels, words_per_piece)]
+    assert b"".join(pieces) == doc.to_bytes(tags)
+    assert len(pieces) == max(1, -(-doc.n_words // words_per_piece))
+
+
+def test_write_codes_in_pieces_to_every_kind_of_target(tmp_path, monkeypatch):
+    data = "".join(f"{i}\tw{i}\t_\tX\t_\t_\t_\t_\t_\t_\n" for i in range(1, 8)) + "\n# end\n"
+    doc = ConlluDocument(data.encode("utf-8"))
+    labels = ["NOUN", "VERB"]
+    codes = np.arange(7) % 2
+    whole = doc.to_bytes([[labels[c] for c in codes], []])     # "# end": words-free
+    monkeypatch.setattr(conllu, "_WORDS_PER_PIECE", 3)
+    doc.write_codes(tmp_path / "out.conllu", codes, labels)
+    doc.write_codes(tmp_path / "out.conllu.gz", codes, labels)
+    text = io.StringIO()
+    doc.write_codes(text, codes, labels)
+    raw = io.BytesIO()
+    doc.write_codes(raw, codes, labels)
+    assert (tmp_path / "out.conllu").read_bytes() == whole == raw.getvalue()
+    assert gzip.decompress((tmp_path / "out.conllu.gz").read_bytes()) == whole
+    assert text.getvalue() == whole.decode("utf-8")
+
+
 @pytest.mark.parametrize("split", ["dev", "test"])
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 def test_document_equals_python_twin_on_ewt(split, newline):

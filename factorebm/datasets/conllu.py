@@ -31,7 +31,8 @@ import os
 
 import numpy as np
 
-from .textio import BOM, decode_utf8, gc_paused, is_binary, read_bytes, read_text, write_bytes
+from .textio import (BOM, decode_utf8, gc_paused, is_binary, read_bytes, read_text, write_bytes,
+                     write_pieces)
 
 __all__ = [
     "Sentence", "load_conllu", "read_conllu", "write_conllu", "sentences_from_text",
@@ -44,6 +45,8 @@ UPOS_COLUMN = 3
 # The column names of the format, in order.
 COLUMNS = ("ID", "FORM", "LEMMA", "UPOS", "XPOS", "FEATS", "HEAD", "DEPREL", "DEPS", "MISC")
 _BOM_BYTES = BOM.encode("utf-8")
+# Words per piece of tagged output (ConlluDocument.write_codes): about 3 MB of EWT's CoNLL-U
+_WORDS_PER_PIECE = 65536
 # Word IDs as strings, so the "IDs are 1, 2, 3, ..." check is a string comparison, not an int().
 _ID_STRINGS = [str(i) for i in range(512)]
 
@@ -805,18 +808,35 @@ class ConlluDocument:
         """The bytes of the document with ``labels[codes[w]]`` in the UPOS column of word w,
         as a uint8 array (``codes`` (n_words,) int64 in range, labels valid tags: checked by
         the caller)."""
+        return next(self._pieces(codes, labels, max(self.n_words, 1)))
+
+    def _pieces(self, codes, labels, words_per_piece):
+        """:meth:`_encode_codes`'s bytes piece by piece, ``words_per_piece`` words each: uint8
+        arrays viewing one buffer that the next piece overwrites (write each before asking
+        for the next)."""
         from .._conllu import write_document
         encoded = [tag.encode("utf-8") for tag in labels]
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
         label_offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum(lengths, out=label_offsets[1:])
-        spans = self._spans
-        size = (len(self._data) + int(lengths[codes].sum())
-                - int((spans[:, 3] - spans[:, 2]).sum()))
-        out = np.empty(size, dtype=np.uint8)
-        write_document(self._data, spans, codes, np.frombuffer(b"".join(encoded), np.uint8),
-                       label_offsets, out)
-        return out
+        table = np.frombuffer(b"".join(encoded), np.uint8)
+        spans, data, n = self._spans, self._data, self.n_words
+        buf = np.empty(0, dtype=np.uint8)
+        first = 0
+        while True:
+            last = min(first + words_per_piece, n)
+            begin = spans[first - 1, 3] if first else 0
+            end = len(data) if last == n else spans[last - 1, 3]
+            size = (int(end - begin) + int(lengths[codes[first:last]].sum())
+                    - int((spans[first:last, 3] - spans[first:last, 2]).sum()))
+            if buf.shape[0] < size:
+                buf = np.empty(size + size // 4 if last < n else size, dtype=np.uint8)
+            written = write_document(data, spans, codes, table, label_offsets, buf, first,
+                                     last)
+            yield buf[:written]
+            first = last
+            if first >= n:
+                return
 
     def to_bytes(self, upos=None):
         """The document as bytes: exactly as read, or with ``upos[i]`` (one tag per word) in
@@ -856,7 +876,9 @@ class ConlluDocument:
         _check_tag_values(labels, "labels")
         if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= len(labels)):
             raise ValueError(f"codes: expected values in range({len(labels)})")
-        write_bytes(self._encode_codes(codes, labels), file)
+        # Written a piece at a time from one reused buffer, not as one array of the whole
+        # output: first-touching that much fresh memory costs more than filling it.
+        write_pieces(self._pieces(codes, labels, _WORDS_PER_PIECE), file)
 
     def __repr__(self):
         return (f"ConlluDocument({len(self.forms)} sentences, {self.n_words} words, "

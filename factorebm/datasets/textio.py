@@ -116,6 +116,22 @@ def write_bytes(data, file):
         file.write(bytes(data).decode("utf-8"))
 
 
+def write_pieces(pieces, file):
+    """:func:`write_bytes` of data given piece by piece: ``pieces`` an iterable of buffers,
+    each written before the next is asked for (so they may share memory). A gzip-compressed
+    path gets them joined and compressed at once, as :func:`write_bytes` writes it."""
+    if isinstance(file, (str, bytes, os.PathLike)):
+        if os.fsdecode(file).endswith(".gz"):
+            write_bytes(b"".join(bytes(p) for p in pieces), file)
+            return
+        with open(file, "wb") as fh:
+            for piece in pieces:
+                fh.write(piece)
+    else:
+        for piece in pieces:
+            write_bytes(piece, file)
+
+
 def _write_all(raw, data):
     """Write ``data`` to an unbuffered binary file, which may take only part of it per call
     (``sys.stdout.buffer`` under ``python -u`` or PYTHONUNBUFFERED is a raw FileIO: a pipe
