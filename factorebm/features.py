@@ -806,7 +806,7 @@ class FeatureExtractor:
                              "not a list of strings: wrap a single sentence as [tokens]")
         return sents
 
-    def _map_tokens(self, sents, cache):
+    def _map_tokens(self, sents, cache, interned=None):
         """Token -> type id for a batch read against the snapshot ``cache``.
 
         Returns
@@ -830,9 +830,14 @@ class FeatureExtractor:
         overflow = {}
         try:
             tok_type = np.empty(n_tokens, dtype=np.int32)
-            # Compiled for the usual list of lists; anything else takes the generic path.
+            # Compiled for the usual list of lists, once per distinct word where the caller
+            # knows them (``interned``: a ConlluDocument's distinct forms and each token's,
+            # checked to be the tokens themselves); anything else takes the generic path.
             if not (type(sents) is list
-                    and _map_compiled(sents, cache.index, cache.n_types, overflow, tok_type)):
+                    and (interned is not None
+                         and _map_interned(sents, interned, cache, overflow, tok_type)
+                         or _map_compiled(sents, cache.index, cache.n_types, overflow,
+                                          tok_type))):
                 overflow.clear()
                 lookup = functools.partial(_type_of, cache.index, cache.n_types, overflow)
                 tok_type = np.fromiter(map(lookup, itertools.chain.from_iterable(sents)),
@@ -972,8 +977,9 @@ class FeatureExtractor:
             counts[g] = np.bincount(neighbour, minlength=n_types)
         return counts
 
-    def _map_batch(self, sents):
-        """Token types and offsets of a batch, the types first seen in it added to the cache.
+    def _map_batch(self, sents, interned=None):
+        """Token types and offsets of a batch, the types first seen in it added to the cache
+        (``interned``: see :meth:`emission_blocks`).
 
         Returns
         -------
@@ -987,7 +993,7 @@ class FeatureExtractor:
         self._check_fitted()
         sents = self._check_sents(sents)
         cache = self._snapshot()
-        tok_type, offsets, new = self._map_tokens(sents, cache)
+        tok_type, offsets, new = self._map_tokens(sents, cache, interned)
         if new:
             seg_rel, flat = self._type_rows(new)
             tok_type, cache = self._publish(cache, new, seg_rel, flat, tok_type)
@@ -1057,7 +1063,7 @@ class FeatureExtractor:
             Us.append(U)
         return (Us if isinstance(W, list) else Us[0]), offsets
 
-    def emission_blocks(self, sents, W, block_tokens=8192, n_threads=None):
+    def emission_blocks(self, sents, W, block_tokens=8192, n_threads=None, interned=None):
         """:meth:`emissions` a block of whole sentences at a time, in one reused buffer.
 
         The words are mapped, and each present type's rows summed, once for the whole batch
@@ -1070,6 +1076,10 @@ class FeatureExtractor:
         sents, W, n_threads : as :meth:`emissions` (one W)
         block_tokens : int
             Most tokens of a block; a longer sentence is a block of its own.
+        interned : (list of str, (N,) int32) or None
+            The batch's distinct words and each token's index among them (a
+            :class:`~factorebm.datasets.ConlluDocument`'s), so that each distinct word is
+            looked up once; ignored unless every token is that very string object.
 
         Returns
         -------
@@ -1087,7 +1097,7 @@ class FeatureExtractor:
         if isinstance(block_tokens, bool) or not isinstance(block_tokens, (int, np.integer)) \
                 or block_tokens < 1:
             raise ValueError(f"block_tokens must be an integer >= 1, got {block_tokens!r}")
-        tok_type, offsets, cache = self._map_batch(sents)
+        tok_type, offsets, cache = self._map_batch(sents, interned)
         nt = threads_for(n_threads, tok_type.shape[0])
         return offsets, self._emission_blocks(tok_type, offsets, cache, W, int(block_tokens), nt)
 
@@ -1410,6 +1420,16 @@ def _release_free_heap():
 
 
 _malloc_trim = None      # libc's malloc_trim once looked up, False where there is none
+
+
+def _map_interned(sents, interned, cache, overflow, out):
+    from ._features import map_interned
+    distinct, ids = interned
+    if type(distinct) is not list or not map_interned(sents, distinct, ids, cache.index,
+                                                      cache.n_types, overflow, out):
+        overflow.clear()
+        return False
+    return True
 
 
 def _map_compiled(sents, index, n_known, overflow, out):

@@ -651,7 +651,7 @@ class SequenceTagger(Estimator):
             members.append((unary, transition, start, end))
         return members, offsets, model, labels, n_threads
 
-    def _viterbi(self, sents, constraints=None):
+    def _viterbi(self, sents, constraints=None, interned=None):
         """The tags :meth:`predict` answers (by ``decode``): ``(labels (N,) int64 tag ids,
         offsets, labels_)``; ValueError when a sentence has no finite-energy tagging."""
         fitted = self._fitted_state()
@@ -659,7 +659,7 @@ class SequenceTagger(Estimator):
             return self._max_marginals(sents, constraints, fitted)
         mask = self._constraint_mask(sents, constraints, fitted)
         if fitted[5] is None:
-            return self._viterbi_blocks(sents, mask, fitted)
+            return self._viterbi_blocks(sents, mask, fitted, interned)
         unary, transition, start, end, offsets, model, labels, n_threads = \
             self._energies(sents, fitted)
         tag_ids, energies = chain.viterbi(unary, transition, offsets, start, end, mask=mask,
@@ -667,10 +667,11 @@ class SequenceTagger(Estimator):
         _check_feasible(energies, sents, mask is not None)
         return tag_ids, offsets, labels
 
-    def _viterbi_blocks(self, sents, mask, fitted):
+    def _viterbi_blocks(self, sents, mask, fitted, interned=None):
         """:meth:`_viterbi` of a ``front_end="features"`` model a block of sentences at a time
-        (:meth:`FeatureExtractor.emission_blocks`): each block's energies are decoded while
-        in cache, and a large batch never holds all of them (the same answer)."""
+        (:meth:`FeatureExtractor.emission_blocks`, which takes ``interned``): each block's
+        energies are decoded while in cache, and a large batch never holds all of them (the
+        same answer)."""
         self._check_fitted()
         _check_corpus(sents)
         fx, model, coef, labels, allowed, _ = fitted
@@ -681,7 +682,7 @@ class SequenceTagger(Estimator):
                                                         model.state_label)
         n_threads = threads_for(self.n_threads, sum(map(len, sents)))
         offsets, blocks = fx.emission_blocks(sents, coef[:fx.n_features_ * S].reshape(-1, S),
-                                             VITERBI_BLOCK_TOKENS, n_threads)
+                                             VITERBI_BLOCK_TOKENS, n_threads, interned)
         tag_ids = np.empty(offsets[-1], dtype=np.int64)
         energies = np.empty(offsets.shape[0] - 1)
         for first, last, unary in blocks:
@@ -993,7 +994,7 @@ def tag_document(tagger, source, format="auto"):
             raise
         raise ValueError(f"{exc} (read as CoNLL-U because its first token line has 10 "
                          "tab-separated columns; use --format text for plain text)") from None
-    codes, _, labels = tagger._viterbi(document.forms)
+    codes, _, labels = tagger._viterbi(document.forms, interned=document._interned)
     return document, codes, labels.tolist()
 
 

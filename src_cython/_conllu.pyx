@@ -13,7 +13,7 @@
 from cpython.ref cimport PyObject
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memset
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int32_t, uint32_t, uint64_t
 
 from _typedefs cimport intp_t, uint8_t
 
@@ -285,11 +285,15 @@ def scan_document(const uint8_t[::1] data, Py_ssize_t begin, int column,
 
 def document_strings(const uint8_t[::1] data, const intp_t[:, ::1] spans,
                      const intp_t[::1] word_offsets, Py_ssize_t n_sents, int field,
-                     bint skip_empty=False):
+                     bint skip_empty=False, list distinct=None, int32_t[::1] ids=None):
     """The strings of a scanned document: per sentence a list of str, decoded from the spans
     ``spans[:, 2 * field:2 * field + 2]`` of its words (field 0: FORM, 1: the label column);
     sentences without words are left out with ``skip_empty``. Equal strings are one shared
     str object, found by a hash table over the bytes, so each distinct one is decoded once.
+
+    Given an empty list ``distinct`` and ``ids`` (one entry per word), the distinct strings are
+    appended to ``distinct`` in order of first appearance and ``ids[j]`` is word j's: what a
+    tagger maps to its vocabulary once per distinct word rather than once per word.
     """
     cdef Py_ssize_t n_words = word_offsets[n_sents] if n_sents > 0 else 0
     cdef Py_ssize_t i, j, a, b, size = 1024, n_unique = 0, slot, u, col = 2 * field
@@ -310,6 +314,13 @@ def document_strings(const uint8_t[::1] data, const intp_t[:, ::1] spans,
     if (n_sents < 0 or n_sents >= word_offsets.shape[0] or n_words > spans.shape[0]
             or field < 0 or field > 1):
         raise ValueError("n_sents does not match word_offsets and spans, or field not 0 or 1")
+    cdef bint with_ids = distinct is not None
+    if with_ids:
+        if (len(distinct) or ids is None or ids.shape[0] < n_words or skip_empty
+                or n_words > 2**31 - 1):
+            raise ValueError("distinct must be an empty list, ids hold an entry per word, "
+                             "and skip_empty be off")
+        uniques = distinct
     table = <intp_t*>malloc(size * sizeof(intp_t))
     ubytes = <uint8_t*>malloc(capacity)
     ustart = <intp_t*>malloc((n_words + 2) * sizeof(intp_t))
@@ -365,6 +376,8 @@ def document_strings(const uint8_t[::1] data, const intp_t[:, ::1] spans,
                                 slot = (slot + 1) & (size - 1)
                             table[slot] = u
                         u = n_unique - 1
+                if with_ids:
+                    ids[j] = <int32_t>u
                 form = uniques[u]
                 Py_INCREF(form)
                 PyList_SET_ITEM(strings, j - word_offsets[i], form)

@@ -319,6 +319,65 @@ def map_tokens(list sents, object index, Py_ssize_t n_known, object overflow,
     return True
 
 
+def map_interned(list sents, list distinct, const int32_t[::1] ids, object index,
+                 Py_ssize_t n_known, object overflow, int32_t[::1] out):
+    """:func:`map_tokens` for sentences whose words are ``distinct[ids[t]]`` (t numbering the
+    tokens in order), with ``distinct`` in order of first appearance (a
+    :class:`~factorebm.datasets.ConlluDocument`'s forms): each distinct word is looked up
+    once, not once per token, and the ids come out the same.
+
+    First checks that every token IS ``distinct[ids[t]]`` (the same object: a pointer
+    comparison per token), so sentences changed since they were interned are never mapped
+    by stale ids; returns False, touching nothing, when they are not, or are not a list of
+    lists of str. Returns True when done.
+    """
+    cdef Py_ssize_t pos = 0, n = out.shape[0], n_distinct = len(distinct), u, ty
+    cdef PyObject* found
+    cdef int32_t* type_of
+    if not isinstance(index, dict) or not isinstance(overflow, dict):
+        raise TypeError("map_interned: index and overflow must be dicts")
+    if ids.shape[0] != n:
+        return False
+    for sent in sents:
+        if type(sent) is not list:
+            return False
+        for word in <list>sent:
+            if (pos >= n or ids[pos] < 0 or ids[pos] >= n_distinct
+                    or <PyObject*>word != <PyObject*>distinct[ids[pos]]):
+                return False
+            pos += 1
+    if pos != n:
+        return False
+    for word in distinct:
+        if type(word) is not str:
+            return False
+    type_of = <int32_t*>malloc(max(n_distinct, 1) * sizeof(int32_t))
+    if type_of == NULL:
+        raise MemoryError()
+    try:
+        for u in range(n_distinct):
+            word = distinct[u]
+            found = PyDict_GetItem(index, word)
+            if found != NULL:
+                ty = <object>found
+                if ty < n_known:
+                    type_of[u] = <int32_t>ty
+                    continue
+            found = PyDict_GetItem(overflow, word)
+            if found == NULL:
+                ty = n_known + len(<dict>overflow)
+                overflow[word] = ty
+            else:
+                ty = <object>found
+            type_of[u] = <int32_t>ty
+        with nogil:
+            for pos in range(n):
+                out[pos] = type_of[ids[pos]]
+    finally:
+        free(type_of)
+    return True
+
+
 # ---------------------------------------------------------------------------------------------
 # Emission energies U = X @ W without building X (tagging).
 #

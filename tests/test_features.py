@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings, strategies as st
 
 import factorebm as fe
+from factorebm import _features
 from factorebm.features import FeatureExtractor, default_templates
 from factorebm.modelio import load_arrays, save_arrays
 
@@ -470,6 +471,41 @@ def test_emission_blocks_cover_the_batch_with_what_emissions_give(sents, block_t
         expected_first = last
     assert expected_first == len(sents)
     assert len(buffers) <= 1                    # one buffer for every block
+
+
+def test_a_documents_interned_forms_map_as_its_tokens_do_and_only_while_they_are_its_own():
+    # factorebm tag looks each distinct word of a document up once, through the document's
+    # distinct forms and each token's index among them; the types must be the ones mapping
+    # every token gives (unseen words numbered by first appearance), and changed sentences
+    # must never be mapped by stale indices
+    from factorebm.datasets import ConlluDocument
+    words = [["The", "zorp", "barks", "."], ["zorp", "the", "The", "quux"], [], ["quux", "."]]
+    data = "\n".join("".join(f"{i}\t{w}\t_\tX\t_\t_\t_\t_\t_\t_\n"
+                             for i, w in enumerate(s, 1)) for s in words if s) + "\n"
+    doc = ConlluDocument(data.encode("utf-8"))
+    fitted = FeatureExtractor().fit(TRAIN)
+
+    def fresh():
+        return FeatureExtractor.from_config_and_arrays(fitted.get_config(), fitted.to_arrays())
+
+    def types(fx, forms, interned=None):
+        tok_type, offsets, _ = fx._map_batch(forms, interned)
+        return tok_type.tolist(), offsets.tolist()
+
+    def interned_path_taken(forms):
+        fx = fresh()
+        out = np.empty(sum(map(len, forms)), dtype=np.int32)
+        return _features.map_interned(forms, *doc._interned, fx._cache.index,
+                                      fx._cache.n_types, {}, out)
+
+    assert interned_path_taken(doc.forms)
+    assert types(fresh(), doc.forms, doc._interned) == types(fresh(), doc.forms)
+    changed = [list(s) for s in doc.forms]
+    changed[0][0] = "".join(["T", "he"])          # equal, but not the interned object
+    changed[1][1] = "zebra"                       # another word
+    for forms in (changed, changed[:1], doc.forms[:2]):
+        assert not interned_path_taken(forms)
+        assert types(fresh(), forms, doc._interned) == types(fresh(), forms)
 
 
 def test_emission_blocks_refuse_bad_arguments_before_any_block():

@@ -740,7 +740,8 @@ class ConlluDocument:
         :class:`ConlluSyntaxError`) or bytes that are not UTF-8.
     """
 
-    __slots__ = ("_data", "_spans", "_word_offsets", "forms", "n_words", "n_comment_lines")
+    __slots__ = ("_data", "_spans", "_word_offsets", "forms", "n_words", "n_comment_lines",
+                 "_interned")
 
     def __init__(self, data, name="<bytes>"):
         data = _encode_text(data, name) if isinstance(data, str) else bytes(data)
@@ -753,8 +754,11 @@ class ConlluDocument:
                                  "Python parser accepts")
         spans, word_offsets, stats = scanned
         n_words, n_sents = int(stats[0]), int(stats[1])
+        # the distinct forms and each word's, for a tagger to map each distinct one once
+        distinct, form_ids = [], np.empty(n_words, dtype=np.int32)
         with gc_paused():
-            forms = document_strings(data, spans, word_offsets, n_sents, 0)
+            forms = document_strings(data, spans, word_offsets, n_sents, 0, False, distinct,
+                                     form_ids)
         if not forms and (stats[3] or data.startswith(_BOM_BYTES)):
             # blank lines only: one sentence without lines, as read_conllu gives
             forms = [[]]
@@ -767,6 +771,8 @@ class ConlluDocument:
         self.forms = forms
         self.n_words = n_words
         self.n_comment_lines = int(stats[2])
+        form_ids.flags.writeable = False
+        self._interned = (distinct, form_ids)
 
     @classmethod
     def read(cls, path_or_file):
