@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from . import chain, losses
-from .features import FeatureExtractor
+from .features import FeatureExtractor, _release_free_heap
 from .checks import check_count, check_real, check_threads, threads_for
 from .constraints import constraint_mask, forbid_transitions, observed_transitions
 from .datasets.conllu import ConlluSyntaxError, read_document
@@ -540,6 +540,9 @@ class SequenceTagger(Estimator):
                 else:
                     if coef is None:    # filled member by member: no second copy at the end
                         coef, history = np.empty((n_members, w.shape[0]), ENSEMBLE_DTYPE), []
+                    # the member's optimizer state (its AdaGrad accumulators, as large as w)
+                    # is free now but kept by glibc: given back before its row is written
+                    _release_free_heap()
                     coef[m] = w         # float32: half the memory, and of the tagging's reads
                     history.extend({**row, "member": m} for row in h)
                 del w
