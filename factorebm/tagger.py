@@ -276,8 +276,11 @@ class SequenceTagger(Estimator):
         (``random_state``, ``random_state + 1``, ...), one after the other; they predict
         together by averaging their tag marginals (``decode`` is then "marginal"). The
         latent substates make the models differ. Costs ``ensemble`` times the training
-        time, weights and tagging time; on EWT, 3 substates and 4 members reach 95.53% dev
-        and 95.67% test (one model of 2 substates: 95.16% and 95.20%).
+        time and about that the tagging time (every member's emissions come from one pass
+        over the features, their forward-backward passes from one kernel call); the members
+        are trained in float64 and kept in float32 (``coef_``, the model file). On EWT, 3
+        substates and 4 members reach 95.53% dev and 95.67% test (one model of 2
+        substates: 95.16% and 95.20%).
     front_end : {"features", "features+chars"}
         What turns the words into emission energies (:mod:`factorebm.front_end`): the sparse
         features alone, or plus a character CNN branch trained jointly with the chain.
