@@ -60,8 +60,8 @@ from .checks import check_beta, check_threads
 _chain = kernel_module("_chain")   # the AVX2+FMA build where the CPU has it
 
 __all__ = [
-    "viterbi", "forward_backward", "min_marginals", "kbest", "most_offending",
-    "loss_augmented_viterbi", "sequence_energy", "gold_mask",
+    "viterbi", "forward_backward", "ensemble_marginals", "min_marginals", "kbest",
+    "most_offending", "loss_augmented_viterbi", "sequence_energy", "gold_mask",
 ]
 
 
@@ -406,6 +406,61 @@ def forward_backward(unary, transition, offsets, beta=1.0, start=None, end=None,
     if return_states:
         out.append(marg)
     return tuple(out)
+
+
+def ensemble_marginals(unary, transition, offsets, beta=1.0, start=None, end=None, *,
+                       mask=None, state_label=None, n_threads=None):
+    """The label marginals of an ensemble of M chains over the same sequences, averaged.
+
+    Member m has energies ``unary[m]``, ``transition[m]``, ``start[m]``, ``end[m]``; the
+    result is the mean over m of :func:`forward_backward`'s label marginals (to rounding),
+    computed in one kernel call: each thread runs every member on its block of sequences.
+
+    Parameters
+    ----------
+    unary : (M, N, S) float64
+    transition : (M, S, S)
+    offsets, beta, mask, state_label, n_threads
+        As in :func:`forward_backward` (``mask`` (N, S) applies to every member).
+    start, end : (M, S) or None (zeros)
+
+    Returns
+    -------
+    marginals : ndarray of float64, shape (N, L)
+        ``(1/M) sum_m P_m(label_t = l)``; L = S without ``state_label``.
+    free_energies : ndarray of float64, shape (M, n)
+        Each member's ``-(1/beta) log Z`` per sequence (+inf without a finite path, whose
+        rows then get nothing from that member).
+    """
+    unary, u_max = _energy_array(unary, "unary", 3)
+    transition, t_max = _energy_array(transition, "transition", 3)
+    M, N, S = unary.shape
+    if M < 1:
+        raise ValueError("an ensemble needs at least one member: unary has shape "
+                         f"{unary.shape}")
+    if transition.shape != (M, S, S):
+        raise ValueError(f"transition must have shape ({M}, {S}, {S}) to match unary's "
+                         f"{M} members of {S} states, got {transition.shape}")
+    bounds = []
+    ends = []
+    for x, name in ((start, "start"), (end, "end")):
+        arr, bound = ((np.zeros((M, S)), 0.0) if x is None else _energy_array(x, name, 2))
+        if arr.shape != (M, S):
+            raise ValueError(f"{name} must have shape ({M}, {S}), got {arr.shape}")
+        ends.append(arr)
+        bounds.append(bound)
+    start, end = ends
+    # offsets, mask and state labels checked as for one chain; the range for every member
+    b = _Batch(unary[0], transition[0], offsets, start[0], end[0], mask, state_label)
+    b._bounds = (u_max, t_max, *bounds)
+    b.check_range()
+    nt = _check_threads(n_threads)
+    beta = check_beta(beta)
+    marg = np.empty((N, b.n_labels), dtype=np.float64)   # the kernel writes every row
+    free = np.empty((M, b.n), dtype=np.float64)
+    _chain.ensemble_marginals(unary, transition, b.offsets, beta, start, end, b.mask,
+                              b.state_label, marg, free, nt)
+    return marg, free
 
 
 def min_marginals(unary, transition, offsets, start=None, end=None, *, mask=None,

@@ -48,6 +48,7 @@ offset. Valued templates give ``name=value`` (``name[+1]=value`` away from offse
 """
 import functools
 import itertools
+import numbers
 import re
 import string
 import threading
@@ -1123,6 +1124,51 @@ class FeatureExtractor:
                                       buf, nt)
             yield first, last, buf[:offsets[last] - offsets[first]]
             first = last
+
+    def member_emissions(self, sents, coef, n_states, n_threads=None):
+        """The emission energies of every member of an ensemble in one pass: ``U[m] = X @
+        W_m``, as :meth:`emissions` gives them one matrix at a time (float64 weights: the
+        same values bit for bit), each (type, group)'s feature rows read once for all members.
+
+        Parameters
+        ----------
+        sents : list of list of str
+        coef : (M, n_weights) float32 or float64, C-contiguous
+            One member per row, whose first ``n_features_ * n_states`` weights are its
+            emission matrix (n_features_, n_states), row-major (a tagger's ``coef_``). The
+            sums are float64 whatever the weights' type.
+        n_states : int
+        n_threads : int or None
+            As in :meth:`emissions`.
+
+        Returns
+        -------
+        U : (M, N, n_states) float64
+        offsets : (n+1,) int64
+        """
+        from . import _features
+        self._check_fitted()
+        check_threads(n_threads)
+        if (not isinstance(coef, np.ndarray) or coef.ndim != 2
+                or coef.dtype not in (np.float32, np.float64)
+                or not coef.flags.c_contiguous):
+            raise ValueError("coef must be a C-contiguous 2-D float32 or float64 array, got "
+                             f"{getattr(coef, 'shape', None)} "
+                             f"{getattr(coef, 'dtype', type(coef).__name__)}")
+        if isinstance(n_states, bool) or not isinstance(n_states, numbers.Integral) \
+                or n_states < 1:
+            raise ValueError(f"n_states must be an integer >= 1, got {n_states!r}")
+        if coef.shape[1] < self.n_features_ * n_states:
+            raise ValueError(f"coef rows of {coef.shape[1]} weights cannot hold "
+                             f"{self.n_features_} x {n_states} emission weights")
+        tok_type, offsets, cache = self._map_batch(sents)
+        n_tokens = tok_type.shape[0]
+        U = np.empty((coef.shape[0], n_tokens, int(n_states)))
+        slot = np.full(cache.n_types, -1, dtype=np.int32)
+        _features.member_emissions(tok_type, offsets, self._shift, cache.seg_view(),
+                                   cache.ids_view(), coef, self.n_features_, slot, U,
+                                   threads_for(n_threads, n_tokens))
+        return U, offsets
 
     def factored_transform(self, sents):
         """:meth:`transform`'s matrix as the product of two binary matrices, ``X = S @ Phi``.

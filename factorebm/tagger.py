@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from . import chain, losses
-from .features import FeatureExtractor
+from .features import FeatureExtractor, _release_free_heap
 from .checks import check_count, check_real, check_threads, threads_for
 from .constraints import constraint_mask, forbid_transitions, observed_transitions
 from .datasets.conllu import ConlluSyntaxError, read_document
@@ -56,6 +56,10 @@ VITERBI_BLOCK_TOKENS = 8192
 # factorebm.optimize.OPTIMIZERS, written out so that tagging does not load the learner
 # (tests/test_startup.py checks that the two lists agree)
 OPTIMIZERS = ("lbfgs", "sgd", "adagrad", "adam", "perceptron")
+# The weights of an ensemble's members, once trained (each is trained in float64): averaging
+# M members' marginals does not need float64's digits, and float32 halves the memory that
+# training keeps for the finished members, the model file and the tagging's weight reads.
+ENSEMBLE_DTYPE = np.float32
 
 
 def _check_corpus(sents, tags=None, what="sentences"):
@@ -94,13 +98,18 @@ def _check_saved_labels(labels):
     return labels
 
 
-def _check_saved_coef(coef, ensemble=1):
-    """The weights of a model file: float64 without NaN or -inf (+inf is a forbidden state
-    and allowed); 1-D, or one row per member of an ensemble."""
+def _check_saved_coef(coef, ensemble=1, dtype="float64"):
+    """The weights of a model file: without NaN or -inf (+inf is a forbidden state and
+    allowed); 1-D float64, or one row per member of an ensemble, of the metadata's
+    ``coef_dtype`` (float32 since ensembles are stored so; files without it: float64)."""
     coef = np.asarray(coef)
     ndim = 1 if ensemble == 1 else 2
-    if coef.ndim != ndim or coef.dtype != np.float64:
-        raise ValueError(f"coef must be a {ndim}-D float64 array, got {coef.ndim}-D {coef.dtype}")
+    allowed = ("float64",) if ndim == 1 else ("float64", "float32")
+    if not isinstance(dtype, str) or dtype not in allowed:
+        raise ValueError(f"coef_dtype must be one of {', '.join(allowed)} for an ensemble of "
+                         f"{ensemble}, got {dtype!r}")
+    if coef.ndim != ndim or coef.dtype != np.dtype(dtype):
+        raise ValueError(f"coef must be a {ndim}-D {dtype} array, got {coef.ndim}-D {coef.dtype}")
     if ndim == 2 and coef.shape[0] != ensemble:
         raise ValueError(f"coef has {coef.shape[0]} rows, not one per member of the ensemble "
                          f"of {ensemble}")
@@ -270,8 +279,11 @@ class SequenceTagger(Estimator):
         (``random_state``, ``random_state + 1``, ...), one after the other; they predict
         together by averaging their tag marginals (``decode`` is then "marginal"). The
         latent substates make the models differ. Costs ``ensemble`` times the training
-        time, weights and tagging time; on EWT, 3 substates and 4 members reach 95.53% dev
-        and 95.67% test (one model of 2 substates: 95.16% and 95.20%).
+        time and about that the tagging time (every member's emissions come from one pass
+        over the features, their forward-backward passes from one kernel call); the members
+        are trained in float64 and kept in float32 (``coef_``, the model file). On EWT, 3
+        substates and 4 members reach 95.53% dev and 95.67% test (one model of 2
+        substates: 95.16% and 95.20%).
     front_end : {"features", "features+chars"}
         What turns the words into emission energies (:mod:`factorebm.front_end`): the sparse
         features alone, or plus a character CNN branch trained jointly with the chain.
@@ -306,9 +318,10 @@ class SequenceTagger(Estimator):
     ----------
     labels_ : ndarray of str, shape (K,)
         The tag set, sorted; columns of :meth:`predict_marginals` follow this order.
-    coef_ : ndarray of float64, shape (n_weights,), or (ensemble, n_weights)
-        The flat weight vector of :class:`factorebm.learning.LinearChainEnergy`, one row per
-        member of an ensemble.
+    coef_ : ndarray of float64, shape (n_weights,), or of float32, (ensemble, n_weights)
+        The flat weight vector of :class:`factorebm.learning.LinearChainEnergy`; one row per
+        member of an ensemble, each trained in float64 and stored in float32 (files written
+        before that hold float64 ensembles, which load as they are).
     feature_extractor_ : FeatureExtractor
     history_ : list
         Per-iteration progress records of the optimizer.
@@ -532,8 +545,11 @@ class SequenceTagger(Estimator):
                     coef, history = np.ascontiguousarray(w, dtype=np.float64), h
                 else:
                     if coef is None:    # filled member by member: no second copy at the end
-                        coef, history = np.empty((n_members, w.shape[0])), []
-                    coef[m] = w
+                        coef, history = np.empty((n_members, w.shape[0]), ENSEMBLE_DTYPE), []
+                    # the member's optimizer state (its AdaGrad accumulators, as large as w)
+                    # is free now but kept by glibc: given back before its row is written
+                    _release_free_heap()
+                    coef[m] = w         # float32: half the memory, and of the tagging's reads
                     history.extend({**row, "member": m} for row in h)
                 del w
         finally:
@@ -735,6 +751,8 @@ class SequenceTagger(Estimator):
         marginals of every token (substates summed out), averaged over the members of an
         ensemble."""
         mask = self._constraint_mask(sents, constraints, fitted)
+        if fitted[2].ndim != 1:
+            return self._ensemble_marginals(sents, beta, mask, fitted)
         members, offsets, model, labels, n_threads = self._member_energies(sents, fitted)
         total = None
         for unary, transition, start, end in members:
@@ -749,6 +767,36 @@ class SequenceTagger(Estimator):
         if len(members) > 1:
             total /= len(members)
         return total, offsets, labels, mask is not None, n_threads
+
+    def _ensemble_marginals(self, sents, beta, mask, fitted):
+        """:meth:`_tag_marginals` of an ensemble: every member's emission energies from one
+        pass over the batch's features (float32 or float64 weights, float64 sums), then
+        every member's forward-backward in one kernel call, which averages their tag
+        marginals."""
+        _check_corpus(sents)
+        fx, model, coef, labels, allowed, chars = fitted
+        n_threads = threads_for(self.n_threads, sum(map(len, sents)))
+        S = model.n_states
+        n_sparse = fx.n_features_ * S
+        unary, offsets = fx.member_emissions(sents, coef, S, n_threads=n_threads)
+        M = coef.shape[0]
+        transition, start, end = np.empty((M, S, S)), np.empty((M, S)), np.empty((M, S))
+        for m in range(M):
+            # the chain's own weights (the last S^2 + 2S), in float64
+            tail = np.asarray(coef[m, model.n_emit:], dtype=np.float64)
+            parts = (tail[:S * S].reshape(S, S), tail[S * S:S * S + S], tail[S * S + S:])
+            if allowed is not None:
+                parts = forbid_transitions(*parts, allowed, model.state_label)
+            transition[m], start[m], end[m] = parts
+            if chars is not None:      # plus the character branch, once per word type
+                unary[m] += chars.unary(coef[m, n_sparse:model.n_emit], sents,
+                                        n_threads=n_threads)
+        marginals, free_energies = chain.ensemble_marginals(
+            unary, transition, offsets, beta, start, end, mask=mask,
+            state_label=model.state_label, n_threads=n_threads)
+        for free in free_energies:
+            _check_feasible(free, sents, mask is not None)
+        return marginals, offsets, labels, mask is not None, n_threads
 
     def _max_marginals(self, sents, constraints, fitted):
         """``decode="marginal"``: each token's most probable tag; where transitions are
@@ -898,6 +946,8 @@ class SequenceTagger(Estimator):
         for name in _UNSAVED_PARAMS:
             params.pop(name, None)
         metadata = {"params": params, "feature_config": self.feature_extractor_.get_config()}
+        if self.coef_.ndim == 2:       # a file without it holds float64 weights
+            metadata["coef_dtype"] = str(self.coef_.dtype)
         chars = getattr(self, "char_front_end_", None)
         # the front end that was fitted, whatever front_end says now
         params["front_end"] = "features" if chars is None else "features+chars"
@@ -942,7 +992,8 @@ class SequenceTagger(Estimator):
             fx = FeatureExtractor.from_config_and_arrays(metadata["feature_config"],
                                                          feature_arrays, copy=False)
             labels = _check_saved_labels(arrays["labels"])
-            coef = _check_saved_coef(arrays["coef"], tagger.ensemble)
+            coef = _check_saved_coef(arrays["coef"], tagger.ensemble,
+                                     metadata.get("coef_dtype", "float64"))
             chars = None
             if check_front_end(tagger.front_end) != "features":
                 chars = CharFrontEnd.from_config_and_arrays(

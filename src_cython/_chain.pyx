@@ -853,6 +853,25 @@ cdef void _fb_energy(const float64_t* ueff, const float64_t* trans, const float6
             pair[i] += buf[i] * s
 
 
+cdef void _fb_sequence(const float64_t* U, intp_t T, intp_t S, const float64_t* start,
+                       const float64_t* end, const bool_t* mask, const float64_t* Mf,
+                       const float64_t* MT, const float64_t* trans, const float64_t* transT,
+                       float64_t beta, float64_t tmin, bint lossy_trans, float64_t* w,
+                       float64_t* ah, float64_t* bh, float64_t* cc, float64_t* tmp,
+                       float64_t* marg, float64_t* pair,
+                       float64_t* free_energy) noexcept nogil:
+    """Forward-backward of one sequence of T >= 1 tokens (unary U (T, S), mask (T, S) or
+    NULL): the scaled recursion, or the exact one where it would lose precision. Workspace:
+    w, ah, bh (T, S), cc (T,), tmp (3 S + S * S); marg (T, S) receives the state marginals,
+    pair (S, S) or NULL accumulates the pairwise ones."""
+    _prepare(U, T, S, start, end, mask, NULL, NULL, NULL, w)
+    if (lossy_trans and T > 1) or not _fb_scaled(w, Mf, MT, beta, tmin, T, S, ah, bh, cc,
+                                                  tmp, marg, S, pair, free_energy):
+        _prepare(U, T, S, start, end, mask, NULL, NULL, NULL, w)
+        _fb_energy(w, trans, transT, beta, T, S, ah, bh, tmp + S, tmp + 2 * S, tmp,
+                   tmp + 3 * S, marg, S, pair, free_energy)
+
+
 def forward_backward(const float64_t[:, ::1] unary, const float64_t[:, ::1] transition,
                      const intp_t[::1] offsets, float64_t beta,
                      const float64_t[::1] start, const float64_t[::1] end,
@@ -921,21 +940,112 @@ def forward_backward(const float64_t[:, ::1] unary, const float64_t[:, ::1] tran
                 if T == 0:
                     free_out[i] = 0.0
                     continue
-                _prepare(U + o * S, T, S, &start[0], &end[0],
-                         M + o * S if has_mask else NULL, NULL, NULL, NULL, w)
-                if (lossy_trans and T > 1) or not _fb_scaled(
-                        w, Mf, MT, beta, tmin, T, S, ah, bh, cc, tmp,
-                        &marg_out[o, 0], S, pb, &free_out[i]):
-                    _prepare(U + o * S, T, S, &start[0], &end[0],
-                             M + o * S if has_mask else NULL, NULL, NULL, NULL, w)
-                    _fb_energy(w, trans, transT, beta, T, S, ah, bh, tmp + S, tmp + 2 * S,
-                               tmp, tmp + 3 * S, &marg_out[o, 0], S, pb, &free_out[i])
+                _fb_sequence(U + o * S, T, S, &start[0], &end[0],
+                             M + o * S if has_mask else NULL, Mf, MT, trans, transT, beta,
+                             tmin, lossy_trans, w, ah, bh, cc, tmp, &marg_out[o, 0], pb,
+                             &free_out[i])
     if want_pair:
         # fixed block order: the same sum whatever the number of threads
         for b in range(nb):
             for s in range(S):
                 for j in range(S):
                     pair_out[s, j] += pair_blocks[b, s, j]
+
+
+def ensemble_marginals(const float64_t[:, :, ::1] unary,
+                       const float64_t[:, :, ::1] transition,
+                       const intp_t[::1] offsets, float64_t beta,
+                       const float64_t[:, ::1] start, const float64_t[:, ::1] end,
+                       const bool_t[:, ::1] mask, const intp_t[::1] state_label,
+                       float64_t[:, ::1] out, float64_t[:, ::1] free_out, int n_threads):
+    """The label marginals of an ensemble, averaged over its M members, in one pass.
+
+    ``unary`` (M, N, S), ``transition`` (M, S, S), ``start``, ``end`` (M, S): member m's
+    chain energies; ``mask`` (N, S) or (0, 0); ``state_label`` (S,) the label of each state,
+    in ``[0, L)``; ``out`` (N, L) receives ``(1/M) sum_m P_m(label_t = l)`` (the members
+    added in order, then divided by M), ``free_out`` (M, n) each member's free energies.
+    Each member's state marginals are :func:`forward_backward`'s (the same recursions and
+    their exact fallback); a thread runs every member on its block of sequences while the
+    block is in cache. The caller validated the arrays (as for :func:`forward_backward`).
+    """
+    cdef intp_t M = unary.shape[0]
+    cdef intp_t N = unary.shape[1]
+    cdef intp_t S = unary.shape[2]
+    cdef intp_t L = out.shape[1]
+    cdef intp_t n = offsets.shape[0] - 1
+    cdef intp_t Tmax = _max_len(offsets)
+    cdef intp_t nb = _n_blocks(n)
+    cdef int nt = _n_threads(n_threads, nb, N)
+    cdef bint has_mask = mask.shape[0] > 0
+    cdef intp_t b, i, o, T, m, t, s
+    cdef intp_t ws_len = 4 * Tmax * S + Tmax + 3 * S + S * S
+    cdef float64_t inv_m
+    cdef float64_t* w
+    cdef float64_t* mg
+    cdef float64_t* orow
+    cdef const bool_t* Mk
+    if (transition.shape[0] != M or transition.shape[1] != S or transition.shape[2] != S
+            or start.shape[0] != M or start.shape[1] != S or end.shape[0] != M
+            or end.shape[1] != S or state_label.shape[0] != S or out.shape[0] != N
+            or free_out.shape[0] != M or free_out.shape[1] != n
+            or (has_mask and (mask.shape[0] != N or mask.shape[1] != S))):
+        raise ValueError("ensemble_marginals: array shapes do not agree")
+    if n == 0 or M == 0:
+        return
+    if offsets[n] != N:
+        raise ValueError("ensemble_marginals: offsets[-1] is not the number of tokens")
+    for s in range(S):
+        if state_label[s] < 0 or state_label[s] >= L:
+            raise ValueError(f"ensemble_marginals: state {s} has label {state_label[s]}, "
+                             f"outside [0, {L})")
+    # per member: exp(-beta (transition - its finite minimum)), its transpose, and whether
+    # its finite transitions span too much for the scaled recursion (see forward_backward)
+    tr = np.asarray(transition)
+    Mf_np = np.empty((M, S, S))
+    tmin_np = np.zeros(M)
+    lossy_np = np.zeros(M, dtype=np.uint8)
+    for m in range(M):
+        finite = tr[m][np.isfinite(tr[m])]
+        tmin_np[m] = finite.min() if finite.size else 0.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            Mf_np[m] = np.exp(-beta * (tr[m] - tmin_np[m]))
+            lossy_np[m] = bool((beta * (finite - tmin_np[m]) > LOG_LOW).any())
+    cdef float64_t[:, :, ::1] Mf_arr = Mf_np
+    cdef float64_t[:, :, ::1] MT_arr = np.ascontiguousarray(Mf_np.transpose(0, 2, 1))
+    cdef float64_t[:, :, ::1] transT_arr = np.ascontiguousarray(tr.transpose(0, 2, 1))
+    cdef float64_t[::1] tmin = tmin_np
+    cdef bool_t[::1] lossy = lossy_np
+    cdef float64_t[:, ::1] ws = np.empty((nt, ws_len), dtype=np.float64)
+    inv_m = 1.0 / M
+    Mk = &mask[0, 0] if has_mask else NULL
+    with nogil:
+        for b in prange(nb, num_threads=nt, schedule="dynamic"):
+            # this thread's workspace: w, ah, bh, marginals (Tmax, S), cc (Tmax), tmp
+            w = &ws[threadid(), 0]
+            mg = w + 3 * Tmax * S
+            for i in range(b * n // nb, (b + 1) * n // nb):
+                o = offsets[i]
+                T = offsets[i + 1] - o
+                for t in range(o, o + T):
+                    for s in range(L):
+                        out[t, s] = 0.0
+                for m in range(M):
+                    if T == 0:
+                        free_out[m, i] = 0.0
+                        continue
+                    _fb_sequence(&unary[m, o, 0], T, S, &start[m, 0], &end[m, 0],
+                                 Mk + o * S if has_mask else NULL, &Mf_arr[m, 0, 0],
+                                 &MT_arr[m, 0, 0], &transition[m, 0, 0], &transT_arr[m, 0, 0],
+                                 beta, tmin[m], lossy[m], w, w + Tmax * S, w + 2 * Tmax * S,
+                                 mg + Tmax * S, mg + Tmax * S + Tmax, mg, NULL,
+                                 &free_out[m, i])
+                    for t in range(T):
+                        orow = &out[o + t, 0]
+                        for s in range(S):
+                            orow[state_label[s]] += mg[t * S + s]
+                for t in range(o, o + T):
+                    for s in range(L):
+                        out[t, s] *= inv_m
 
 
 # ---------------------------------------------------------------------------

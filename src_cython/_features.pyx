@@ -21,6 +21,8 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcmp, memcpy
 
+import numpy as np
+
 cdef extern from *:
     void __builtin_prefetch(const void* p) nogil
 
@@ -391,6 +393,8 @@ def map_interned(list sents, list distinct, const int32_t[::1] ids, object index
 cdef extern from "_sparse_rows.h" nogil:
     void febm_sum_rows_i32(const int32_t* idx, int64_t nnz, const double* dense, int64_t K,
                            double* out)
+    void febm_sum_rows_f32_i32(const int32_t* idx, int64_t nnz, const float* dense, int64_t K,
+                               double* out)
     void febm_add_rows(const double* const* rows, int64_t n, int64_t K, double* out)
 
 
@@ -424,6 +428,24 @@ def type_ids_in_order(const intp_t[:, ::1] seg, const int32_t[::1] type_ids,
     return ok
 
 
+cdef intp_t _present_types(const int32_t[::1] tok_type, int32_t[::1] slot,
+                           int32_t* used) noexcept nogil:
+    """Number the types present in the batch, pseudo-types 0 and 1 (sentence boundaries)
+    first: ``used[u]`` is the u-th, ``slot[ty]`` (-1 on entry) its number; returns how many."""
+    cdef intp_t n_used = 0, t, ty
+    for ty in range(2):
+        slot[ty] = <int32_t>n_used
+        used[n_used] = <int32_t>ty
+        n_used += 1
+    for t in range(tok_type.shape[0]):
+        ty = tok_type[t]
+        if slot[ty] < 0:
+            slot[ty] = <int32_t>n_used
+            used[n_used] = <int32_t>ty
+            n_used += 1
+    return n_used
+
+
 cdef inline void _token_rows(const int32_t[::1] tok_type, const intp_t[::1] shift,
                              const int32_t[::1] slot, intp_t t, intp_t start, intp_t stop,
                              const double* P, intp_t width, const double** rows) noexcept nogil:
@@ -443,43 +465,78 @@ def type_emissions(const int32_t[::1] tok_type, const intp_t[::1] offsets,
     Parameters as :func:`row_lengths` / :func:`fill_indices`, plus ``W`` (n_features, S)
     C-contiguous, ``slot`` (n_types,) int32 scratch that the caller fills with -1 (left
     holding each present type's row of P), and ``out`` (N, S). The result equals the CSR
-    product up to the order of the floating-point additions.
+    product up to the order of the floating-point additions. :func:`member_emissions` for
+    one member.
+    """
+    if W.shape[1] != out.shape[1]:
+        raise ValueError(f"W has {W.shape[1]} columns and out {out.shape[1]}")
+    member_emissions(tok_type, offsets, shift, seg, type_ids,
+                     np.asarray(W).reshape(1, W.shape[0] * W.shape[1]), W.shape[0], slot,
+                     np.asarray(out).reshape(1, out.shape[0], out.shape[1]), n_threads)
+
+
+ctypedef fused weight_t:
+    float
+    double
+
+
+def member_emissions(const int32_t[::1] tok_type, const intp_t[::1] offsets,
+                     const intp_t[::1] shift, const intp_t[:, ::1] seg,
+                     const int32_t[::1] type_ids, const weight_t[:, ::1] coef,
+                     intp_t n_features, int32_t[::1] slot, double[:, :, ::1] out,
+                     int n_threads=1):
+    """``out[m]`` (N, S) = ``X @ W_m`` for every member m of an ensemble in one pass.
+
+    ``coef`` (M, n_weights), float32 or float64, holds one member per row, whose first
+    ``n_features * S`` entries are its emission matrix W_m (n_features, S) row-major; the
+    sums are float64 whatever the weights' type. Other parameters as :func:`type_emissions`
+    (``out`` is (M, N, S)). The types present are found once, and each (type, group)'s
+    feature ids read once for all members; per member the result is :func:`type_emissions`'s
+    bit for bit (float64 weights) or that of the weights widened to float64 (float32).
     """
     cdef intp_t N = tok_type.shape[0]
     cdef intp_t n_sents = offsets.shape[0] - 1
     cdef intp_t G = shift.shape[0]
-    cdef intp_t S = out.shape[1]
-    cdef intp_t n_used = 0, u, t, g, i, start, stop, ty, p0
+    cdef intp_t M = out.shape[0]
+    cdef intp_t S = out.shape[2]
+    cdef intp_t MS = M * S
+    cdef intp_t stride = coef.shape[1]
+    cdef intp_t n_used = 0, u, t, g, i, m, p0, nnz
     cdef int32_t* used
     cdef double* P
+    cdef double* base
     cdef const double** rows
     cdef const double** all_rows
-    # no features: every segment is empty and the row sums never read W or the ids
-    cdef const double* W0 = &W[0, 0] if W.shape[0] else NULL
+    cdef const weight_t* W0
     cdef const int32_t* ids0 = &type_ids[0] if type_ids.shape[0] else NULL
-    if N == 0 or S == 0:
+    if coef.shape[0] != M or out.shape[1] != N:
+        raise ValueError(f"coef has {coef.shape[0]} rows and out is {tuple(out.shape)}: "
+                         f"expected {M} rows and ({M}, {N}, S)")
+    if n_features < 0 or n_features * S > stride:
+        raise ValueError(f"coef rows of {stride} weights cannot hold {n_features} x {S} "
+                         "emission weights")
+    if N == 0 or S == 0 or M == 0:
         return
+    # no features: every segment is empty and the row sums never read W or the ids
+    W0 = &coef[0, 0] if stride else NULL
     used = <int32_t*>malloc((N + 2) * sizeof(int32_t))
     if used == NULL:
         raise MemoryError()
     with nogil:
-        # the present types, pseudo-types 0 and 1 (sentence boundaries) first
-        for ty in range(2):
-            slot[ty] = <int32_t>n_used
-            used[n_used] = <int32_t>ty
-            n_used += 1
-        for t in range(N):
-            ty = tok_type[t]
-            if slot[ty] < 0:
-                slot[ty] = <int32_t>n_used
-                used[n_used] = <int32_t>ty
-                n_used += 1
-    P = <double*>malloc(n_used * G * S * sizeof(double) + 1)
-    # per-thread row pointers, padded so that threads do not share a cache line
+        n_used = _present_types(tok_type, slot, used)
+    # P[u, g, m, :]: the row sum of type used[u]'s ids in group g, member m. Tens of MB
+    # (EWT test, 4 members of 51 states: 46 MB), written once: a numpy buffer, which numpy
+    # backs with huge pages where the kernel allows it (madvise), so that its first touch
+    # costs a hundred page faults, not ten thousand (a third of the kernel's time).
+    try:
+        P_arr = np.empty(n_used * G * MS + 1)
+    except MemoryError:
+        free(used)
+        raise
+    cdef double[::1] P_view = P_arr
+    P = &P_view[0]
     all_rows = <const double**>malloc(max(n_threads, 1) * (G + 8) * sizeof(double*))
-    if P == NULL or all_rows == NULL:
-        free(P)
-        free(all_rows)
+    if all_rows == NULL:
         free(used)
         raise MemoryError()
     try:
@@ -487,19 +544,27 @@ def type_emissions(const int32_t[::1] tok_type, const intp_t[::1] offsets,
             for u in prange(n_used, num_threads=n_threads, schedule="dynamic", chunksize=64):
                 for g in range(G):
                     p0 = seg[used[u], g]
-                    febm_sum_rows_i32(ids0 + p0, seg[used[u], g + 1] - p0, W0, S,
-                                      P + (u * G + g) * S)
+                    nnz = seg[used[u], g + 1] - p0
+                    for m in range(M):
+                        if weight_t is float:
+                            febm_sum_rows_f32_i32(ids0 + p0, nnz, W0 + m * stride, S,
+                                                  P + (u * G + g) * MS + m * S)
+                        else:
+                            febm_sum_rows_i32(ids0 + p0, nnz, W0 + m * stride, S,
+                                              P + (u * G + g) * MS + m * S)
             with parallel(num_threads=n_threads):
-                rows = all_rows + threadid() * (G + 8)      # this thread's G row pointers
+                rows = all_rows + threadid() * (G + 8)
                 for i in prange(n_sents, schedule="dynamic", chunksize=64):
-                    start = offsets[i]
-                    stop = offsets[i + 1]
-                    for t in range(start, stop):
-                        _token_rows(tok_type, shift, slot, t, start, stop, P, S, rows)
-                        febm_add_rows(rows, G, S, &out[t, 0])
+                    for t in range(offsets[i], offsets[i + 1]):
+                        # member m's rows are m * S further on
+                        _token_rows(tok_type, shift, slot, t, offsets[i], offsets[i + 1], P,
+                                    MS, rows)
+                        for m in range(M):
+                            febm_add_rows(rows, G, S, &out[m, t, 0])
+                            for g in range(G):
+                                rows[g] = rows[g] + S
     finally:
         free(all_rows)
-        free(P)
         free(used)
 
 
@@ -519,21 +584,11 @@ def present_types(const int32_t[::1] tok_type, int32_t[::1] slot, int32_t[::1] u
     (a :class:`_TypeCache` snapshot's ids); ``used`` holds at least
     ``min(len(tok_type), n_types) + 2`` entries.
     """
-    cdef intp_t N = tok_type.shape[0], n_used = 0, t
-    cdef int32_t ty
+    cdef intp_t N = tok_type.shape[0], n_used
     if slot.shape[0] < 2 or used.shape[0] < min(N, slot.shape[0]) + 2:
         raise ValueError("present_types: slot or used too short")
     with nogil:
-        for ty in range(2):
-            slot[ty] = <int32_t>n_used
-            used[n_used] = ty
-            n_used += 1
-        for t in range(N):
-            ty = tok_type[t]
-            if slot[ty] < 0:
-                slot[ty] = <int32_t>n_used
-                used[n_used] = ty
-                n_used += 1
+        n_used = _present_types(tok_type, slot, &used[0])
     return n_used
 
 

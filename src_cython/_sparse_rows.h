@@ -94,4 +94,25 @@ static void febm_add_rows(const double *const *rows, int64_t n, int64_t K, doubl
     }
 }
 
+/* out = sum_p dense[idx[p], :] for a float32 dense matrix, summed in float64 (the stored
+   weights of an ensemble's members are float32; the sums are not): the same order of
+   additions as febm_sum_rows_i32, so float32 weights that hold doubles exactly give its
+   result bit for bit. */
+FEBM_CLONES
+static void febm_sum_rows_f32_i32(const int32_t *idx, int64_t nnz, const float *dense, int64_t K,
+                                  double *out) {
+    int64_t p = 0, k;
+    for (k = 0; k < K; k++) out[k] = 0.0;
+    for (; p + 4 <= nnz; p += 4) {
+        const float *d0 = dense + (int64_t)idx[p] * K, *d1 = dense + (int64_t)idx[p + 1] * K;
+        const float *d2 = dense + (int64_t)idx[p + 2] * K, *d3 = dense + (int64_t)idx[p + 3] * K;
+        for (k = 0; k < K; k++)
+            out[k] += ((double)d0[k] + (double)d1[k]) + ((double)d2[k] + (double)d3[k]);
+    }
+    for (; p < nnz; p++) {
+        const float *d = dense + (int64_t)idx[p] * K;
+        for (k = 0; k < K; k++) out[k] += (double)d[k];
+    }
+}
+
 #endif

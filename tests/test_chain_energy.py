@@ -263,3 +263,19 @@ def test_bad_input_for_chain_energies():
         ChainEnergy(nn.Linear(3, 4), 3, 2)
     with pytest.raises(ValueError, match="must be a factorebm.modules.Module"):
         ChainEnergy(np.zeros(3), 3)
+
+
+def test_initial_noise_drawn_in_slices_is_the_noise_of_one_draw():
+    """init_weights draws its substate noise a slice at a time (no second array of the
+    weights' size): the same weights as one draw of them all, slices straddled or not."""
+    from factorebm.energies import chain as chain_energies
+    for n_features, n_labels, H in ((90_000, 9, 3), (10, 4, 2)):
+        model = LinearChainEnergy(n_features, n_labels, H)
+        S = n_labels * H
+        assert (model.n_weights > 2 * chain_energies._NOISE_SLICE) == (n_features > 10)
+        rng = np.random.default_rng(11)
+        want = np.zeros(model.n_weights)
+        want[:model.n_emit] = model.emission.init_params(rng)
+        want += 0.01 * rng.standard_normal(model.n_weights)
+        np.testing.assert_array_equal(model.init_weights(11), want)
+        assert want[n_features * S:].std() > 0.005       # the chain's weights get noise too

@@ -31,20 +31,197 @@ def ensemble(ewt):
 
 def test_members_are_the_taggers_trained_alone(members, ensemble):
     assert ensemble.coef_.shape == (3, members[0].coef_.shape[0])
+    assert ensemble.coef_.dtype == np.float32         # stored in float32, trained in float64
     for m, alone in enumerate(members):
-        np.testing.assert_array_equal(ensemble.coef_[m], alone.coef_)
+        np.testing.assert_array_equal(ensemble.coef_[m], alone.coef_.astype(np.float32))
     # different starts make different models (else an ensemble would be pointless)
     assert np.abs(members[0].coef_ - members[1].coef_).max() > 1e-3
     assert {row["member"] for row in ensemble.history_} == {0, 1, 2}
 
 
+def _as_stored(alone):
+    """A copy of a tagger whose float64 weights are those of its float32 copy: what an
+    ensemble holds of it."""
+    copy = fe.SequenceTagger(**alone.get_params())
+    copy.__dict__.update({k: v for k, v in alone.__dict__.items() if k.endswith("_")})
+    copy.coef_ = alone.coef_.astype(np.float32).astype(np.float64)
+    return copy
+
+
 def test_ensemble_averages_the_members_marginals_and_takes_the_argmax(ewt, members, ensemble):
     _, (ds, _) = ewt
-    mean = np.mean([np.concatenate(m.predict_marginals(ds)) for m in members], axis=0)
+    # exactly (to the order of the additions) the mean of the members as stored
+    mean = np.mean([np.concatenate(_as_stored(m).predict_marginals(ds)) for m in members],
+                   axis=0)
     got = np.concatenate(ensemble.predict_marginals(ds))
     np.testing.assert_allclose(got, mean, atol=1e-12)
     pred = sum(ensemble.predict(ds), [])
     assert pred == ensemble.labels_[mean.argmax(axis=1)].tolist()
+    # and close to the mean of the float64 members: float32 weights move a marginal by
+    # about 1e-7
+    exact = np.mean([np.concatenate(m.predict_marginals(ds)) for m in members], axis=0)
+    np.testing.assert_allclose(got, exact, atol=1e-5)
+    assert 0 < np.abs(got - exact).max()
+
+
+def test_float64_ensembles_of_older_files_tag_as_before(ewt, ensemble, tmp_path):
+    """A file written before ensembles were stored in float32 (float64 coef, no coef_dtype)
+    loads as it is and tags with its float64 weights; its float32 rounding tags alike."""
+    _, (ds, _) = ewt
+    path = tmp_path / "ens.npz"
+    ensemble.save(path)
+    arrays, metadata = load_arrays(path, kind="SequenceTagger")
+    assert metadata["coef_dtype"] == "float32"
+    extra = {k: v for k, v in metadata.items()
+             if k not in ("format_version", "kind", "arrays", "shapes", "coef_dtype")}
+    rng = np.random.default_rng(0)
+    # float64 weights that float32 cannot hold, so that the two paths differ
+    coef64 = arrays["coef"].astype(np.float64) * (1 + 1e-6 * rng.standard_normal(
+        arrays["coef"].shape))
+    old = tmp_path / "old.npz"
+    save_arrays(old, {**arrays, "coef": coef64}, extra, kind="SequenceTagger")
+    loaded = fe.SequenceTagger.load(old)
+    assert loaded.coef_.dtype == np.float64
+    np.testing.assert_array_equal(loaded.coef_, coef64)
+    P64 = np.concatenate(loaded.predict_marginals(ds))
+    loaded.coef_ = coef64.astype(np.float32)
+    P32 = np.concatenate(loaded.predict_marginals(ds))
+    np.testing.assert_allclose(P32, P64, atol=1e-5)
+    assert 0 < np.abs(P32 - P64).max()
+    # the float64 path is the members' forward-backward, averaged
+    fx, model = loaded.feature_extractor_, loaded.model_
+    S = model.n_states
+    total = 0
+    for c in coef64:
+        U, offsets = fx.emissions(ds, c[:fx.n_features_ * S].reshape(-1, S))
+        _, transition, start, end = model.unpack(c)
+        total = total + fe.chain.forward_backward(U, transition, offsets, 1.0, start, end,
+                                                  state_label=model.state_label)[0]
+    np.testing.assert_allclose(P64, total / len(coef64), atol=1e-12)
+
+
+def test_a_file_whose_coef_dtype_does_not_match_its_weights_is_refused(ensemble, tmp_path):
+    path = tmp_path / "ens.npz"
+    ensemble.save(path)
+    arrays, metadata = load_arrays(path, kind="SequenceTagger")
+    bad = tmp_path / "bad.npz"
+    extra = {k: v for k, v in metadata.items() if k not in ("format_version", "kind",
+                                                            "arrays", "shapes")}
+    for coef, dtype in ((arrays["coef"].astype(np.float64), "float32"),
+                        (arrays["coef"], "float64"), (arrays["coef"], "float16"),
+                        (arrays["coef"].astype(np.float16), "float16"), (arrays["coef"], 32)):
+        save_arrays(bad, {**arrays, "coef": coef}, {**extra, "coef_dtype": dtype},
+                    kind="SequenceTagger")
+        with pytest.raises(ValueError, match="bad.npz.*coef"):
+            fe.SequenceTagger.load(bad)
+    # one model: float64 only, whatever the metadata says
+    one = tmp_path / "one.npz"
+    save_arrays(one, {**arrays, "coef": arrays["coef"][0]},
+                {**extra, "params": {**extra["params"], "ensemble": 1}}, kind="SequenceTagger")
+    with pytest.raises(ValueError, match="one.npz.*coef"):
+        fe.SequenceTagger.load(one)
+
+
+def test_member_emissions_are_each_members_emissions(ewt, ensemble):
+    _, (ds, _) = ewt
+    fx, S = ensemble.feature_extractor_, ensemble.model_.n_states
+    coef32 = ensemble.coef_
+    coef64 = coef32.astype(np.float64) + 1e-9        # not float32 numbers
+    for coef in (coef32, coef64):
+        for nt in (1, 2):
+            U, offsets = fx.member_emissions(ds + [[]], coef, S, n_threads=nt)
+            assert U.shape == (3, offsets[-1], S) and U.dtype == np.float64
+            for m in range(3):
+                # float64 weights: emissions()'s values bit for bit; float32: those of the
+                # weights widened to float64 (the sums are float64 either way)
+                W = coef[m, :fx.n_features_ * S].astype(np.float64).reshape(-1, S)
+                want, want_offsets = fx.emissions(ds + [[]], W, n_threads=nt)
+                np.testing.assert_array_equal(offsets, want_offsets)
+                np.testing.assert_array_equal(U[m], want)
+    U, _ = fx.member_emissions([], coef32, S)
+    assert U.shape == (3, 0, S)
+    for bad in (coef32[:, ::2], coef32.astype(np.float16), coef32[0], coef32[:, :10],
+                coef32.tolist()):
+        with pytest.raises(ValueError, match="coef"):
+            fx.member_emissions(ds, bad, S)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="n_states"):
+            fx.member_emissions(ds, coef32, bad)
+
+
+def _random_chains(rng, M, S, lengths, spread=3.0):
+    N = int(sum(lengths))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return (rng.normal(0, spread, (M, N, S)), rng.normal(0, spread, (M, S, S)), offsets,
+            rng.normal(0, 1, (M, S)), rng.normal(0, 1, (M, S)))
+
+
+@pytest.mark.parametrize("case", ["plain", "labels", "mask", "forbidden", "lossy"])
+def test_ensemble_marginals_are_the_mean_of_the_members(case):
+    rng = np.random.default_rng(7)
+    M, S = 3, 6
+    lengths = [3, 0, 1, 7, 12, 2] * 60         # more sequences than the kernel's 256 blocks
+    U, tr, offsets, start, end = _random_chains(rng, M, S, lengths)
+    kw = {}
+    if case in ("labels", "mask", "forbidden"):
+        kw["state_label"] = np.arange(S) // 2
+    if case == "mask":
+        kw["mask"] = rng.random((offsets[-1], S)) < 0.7
+        kw["mask"][:, 0] = True
+    if case == "forbidden":
+        tr[1, 0, 1:] = np.inf
+        U[2, 5, 3] = np.inf
+    if case == "lossy":
+        tr[0, 0, 1] = 900.0      # beyond the scaled recursion's range: the exact one runs
+        U[1, ::5, 2] = 800.0     # the same for single tokens
+    want = 0
+    frees = []
+    for m in range(M):
+        P, F = fe.chain.forward_backward(U[m], tr[m], offsets, 0.7, start[m], end[m], **kw)
+        want = want + P
+        frees.append(F)
+    for nt in (1, 2, None):
+        got, free = fe.chain.ensemble_marginals(U, tr, offsets, 0.7, start, end,
+                                                n_threads=nt, **kw)
+        np.testing.assert_allclose(got, want / M, atol=1e-12)
+        np.testing.assert_allclose(free, np.array(frees), rtol=1e-12)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0)
+
+
+def test_ensemble_marginals_refuse_bad_input():
+    rng = np.random.default_rng(1)
+    U, tr, offsets, start, end = _random_chains(rng, 2, 4, [2, 3])
+    good = dict(unary=U, transition=tr, offsets=offsets, start=start, end=end)
+    bads = [
+        ({"unary": U[0]}, "unary"), ({"unary": U[:0]}, "member"),
+        ({"transition": tr[:1]}, "transition"), ({"transition": tr[:, :3]}, "transition"),
+        ({"start": start[:1]}, "start"), ({"end": end[:, :2]}, "end"),
+        ({"offsets": np.array([0, 2, 4])}, "offsets"),
+        ({"offsets": np.array([0, 3, 2, 5])}, "offsets"),
+        ({"unary": np.where(U == U.max(), np.nan, U)}, "NaN"),
+        ({"transition": np.where(tr == tr.min(), -np.inf, tr)}, "-inf"),
+        ({"unary": U * 1e299}, "too large"),
+    ]
+    for change, match in bads:
+        with pytest.raises(ValueError, match=match):
+            fe.chain.ensemble_marginals(**{**good, **change})
+    with pytest.raises(ValueError, match="state_label|label"):
+        fe.chain.ensemble_marginals(**good, state_label=np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="mask"):
+        fe.chain.ensemble_marginals(**good, mask=np.ones((5, 3), bool))
+
+
+def test_an_ensemble_tags_from_several_threads_at_once(ewt, ensemble):
+    from concurrent.futures import ThreadPoolExecutor
+    _, (ds, _) = ewt
+
+    def tag(_):
+        return ensemble.predict(ds), np.concatenate(ensemble.predict_marginals(ds))
+    want_tags, want_p = tag(None)
+    with ThreadPoolExecutor(4) as pool:
+        for got_tags, got_p in pool.map(tag, range(12)):
+            assert got_tags == want_tags
+            np.testing.assert_array_equal(got_p, want_p)
 
 
 def test_marginal_decoding_takes_each_tokens_most_probable_tag(ewt, members):
