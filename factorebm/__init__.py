@@ -12,8 +12,7 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it ("" for a submodule of that name). Each is
 # imported on first use (PEP 562 __getattr__), so that ``import factorebm`` is nearly free and
-# ``factorebm tag`` loads only what tagging needs: a sentence tagged a tenth of a second
-# after the process starts.
+# ``factorebm tag`` loads only what tagging needs (no scipy, no networkx, no learner).
 _LAZY = {
     "FactorGraph": "graph",
     "min_sum": "inference", "sum_product": "inference", "free_energy": "inference",
