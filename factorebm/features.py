@@ -1031,38 +1031,25 @@ class FeatureExtractor:
         Parameters
         ----------
         sents : list of list of str
-        W : (n_features_, S) float64, or a list of such
-            Energy of each of S states per unit of each feature. A list (the members of an
-            ensemble) gives one U per matrix, the batch's words mapped to their types once.
+        W : (n_features_, S) float64
+            Energy of each of S states per unit of each feature.
         n_threads : int or None
             OpenMP threads (:func:`factorebm.checks.threads_for`: None uses every core, as
             the batch's size warrants; more than the cores is clamped to them).
 
         Returns
         -------
-        U : (N, S) float64, or a list of them for a list W
+        U : (N, S) float64
             Row ``offsets[i] + t`` is token ``t`` of sentence ``i``.
         offsets : (n+1,) int64
         """
-        from . import _features
         self._check_fitted()
         check_threads(n_threads)        # refused before any work, not after
-        Ws = [np.ascontiguousarray(w, dtype=np.float64)
-              for w in (W if isinstance(W, list) else [W])]
-        for w in Ws:
-            if w.ndim != 2 or w.shape[0] != self.n_features_:
-                raise ValueError(f"W must have shape ({self.n_features_}, S), got {w.shape}")
+        W = self._check_W(W)
         tok_type, offsets, cache = self._map_batch(sents)
-        n_tokens = tok_type.shape[0]
-        Us = []
-        for w in Ws:
-            U = np.empty((n_tokens, w.shape[1]))
-            slot = np.full(cache.n_types, -1, dtype=np.int32)
-            _features.type_emissions(tok_type, offsets, self._shift, cache.seg_view(),
-                                     cache.ids_view(), w, slot, U,
-                                     threads_for(n_threads, n_tokens))
-            Us.append(U)
-        return (Us if isinstance(W, list) else Us[0]), offsets
+        U = self._member_sums(tok_type, offsets, cache, W.reshape(1, -1), W.shape[1],
+                              threads_for(n_threads, tok_type.shape[0]))
+        return U[0], offsets
 
     def emission_blocks(self, sents, W, block_tokens=8192, n_threads=None, interned=None):
         """:meth:`emissions` a block of whole sentences at a time, in one reused buffer.
@@ -1074,7 +1061,7 @@ class FeatureExtractor:
 
         Parameters
         ----------
-        sents, W, n_threads : as :meth:`emissions` (one W)
+        sents, W, n_threads : as :meth:`emissions`
         block_tokens : int
             Most tokens of a block; a longer sentence is a block of its own.
         interned : (list of str, (N,) int32) or None
@@ -1092,9 +1079,7 @@ class FeatureExtractor:
         """
         self._check_fitted()
         check_threads(n_threads)
-        W = np.ascontiguousarray(W, dtype=np.float64)
-        if W.ndim != 2 or W.shape[0] != self.n_features_:
-            raise ValueError(f"W must have shape ({self.n_features_}, S), got {W.shape}")
+        W = self._check_W(W)
         if isinstance(block_tokens, bool) or not isinstance(block_tokens, (int, np.integer)) \
                 or block_tokens < 1:
             raise ValueError(f"block_tokens must be an integer >= 1, got {block_tokens!r}")
@@ -1104,17 +1089,11 @@ class FeatureExtractor:
 
     def _emission_blocks(self, tok_type, offsets, cache, W, block_tokens, nt):
         from . import _features
-        n_tokens, S = tok_type.shape[0], W.shape[1]
-        slot = np.full(cache.n_types, -1, dtype=np.int32)
-        used = np.empty(min(n_tokens, cache.n_types) + 2, dtype=np.int32)
-        n_rows = _features.present_types(tok_type, slot, used)
-        P = np.empty((n_rows, self._shift.shape[0], S))
-        _features.type_table(used, cache.seg_view(), cache.ids_view(), W, P, nt)
-        del used
+        S = W.shape[1]
+        slot, P = self._type_table(tok_type, cache, W.reshape(1, -1), S, nt)
         n = offsets.shape[0] - 1
-        lengths = np.diff(offsets)
-        longest = int(lengths.max()) if n else 0
-        buf = np.empty((max(min(block_tokens, n_tokens), longest, 1), S))
+        longest = int(np.diff(offsets).max()) if n else 0
+        buf = np.empty((1, max(min(block_tokens, tok_type.shape[0]), longest, 1), S))
         first = 0
         while first < n:
             # the most sentences from first on whose tokens fit in a block (at least one)
@@ -1122,7 +1101,7 @@ class FeatureExtractor:
             last = min(max(last, first + 1), n)
             _features.token_emissions(tok_type, offsets, first, last, self._shift, P, slot,
                                       buf, nt)
-            yield first, last, buf[:offsets[last] - offsets[first]]
+            yield first, last, buf[0, :offsets[last] - offsets[first]]
             first = last
 
     def member_emissions(self, sents, coef, n_states, n_threads=None):
@@ -1146,7 +1125,6 @@ class FeatureExtractor:
         U : (M, N, n_states) float64
         offsets : (n+1,) int64
         """
-        from . import _features
         self._check_fitted()
         check_threads(n_threads)
         if (not isinstance(coef, np.ndarray) or coef.ndim != 2
@@ -1162,13 +1140,38 @@ class FeatureExtractor:
             raise ValueError(f"coef rows of {coef.shape[1]} weights cannot hold "
                              f"{self.n_features_} x {n_states} emission weights")
         tok_type, offsets, cache = self._map_batch(sents)
-        n_tokens = tok_type.shape[0]
-        U = np.empty((coef.shape[0], n_tokens, int(n_states)))
+        return self._member_sums(tok_type, offsets, cache, coef, int(n_states),
+                                 threads_for(n_threads, tok_type.shape[0])), offsets
+
+    def _check_W(self, W):
+        W = np.ascontiguousarray(W, dtype=np.float64)
+        if W.ndim != 2 or W.shape[0] != self.n_features_:
+            raise ValueError(f"W must have shape ({self.n_features_}, S), got {W.shape}")
+        return W
+
+    def _type_table(self, tok_type, cache, coef, S, nt):
+        """``(slot, P)`` of a mapped batch (``_features.present_types``, ``type_table``):
+        P (present types, groups, M * S) holds each present type's summed emission rows per
+        template group for each of the M members (rows) of ``coef``."""
+        from . import _features
         slot = np.full(cache.n_types, -1, dtype=np.int32)
-        _features.member_emissions(tok_type, offsets, self._shift, cache.seg_view(),
-                                   cache.ids_view(), coef, self.n_features_, slot, U,
-                                   threads_for(n_threads, n_tokens))
-        return U, offsets
+        used = np.empty(min(tok_type.shape[0], cache.n_types) + 2, dtype=np.int32)
+        n_rows = _features.present_types(tok_type, slot, used)
+        # a numpy buffer: numpy backs it with huge pages where the kernel allows it, so that
+        # first-touching it (tens of MB for an ensemble) costs few page faults
+        P = np.empty((n_rows, self._shift.shape[0], coef.shape[0] * S))
+        _features.type_table(used, cache.seg_view(), cache.ids_view(), coef, self.n_features_,
+                             P, nt)
+        return slot, P
+
+    def _member_sums(self, tok_type, offsets, cache, coef, S, nt):
+        """U (M, N, S): every member's emission energies of a mapped batch."""
+        from . import _features
+        slot, P = self._type_table(tok_type, cache, coef, S, nt)
+        U = np.empty((coef.shape[0], tok_type.shape[0], S))
+        _features.token_emissions(tok_type, offsets, 0, offsets.shape[0] - 1, self._shift, P,
+                                  slot, U, nt)
+        return U
 
     def factored_transform(self, sents):
         """:meth:`transform`'s matrix as the product of two binary matrices, ``X = S @ Phi``.

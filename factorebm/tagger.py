@@ -134,6 +134,18 @@ def _check_saved_allowed(arrays, transitions, n_labels):
     return np.ascontiguousarray(allowed)
 
 
+def _chain_params(model, w, allowed):
+    """``(transition, start, end)`` float64 of one model's weights ``w`` (float32 for an
+    ensemble's member: :meth:`ChainEnergy.chain_params`), with the transitions, starts and
+    ends never seen in training forbidden (+inf) where ``allowed`` says so
+    (``transitions="observed"``)."""
+    transition, start, end = model.chain_params(w)
+    if allowed is not None:
+        transition, start, end = forbid_transitions(transition, start, end, allowed,
+                                                    model.state_label)
+    return transition, start, end
+
+
 def _check_feasible(energies, sents, constrained=False):
     """ValueError naming the first sentence whose best energy (or free energy) is not finite:
     +inf means the model (or the caller's constraints) forbids every tagging of it, and the
@@ -634,38 +646,21 @@ class SequenceTagger(Estimator):
         once, so a call sees one fitted state: ``fitted``, from :meth:`_fitted_state`, when
         the caller read it already) and the number of threads to use."""
         fitted = fitted or self._fitted_state()
-        coef = fitted[2]
+        self._check_fitted()
+        _check_corpus(sents)
+        fx, model, coef, labels, allowed, chars = fitted
         if coef.ndim != 1:
             raise ValueError(f"an ensemble of {coef.shape[0]} models has no single energy: "
                              "energies, predict_kbest and explain need a tagger fitted with "
                              "ensemble=1")
-        members, offsets, model, labels, n_threads = self._member_energies(sents, fitted)
-        return (*members[0], offsets, model, labels, n_threads)
-
-    def _member_energies(self, sents, fitted):
-        """``(members, offsets, model, labels_, n_threads)``: per member of the fitted state
-        (one, unless an ensemble) its ``(unary, transition, start, end)``, the batch's
-        words mapped to their features once for all of them."""
-        self._check_fitted()
-        _check_corpus(sents)
-        fx, model, coef, labels, allowed, chars = fitted
-        coefs = [coef] if coef.ndim == 1 else list(coef)
         n_threads = threads_for(self.n_threads, sum(map(len, sents)))
         S = model.n_states
         n_sparse = fx.n_features_ * S      # the sparse features' W_emit comes first in coef
         # X @ W_emit without building X: summed once per word type present, then per token
-        unaries, offsets = fx.emissions(sents, [c[:n_sparse].reshape(-1, S) for c in coefs],
-                                        n_threads=n_threads)
-        members = []
-        for c, unary in zip(coefs, unaries):
-            if chars is not None:          # plus the character branch, once per word type
-                unary += chars.unary(c[n_sparse:model.n_emit], sents, n_threads=n_threads)
-            _, transition, start, end = model.unpack(c)
-            if allowed is not None:
-                transition, start, end = forbid_transitions(transition, start, end, allowed,
-                                                            model.state_label)
-            members.append((unary, transition, start, end))
-        return members, offsets, model, labels, n_threads
+        unary, offsets = fx.emissions(sents, coef[:n_sparse].reshape(-1, S), n_threads=n_threads)
+        if chars is not None:              # plus the character branch, once per word type
+            unary += chars.unary(coef[n_sparse:model.n_emit], sents, n_threads=n_threads)
+        return (unary, *_chain_params(model, coef, allowed), offsets, model, labels, n_threads)
 
     def _viterbi(self, sents, constraints=None, interned=None):
         """The tags :meth:`predict` answers (by ``decode``): ``(labels (N,) int64 tag ids,
@@ -692,10 +687,7 @@ class SequenceTagger(Estimator):
         _check_corpus(sents)
         fx, model, coef, labels, allowed, _ = fitted
         S = model.n_states
-        _, transition, start, end = model.unpack(coef)
-        if allowed is not None:
-            transition, start, end = forbid_transitions(transition, start, end, allowed,
-                                                        model.state_label)
+        transition, start, end = _chain_params(model, coef, allowed)
         n_threads = threads_for(self.n_threads, sum(map(len, sents)))
         offsets, blocks = fx.emission_blocks(sents, coef[:fx.n_features_ * S].reshape(-1, S),
                                              VITERBI_BLOCK_TOKENS, n_threads, interned)
@@ -753,20 +745,13 @@ class SequenceTagger(Estimator):
         mask = self._constraint_mask(sents, constraints, fitted)
         if fitted[2].ndim != 1:
             return self._ensemble_marginals(sents, beta, mask, fitted)
-        members, offsets, model, labels, n_threads = self._member_energies(sents, fitted)
-        total = None
-        for unary, transition, start, end in members:
-            marginals, free_energies = chain.forward_backward(
-                unary, transition, offsets, beta, start, end, mask=mask,
-                state_label=model.state_label, n_threads=n_threads)
-            _check_feasible(free_energies, sents, mask is not None)
-            if total is None:
-                total = marginals
-            else:
-                total += marginals
-        if len(members) > 1:
-            total /= len(members)
-        return total, offsets, labels, mask is not None, n_threads
+        unary, transition, start, end, offsets, model, labels, n_threads = \
+            self._energies(sents, fitted)
+        marginals, free_energies = chain.forward_backward(
+            unary, transition, offsets, beta, start, end, mask=mask,
+            state_label=model.state_label, n_threads=n_threads)
+        _check_feasible(free_energies, sents, mask is not None)
+        return marginals, offsets, labels, mask is not None, n_threads
 
     def _ensemble_marginals(self, sents, beta, mask, fitted):
         """:meth:`_tag_marginals` of an ensemble: every member's emission energies from one
@@ -782,12 +767,7 @@ class SequenceTagger(Estimator):
         M = coef.shape[0]
         transition, start, end = np.empty((M, S, S)), np.empty((M, S)), np.empty((M, S))
         for m in range(M):
-            # the chain's own weights (the last S^2 + 2S), in float64
-            tail = np.asarray(coef[m, model.n_emit:], dtype=np.float64)
-            parts = (tail[:S * S].reshape(S, S), tail[S * S:S * S + S], tail[S * S + S:])
-            if allowed is not None:
-                parts = forbid_transitions(*parts, allowed, model.state_label)
-            transition[m], start[m], end[m] = parts
+            transition[m], start[m], end[m] = _chain_params(model, coef[m], allowed)
             if chars is not None:      # plus the character branch, once per word type
                 unary[m] += chars.unary(coef[m, n_sparse:model.n_emit], sents,
                                         n_threads=n_threads)

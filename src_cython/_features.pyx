@@ -21,7 +21,6 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcmp, memcpy
 
-import numpy as np
 
 cdef extern from *:
     void __builtin_prefetch(const void* p) nogil
@@ -428,6 +427,18 @@ def type_ids_in_order(const intp_t[:, ::1] seg, const int32_t[::1] type_ids,
     return ok
 
 
+# The batch's P is built once (present_types, type_table), for one model or for every member
+# of an ensemble at once (each (type, group)'s feature ids read once for all members); the
+# per-token sums (token_emissions) then run over the whole batch or a block of sentences at a
+# time into one reused buffer (tagging a large document: its N x S energies, 136 MB for
+# 500,000 tokens and 34 states, cost more to first-touch than to compute, and a block stays in
+# cache for the decoder).
+
+ctypedef fused weight_t:
+    float
+    double
+
+
 cdef intp_t _present_types(const int32_t[::1] tok_type, int32_t[::1] slot,
                            int32_t* used) noexcept nogil:
     """Number the types present in the batch, pseudo-types 0 and 1 (sentence boundaries)
@@ -456,125 +467,6 @@ cdef inline void _token_rows(const int32_t[::1] tok_type, const intp_t[::1] shif
         rows[g] = P + (slot[_neighbour_type(tok_type, t + shift[g], start, stop)] * G + g) * width
 
 
-def type_emissions(const int32_t[::1] tok_type, const intp_t[::1] offsets,
-                   const intp_t[::1] shift, const intp_t[:, ::1] seg,
-                   const int32_t[::1] type_ids, const double[:, ::1] W,
-                   int32_t[::1] slot, double[:, ::1] out, int n_threads=1):
-    """``out`` (N, S) = ``X @ W`` for the batch's feature matrix X, which is never built.
-
-    Parameters as :func:`row_lengths` / :func:`fill_indices`, plus ``W`` (n_features, S)
-    C-contiguous, ``slot`` (n_types,) int32 scratch that the caller fills with -1 (left
-    holding each present type's row of P), and ``out`` (N, S). The result equals the CSR
-    product up to the order of the floating-point additions. :func:`member_emissions` for
-    one member.
-    """
-    if W.shape[1] != out.shape[1]:
-        raise ValueError(f"W has {W.shape[1]} columns and out {out.shape[1]}")
-    member_emissions(tok_type, offsets, shift, seg, type_ids,
-                     np.asarray(W).reshape(1, W.shape[0] * W.shape[1]), W.shape[0], slot,
-                     np.asarray(out).reshape(1, out.shape[0], out.shape[1]), n_threads)
-
-
-ctypedef fused weight_t:
-    float
-    double
-
-
-def member_emissions(const int32_t[::1] tok_type, const intp_t[::1] offsets,
-                     const intp_t[::1] shift, const intp_t[:, ::1] seg,
-                     const int32_t[::1] type_ids, const weight_t[:, ::1] coef,
-                     intp_t n_features, int32_t[::1] slot, double[:, :, ::1] out,
-                     int n_threads=1):
-    """``out[m]`` (N, S) = ``X @ W_m`` for every member m of an ensemble in one pass.
-
-    ``coef`` (M, n_weights), float32 or float64, holds one member per row, whose first
-    ``n_features * S`` entries are its emission matrix W_m (n_features, S) row-major; the
-    sums are float64 whatever the weights' type. Other parameters as :func:`type_emissions`
-    (``out`` is (M, N, S)). The types present are found once, and each (type, group)'s
-    feature ids read once for all members; per member the result is :func:`type_emissions`'s
-    bit for bit (float64 weights) or that of the weights widened to float64 (float32).
-    """
-    cdef intp_t N = tok_type.shape[0]
-    cdef intp_t n_sents = offsets.shape[0] - 1
-    cdef intp_t G = shift.shape[0]
-    cdef intp_t M = out.shape[0]
-    cdef intp_t S = out.shape[2]
-    cdef intp_t MS = M * S
-    cdef intp_t stride = coef.shape[1]
-    cdef intp_t n_used = 0, u, t, g, i, m, p0, nnz
-    cdef int32_t* used
-    cdef double* P
-    cdef double* base
-    cdef const double** rows
-    cdef const double** all_rows
-    cdef const weight_t* W0
-    cdef const int32_t* ids0 = &type_ids[0] if type_ids.shape[0] else NULL
-    if coef.shape[0] != M or out.shape[1] != N:
-        raise ValueError(f"coef has {coef.shape[0]} rows and out is {tuple(out.shape)}: "
-                         f"expected {M} rows and ({M}, {N}, S)")
-    if n_features < 0 or n_features * S > stride:
-        raise ValueError(f"coef rows of {stride} weights cannot hold {n_features} x {S} "
-                         "emission weights")
-    if N == 0 or S == 0 or M == 0:
-        return
-    # no features: every segment is empty and the row sums never read W or the ids
-    W0 = &coef[0, 0] if stride else NULL
-    used = <int32_t*>malloc((N + 2) * sizeof(int32_t))
-    if used == NULL:
-        raise MemoryError()
-    with nogil:
-        n_used = _present_types(tok_type, slot, used)
-    # P[u, g, m, :]: the row sum of type used[u]'s ids in group g, member m. Tens of MB
-    # (EWT test, 4 members of 51 states: 46 MB), written once: a numpy buffer, which numpy
-    # backs with huge pages where the kernel allows it (madvise), so that its first touch
-    # costs a hundred page faults, not ten thousand (a third of the kernel's time).
-    try:
-        P_arr = np.empty(n_used * G * MS + 1)
-    except MemoryError:
-        free(used)
-        raise
-    cdef double[::1] P_view = P_arr
-    P = &P_view[0]
-    all_rows = <const double**>malloc(max(n_threads, 1) * (G + 8) * sizeof(double*))
-    if all_rows == NULL:
-        free(used)
-        raise MemoryError()
-    try:
-        with nogil:
-            for u in prange(n_used, num_threads=n_threads, schedule="dynamic", chunksize=64):
-                for g in range(G):
-                    p0 = seg[used[u], g]
-                    nnz = seg[used[u], g + 1] - p0
-                    for m in range(M):
-                        if weight_t is float:
-                            febm_sum_rows_f32_i32(ids0 + p0, nnz, W0 + m * stride, S,
-                                                  P + (u * G + g) * MS + m * S)
-                        else:
-                            febm_sum_rows_i32(ids0 + p0, nnz, W0 + m * stride, S,
-                                              P + (u * G + g) * MS + m * S)
-            with parallel(num_threads=n_threads):
-                rows = all_rows + threadid() * (G + 8)
-                for i in prange(n_sents, schedule="dynamic", chunksize=64):
-                    for t in range(offsets[i], offsets[i + 1]):
-                        # member m's rows are m * S further on
-                        _token_rows(tok_type, shift, slot, t, offsets[i], offsets[i + 1], P,
-                                    MS, rows)
-                        for m in range(M):
-                            febm_add_rows(rows, G, S, &out[m, t, 0])
-                            for g in range(G):
-                                rows[g] = rows[g] + S
-    finally:
-        free(all_rows)
-        free(used)
-
-
-# ---------------------------------------------------------------------------------------------
-# The same product a block of sentences at a time (tagging a large document): P is built once
-# for the whole batch (present_types, type_table), then each block's U is summed into one
-# buffer that every block reuses (token_emissions) and decoded before the next. U for a whole
-# document is N x S doubles (136 MB for 500,000 tokens and 34 states): first-touching that much
-# fresh memory costs more than the arithmetic, and a block stays in cache for the decoder.
-
 def present_types(const int32_t[::1] tok_type, int32_t[::1] slot, int32_t[::1] used):
     """Number the types present in a batch: ``slot[ty]`` gets the row of P of each type ``ty``
     of ``tok_type``, pseudo-types 0 and 1 (sentence boundaries) first, in order of first
@@ -593,45 +485,67 @@ def present_types(const int32_t[::1] tok_type, int32_t[::1] slot, int32_t[::1] u
 
 
 def type_table(const int32_t[::1] used, const intp_t[:, ::1] seg, const int32_t[::1] type_ids,
-               const double[:, ::1] W, double[:, :, ::1] P, int n_threads=1):
-    """``P[r, g]`` = the sum of W's rows of the features of type ``used[r]`` in template group
-    g: P (n_rows, G, S), ``used`` from :func:`present_types` (n_rows entries), ``seg`` and
-    ``type_ids`` the snapshot's segment table (checked on load) and W (n_features, S)."""
-    cdef intp_t n_rows = P.shape[0], G = P.shape[1], S = P.shape[2], r, g, p0
-    cdef const double* W0 = &W[0, 0] if W.shape[0] else NULL
+               const weight_t[:, ::1] coef, intp_t n_features, double[:, :, ::1] P,
+               int n_threads=1):
+    """``P[r, g, m * S:(m + 1) * S]`` = the sum of member m's emission rows of the features
+    of type ``used[r]`` in template group g.
+
+    ``coef`` (M, n_weights), float32 or float64: one member per row (one row for a single
+    model), whose first ``n_features * S`` entries are its emission matrix (n_features, S)
+    row-major. P (n_rows, G, M * S) float64: the sums are float64 whatever the weights' type,
+    in the same order (float32 weights give the sums of the weights widened to float64).
+    ``used`` from :func:`present_types` (n_rows entries); ``seg`` and ``type_ids`` the
+    snapshot's segment table (checked on load).
+    """
+    cdef intp_t n_rows = P.shape[0], G = P.shape[1], MS = P.shape[2], M = coef.shape[0]
+    cdef intp_t stride = coef.shape[1], S, r, g, m, p0, nnz
+    cdef const weight_t* W0
     cdef const int32_t* ids0 = &type_ids[0] if type_ids.shape[0] else NULL
-    if used.shape[0] < n_rows or seg.shape[1] != G + 1 or W.shape[1] != S:
-        raise ValueError("type_table: shapes of used, seg, W and P do not agree")
+    if M == 0 or MS % M or used.shape[0] < n_rows or seg.shape[1] != G + 1:
+        raise ValueError("type_table: shapes of used, seg, coef and P do not agree")
+    S = MS // M
+    if n_features < 0 or n_features * S > stride:
+        raise ValueError(f"type_table: coef rows of {stride} weights cannot hold "
+                         f"{n_features} x {S} emission weights")
     if n_rows == 0 or G == 0 or S == 0:
         return
+    # no features: every segment is empty and the row sums never read the weights or ids
+    W0 = &coef[0, 0] if stride else NULL
     with nogil:
         for r in prange(n_rows, num_threads=n_threads, schedule="dynamic", chunksize=64):
             for g in range(G):
                 p0 = seg[used[r], g]
-                febm_sum_rows_i32(ids0 + p0, seg[used[r], g + 1] - p0, W0, S, &P[r, g, 0])
+                nnz = seg[used[r], g + 1] - p0
+                for m in range(M):
+                    if weight_t is float:
+                        febm_sum_rows_f32_i32(ids0 + p0, nnz, W0 + m * stride, S,
+                                              &P[r, g, m * S])
+                    else:
+                        febm_sum_rows_i32(ids0 + p0, nnz, W0 + m * stride, S, &P[r, g, m * S])
 
 
 def token_emissions(const int32_t[::1] tok_type, const intp_t[::1] offsets, intp_t first,
                     intp_t last, const intp_t[::1] shift, const double[:, :, ::1] P,
-                    const int32_t[::1] slot, double[:, ::1] out, int n_threads=1):
-    """``out[t - offsets[first]]`` = sum over groups g of ``P[slot[type at t + shift[g]], g]``
-    for the tokens t of sentences ``first`` to ``last - 1``: their rows of ``X @ W``.
+                    const int32_t[::1] slot, double[:, :, ::1] out, int n_threads=1):
+    """``out[m, t - offsets[first]]`` = sum over groups g of member m's part of
+    ``P[slot[type at t + shift[g]], g]`` for the tokens t of sentences ``first`` to
+    ``last - 1``: their rows of ``X @ W_m``.
 
-    ``P`` and ``slot`` come from :func:`type_table` and :func:`present_types` over this same
-    ``tok_type``, so every type met has its row; ``out`` has at least the block's token count
-    of rows and S = P.shape[2] columns.
+    ``P`` (n_rows, G, M * S) and ``slot`` come from :func:`type_table` and
+    :func:`present_types` over this same ``tok_type``, so every type met has its row; ``out``
+    is (M, at least the block's token count, S).
     """
-    cdef intp_t n_sents = offsets.shape[0] - 1, G = P.shape[1], S = P.shape[2]
-    cdef intp_t i, t, start, stop, base
+    cdef intp_t n_sents = offsets.shape[0] - 1, G = P.shape[1], M = out.shape[0]
+    cdef intp_t S = out.shape[2], MS = P.shape[2]
+    cdef intp_t i, t, start, stop, base, m, g
     cdef const double** all_rows
     cdef const double** rows
-    cdef const double* P0 = &P[0, 0, 0] if P.shape[0] and G and S else NULL
+    cdef const double* P0 = &P[0, 0, 0] if P.shape[0] and G and MS else NULL
     if not (0 <= first <= last <= n_sents) or offsets[n_sents] > tok_type.shape[0]:
         raise ValueError("token_emissions: sentence range out of the batch")
-    if shift.shape[0] != G or out.shape[1] != S or \
-            out.shape[0] < offsets[last] - offsets[first]:
+    if shift.shape[0] != G or MS != M * S or out.shape[1] < offsets[last] - offsets[first]:
         raise ValueError("token_emissions: shapes of shift, P and out do not agree")
-    if offsets[last] == offsets[first] or S == 0:
+    if offsets[last] == offsets[first] or S == 0 or M == 0:
         return
     base = offsets[first]
     all_rows = <const double**>malloc(max(n_threads, 1) * (G + 8) * sizeof(double*))
@@ -644,7 +558,10 @@ def token_emissions(const int32_t[::1] tok_type, const intp_t[::1] offsets, intp
                 start = offsets[i]
                 stop = offsets[i + 1]
                 for t in range(start, stop):
-                    _token_rows(tok_type, shift, slot, t, start, stop, P0, S, rows)
-                    febm_add_rows(rows, G, S, &out[t - base, 0])
+                    _token_rows(tok_type, shift, slot, t, start, stop, P0, MS, rows)
+                    for m in range(M):
+                        febm_add_rows(rows, G, S, &out[m, t - base, 0])
+                        for g in range(G):      # member m + 1's rows are S further on
+                            rows[g] = rows[g] + S
     finally:
         free(all_rows)

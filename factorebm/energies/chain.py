@@ -129,10 +129,18 @@ class ChainEnergy:
         """Views of the flat weights: ``(w_emit (n_emit,), transition (S, S), start (S,),
         end (S,))``; writing through them writes ``w``."""
         w = self.check_weights(w)
+        return (w[:self.n_emit], *self.chain_params(w))
+
+    def chain_params(self, w):
+        """``(transition (S, S), start (S,), end (S,))`` float64 of flat weights of any float
+        type (an ensemble's float32 members): the chain's own weights, which follow the
+        emission's; views of ``w`` when it is float64, else widened copies of them only."""
+        if np.shape(w) != (self.n_weights,):
+            raise ValueError(f"weight vector must have shape ({self.n_weights},), got "
+                             f"{np.shape(w)}")
         S = self.n_states
-        e = self.n_emit
-        return (w[:e], w[e:e + S * S].reshape(S, S), w[e + S * S:e + S * S + S],
-                w[e + S * S + S:])
+        tail = np.asarray(w[self.n_emit:], dtype=np.float64)
+        return tail[:S * S].reshape(S, S), tail[S * S:S * S + S], tail[S * S + S:]
 
     def pack(self, w_emit, transition, start=None, end=None):
         """Inverse of :meth:`unpack`: the flat (n_weights,) vector."""
