@@ -16,25 +16,26 @@
 #define FEBM_VAL(p) val[p]
 #define FEBM_ONE(p) 1.0
 
-/* out = (ZERO ? 0 : out) + sum_p V(p) * dense[idx[p], :] */
-#define FEBM_ROW_BODY_INIT(V, ZERO)                                                       \
+/* out = (ZERO ? 0 : out) + sum_p V(p) * dense[idx[p], :], dense's entries of type DT (float
+   ones are widened: the sums are double) */
+#define FEBM_ROW_BODY_INIT(V, ZERO, DT)                                                   \
     int64_t p = 0, k;                                                                     \
     if (ZERO) for (k = 0; k < K; k++) out[k] = 0.0;                                       \
     /* four nonzeros per pass: out is loaded/stored a quarter as often */                 \
     for (; p + 4 <= nnz; p += 4) {                                                        \
         const double v0 = V(p), v1 = V(p + 1), v2 = V(p + 2), v3 = V(p + 3);              \
-        const double *d0 = dense + (int64_t)idx[p] * K, *d1 = dense + (int64_t)idx[p + 1] * K; \
-        const double *d2 = dense + (int64_t)idx[p + 2] * K, *d3 = dense + (int64_t)idx[p + 3] * K; \
+        const DT *d0 = dense + (int64_t)idx[p] * K, *d1 = dense + (int64_t)idx[p + 1] * K; \
+        const DT *d2 = dense + (int64_t)idx[p + 2] * K, *d3 = dense + (int64_t)idx[p + 3] * K; \
         for (k = 0; k < K; k++)                                                           \
             out[k] += (v0 * d0[k] + v1 * d1[k]) + (v2 * d2[k] + v3 * d3[k]);              \
     }                                                                                     \
     for (; p < nnz; p++) {                                                                \
         const double v = V(p);                                                            \
-        const double *d = dense + (int64_t)idx[p] * K;                                    \
+        const DT *d = dense + (int64_t)idx[p] * K;                                        \
         for (k = 0; k < K; k++) out[k] += v * d[k];                                       \
     }
-#define FEBM_ROW_BODY(V) FEBM_ROW_BODY_INIT(V, 1)
-#define FEBM_ROW_BODY_ACC(V) FEBM_ROW_BODY_INIT(V, 0)
+#define FEBM_ROW_BODY(V) FEBM_ROW_BODY_INIT(V, 1, double)
+#define FEBM_ROW_BODY_ACC(V) FEBM_ROW_BODY_INIT(V, 0, double)
 
 FEBM_CLONES
 static void febm_csr_row_i32(const int32_t *idx, const double *val, int64_t nnz,
@@ -94,25 +95,11 @@ static void febm_add_rows(const double *const *rows, int64_t n, int64_t K, doubl
     }
 }
 
-/* out = sum_p dense[idx[p], :] for a float32 dense matrix, summed in float64 (the stored
-   weights of an ensemble's members are float32; the sums are not): the same order of
-   additions as febm_sum_rows_i32, so float32 weights that hold doubles exactly give its
-   result bit for bit. */
+/* out = sum_p dense[idx[p], :] for a float32 dense matrix, summed in double (the stored
+   weights of an ensemble's members are float32; the sums are not): febm_sum_rows_i32's
+   additions in its order, so float32 weights give the sums of the weights widened. */
 FEBM_CLONES
 static void febm_sum_rows_f32_i32(const int32_t *idx, int64_t nnz, const float *dense, int64_t K,
-                                  double *out) {
-    int64_t p = 0, k;
-    for (k = 0; k < K; k++) out[k] = 0.0;
-    for (; p + 4 <= nnz; p += 4) {
-        const float *d0 = dense + (int64_t)idx[p] * K, *d1 = dense + (int64_t)idx[p + 1] * K;
-        const float *d2 = dense + (int64_t)idx[p + 2] * K, *d3 = dense + (int64_t)idx[p + 3] * K;
-        for (k = 0; k < K; k++)
-            out[k] += ((double)d0[k] + (double)d1[k]) + ((double)d2[k] + (double)d3[k]);
-    }
-    for (; p < nnz; p++) {
-        const float *d = dense + (int64_t)idx[p] * K;
-        for (k = 0; k < K; k++) out[k] += (double)d[k];
-    }
-}
+                                  double *out) { FEBM_ROW_BODY_INIT(FEBM_ONE, 1, float) }
 
 #endif
