@@ -827,16 +827,18 @@ class ConlluDocument:
         np.cumsum(lengths, out=label_offsets[1:])
         table = np.frombuffer(b"".join(encoded), np.uint8)
         spans, data, n = self._spans, self._data, self.n_words
+        longest = int(lengths.max()) if len(encoded) else 0
         buf = np.empty(0, dtype=np.uint8)
         first = 0
         while True:
             last = min(first + words_per_piece, n)
             begin = spans[first - 1, 3] if first else 0
             end = len(data) if last == n else spans[last - 1, 3]
-            size = (int(end - begin) + int(lengths[codes[first:last]].sum())
-                    - int((spans[first:last, 3] - spans[first:last, 2]).sum()))
-            if buf.shape[0] < size:
-                buf = np.empty(size + size // 4 if last < n else size, dtype=np.uint8)
+            # room enough: the piece's bytes with every replaced field as long as the longest
+            # label (write_document counts the exact size, and refuses too small a buffer)
+            room = int(end - begin) + (last - first) * longest
+            if buf.shape[0] < room:
+                buf = np.empty(room + room // 4 if last < n else room, dtype=np.uint8)
             written = write_document(data, spans, codes, table, label_offsets, buf, first,
                                      last)
             yield buf[:written]
