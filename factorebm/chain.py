@@ -214,12 +214,14 @@ class _Batch:
             raise ValueError(f"{name} must have shape ({self.S},), got {arr.shape}")
         return arr, bound
 
-    def check_range(self, loss_max=0.0):
+    def check_range(self, loss_max=0.0, bounds=None):
         """ValueError when a sequence's energy could overflow float64 sums.
 
-        ``loss_max``: the largest per-token loss subtracted by loss-augmented decoding.
+        ``loss_max``: the largest per-token loss subtracted by loss-augmented decoding;
+        ``bounds``: the largest magnitudes of (unary, transition, start, end) when they are
+        not this batch's own (an ensemble's members, checked by the caller).
         """
-        u_max, t_max, s_max, e_max = self._bounds
+        u_max, t_max, s_max, e_max = self._bounds if bounds is None else bounds
         T = self.max_len
         if T == 0:
             return
@@ -452,8 +454,7 @@ def ensemble_marginals(unary, transition, offsets, beta=1.0, start=None, end=Non
     start, end = ends
     # offsets, mask and state labels checked as for one chain; the range for every member
     b = _Batch(unary[0], transition[0], offsets, start[0], end[0], mask, state_label)
-    b._bounds = (u_max, t_max, *bounds)
-    b.check_range()
+    b.check_range(bounds=(u_max, t_max, *bounds))
     nt = _check_threads(n_threads)
     beta = check_beta(beta)
     marg = np.empty((N, b.n_labels), dtype=np.float64)   # the kernel writes every row
