@@ -56,6 +56,7 @@ import unicodedata
 
 import numpy as np
 
+from ._heap import release_free_heap
 from .checks import check_threads, threads_for
 from .indexing import ranges
 
@@ -958,7 +959,7 @@ class FeatureExtractor:
         cache = _TypeCache(dict(zip(words, range(_N_PSEUDO, n_types))), seg, flat, n_types,
                            flat.shape[0])
         self._set_fitted(names_buf, names_len, int(min_count), group_bounds, cache)
-        _release_free_heap()
+        release_free_heap()
         return tok_type, offsets, cache
 
     def _neighbour_counts(self, tok_type, offsets, n_types):
@@ -1238,7 +1239,7 @@ class FeatureExtractor:
         X = (self._factored(tok_type, offsets, cache) if factored
              else self._assemble(tok_type, offsets, cache, binary))
         del tok_type
-        _release_free_heap()        # the factoring's temporaries too
+        release_free_heap()        # the factoring's temporaries too
         return X, offsets
 
     def extended(self, sents, min_count=1):
@@ -1446,29 +1447,6 @@ class FeatureExtractor:
         return f"FeatureExtractor({len(self.templates)} offset groups, {state})"
 
 
-def _release_free_heap():
-    """Give the C heap's free memory back to the operating system (glibc only; no-op elsewhere).
-
-    Fitting builds and drops hundreds of thousands of feature strings and their lists, and
-    glibc keeps the freed memory: on EWT about 44 MiB that training, which allocates its
-    weights elsewhere, would never reuse, and that would count in its peak memory.
-    """
-    global _malloc_trim
-    if _malloc_trim is None:
-        _malloc_trim = False
-        try:
-            import ctypes
-            import ctypes.util
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _malloc_trim = libc.malloc_trim
-            _malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            pass
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None      # libc's malloc_trim once looked up, False where there is none
 
 
 def _map_interned(sents, interned, cache, overflow, out):

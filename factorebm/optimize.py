@@ -383,10 +383,12 @@ class _Stochastic:
         n_blocks = len(blocks)
         one_row = np.zeros(1, dtype=np.int64)
         last = [np.full(m.shape[0], -1, dtype=np.int64) for m in mats]
-        # AdaGrad's sums of squared gradients, or Adam's second moments; (0, K) placeholders
-        # for the other optimizers (the kernels read them only when told to)
-        acc = [np.zeros(m.shape) if (adagrad or adam) else np.zeros((0, m.shape[1]))
-               for m in mats]
+        # AdaGrad's sums of squared gradients (float32: a table as large as w, of which only
+        # the rate's square root is taken), or Adam's second moments (float64: its bias
+        # correction divides them by 1 - beta2^t); (0, K) placeholders for the other
+        # optimizers (the kernels read them only when told to)
+        acc = [np.zeros(m.shape, dtype=np.float32) if adagrad else
+               np.zeros(m.shape) if adam else np.zeros((0, m.shape[1])) for m in mats]
         first_moment = [np.zeros(m.shape) for m in mats] if adam else None
         if perceptron:
             u = np.zeros_like(w)        # sum over steps t of (t - 1) * update (averaging)

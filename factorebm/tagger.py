@@ -16,13 +16,15 @@ LeCun et al., "A Tutorial on Energy-Based Learning", 2006, sections 2-3 and 6.
 Lafferty et al., "Conditional Random Fields", 2001 (the NLL loss on this architecture).
 Collins, "Discriminative Training Methods for Hidden Markov Models", 2002 (the perceptron).
 """
+import contextlib
 import numbers
 import time
 
 import numpy as np
 
 from . import chain, losses
-from .features import FeatureExtractor, _release_free_heap
+from ._heap import keep_large_blocks_mapped, release_free_heap
+from .features import FeatureExtractor
 from .checks import check_count, check_real, check_threads, threads_for
 from .constraints import constraint_mask, forbid_transitions, observed_transitions
 from .datasets.conllu import ConlluSyntaxError, read_document
@@ -60,6 +62,52 @@ OPTIMIZERS = ("lbfgs", "sgd", "adagrad", "adam", "perceptron")
 # M members' marginals does not need float64's digits, and float32 halves the memory that
 # training keeps for the finished members, the model file and the tagging's weight reads.
 ENSEMBLE_DTYPE = np.float32
+
+
+class _MemberFile:
+    """The finished members of an ensemble being trained, in an anonymous temporary file
+    (``tempfile.TemporaryFile``: in TMPDIR, gone when closed or when the process ends).
+
+    Training holds one member's float64 weights and its optimizer state at a time (about
+    60 MB on EWT with 3 substates); the finished members, 14.5 MB each in float32, would add
+    to that in memory. A context manager: the file is closed on leaving, error or not.
+    """
+
+    def __init__(self):
+        self._file = None
+        self.n_members = 0
+        self.n_weights = None
+
+    def __enter__(self):
+        import tempfile
+        self._file = tempfile.TemporaryFile(prefix="factorebm-members-")
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+        return False
+
+    def append(self, w):
+        """Store the finished member ``w`` (n_weights,) as ENSEMBLE_DTYPE."""
+        if self.n_weights is None:
+            self.n_weights = w.shape[0]
+        assert w.shape == (self.n_weights,)
+        self._file.write(np.ascontiguousarray(w, dtype=ENSEMBLE_DTYPE).data)
+        self.n_members += 1
+
+    def read_into(self, out):
+        """Fill ``out`` (n_members, n_weights) ENSEMBLE_DTYPE with the stored members."""
+        assert out.shape == (self.n_members, self.n_weights or 0) and out.flags.c_contiguous
+        self._file.flush()
+        self._file.seek(0)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        got = 0
+        while got < view.nbytes:
+            n = self._file.readinto(view[got:])
+            if not n:
+                raise OSError("the temporary file of the ensemble's finished members was cut "
+                              "short")
+            got += n
 
 
 def _check_corpus(sents, tags=None, what="sentences"):
@@ -485,6 +533,9 @@ class SequenceTagger(Estimator):
         """
         self._check_params()
         from .optimize import fit_chain
+        # Blocks of 2 MiB and more mapped separately from here on (process-wide; not where the
+        # user set glibc's malloc): freed ones are returned, not kept resident (factorebm._heap)
+        keep_large_blocks_mapped()
         n_substates = check_count(self.n_substates, "n_substates")
         n_tokens = _check_corpus(sents, tags)
         if n_tokens == 0:
@@ -541,29 +592,41 @@ class SequenceTagger(Estimator):
         kwargs.update(schedule)
         n_members = self.ensemble
         coef = history = None
+        # An ensemble's finished members wait in a temporary file while the next one trains,
+        # so that its weights and optimizer state are never resident next to theirs.
+        finished = _MemberFile() if n_members > 1 else contextlib.nullcontext()
         try:
-            for m in range(n_members):
-                if self.verbose and n_members > 1:
-                    print(f"member {m + 1}/{n_members}", flush=True)
-                # the members differ only by their random start, which the latent substates
-                # turn into different models
-                seed = None if self.random_state is None else self.random_state + m
-                w, h = fit_chain(model, X, offsets, y, loss=self.loss, l1=self.l1, w0=w0,
-                                 callback=callback,
-                                 verbose=self.verbose and _progress_line(schedule),
-                                 n_threads=self.n_threads, random_state=seed,
-                                 client=self.client, **kwargs)
-                if n_members == 1:
-                    coef, history = np.ascontiguousarray(w, dtype=np.float64), h
-                else:
-                    if coef is None:    # filled member by member: no second copy at the end
-                        coef, history = np.empty((n_members, w.shape[0]), ENSEMBLE_DTYPE), []
-                    # the member's optimizer state (its AdaGrad accumulators, as large as w)
-                    # is free now but kept by glibc: given back before its row is written
-                    _release_free_heap()
-                    coef[m] = w         # float32: half the memory, and of the tagging's reads
+            with finished:
+                history = []
+                for m in range(n_members):
+                    if self.verbose and n_members > 1:
+                        print(f"member {m + 1}/{n_members}", flush=True)
+                    # the members differ only by their random start, which the latent
+                    # substates turn into different models
+                    seed = None if self.random_state is None else self.random_state + m
+                    w, h = fit_chain(model, X, offsets, y, loss=self.loss, l1=self.l1, w0=w0,
+                                     callback=callback,
+                                     verbose=self.verbose and _progress_line(schedule),
+                                     n_threads=self.n_threads, random_state=seed,
+                                     client=self.client, **kwargs)
+                    if n_members == 1:
+                        coef, history = np.ascontiguousarray(w, dtype=np.float64), h
+                        continue
                     history.extend({**row, "member": m} for row in h)
-                del w
+                    # the member's optimizer state (its AdaGrad accumulators, as large as w)
+                    # is free now but kept by glibc: given back first
+                    release_free_heap()
+                    if m < n_members - 1:
+                        finished.append(w)
+                    else:
+                        # the last member goes straight into its row, and w is freed before
+                        # the others are read back
+                        coef = np.empty((n_members, w.shape[0]), ENSEMBLE_DTYPE)
+                        coef[m] = w
+                        del w
+                        release_free_heap()
+                        finished.read_into(coef[:m])
+                    w = None
         finally:
             # The model caches the validated training corpus (X and its transpose) for
             # repeated objective calls; a fitted tagger must not keep the corpus alive.

@@ -23,23 +23,27 @@
 #     |w| -> max(0, c^k |w| - lr * l1 * (c + c^2 + ... + c^k)),   c = 1 / (1 + lr * l2),
 # because the map is monotone in |w| and stays at 0 once it gets there.
 from cython.parallel cimport parallel, prange
-from _typedefs cimport float64_t, intp_t
+from _typedefs cimport float32_t, float64_t, intp_t
 from libc.math cimport copysign, fabs, sqrt
 from libc.stdlib cimport free, malloc
 from libc.stdint cimport int32_t, int64_t
 
 cdef extern from *:
     """
-    /* Prefetch the K doubles of row r of a (n_rows, K) table, a cache line at a time. */
-    static inline void febm_prefetch_row(const double* table, Py_ssize_t r, Py_ssize_t K) {
+    /* Prefetch row r of a (n_rows, K) table of `size`-byte entries, a cache line at a
+       time. */
+    static inline void febm_prefetch_entries(const void* table, Py_ssize_t r, Py_ssize_t K,
+                                             Py_ssize_t size) {
     #if defined(__GNUC__)
-        const char* p = (const char*)(table + r * K);
-        for (Py_ssize_t b = 0; b < K * (Py_ssize_t)sizeof(double); b += 64)
+        const char* p = (const char*)table + r * K * size;
+        for (Py_ssize_t b = 0; b < K * size; b += 64)
             __builtin_prefetch(p + b);
     #endif
     }
+    #define febm_prefetch_row(table, r, K) febm_prefetch_entries((table), (r), (K), sizeof(double))
     """
     void febm_prefetch_row(const float64_t* table, intp_t r, intp_t K) nogil
+    void febm_prefetch_entries(const void* table, intp_t r, intp_t K, intp_t size) nogil
 
 # How many rows ahead the row kernels prefetch: the touched rows of W and of AdaGrad's
 # accumulators are scattered over tables far larger than the cache, so without it every row
@@ -61,6 +65,13 @@ ctypedef fused index_t:          # the index dtype of the corpus' CSR matrix
 ctypedef fused out_index_t:      # the index dtype of the batch's CSR matrix
     int32_t
     int64_t
+
+# The dtype of the per-coordinate accumulators (AdaGrad's sums of squared gradients, Adam's
+# second moments): AdaGrad keeps float32 sums, half the memory of a table as large as W
+# (28 MB on EWT with 3 substates), and only the rate's square root is taken of them.
+ctypedef fused acc_t:
+    float32_t
+    float64_t
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +145,7 @@ cdef inline float64_t _prox_one(float64_t w, float64_t lr, float64_t l1,
     return w
 
 
-cdef inline void _catch_up_row(float64_t* w, const float64_t* acc, intp_t K, intp_t k,
+cdef inline void _catch_up_row(float64_t* w, const acc_t* acc, intp_t K, intp_t k,
                                bint adagrad, float64_t rate, float64_t eps, float64_t l1,
                                float64_t l2, float64_t* scratch) noexcept nogil:
     # Apply k >= 1 owed proximal steps to the K weights of one row.
@@ -294,7 +305,7 @@ def batch_csr_factored(const int64_t[::1] s_indptr, const int32_t[::1] s_indices
 
 
 def catch_up_rows(float64_t[:, ::1] W, const intp_t[::1] cols, intp_t[::1] last, intp_t upto,
-                  const float64_t[:, ::1] acc, bint adagrad, float64_t rate, float64_t eps,
+                  const acc_t[:, ::1] acc, bint adagrad, float64_t rate, float64_t eps,
                   float64_t l1, float64_t l2, float64_t[:, ::1] out_rows, int n_threads=1):
     """Bring the rows ``cols`` of W up to date as of step ``upto`` (and copy them out).
 
@@ -311,7 +322,7 @@ def catch_up_rows(float64_t[:, ::1] W, const intp_t[::1] cols, intp_t[::1] last,
     last : (n_rows,) int64, updated in place
     upto : int
         The last step already taken (the current step - 1).
-    acc : (n_rows, K) float64
+    acc : (n_rows, K) float32 or float64
         AdaGrad's sums of squared gradients (read only when ``adagrad``; any (0, K) array
         otherwise). Adam passes its second moments with ``rate`` and ``eps`` scaled by
         ``sqrt(1 - beta2^t)``, which gives its per-coordinate rate.
@@ -343,7 +354,7 @@ def catch_up_rows(float64_t[:, ::1] W, const intp_t[::1] cols, intp_t[::1] last,
             if i + _AHEAD < R:
                 febm_prefetch_row(&W[0, 0], cols[i + _AHEAD], K)
                 if adagrad:
-                    febm_prefetch_row(&acc[0, 0], cols[i + _AHEAD], K)
+                    febm_prefetch_entries(&acc[0, 0], cols[i + _AHEAD], K, sizeof(acc_t))
             r = cols[i]
             k = upto - last[r]
             if regularized and k > 0:
@@ -361,13 +372,13 @@ def catch_up_rows(float64_t[:, ::1] W, const intp_t[::1] cols, intp_t[::1] last,
 
 
 def catch_up_all(float64_t[:, ::1] W, intp_t[::1] last, intp_t upto,
-                 const float64_t[:, ::1] acc, bint adagrad, float64_t rate, float64_t eps,
+                 const acc_t[:, ::1] acc, bint adagrad, float64_t rate, float64_t eps,
                  float64_t l1, float64_t l2):
     """Bring every row of W up to date as of step ``upto`` (end of an epoch).
 
     As :func:`catch_up_rows` over all rows, without the copy: afterwards W is the true
     iterate and ``last[:] == upto``. ``W`` (n_rows, K), ``last`` (n_rows,), ``acc``
-    (n_rows, K) or (0, K) when not ``adagrad``.
+    (n_rows, K) float32 or float64, or (0, K) when not ``adagrad``.
     """
     cdef intp_t n_rows = W.shape[0]
     cdef intp_t K = W.shape[1]
@@ -386,7 +397,7 @@ def catch_up_all(float64_t[:, ::1] W, intp_t[::1] last, intp_t upto,
     free(scratch)
 
 
-def adagrad_step(float64_t[:, ::1] W, float64_t[:, ::1] acc, const float64_t[:, ::1] G,
+def adagrad_step(float64_t[:, ::1] W, acc_t[:, ::1] acc, const float64_t[:, ::1] G,
                  const intp_t[::1] cols, intp_t[::1] last, intp_t step, float64_t eta,
                  float64_t eps, float64_t n_b, float64_t l1, float64_t l2, int n_threads=1):
     """One AdaGrad step with a proximal step on the rows ``cols``, in one pass.
@@ -397,7 +408,9 @@ def adagrad_step(float64_t[:, ::1] W, float64_t[:, ::1] acc, const float64_t[:, 
 
     Parameters
     ----------
-    W, acc : (n_rows, K) float64, updated in place
+    W : (n_rows, K) float64, updated in place
+    acc : (n_rows, K) float32 or float64, updated in place (each sum rounded to its dtype
+        before the step's rate is taken of it, as catch_up_rows later reads it)
     G : (>= R, K) float64
         Gradient of the batch's summed loss with respect to the rows ``W[cols]``.
     cols : (R,) int64, distinct row ids
@@ -413,19 +426,19 @@ def adagrad_step(float64_t[:, ::1] W, float64_t[:, ::1] acc, const float64_t[:, 
     cdef intp_t i, j, r
     cdef float64_t g, a, d, v, t
     cdef float64_t* w
-    cdef float64_t* ac
+    cdef acc_t* ac
     with nogil:
         for i in prange(R, num_threads=_team(n_threads, R * K), schedule="static"):
             if i + _AHEAD < R:
                 febm_prefetch_row(&W[0, 0], cols[i + _AHEAD], K)
-                febm_prefetch_row(&acc[0, 0], cols[i + _AHEAD], K)
+                febm_prefetch_entries(&acc[0, 0], cols[i + _AHEAD], K, sizeof(acc_t))
             r = cols[i]
             w = &W[r, 0]
             ac = &acc[r, 0]
             for j in range(K):
                 g = G[i, j] / n_b
-                a = ac[j] + g * g
-                ac[j] = a
+                ac[j] = <acc_t>(ac[j] + g * g)
+                a = ac[j]
                 # With d = eps + sqrt(acc) the rate is lr = eta / d, and the step, the
                 # soft-threshold by lr * l1 and the scaling 1 / (1 + lr * l2) multiply out to
                 # (soft(w d - eta g, eta l1)) / (d + eta l2): one division per coordinate.

@@ -30,4 +30,5 @@ def adagrad_rate(eta, acc):
     so a coordinate's regularization starts with its first gradient (a warm-started weight of a
     feature that has not occurred yet is not wiped out by the huge rate of an empty
     accumulator)."""
+    acc = np.asarray(acc, dtype=np.float64)    # float32 sums too: the rate is float64
     return np.where(acc > 0, eta / (EPS_ADAGRAD + np.sqrt(acc)), 0.0)

@@ -13,6 +13,8 @@ from optim_reference import adagrad_rate as _adagrad_rate, prox_catch_up as _pro
 
 EPS = _EPS_ADAGRAD
 REGS = [(0.0, 0.0), (0.03, 0.0), (0.0, 0.2), (0.03, 0.2)]
+# AdaGrad trains with float32 accumulators; the kernels also take float64 ones (Adam's)
+ACC_DTYPES = [np.float64, np.float32]
 
 
 def _prox_steps(w, lr, k, l1, l2):
@@ -139,9 +141,11 @@ def test_catch_up_equals_k_single_steps(w, acc, eta, k, l1, l2):
 
 @pytest.mark.parametrize("l1,l2", REGS)
 @pytest.mark.parametrize("adagrad", [True, False])
-def test_catch_up_rows_matches_numpy_closed_form(adagrad, l1, l2):
+@pytest.mark.parametrize("acc_dtype", ACC_DTYPES)
+def test_catch_up_rows_matches_numpy_closed_form(adagrad, l1, l2, acc_dtype):
     rng = np.random.default_rng(3)
     W, acc, last = _state(rng)
+    acc = acc.astype(acc_dtype)
     cols = rng.permutation(W.shape[0])[:17]
     upto, eta = 25, 0.4
     W_ref = W.copy()
@@ -163,9 +167,11 @@ def test_catch_up_rows_matches_numpy_closed_form(adagrad, l1, l2):
 
 @pytest.mark.parametrize("l1,l2", REGS)
 @pytest.mark.parametrize("adagrad", [True, False])
-def test_catch_up_all_matches_numpy_closed_form(adagrad, l1, l2):
+@pytest.mark.parametrize("acc_dtype", ACC_DTYPES)
+def test_catch_up_all_matches_numpy_closed_form(adagrad, l1, l2, acc_dtype):
     rng = np.random.default_rng(4)
     W, acc, last = _state(rng)
+    acc = acc.astype(acc_dtype)
     W_ref = W.copy()
     lr = _adagrad_rate(0.2, acc) if adagrad else 0.2
     _prox_catch_up(W_ref, lr, 30 - last, l1, l2)
@@ -179,16 +185,20 @@ def test_catch_up_all_matches_numpy_closed_form(adagrad, l1, l2):
 # Steps
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("l1,l2", REGS)
-def test_adagrad_step_matches_numpy(l1, l2):
+@pytest.mark.parametrize("acc_dtype", ACC_DTYPES)
+def test_adagrad_step_matches_numpy(l1, l2, acc_dtype):
     rng = np.random.default_rng(5)
     W, acc, last = _state(rng)
+    acc = acc.astype(acc_dtype)
     cols = rng.permutation(W.shape[0])[:13]
     G = rng.standard_normal((cols.size, W.shape[1]))
     G[rng.random(G.shape) < 0.2] = 0.0   # zero gradients on empty accumulators: rate 0
     eta, nb = 0.3, 4
     W_ref, acc_ref = W.copy(), acc.copy()
     g = G / nb
-    acc_ref[cols] += g * g
+    # the sum is taken in float64 and rounded to the accumulator's dtype, and the step's
+    # rate comes from the rounded sum (what catch_up_rows reads later)
+    acc_ref[cols] = (acc_ref[cols].astype(np.float64) + g * g).astype(acc_dtype)
     lr = _adagrad_rate(eta, acc_ref[cols])
     Wc = W_ref[cols] - lr * g
     _prox_catch_up(Wc, lr, np.ones(cols.size, np.int64), l1, l2)

@@ -51,7 +51,8 @@ def _dense_reference(model, X, offsets, y, optimizer, loss, l1, l2, epochs, batc
     n = len(offsets) - 1
     lengths = np.diff(offsets)
     w = w0.copy()
-    acc = np.zeros_like(w)
+    # AdaGrad's sums are float32 (each sum taken in float64, then rounded), its rates float64
+    acc = np.zeros(w.shape, dtype=np.float32)
     for epoch in range(1, epochs + 1):
         lr_epoch = eta / epoch if optimizer == "sgd" else eta
         perm = rng.permutation(n)
@@ -61,8 +62,8 @@ def _dense_reference(model, X, offsets, y, optimizer, loss, l1, l2, epochs, batc
             off_b = np.concatenate([[0], np.cumsum(lengths[seqs])])
             _, g = chain_objective(w, model, X[tok.astype(np.int64)], off_b, y[tok], loss=loss)
             if optimizer == "adagrad":
-                acc += g * g
-                lr = np.where(acc > 0, eta / (1e-8 + np.sqrt(acc)), 0.0)
+                acc[:] = acc.astype(np.float64) + g * g
+                lr = np.where(acc > 0, eta / (1e-8 + np.sqrt(acc.astype(np.float64))), 0.0)
             else:
                 lr = lr_epoch
             w = w - lr * g

@@ -375,3 +375,59 @@ def test_command_line_trains_and_tags_an_ensemble(tmp_path):
         assert r.returncode == 0, r.stderr
     r = run("train", "--model", str(model), "--ensemble", "0")
     assert r.returncode != 0 and "--ensemble" in r.stderr
+
+
+def test_finished_members_wait_in_a_temporary_file_that_is_closed_even_when_fit_stops(
+        ewt, monkeypatch):
+    """While member m trains, members 0..m-1 wait in a temporary file (not in memory). A fit
+    interrupted there (Ctrl-C in the third member) closes the file and leaves the tagger as it
+    was; an uninterrupted one reads every member back."""
+    import tempfile
+
+    import factorebm.optimize as optimize
+    (s, t), _ = ewt
+    files = []
+    real_temporary_file = tempfile.TemporaryFile
+
+    def recorded(*args, **kwargs):
+        files.append(real_temporary_file(*args, **kwargs))
+        return files[-1]
+    monkeypatch.setattr(tempfile, "TemporaryFile", recorded)
+    real_fit_chain = optimize.fit_chain
+    calls = []
+
+    def fit_chain(*args, **kwargs):
+        calls.append(files[0].tell() if files else None)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_fit_chain(*args, **kwargs)
+    monkeypatch.setattr(optimize, "fit_chain", fit_chain)
+    tagger = fe.SequenceTagger(max_iter=1, n_substates=2, random_state=3, ensemble=3,
+                               verbose=False)
+    with pytest.raises(KeyboardInterrupt):
+        tagger.fit(s, t)
+    assert not hasattr(tagger, "coef_") and len(files) == 1 and files[0].closed
+    # the first member was on file (float32) when the second started, both when the third did
+    assert calls[0] == 0 and calls[2] == 2 * calls[1] > 0
+
+    files.clear()
+    monkeypatch.setattr(optimize, "fit_chain", real_fit_chain)
+    tagger.set_params(ensemble=2).fit(s[:300], t[:300])
+    assert len(files) == 1 and files[0].closed
+    alone = fe.SequenceTagger(max_iter=1, n_substates=2, random_state=4,
+                              verbose=False).fit(s[:300], t[:300])
+    np.testing.assert_array_equal(tagger.coef_[1], alone.coef_.astype(np.float32))
+
+
+def test_a_cut_short_member_file_is_an_error_not_garbage_weights():
+    from factorebm.tagger import ENSEMBLE_DTYPE, _MemberFile
+    with _MemberFile() as finished:
+        finished.append(np.arange(10.0))
+        finished.append(-np.arange(10.0))
+        out = np.empty((2, 10), ENSEMBLE_DTYPE)
+        finished.read_into(out)
+        np.testing.assert_array_equal(out, [np.arange(10.0), -np.arange(10.0)])
+        finished._file.truncate(60)
+        with pytest.raises(OSError, match="cut short"):
+            finished.read_into(out)
+    assert finished._file.closed
