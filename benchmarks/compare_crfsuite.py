@@ -12,7 +12,8 @@ c2 = 0.01. factorebm has one row per configuration (``--configs``, default: all 
 decoded by their averaged tag marginals (``--substates 3 --ensemble 4``).
 
 Tagging speed is measured twice. In process: from a CoNLL-U file, read, extract features,
-decode (the model already loaded). End to end, process start included, as a user runs it:
+decode (the model already loaded). End to end, process start included, as a user runs it,
+for every configuration's model:
 ``python -m factorebm tag --model M FILE -o OUT`` on 501,880 tokens of CoNLL-U (the EWT test
 split 20 times over), against a small script doing the same with CRFsuite in its own process
 (``--crfsuite-tag``: read CoNLL-U in plain Python, tag with python-crfsuite, write CoNLL-U with
@@ -276,9 +277,11 @@ def end_to_end(tmp, models, repeats):
     commands = {
         "crfsuite": lambda src: [sys.executable, os.path.abspath(__file__), "--crfsuite-tag",
                                  models["crfsuite"], src, out],
-        "factorebm": lambda src: [sys.executable, "-m", "factorebm", "tag", "--model",
-                                  models["factorebm"], src, "-o", out],
     }
+    for name, path in models.items():       # every factorebm configuration's model
+        if name != "crfsuite":
+            commands[name] = lambda src, path=path: [
+                sys.executable, "-m", "factorebm", "tag", "--model", path, src, "-o", out]
     results = {}
     for name, command in commands.items():
         seconds = time_command(command(big), env, repeats, tmp)
@@ -290,7 +293,7 @@ def end_to_end(tmp, models, repeats):
         latency = time_command(command(one), env, repeats, tmp)
         results[name] = {"e2e_tokens": n_tokens, "e2e_s": seconds,
                          "e2e_tokens_per_s": n_tokens / seconds, "one_sentence_s": latency}
-        print(f"{name:>10}: end to end {n_tokens / seconds:,.0f} tokens/s ({n_tokens:,} tokens "
+        print(f"{name:>24}: end to end {n_tokens / seconds:,.0f} tokens/s ({n_tokens:,} tokens "
               f"in {seconds:.2f} s, process start included); one sentence "
               f"{latency:.3f} s from process start", flush=True)
     return results
@@ -362,7 +365,7 @@ def main(argv=None):
                   f"train {r['train_s']:.1f} s (peak {r['train_peak_mib']:.0f} MiB)  "
                   f"tag {r['tag_tokens_per_s']:,.0f} tokens/s in process "
                   f"(peak {r['tag_peak_mib']:.0f} MiB)", flush=True)
-        if "factorebm" in models:          # end to end: the default (features) model
+        if len(models) > 1:              # end to end: every configuration's model
             for name, row in end_to_end(tmp, models, args.cli_repeats).items():
                 results[name].update(row)
     c = results["crfsuite"]

@@ -238,6 +238,13 @@ def _offset_tag(offset):
 # --------------------------------------------------------------------------------------------
 # Saving string lists as plain arrays (no object dtype, so no pickle)
 
+def _check_block_tokens(block_tokens):
+    if isinstance(block_tokens, bool) or not isinstance(block_tokens, (int, np.integer)) \
+            or block_tokens < 1:
+        raise ValueError(f"block_tokens must be an integer >= 1, got {block_tokens!r}")
+    return int(block_tokens)
+
+
 def _encode_strings(strings):
     """list of str -> (uint8 UTF-8 buffer of the strings joined by \\x1f, int64 char lengths)."""
     buf = np.frombuffer(_SEP.join(strings).encode("utf-8"), dtype=np.uint8).copy()
@@ -1081,28 +1088,60 @@ class FeatureExtractor:
         self._check_fitted()
         check_threads(n_threads)
         W = self._check_W(W)
-        if isinstance(block_tokens, bool) or not isinstance(block_tokens, (int, np.integer)) \
-                or block_tokens < 1:
-            raise ValueError(f"block_tokens must be an integer >= 1, got {block_tokens!r}")
+        block_tokens = _check_block_tokens(block_tokens)
         tok_type, offsets, cache = self._map_batch(sents, interned)
         nt = threads_for(n_threads, tok_type.shape[0])
-        return offsets, self._emission_blocks(tok_type, offsets, cache, W, int(block_tokens), nt)
+        blocks = self._emission_blocks(tok_type, offsets, cache, W.reshape(1, -1), W.shape[1],
+                                       block_tokens, nt)
+        return offsets, ((first, last, U[0]) for first, last, U in blocks)
 
-    def _emission_blocks(self, tok_type, offsets, cache, W, block_tokens, nt):
+    def member_emission_blocks(self, sents, coef, n_states, block_tokens=8192,
+                               n_threads=None, interned=None):
+        """:meth:`member_emissions` a block of whole sentences at a time, as
+        :meth:`emission_blocks` does for one model: an ensemble tags a large document without
+        holding its M x N x S energies (4 GB for a million tokens of 4 members).
+
+        Parameters
+        ----------
+        sents, coef, n_states, n_threads : as :meth:`member_emissions`
+        block_tokens, interned : as :meth:`emission_blocks`
+
+        Returns
+        -------
+        offsets : (n+1,) int64
+        blocks : iterator of ``(first, last, U)``
+            Consecutive blocks of sentences ``first`` to ``last - 1``: U (M, their tokens,
+            n_states) float64, C-contiguous, a view of one buffer that the next block
+            overwrites. Bad input raises here, before the first block.
+        """
+        self._check_fitted()
+        check_threads(n_threads)
+        coef, n_states = self._check_coef(coef, n_states)
+        block_tokens = _check_block_tokens(block_tokens)
+        tok_type, offsets, cache = self._map_batch(sents, interned)
+        nt = threads_for(n_threads, tok_type.shape[0])
+        return offsets, self._emission_blocks(tok_type, offsets, cache, coef, n_states,
+                                              block_tokens, nt)
+
+    def _emission_blocks(self, tok_type, offsets, cache, coef, S, block_tokens, nt):
+        """The blocks of :meth:`member_emission_blocks` of a mapped batch (one member for
+        :meth:`emission_blocks`)."""
         from . import _features
-        S = W.shape[1]
-        slot, P = self._type_table(tok_type, cache, W.reshape(1, -1), S, nt)
+        M = coef.shape[0]
+        slot, P = self._type_table(tok_type, cache, coef, S, nt)
         n = offsets.shape[0] - 1
         longest = int(np.diff(offsets).max()) if n else 0
-        buf = np.empty((1, max(min(block_tokens, tok_type.shape[0]), longest, 1), S))
+        buf = np.empty(M * max(min(block_tokens, tok_type.shape[0]), longest, 1) * S)
         first = 0
         while first < n:
             # the most sentences from first on whose tokens fit in a block (at least one)
             last = int(np.searchsorted(offsets, offsets[first] + block_tokens, side="right")) - 1
             last = min(max(last, first + 1), n)
+            # (M, the block's tokens, S), C-contiguous: the kernels take it as it is
+            U = buf[:M * int(offsets[last] - offsets[first]) * S].reshape(M, -1, S)
             _features.token_emissions(tok_type, offsets, first, last, self._shift, P, slot,
-                                      buf, nt)
-            yield first, last, buf[0, :offsets[last] - offsets[first]]
+                                      U, nt)
+            yield first, last, U
             first = last
 
     def member_emissions(self, sents, coef, n_states, n_threads=None):
@@ -1128,6 +1167,13 @@ class FeatureExtractor:
         """
         self._check_fitted()
         check_threads(n_threads)
+        coef, n_states = self._check_coef(coef, n_states)
+        tok_type, offsets, cache = self._map_batch(sents)
+        return self._member_sums(tok_type, offsets, cache, coef, n_states,
+                                 threads_for(n_threads, tok_type.shape[0])), offsets
+
+    def _check_coef(self, coef, n_states):
+        """``(coef, n_states)`` of :meth:`member_emissions`, checked: ValueError otherwise."""
         if (not isinstance(coef, np.ndarray) or coef.ndim != 2
                 or coef.dtype not in (np.float32, np.float64)
                 or not coef.flags.c_contiguous):
@@ -1140,9 +1186,7 @@ class FeatureExtractor:
         if coef.shape[1] < self.n_features_ * n_states:
             raise ValueError(f"coef rows of {coef.shape[1]} weights cannot hold "
                              f"{self.n_features_} x {n_states} emission weights")
-        tok_type, offsets, cache = self._map_batch(sents)
-        return self._member_sums(tok_type, offsets, cache, coef, int(n_states),
-                                 threads_for(n_threads, tok_type.shape[0])), offsets
+        return coef, int(n_states)
 
     def _check_W(self, W):
         W = np.ascontiguousarray(W, dtype=np.float64)

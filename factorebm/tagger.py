@@ -730,7 +730,7 @@ class SequenceTagger(Estimator):
         offsets, labels_)``; ValueError when a sentence has no finite-energy tagging."""
         fitted = self._fitted_state()
         if self.decode == "marginal" or fitted[2].ndim != 1:
-            return self._max_marginals(sents, constraints, fitted)
+            return self._max_marginals(sents, constraints, fitted, interned)
         mask = self._constraint_mask(sents, constraints, fitted)
         if fitted[5] is None:
             return self._viterbi_blocks(sents, mask, fitted, interned)
@@ -802,63 +802,105 @@ class SequenceTagger(Estimator):
         return _split(marginals, offsets)
 
     def _tag_marginals(self, sents, beta, constraints, fitted):
-        """``(marginals (N, K), offsets, labels_, constrained, n_threads)``: the tag
-        marginals of every token (substates summed out), averaged over the members of an
-        ensemble."""
+        """``(marginals (N, K), offsets)``: the tag marginals of every token (substates summed
+        out), averaged over the members of an ensemble."""
         mask = self._constraint_mask(sents, constraints, fitted)
-        if fitted[2].ndim != 1:
-            return self._ensemble_marginals(sents, beta, mask, fitted)
-        unary, transition, start, end, offsets, model, labels, n_threads = \
-            self._energies(sents, fitted)
-        marginals, free_energies = chain.forward_backward(
-            unary, transition, offsets, beta, start, end, mask=mask,
-            state_label=model.state_label, n_threads=n_threads)
-        _check_feasible(free_energies, sents, mask is not None)
-        return marginals, offsets, labels, mask is not None, n_threads
+        offsets, blocks, labels = self._marginal_blocks(sents, beta, mask, fitted)
+        parts = []
+        free = []
+        for first, last, marginals, free_energies in blocks:
+            parts.append(marginals)
+            free.append(free_energies)
+        if free:
+            # a sentence that any member cannot tag (free energy +inf) is refused
+            _check_feasible(np.concatenate(free, axis=1).max(axis=0), sents, mask is not None)
+        marginals = (parts[0] if len(parts) == 1 else
+                     np.concatenate(parts) if parts else np.empty((0, len(labels))))
+        return marginals, offsets
 
-    def _ensemble_marginals(self, sents, beta, mask, fitted):
-        """:meth:`_tag_marginals` of an ensemble: every member's emission energies from one
-        pass over the batch's features (float32 or float64 weights, float64 sums), then
-        every member's forward-backward in one kernel call, which averages their tag
-        marginals."""
+    def _marginal_blocks(self, sents, beta, mask, fitted, interned=None):
+        """``(offsets, blocks, labels_)``: the tag marginals of a batch, a block of sentences
+        at a time; ``blocks`` yields ``(first, last, marginals, free_energies)`` for sentences
+        ``first`` to ``last - 1``: their tokens' tag marginals (their tokens, K), averaged over
+        an ensemble's members, and each member's free energy of each sentence (M, last -
+        first), +inf where no tagging has finite energy.
+
+        An ensemble of the features front end runs by blocks of about VITERBI_BLOCK_TOKENS /
+        M tokens (:meth:`FeatureExtractor.member_emission_blocks`, which takes ``interned``):
+        its M x N x S energies are never held at once, and each block's stay in cache for the
+        forward-backward. One model, or the character front end, is one block.
+        """
         _check_corpus(sents)
         fx, model, coef, labels, allowed, chars = fitted
         n_threads = threads_for(self.n_threads, sum(map(len, sents)))
         S = model.n_states
-        n_sparse = fx.n_features_ * S
-        unary, offsets = fx.member_emissions(sents, coef, S, n_threads=n_threads)
+        if coef.ndim == 1:
+            unary, transition, start, end, offsets, model, labels, n_threads = \
+                self._energies(sents, fitted)
+            marginals, free_energies = chain.forward_backward(
+                unary, transition, offsets, beta, start, end, mask=mask,
+                state_label=model.state_label, n_threads=n_threads)
+            return offsets, iter([(0, len(sents), marginals, free_energies[None])]), labels
         M = coef.shape[0]
         transition, start, end = np.empty((M, S, S)), np.empty((M, S)), np.empty((M, S))
         for m in range(M):
             transition[m], start[m], end[m] = _chain_params(model, coef[m], allowed)
-            if chars is not None:      # plus the character branch, once per word type
+        if chars is None:
+            offsets, emissions = fx.member_emission_blocks(
+                sents, coef, S, max(VITERBI_BLOCK_TOKENS // M, 1), n_threads, interned)
+        else:
+            # the character branch adds each member's energies, once per word type
+            n_sparse = fx.n_features_ * S
+            unary, offsets = fx.member_emissions(sents, coef, S, n_threads=n_threads)
+            for m in range(M):
                 unary[m] += chars.unary(coef[m, n_sparse:model.n_emit], sents,
                                         n_threads=n_threads)
-        marginals, free_energies = chain.ensemble_marginals(
-            unary, transition, offsets, beta, start, end, mask=mask,
-            state_label=model.state_label, n_threads=n_threads)
-        for free in free_energies:
-            _check_feasible(free, sents, mask is not None)
-        return marginals, offsets, labels, mask is not None, n_threads
+            emissions = iter([(0, len(sents), unary)])
 
-    def _max_marginals(self, sents, constraints, fitted):
-        """``decode="marginal"``: each token's most probable tag; where transitions are
-        forbidden (``transitions="observed"``), the allowed sequence of highest summed
-        log-marginals (a Viterbi pass over the tags, with zero transition energies)."""
-        marginals, offsets, labels, constrained, n_threads = self._tag_marginals(
-            sents, 1.0, constraints, fitted)
+        def blocks():
+            for first, last, unary in emissions:
+                a, b = offsets[first], offsets[last]
+                marginals, free_energies = chain.ensemble_marginals(
+                    unary, transition, offsets[first:last + 1] - a, beta, start, end,
+                    mask=None if mask is None else mask[a:b], state_label=model.state_label,
+                    n_threads=n_threads)
+                yield first, last, marginals, free_energies
+        return offsets, blocks(), labels
+
+    def _max_marginals(self, sents, constraints, fitted, interned=None):
+        """``decode="marginal"`` (and every ensemble): each token's most probable tag; where
+        transitions are forbidden (``transitions="observed"``), the allowed sequence of highest
+        summed log-marginals (a Viterbi pass over the tags, with zero transition energies).
+        Block by block (:meth:`_marginal_blocks`)."""
+        mask = self._constraint_mask(sents, constraints, fitted)
+        offsets, blocks, labels = self._marginal_blocks(sents, 1.0, mask, fitted, interned)
         allowed = fitted[4]
-        if allowed is None:
-            # a constraint's forbidden tags have probability 0, so the argmax obeys it
-            return marginals.argmax(axis=1), offsets, labels
-        with np.errstate(divide="ignore"):
-            unary = -np.log(marginals)
         K = len(labels)
-        transition, start, end = forbid_transitions(np.zeros((K, K)), np.zeros(K), np.zeros(K),
-                                                    allowed)
-        tag_ids, energies = chain.viterbi(unary, transition, offsets, start, end,
-                                          n_threads=n_threads)
-        _check_feasible(energies, sents, constrained)
+        if allowed is not None:
+            transition, start, end = forbid_transitions(np.zeros((K, K)), np.zeros(K),
+                                                        np.zeros(K), allowed)
+            n_threads = threads_for(self.n_threads, int(offsets[-1]))
+        n = offsets.shape[0] - 1
+        tag_ids = np.empty(offsets[-1], dtype=np.int64)
+        energies = np.zeros(n)
+        free = None
+        for first, last, marginals, free_energies in blocks:
+            if free is None:
+                free = np.empty((free_energies.shape[0], n))
+            free[:, first:last] = free_energies
+            a, b = offsets[first], offsets[last]
+            if allowed is None:
+                # a constraint's forbidden tags have probability 0, so the argmax obeys it
+                tag_ids[a:b] = marginals.argmax(axis=1)
+                continue
+            with np.errstate(divide="ignore"):
+                unary = -np.log(marginals)
+            tag_ids[a:b], energies[first:last] = chain.viterbi(
+                unary, transition, offsets[first:last + 1] - a, start, end,
+                n_threads=n_threads)
+        if free is not None:
+            _check_feasible(free.max(axis=0), sents, mask is not None)
+        _check_feasible(energies, sents, mask is not None)
         return tag_ids, offsets, labels
 
     def score(self, sents, tags):

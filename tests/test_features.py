@@ -473,6 +473,52 @@ def test_emission_blocks_cover_the_batch_with_what_emissions_give(sents, block_t
     assert len(buffers) <= 1                    # one buffer for every block
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["The", "dog", "barks", ".", "unseen", "Ünï-42", "",
+                                          "1999", "zzz"]), max_size=7), max_size=8),
+       st.integers(1, 12), st.integers(1, 3), st.sampled_from([np.float32, np.float64]),
+       st.integers(0, 10**6), st.sampled_from([1, 2]))
+def test_member_emission_blocks_cover_the_batch_with_what_member_emissions_give(
+        sents, block_tokens, n_members, dtype, seed, n_threads):
+    # An ensemble tags a large document a block of whole sentences at a time: the blocks tile
+    # the sentences in order, respect the size, hold every member's rows of member_emissions
+    # bit for bit, C-contiguous (the forward-backward kernel takes them as they are), in one
+    # reused buffer.
+    fx = FeatureExtractor().fit(TRAIN)
+    S = 3
+    coef = np.random.default_rng(seed).normal(size=(n_members, fx.n_features_ * S + 5))
+    coef = coef.astype(dtype)
+    ref, offsets_ref = fx.member_emissions(sents, coef, S, n_threads=n_threads)
+    offsets, blocks = fx.member_emission_blocks(sents, coef, S, block_tokens=block_tokens,
+                                                n_threads=n_threads)
+    assert np.array_equal(offsets, offsets_ref)
+    expected_first, buffers = 0, set()
+    for first, last, U in blocks:
+        assert first == expected_first and last > first
+        a, b = offsets[first], offsets[last]
+        assert b - a <= block_tokens or last == first + 1
+        assert U.shape == (n_members, b - a, S) and U.flags.c_contiguous
+        assert np.array_equal(U, ref[:, a:b])
+        buffers.add(U.base.__array_interface__["data"][0])
+        expected_first = last
+    assert expected_first == len(sents)
+    assert len(buffers) <= 1
+
+
+def test_member_emission_blocks_refuse_bad_arguments_before_any_block():
+    fx = FeatureExtractor().fit(TRAIN)
+    coef = np.zeros((2, fx.n_features_ * 3))
+    for bad in (0, -3, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="block_tokens"):
+            fx.member_emission_blocks(TRAIN, coef, 3, block_tokens=bad)
+    with pytest.raises(ValueError, match="cannot hold"):
+        fx.member_emission_blocks(TRAIN, coef, 4)
+    with pytest.raises(ValueError, match="C-contiguous 2-D"):
+        fx.member_emission_blocks(TRAIN, coef[:, ::2], 3)
+    with pytest.raises(ValueError, match="tokens must be strings"):
+        fx.member_emission_blocks([["a", 3]], coef, 3)
+
+
 def test_a_documents_interned_forms_map_as_its_tokens_do_and_only_while_they_are_its_own():
     # factorebm tag looks each distinct word of a document up once, through the document's
     # distinct forms and each token's index among them; the types must be the ones mapping

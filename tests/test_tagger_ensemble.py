@@ -277,7 +277,8 @@ def test_marginal_decoding_keeps_to_the_observed_transitions():
     sents = [["w"] * int(T) for T in rng.integers(1, 6, size=30)]
     offsets = np.cumsum([0] + [len(x) for x in sents])
     P = rng.dirichlet(np.full(K, 0.3), size=offsets[-1])
-    tagger._tag_marginals = lambda *args: (P, offsets, labels, False, 1)
+    tagger._marginal_blocks = lambda *args: (
+        offsets, iter([(0, len(sents), P, np.zeros((1, len(sents))))]), labels)
     pred = tagger.predict(sents)
     argmax = [labels[P[a:b].argmax(axis=1)].tolist() for a, b in zip(offsets, offsets[1:])]
     assert not all(valid_bio(p) for p in argmax)
@@ -431,3 +432,44 @@ def test_a_cut_short_member_file_is_an_error_not_garbage_weights():
         with pytest.raises(OSError, match="cut short"):
             finished.read_into(out)
     assert finished._file.closed
+
+
+@pytest.mark.parametrize("block_tokens", [1, 7, 40])
+def test_an_ensemble_tags_block_by_block_as_in_one_block(ewt, ensemble, monkeypatch,
+                                                          block_tokens):
+    """An ensemble decodes a block of sentences at a time (about VITERBI_BLOCK_TOKENS / M
+    tokens): the same tags, marginals and constrained tags as one block of everything, and an
+    infeasible sentence in a later block is named by its index in the batch."""
+    import factorebm.tagger as tagger_module
+    _, (ds, _) = ewt
+    ds = ds[:60]
+    cons = [None] * len(ds)
+    cons[5] = {0: ensemble.labels_[3]}
+    cons[37] = {1: set(ensemble.labels_[:2].tolist())}
+    whole = (ensemble.predict(ds), ensemble.predict(ds, constraints=cons),
+             np.concatenate(ensemble.predict_marginals(ds)))
+    monkeypatch.setattr(tagger_module, "VITERBI_BLOCK_TOKENS", block_tokens * 3)
+    seen = []
+    real = fe.chain.ensemble_marginals
+
+    def counted(unary, *args, **kwargs):
+        seen.append(unary.shape[1])
+        return real(unary, *args, **kwargs)
+    monkeypatch.setattr(fe.chain, "ensemble_marginals", counted)
+    assert ensemble.predict(ds) == whole[0]
+    assert max(seen) <= max(block_tokens, max(map(len, ds))) and len(seen) > 1
+    assert ensemble.predict(ds, constraints=cons) == whole[1]
+    np.testing.assert_array_equal(np.concatenate(ensemble.predict_marginals(ds)), whole[2])
+    # member 1 forbids starting in the first tag, and sentence 41 (a later block) is told to
+    # start with it: no tagging of finite energy for that member, and the error says which
+    import copy
+    model = ensemble.model_
+    forbidding = copy.deepcopy(ensemble)
+    S = model.n_states
+    start = model.n_emit + S * S
+    forbidding.coef_[1, start:start + S][model.state_label == 0] = np.inf
+    assert np.isinf(model.chain_params(forbidding.coef_[1])[1][model.state_label == 0]).all()
+    forced = [None] * len(ds)
+    forced[41] = {0: ensemble.labels_[0]}
+    with pytest.raises(ValueError, match="sentence 41 .* no tagging of finite energy"):
+        forbidding.predict(ds, constraints=forced)
