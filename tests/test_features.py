@@ -461,15 +461,23 @@ def test_emission_blocks_cover_the_batch_with_what_emissions_give(sents, block_t
     offsets, blocks = fx.emission_blocks(sents, W, block_tokens=block_tokens,
                                          n_threads=n_threads)
     assert np.array_equal(offsets, offsets_ref)
+    for a, b, U in _check_tiling(blocks, offsets, len(sents), block_tokens):
+        assert np.array_equal(U, ref[a:b])      # same sums in the same order: bit for bit
+
+
+def _check_tiling(blocks, offsets, n_sents, block_tokens):
+    """Yield each block's token range and energies ``(a, b, U)`` while checking that the
+    blocks tile the sentences in order, hold at most block_tokens tokens unless one sentence
+    is longer, and are views of one buffer."""
     expected_first, buffers = 0, set()
     for first, last, U in blocks:
         assert first == expected_first and last > first
         a, b = offsets[first], offsets[last]
         assert b - a <= block_tokens or last == first + 1
-        assert np.array_equal(U, ref[a:b])      # same sums in the same order: bit for bit
+        yield a, b, U
         buffers.add(U.base.__array_interface__["data"][0] if U.base is not None else None)
         expected_first = last
-    assert expected_first == len(sents)
+    assert expected_first == n_sents
     assert len(buffers) <= 1                    # one buffer for every block
 
 
@@ -492,17 +500,9 @@ def test_member_emission_blocks_cover_the_batch_with_what_member_emissions_give(
     offsets, blocks = fx.member_emission_blocks(sents, coef, S, block_tokens=block_tokens,
                                                 n_threads=n_threads)
     assert np.array_equal(offsets, offsets_ref)
-    expected_first, buffers = 0, set()
-    for first, last, U in blocks:
-        assert first == expected_first and last > first
-        a, b = offsets[first], offsets[last]
-        assert b - a <= block_tokens or last == first + 1
+    for a, b, U in _check_tiling(blocks, offsets, len(sents), block_tokens):
         assert U.shape == (n_members, b - a, S) and U.flags.c_contiguous
         assert np.array_equal(U, ref[:, a:b])
-        buffers.add(U.base.__array_interface__["data"][0])
-        expected_first = last
-    assert expected_first == len(sents)
-    assert len(buffers) <= 1
 
 
 def test_member_emission_blocks_refuse_bad_arguments_before_any_block():
