@@ -69,9 +69,9 @@ def keep_large_blocks_mapped():
 
     A process-wide setting, made by training (:meth:`SequenceTagger.fit`): blocks of 2 MiB and
     more are mapped separately, as glibc itself does for blocks of 128 KiB and more until the
-    first such block is freed. Nothing is changed where a ``MALLOC_*_`` or ``GLIBC_TUNABLES``
-    environment variable or a ``glibc.malloc`` tunable is set (the user's setting stands) or where the C library is not
-    glibc.
+    first such block is freed. Nothing is changed where a ``MALLOC_*_`` environment variable
+    or a ``glibc.malloc`` tunable (``GLIBC_TUNABLES``) is set, since the user's setting
+    stands, or where the C library is not glibc.
     """
     global _threshold_fixed
     if _threshold_fixed or _user_set_malloc():

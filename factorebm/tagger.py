@@ -80,7 +80,10 @@ class _MemberFile:
 
     def __enter__(self):
         import tempfile
-        self._file = tempfile.TemporaryFile(prefix="factorebm-members-")
+        try:
+            self._file = tempfile.TemporaryFile(prefix="factorebm-members-")
+        except OSError as exc:
+            raise _member_file_error(exc) from None
         return self
 
     def __exit__(self, *exc):
@@ -92,7 +95,11 @@ class _MemberFile:
         if self.n_weights is None:
             self.n_weights = w.shape[0]
         assert w.shape == (self.n_weights,)
-        self._file.write(np.ascontiguousarray(w, dtype=ENSEMBLE_DTYPE).data)
+        try:
+            self._file.write(np.ascontiguousarray(w, dtype=ENSEMBLE_DTYPE).data)
+            self._file.flush()
+        except OSError as exc:
+            raise _member_file_error(exc) from None
         self.n_members += 1
 
     def read_into(self, out):
@@ -108,6 +115,13 @@ class _MemberFile:
                 raise OSError("the temporary file of the ensemble's finished members was cut "
                               "short")
             got += n
+
+
+def _member_file_error(exc):
+    import tempfile
+    return OSError(exc.errno, f"training an ensemble keeps its finished members in a temporary "
+                   f"file in {tempfile.gettempdir()}, which failed ({exc.strerror or exc}); set "
+                   "TMPDIR to a writable folder with room for them (4 bytes per weight each)")
 
 
 def _check_corpus(sents, tags=None, what="sentences"):

@@ -473,3 +473,20 @@ def test_an_ensemble_tags_block_by_block_as_in_one_block(ewt, ensemble, monkeypa
     forced[41] = {0: ensemble.labels_[0]}
     with pytest.raises(ValueError, match="sentence 41 .* no tagging of finite energy"):
         forbidding.predict(ds, constraints=forced)
+
+
+def test_no_room_for_the_members_file_is_a_clear_error(ewt, monkeypatch):
+    import errno
+    import tempfile
+    (s, t), _ = ewt
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(tempfile, "TemporaryFile", full)
+    tagger = fe.SequenceTagger(max_iter=1, n_substates=2, ensemble=2, verbose=False)
+    with pytest.raises(OSError,
+                       match=r"temporary file in .*\(No space left on device\); set TMPDIR"):
+        tagger.fit(s[:50], t[:50])
+    assert not hasattr(tagger, "coef_")
+    # one model needs no file
+    fe.SequenceTagger(max_iter=1, verbose=False).fit(s[:50], t[:50])
