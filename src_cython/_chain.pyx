@@ -872,6 +872,27 @@ cdef void _fb_sequence(const float64_t* U, intp_t T, intp_t S, const float64_t* 
                    tmp + 3 * S, marg, S, pair, free_energy)
 
 
+def _scaled_transitions(tr, float64_t beta):
+    """What the scaled recursion needs of M transition matrices ``tr`` (M, S, S): ``(Mf, MT,
+    transT, tmin, lossy)``, with Mf[m] = exp(-beta (tr[m] - tmin[m])) (tmin[m] the finite
+    minimum of tr[m], 0 if none), MT and transT the transposes of Mf and tr (C-contiguous),
+    and lossy[m] (uint8) whether tr[m]'s finite entries span more than LOG_LOW / beta, so that
+    the scaled recursion would lose some of them (sequences of two or more tokens then take
+    the exact one)."""
+    M = tr.shape[0]
+    Mf = np.empty(tr.shape)
+    tmin = np.zeros(M)
+    lossy = np.zeros(M, dtype=np.uint8)
+    for m in range(M):
+        finite = tr[m][np.isfinite(tr[m])]
+        tmin[m] = finite.min() if finite.size else 0.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            Mf[m] = np.exp(-beta * (tr[m] - tmin[m]))
+            lossy[m] = (beta * (finite - tmin[m]) > LOG_LOW).any()
+    return (Mf, np.ascontiguousarray(Mf.transpose(0, 2, 1)),
+            np.ascontiguousarray(tr.transpose(0, 2, 1)), tmin, lossy)
+
+
 def forward_backward(const float64_t[:, ::1] unary, const float64_t[:, ::1] transition,
                      const intp_t[::1] offsets, float64_t beta,
                      const float64_t[::1] start, const float64_t[::1] end,
@@ -912,15 +933,10 @@ def forward_backward(const float64_t[:, ::1] unary, const float64_t[:, ::1] tran
     cdef const bool_t* M = &mask[0, 0] if has_mask else NULL
     if n == 0:
         return
-    tr = np.asarray(transition)
-    finite = tr[np.isfinite(tr)]
-    tmin = finite.min() if finite.size else 0.0
-    with np.errstate(over="ignore", invalid="ignore"):
-        Mf_np = np.exp(-beta * (tr - tmin))
-        lossy_trans = bool((beta * (finite - tmin) > LOG_LOW).any())
-    Mf_arr = Mf_np
-    MT_arr = np.ascontiguousarray(Mf_np.T)
-    transT_arr = np.ascontiguousarray(tr.T)
+    Mf_np, MT_np, transT_np, tmin_np, lossy_np = _scaled_transitions(
+        np.asarray(transition)[None], beta)
+    Mf_arr, MT_arr, transT_arr = Mf_np[0], MT_np[0], transT_np[0]
+    tmin, lossy_trans = tmin_np[0], lossy_np[0]
     pair_blocks = np.zeros((nb if want_pair else 1, S, S), dtype=np.float64)
     cdef const float64_t* Mf = &Mf_arr[0, 0]
     cdef const float64_t* MT = &MT_arr[0, 0]
@@ -998,21 +1014,11 @@ def ensemble_marginals(const float64_t[:, :, ::1] unary,
         if state_label[s] < 0 or state_label[s] >= L:
             raise ValueError(f"ensemble_marginals: state {s} has label {state_label[s]}, "
                              f"outside [0, {L})")
-    # per member: exp(-beta (transition - its finite minimum)), its transpose, and whether
-    # its finite transitions span too much for the scaled recursion (see forward_backward)
-    tr = np.asarray(transition)
-    Mf_np = np.empty((M, S, S))
-    tmin_np = np.zeros(M)
-    lossy_np = np.zeros(M, dtype=np.uint8)
-    for m in range(M):
-        finite = tr[m][np.isfinite(tr[m])]
-        tmin_np[m] = finite.min() if finite.size else 0.0
-        with np.errstate(over="ignore", invalid="ignore"):
-            Mf_np[m] = np.exp(-beta * (tr[m] - tmin_np[m]))
-            lossy_np[m] = bool((beta * (finite - tmin_np[m]) > LOG_LOW).any())
+    Mf_np, MT_np, transT_np, tmin_np, lossy_np = _scaled_transitions(
+        np.asarray(transition), beta)
     cdef float64_t[:, :, ::1] Mf_arr = Mf_np
-    cdef float64_t[:, :, ::1] MT_arr = np.ascontiguousarray(Mf_np.transpose(0, 2, 1))
-    cdef float64_t[:, :, ::1] transT_arr = np.ascontiguousarray(tr.transpose(0, 2, 1))
+    cdef float64_t[:, :, ::1] MT_arr = MT_np
+    cdef float64_t[:, :, ::1] transT_arr = transT_np
     cdef float64_t[::1] tmin = tmin_np
     cdef bool_t[::1] lossy = lossy_np
     cdef float64_t[:, ::1] ws = np.empty((nt, ws_len), dtype=np.float64)
