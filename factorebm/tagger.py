@@ -208,18 +208,20 @@ def _chain_params(model, w, allowed):
     return transition, start, end
 
 
-def _check_feasible(energies, sents, constrained=False):
+def _check_feasible(energies, sents, constrained=False, first=0):
     """ValueError naming the first sentence whose best energy (or free energy) is not finite:
     +inf means the model (or the caller's constraints) forbids every tagging of it, and the
-    kernels then return label -1, which must never be read as a tag."""
+    kernels then return label -1, which must never be read as a tag. ``energies`` are those
+    of sentences ``first``, ``first + 1``, ... of ``sents`` (a block of the batch)."""
     bad = ~np.isfinite(energies)
     if bad.any():
-        i = int(np.argmax(bad))
+        k = int(np.argmax(bad))
+        i = first + k
         words = " ".join(map(str, sents[i][:8])) + (" ..." if len(sents[i]) > 8 else "")
         which = " that obeys its constraints" if constrained else ""
         raise ValueError(f"sentence {i} ({words!r}) has no tagging of finite energy{which}: "
                          "the model's +inf energies forbid every tag sequence (energy "
-                         f"{energies[i]})")
+                         f"{energies[k]})")
 
 
 def _encode_tags(tags, n_tokens, loss, known=None):
@@ -607,7 +609,6 @@ class SequenceTagger(Estimator):
         kwargs = dict(self.loss_params)
         kwargs.update(schedule)
         n_members = self.ensemble
-        coef = history = None
         # An ensemble's finished members wait in a temporary file while the next one trains,
         # so that its weights and optimizer state are never resident next to theirs.
         finished = _MemberFile() if n_members > 1 else contextlib.nullcontext()
@@ -771,14 +772,13 @@ class SequenceTagger(Estimator):
         offsets, blocks = fx.emission_blocks(sents, coef[:fx.n_features_ * S].reshape(-1, S),
                                              VITERBI_BLOCK_TOKENS, n_threads, interned)
         tag_ids = np.empty(offsets[-1], dtype=np.int64)
-        energies = np.empty(offsets.shape[0] - 1)
         for first, last, unary in blocks:
             a, b = offsets[first], offsets[last]
-            tag_ids[a:b], energies[first:last] = chain.viterbi(
+            tag_ids[a:b], energies = chain.viterbi(
                 unary, transition, offsets[first:last + 1] - a, start, end,
                 mask=None if mask is None else mask[a:b], state_label=model.state_label,
                 n_threads=n_threads)
-        _check_feasible(energies, sents, mask is not None)
+            _check_feasible(energies, sents, mask is not None, first)
         return tag_ids, offsets, labels
 
     def predict(self, sents, constraints=None):
@@ -822,41 +822,36 @@ class SequenceTagger(Estimator):
         out), averaged over the members of an ensemble."""
         mask = self._constraint_mask(sents, constraints, fitted)
         offsets, blocks, labels = self._marginal_blocks(sents, beta, mask, fitted)
-        parts = []
-        free = []
-        for first, last, marginals, free_energies in blocks:
-            parts.append(marginals)
-            free.append(free_energies)
-        if free:
-            # a sentence that any member cannot tag (free energy +inf) is refused
-            _check_feasible(np.concatenate(free, axis=1).max(axis=0), sents, mask is not None)
+        parts = [marginals for _, _, marginals in blocks]
         marginals = (parts[0] if len(parts) == 1 else
                      np.concatenate(parts) if parts else np.empty((0, len(labels))))
         return marginals, offsets
 
     def _marginal_blocks(self, sents, beta, mask, fitted, interned=None):
         """``(offsets, blocks, labels_)``: the tag marginals of a batch, a block of sentences
-        at a time; ``blocks`` yields ``(first, last, marginals, free_energies)`` for sentences
-        ``first`` to ``last - 1``: their tokens' tag marginals (their tokens, K), averaged over
-        an ensemble's members, and each member's free energy of each sentence (M, last -
-        first), +inf where no tagging has finite energy.
+        at a time; ``blocks`` yields ``(first, last, marginals)`` for sentences ``first`` to
+        ``last - 1``: their tokens' tag marginals (their tokens, K), averaged over an
+        ensemble's members. A sentence that the model (any member) cannot tag, its free energy
+        +inf, raises ValueError when its block comes.
 
         An ensemble of the features front end runs by blocks of about VITERBI_BLOCK_TOKENS /
         M tokens (:meth:`FeatureExtractor.member_emission_blocks`, which takes ``interned``):
         its M x N x S energies are never held at once, and each block's stay in cache for the
         forward-backward. One model, or the character front end, is one block.
         """
-        _check_corpus(sents)
+        constrained = mask is not None
         fx, model, coef, labels, allowed, chars = fitted
-        n_threads = threads_for(self.n_threads, sum(map(len, sents)))
-        S = model.n_states
         if coef.ndim == 1:
             unary, transition, start, end, offsets, model, labels, n_threads = \
                 self._energies(sents, fitted)
             marginals, free_energies = chain.forward_backward(
                 unary, transition, offsets, beta, start, end, mask=mask,
                 state_label=model.state_label, n_threads=n_threads)
-            return offsets, iter([(0, len(sents), marginals, free_energies[None])]), labels
+            _check_feasible(free_energies, sents, constrained)
+            return offsets, iter([(0, len(sents), marginals)]), labels
+        _check_corpus(sents)
+        n_threads = threads_for(self.n_threads, sum(map(len, sents)))
+        S = model.n_states
         M = coef.shape[0]
         transition, start, end = np.empty((M, S, S)), np.empty((M, S)), np.empty((M, S))
         for m in range(M):
@@ -880,7 +875,8 @@ class SequenceTagger(Estimator):
                     unary, transition, offsets[first:last + 1] - a, beta, start, end,
                     mask=None if mask is None else mask[a:b], state_label=model.state_label,
                     n_threads=n_threads)
-                yield first, last, marginals, free_energies
+                _check_feasible(free_energies.max(axis=0), sents, constrained, first)
+                yield first, last, marginals
         return offsets, blocks(), labels
 
     def _max_marginals(self, sents, constraints, fitted, interned=None):
@@ -896,14 +892,8 @@ class SequenceTagger(Estimator):
             transition, start, end = forbid_transitions(np.zeros((K, K)), np.zeros(K),
                                                         np.zeros(K), allowed)
             n_threads = threads_for(self.n_threads, int(offsets[-1]))
-        n = offsets.shape[0] - 1
         tag_ids = np.empty(offsets[-1], dtype=np.int64)
-        energies = np.zeros(n)
-        free = None
-        for first, last, marginals, free_energies in blocks:
-            if free is None:
-                free = np.empty((free_energies.shape[0], n))
-            free[:, first:last] = free_energies
+        for first, last, marginals in blocks:
             a, b = offsets[first], offsets[last]
             if allowed is None:
                 # a constraint's forbidden tags have probability 0, so the argmax obeys it
@@ -911,12 +901,10 @@ class SequenceTagger(Estimator):
                 continue
             with np.errstate(divide="ignore"):
                 unary = -np.log(marginals)
-            tag_ids[a:b], energies[first:last] = chain.viterbi(
+            tag_ids[a:b], energies = chain.viterbi(
                 unary, transition, offsets[first:last + 1] - a, start, end,
                 n_threads=n_threads)
-        if free is not None:
-            _check_feasible(free.max(axis=0), sents, mask is not None)
-        _check_feasible(energies, sents, mask is not None)
+            _check_feasible(energies, sents, mask is not None, first)
         return tag_ids, offsets, labels
 
     def score(self, sents, tags):

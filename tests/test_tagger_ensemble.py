@@ -277,8 +277,7 @@ def test_marginal_decoding_keeps_to_the_observed_transitions():
     sents = [["w"] * int(T) for T in rng.integers(1, 6, size=30)]
     offsets = np.cumsum([0] + [len(x) for x in sents])
     P = rng.dirichlet(np.full(K, 0.3), size=offsets[-1])
-    tagger._marginal_blocks = lambda *args: (
-        offsets, iter([(0, len(sents), P, np.zeros((1, len(sents))))]), labels)
+    tagger._marginal_blocks = lambda *args: (offsets, iter([(0, len(sents), P)]), labels)
     pred = tagger.predict(sents)
     argmax = [labels[P[a:b].argmax(axis=1)].tolist() for a, b in zip(offsets, offsets[1:])]
     assert not all(valid_bio(p) for p in argmax)
