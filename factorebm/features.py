@@ -1491,8 +1491,6 @@ class FeatureExtractor:
         return f"FeatureExtractor({len(self.templates)} offset groups, {state})"
 
 
-
-
 def _map_interned(sents, interned, cache, overflow, out):
     from ._features import map_interned
     distinct, ids = interned

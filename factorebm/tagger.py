@@ -105,7 +105,6 @@ class _MemberFile:
     def read_into(self, out):
         """Fill ``out`` (n_members, n_weights) ENSEMBLE_DTYPE with the stored members."""
         assert out.shape == (self.n_members, self.n_weights or 0) and out.flags.c_contiguous
-        self._file.flush()
         self._file.seek(0)
         view = memoryview(out.reshape(-1).view(np.uint8))
         got = 0
@@ -144,8 +143,6 @@ def _split(flat, offsets):
     """Cut a flat per-token list into per-sentence lists along ``offsets`` (n+1,)."""
     bounds = offsets.tolist()
     return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-
-
 
 
 def _check_saved_labels(labels):
@@ -726,14 +723,13 @@ class SequenceTagger(Estimator):
         once, so a call sees one fitted state: ``fitted``, from :meth:`_fitted_state`, when
         the caller read it already) and the number of threads to use."""
         fitted = fitted or self._fitted_state()
-        self._check_fitted()
-        _check_corpus(sents)
+        n_tokens = _check_corpus(sents)
         fx, model, coef, labels, allowed, chars = fitted
         if coef.ndim != 1:
             raise ValueError(f"an ensemble of {coef.shape[0]} models has no single energy: "
                              "energies, predict_kbest and explain need a tagger fitted with "
                              "ensemble=1")
-        n_threads = threads_for(self.n_threads, sum(map(len, sents)))
+        n_threads = threads_for(self.n_threads, n_tokens)
         S = model.n_states
         n_sparse = fx.n_features_ * S      # the sparse features' W_emit comes first in coef
         # X @ W_emit without building X: summed once per word type present, then per token
@@ -763,12 +759,11 @@ class SequenceTagger(Estimator):
         (:meth:`FeatureExtractor.emission_blocks`, which takes ``interned``): each block's
         energies are decoded while in cache, and a large batch never holds all of them (the
         same answer)."""
-        self._check_fitted()
-        _check_corpus(sents)
+        n_tokens = _check_corpus(sents)
         fx, model, coef, labels, allowed, _ = fitted
         S = model.n_states
         transition, start, end = _chain_params(model, coef, allowed)
-        n_threads = threads_for(self.n_threads, sum(map(len, sents)))
+        n_threads = threads_for(self.n_threads, n_tokens)
         offsets, blocks = fx.emission_blocks(sents, coef[:fx.n_features_ * S].reshape(-1, S),
                                              VITERBI_BLOCK_TOKENS, n_threads, interned)
         tag_ids = np.empty(offsets[-1], dtype=np.int64)
@@ -849,8 +844,7 @@ class SequenceTagger(Estimator):
                 state_label=model.state_label, n_threads=n_threads)
             _check_feasible(free_energies, sents, constrained)
             return offsets, iter([(0, len(sents), marginals)]), labels
-        _check_corpus(sents)
-        n_threads = threads_for(self.n_threads, sum(map(len, sents)))
+        n_threads = threads_for(self.n_threads, _check_corpus(sents))
         S = model.n_states
         M = coef.shape[0]
         transition, start, end = np.empty((M, S, S)), np.empty((M, S)), np.empty((M, S))

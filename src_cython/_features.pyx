@@ -21,7 +21,6 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcmp, memcpy
 
-
 cdef extern from *:
     void __builtin_prefetch(const void* p) nogil
 
