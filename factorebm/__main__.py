@@ -12,16 +12,19 @@ _TAGGING_COMMANDS = ("tag", "evaluate")
 def run():
     """Run the command line, then exit without tearing the interpreter down.
 
-    - For ``tag`` and ``evaluate``, OpenBLAS's threads sleep as soon as they are idle
-      (``OPENBLAS_THREAD_TIMEOUT``, unless set already). By default they spin for about
-      2^28 cycles after numpy loads the library, a tenth of a second of a core that tagging
-      one sentence would otherwise share with them.
+    - For ``tag`` and ``evaluate``, which make no BLAS call worth a thread (their kernels
+      run on OpenMP threads of their own), OpenBLAS starts no threads
+      (``OPENBLAS_NUM_THREADS=1``), and any the user asks for sleep as soon as they are idle
+      (``OPENBLAS_THREAD_TIMEOUT``), each unless set already. Otherwise numpy's import starts
+      a thread per core, which spin for about 2^28 cycles: on two cores, 70 ms of CPU time
+      (twice the import's own) that tagging one sentence would share with them.
     - The teardown frees every module and object and joins the BLAS threads, tens of
       milliseconds once ``main`` has returned with its files written and closed. Exit
       handlers (:mod:`atexit`) still run. With other Python threads alive (a Dask
       client's) or standard output that cannot be flushed, the exit is the usual one.
     """
     if sys.argv[1:2] and sys.argv[1] in _TAGGING_COMMANDS:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")   # the library's minimum
     from .cli import main
     status = main()

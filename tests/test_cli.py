@@ -362,11 +362,16 @@ def test_program_exit_waits_for_other_threads(files):
     assert (r.returncode, r.stderr) == (0, "thread finished\n")
 
 
-def test_tagging_commands_let_idle_blas_threads_sleep_unless_told_otherwise(files):
-    show = ("atexit.register(lambda: print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), "
-            "file=sys.stderr))")
+def test_tagging_commands_start_no_blas_threads_unless_told_otherwise(files):
+    show = ("atexit.register(lambda: print(os.environ.get('OPENBLAS_NUM_THREADS'), "
+            "os.environ.get('OPENBLAS_THREAD_TIMEOUT'), file=sys.stderr))")
+    unset = ("import os; os.environ.pop('OPENBLAS_NUM_THREADS', None); "
+             "os.environ.pop('OPENBLAS_THREAD_TIMEOUT', None); ")
     tag = ["tag", "--model", files["model"], files["dev"]]
-    assert run_program(files, tag, "import os; " + show).stderr == "4\n"
-    told = "import os; os.environ['OPENBLAS_THREAD_TIMEOUT'] = '12'; " + show
-    assert run_program(files, tag, told).stderr == "12\n"
-    assert run_program(files, ["--version"], "import os; " + show).stderr == "None\n"
+    assert run_program(files, tag, unset + show).stderr == "1 4\n"
+    told = ("import os; os.environ['OPENBLAS_THREAD_TIMEOUT'] = '12'; "
+            "os.environ['OPENBLAS_NUM_THREADS'] = '3'; " + show)
+    assert run_program(files, tag, told).stderr == "3 12\n"
+    evaluate = ["evaluate", "--model", files["model"], files["dev"]]
+    assert run_program(files, evaluate, unset + show).stderr.endswith("1 4\n")
+    assert run_program(files, ["--version"], unset + show).stderr == "None None\n"
