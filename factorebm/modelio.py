@@ -24,11 +24,12 @@ unlocked temporary files of its own naming that a killed save left beside the sa
 Re-saving keeps the existing file's permission bits, and saving to a symbolic link writes
 the file the link points to (the link stays a link).
 """
+import contextlib
 import json
 import os
 import re
 import stat
-import zipfile
+import struct
 import zlib
 
 import numpy as np
@@ -385,9 +386,11 @@ def load_arrays(path, kind, required=()):
         try:
             if fh.read(4) != _ZIP_MAGIC:
                 raise _FileError(f"{path}: not a factorebm model file (not an .npz archive)")
-            with zipfile.ZipFile(fh) as zf:
-                arrays, metadata = _read_archive(path, zf, fh, os.fstat(fh.fileno()).st_size,
-                                                 kind)
+            archive = _Archive(path, fh, os.fstat(fh.fileno()).st_size)
+            try:
+                arrays, metadata = _read_archive(archive, kind)
+            finally:
+                archive.close()
         except Exception as exc:
             if not _corrupt(exc):
                 raise
@@ -398,20 +401,178 @@ def load_arrays(path, kind, required=()):
     return arrays, metadata
 
 
-def _read_archive(path, zf, fh, file_size, kind):
+# The zip format's records (APPNOTE.TXT 4.3): end of central directory, its zip64 locator and
+# record, and a central directory entry.
+_END = struct.Struct("<4s4H2LH")
+_END64_LOCATOR = struct.Struct("<4sLQL")
+_END64 = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL = struct.Struct("<4s6H3L5H2L")
+_MAX_COMMENT = 0xFFFF
+_STORED, _DEFLATED = 0, 8       # compression methods
+
+
+class _Member:
+    """One archive member as the central directory declares it (the ``zipfile.ZipInfo``
+    fields the loader reads)."""
+
+    __slots__ = ("filename", "raw_name", "flag_bits", "compress_type", "CRC", "compress_size",
+                 "file_size", "header_offset", "data_offset")
+
+
+class _Archive:
+    """An open model file's zip directory, read without :mod:`zipfile`: the loader reads
+    stored members itself, so the directory is all it needs, and importing zipfile (pathlib,
+    shutil, urllib, ipaddress) cost a twentieth of ``factorebm tag``'s time on one sentence.
+    A deflated member (``np.savez_compressed``) is read through zipfile, opened then."""
+
+    def __init__(self, path, fh, file_size):
+        self.path = path
+        self.fh = fh
+        self.file_size = file_size
+        self.members = self._directory()
+        self._zip = None
+
+    def _directory(self):
+        """The members of the central directory, in order; _FileError for a directory that
+        is not where the end record says, or entries that overrun it."""
+        path, fh, size = self.path, self.fh, self.file_size
+        tail_start = max(0, size - (_MAX_COMMENT + _END.size + _END64_LOCATOR.size
+                                    + _END64.size))
+        fh.seek(tail_start)
+        tail = fh.read()
+        end = len(tail)
+        while True:     # the last end record whose comment fits in the file
+            end = tail.rfind(b"PK\x05\x06", 0, end)
+            if end < 0 or end + _END.size > len(tail):
+                raise _FileError(f"{path}: not a factorebm model file (no zip directory)")
+            record = _END.unpack_from(tail, end)
+            if end + _END.size + record[7] <= len(tail):
+                break
+        _, disk, cd_disk, _, n_members, cd_size, cd_offset, _ = record
+        cd_end = tail_start + end
+        locator = end - _END64_LOCATOR.size
+        if locator >= 0 and tail[locator:locator + 4] == b"PK\x06\x07":
+            if locator < _END64.size:
+                raise _FileError(f"{path}: truncated zip64 directory record")
+            record64 = _END64.unpack_from(tail, locator - _END64.size)
+            if record64[0] != b"PK\x06\x06":
+                raise _FileError(f"{path}: bad zip64 directory record")
+            disk, cd_disk, _, n_members, cd_size, cd_offset = record64[4:]
+            _, record_disk, _, n_disks = _END64_LOCATOR.unpack_from(tail, locator)
+            if record_disk or n_disks > 1:
+                disk = 1
+            cd_end = tail_start + locator - _END64.size
+        if disk or cd_disk:
+            raise _FileError(f"{path}: a zip archive spanning several disks")
+        if n_members > _MAX_MEMBERS:
+            raise _FileError(f"{path}: {n_members} archive members, more than any model has")
+        if cd_offset + cd_size != cd_end:
+            raise _FileError(f"{path}: the zip directory is not where its end record says")
+        fh.seek(cd_offset)
+        directory = fh.read(cd_size)
+        if len(directory) != cd_size:
+            raise _FileError(f"{path}: truncated zip directory")
+        members = []
+        at = 0
+        for _ in range(n_members):
+            if at + _CENTRAL.size > cd_size:
+                raise _FileError(f"{path}: truncated zip directory")
+            (sig, _, _, flags, method, _, _, crc, compress_size, file_size, n_name, n_extra,
+             n_comment, _, _, _, offset) = _CENTRAL.unpack_from(directory, at)
+            at += _CENTRAL.size
+            if sig != b"PK\x01\x02" or at + n_name + n_extra + n_comment > cd_size:
+                raise _FileError(f"{path}: bad zip directory entry")
+            m = _Member()
+            m.raw_name = directory[at:at + n_name]
+            extra = directory[at + n_name:at + n_name + n_extra]
+            at += n_name + n_extra + n_comment
+            try:
+                m.filename = m.raw_name.decode("utf-8" if flags & 0x800 else "cp437")
+            except UnicodeDecodeError:
+                raise _FileError(f"{path}: a member's name is not valid UTF-8") from None
+            if "\x00" in m.filename:
+                raise _FileError(f"{path}: a member's name holds a NUL character")
+            m.file_size, m.compress_size, m.header_offset = _zip64_sizes(
+                path, extra, file_size, compress_size, offset)
+            m.flag_bits, m.compress_type, m.CRC = flags, method, crc
+            m.data_offset = None
+            members.append(m)
+        if at != cd_size:
+            raise _FileError(f"{path}: the zip directory holds more than its entries")
+        return members
+
+    def data_offset(self, info, name):
+        """Where a member's bytes start in the file, once its local header is checked
+        against the directory entry."""
+        if info.data_offset is None:
+            fh = self.fh
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            if len(local) != 30 or local[:4] != _ZIP_MAGIC:
+                raise _FileError(f"{self.path}: array {name!r} has no local file header")
+            n_name = int.from_bytes(local[26:28], "little")
+            n_extra = int.from_bytes(local[28:30], "little")
+            if fh.read(n_name) != info.raw_name:
+                raise _FileError(f"{self.path}: array {name!r}: the names of its directory "
+                                 "entry and its local header differ")
+            info.data_offset = info.header_offset + 30 + n_name + n_extra
+        return info.data_offset
+
+    def open_deflated(self, info):
+        """A reader of a deflated member's inflated bytes (zipfile checks its CRC-32 at the
+        end)."""
+        if self._zip is None:
+            import zipfile
+            self._zip = zipfile.ZipFile(self.fh)
+        return self._zip.open(self._zip.getinfo(info.filename))
+
+    def close(self):
+        if self._zip is not None:
+            self._zip.close()
+
+
+def _zip64_sizes(path, extra, file_size, compress_size, offset):
+    """``(file_size, compress_size, header_offset)`` of a directory entry: the 32-bit fields,
+    those that hold 0xFFFFFFFF replaced, in that order, from the zip64 extra field."""
+    wanted = [v == 0xFFFFFFFF for v in (file_size, compress_size, offset)]
+    if not any(wanted):
+        return file_size, compress_size, offset
+    values = [file_size, compress_size, offset]
+    at = 0
+    while at + 4 <= len(extra):
+        kind, n = struct.unpack_from("<2H", extra, at)
+        if kind == 1:
+            field = extra[at + 4:at + 4 + n]
+            k = 0
+            for i, want in enumerate(wanted):
+                if want:
+                    if k + 8 > len(field):
+                        break
+                    values[i] = int.from_bytes(field[k:k + 8], "little")
+                    wanted[i] = False
+                    k += 8
+            break
+        at += 4 + n
+    if any(wanted):
+        raise _FileError(f"{path}: a zip64 directory entry without its sizes")
+    return tuple(values)
+
+
+def _read_archive(archive, kind):
     """The arrays and metadata of an open archive, every size checked before it is read."""
-    members = _check_directory(path, zf, file_size)
+    path = archive.path
+    members = _check_directory(path, archive.members, archive.file_size)
     if _METADATA_KEY not in members:
         raise _FileError(f"{path}: not a factorebm model file (no {_METADATA_KEY})")
     info = members[_METADATA_KEY]
-    header = _read_header(path, zf, info, _METADATA_KEY)
+    header = _read_header(archive, info, _METADATA_KEY)
     dtype, shape = header[:2]
     if dtype != np.uint8 or len(shape) != 1:
         raise _FileError(f"{path}: {_METADATA_KEY} must be a 1-D uint8 array, got "
                          f"{len(shape)}-D {dtype}")
     if shape[0] > _MAX_METADATA_BYTES:
         raise _FileError(f"{path}: metadata of {shape[0]} bytes is implausibly large")
-    metadata = _read_metadata(path, _read_member(path, zf, fh, info, _METADATA_KEY, header))
+    metadata = _read_metadata(path, _read_member(archive, info, _METADATA_KEY, header))
     _check_header(path, metadata, kind)
     declared = metadata.get("shapes")
     if declared is not None and not isinstance(declared, dict):
@@ -420,7 +581,7 @@ def _read_archive(path, zf, fh, file_size, kind):
     for name, info in members.items():
         if name == _METADATA_KEY:
             continue
-        headers[name] = _read_header(path, zf, info, name)
+        headers[name] = _read_header(archive, info, name)
         dtype, shape = headers[name][:2]
         if declared is not None:
             want = declared.get(name)
@@ -428,16 +589,15 @@ def _read_archive(path, zf, fh, file_size, kind):
                     or want[0] != dtype.str or want[1] != list(shape)):
                 raise _FileError(f"{path}: array {name!r} is {dtype.str} of shape {shape}, "
                                  f"but the metadata lists {want!r}")
-    arrays = {name: _read_member(path, zf, fh, info, name, headers[name])
+    arrays = {name: _read_member(archive, info, name, headers[name])
               for name, info in members.items() if name != _METADATA_KEY}
     return arrays, metadata
 
 
-def _check_directory(path, zf, file_size):
-    """name -> ZipInfo of every member, once its declared sizes are checked against the
+def _check_directory(path, infos, file_size):
+    """name -> member of every member, once its declared sizes are checked against the
     file's size: no member may make the reader allocate more than its share of the file
     (times MAX_COMPRESSION_RATIO when compressed)."""
-    infos = zf.infolist()
     if len(infos) > _MAX_MEMBERS:
         raise _FileError(f"{path}: {len(infos)} archive members, more than any model has")
     members = {}
@@ -451,11 +611,11 @@ def _check_directory(path, zf, file_size):
             raise _FileError(f"{path}: member {name!r} appears twice")
         if info.flag_bits & 0x1:
             raise _FileError(f"{path}: member {name!r} is encrypted")
-        if info.compress_type == zipfile.ZIP_STORED:
+        if info.compress_type == _STORED:
             if info.file_size != info.compress_size:
                 raise _FileError(f"{path}: member {name!r} is stored but declares "
                                  f"{info.file_size} bytes in {info.compress_size}")
-        elif info.compress_type == zipfile.ZIP_DEFLATED:
+        elif info.compress_type == _DEFLATED:
             if info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
                 raise _FileError(f"{path}: member {name!r} declares {info.file_size} bytes "
                                  f"from {info.compress_size} compressed (more than "
@@ -463,6 +623,9 @@ def _check_directory(path, zf, file_size):
         else:
             raise _FileError(f"{path}: member {name!r} uses compression method "
                              f"{info.compress_type}; model files are stored or deflated")
+        if info.header_offset + info.compress_size > file_size:
+            raise _FileError(f"{path}: member {name!r} declares {info.compress_size} bytes "
+                             f"at {info.header_offset}, past the file's {file_size}")
         stored_total += info.compress_size
         members[name] = info
     if stored_total > file_size:
@@ -471,13 +634,20 @@ def _check_directory(path, zf, file_size):
     return members
 
 
-def _read_header(path, zf, info, name):
+def _read_header(archive, info, name):
     """``(dtype, shape, fortran_order, data_start)`` of a member's .npy header, read alone,
     once the shape times the item size is known to be exactly the member's size past the
     header (which ends at ``data_start``)."""
+    path = archive.path
     fmt = np.lib.format
     try:
-        with zf.open(info) as fp:
+        if info.compress_type == _STORED:
+            fp = contextlib.nullcontext(archive.fh)
+            archive.fh.seek(archive.data_offset(info, name))
+        else:
+            fp = archive.open_deflated(info)
+        with fp as fp:
+            begin = fp.tell()
             version = fmt.read_magic(fp)
             if version == (1, 0):
                 shape, fortran, dtype = fmt.read_array_header_1_0(fp)
@@ -486,7 +656,7 @@ def _read_header(path, zf, info, name):
             else:
                 raise _FileError(f"{path}: array {name!r} has .npy format version "
                                  f"{version}, not 1.0 or 2.0")
-            data_start = fp.tell()
+            data_start = fp.tell() - begin
     except Exception as exc:
         if not _corrupt(exc):
             raise
@@ -510,20 +680,21 @@ def _read_header(path, zf, info, name):
     return dtype, shape, fortran, data_start
 
 
-def _read_member(path, zf, fh, info, name, header):
+def _read_member(archive, info, name, header):
     """The array of one member, its ``header`` (:func:`_read_header`) already checked.
 
-    A stored member (what :func:`save_arrays` writes) is read from the file ``fh`` in one call
+    A stored member (what :func:`save_arrays` writes) is read from the file in one call
     straight into the buffer that becomes the array's memory, and its CRC-32 checked: numpy's
     ``read_array`` reads a zip member in chunks of 256 Ki elements through zipfile, each chunk
     read, checked and copied twice, which took most of a model's loading time."""
+    path = archive.path
     dtype, shape, fortran, data_start = header
     try:
-        if info.compress_type == zipfile.ZIP_STORED:
-            buf = _read_stored(path, fh, info, name)
+        if info.compress_type == _STORED:
+            buf = _read_stored(archive, info, name)
         else:
             buf = np.empty(info.file_size, dtype=np.uint8)
-            with zf.open(info) as fp:
+            with archive.open_deflated(info) as fp:
                 # reaching the end makes zipfile compare the member's CRC-32
                 if fp.readinto(buf) != info.file_size or fp.read(1):
                     raise _FileError(f"{path}: array {name!r} does not hold the "
@@ -548,25 +719,16 @@ def _crc32(buf):
     return crc32(buf) if FAST else zlib.crc32(buf)
 
 
-def _read_stored(path, fh, info, name):
+def _read_stored(archive, info, name):
     """The bytes of a stored (uncompressed) member, as a uint8 array, CRC-32 checked."""
-    fh.seek(info.header_offset)
-    local = fh.read(30)
-    if len(local) != 30 or local[:4] != _ZIP_MAGIC:
-        raise _FileError(f"{path}: array {name!r} has no local file header")
-    n_name = int.from_bytes(local[26:28], "little")
-    n_extra = int.from_bytes(local[28:30], "little")
-    encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
-    if fh.read(n_name) != info.orig_filename.encode(encoding):
-        raise _FileError(f"{path}: array {name!r}: the names of its directory entry and "
-                         "its local header differ")
-    fh.seek(info.header_offset + 30 + n_name + n_extra)
+    fh = archive.fh
+    fh.seek(archive.data_offset(info, name))
     # np.empty, not bytearray: no zero-filling, and numpy asks for huge pages
     buf = np.empty(info.file_size, dtype=np.uint8)
     if fh.readinto(memoryview(buf)) != info.file_size:
-        raise _FileError(f"{path}: array {name!r} is truncated")
+        raise _FileError(f"{archive.path}: array {name!r} is truncated")
     if _crc32(buf) != info.CRC:
-        raise _FileError(f"{path}: array {name!r} is corrupt (bad CRC-32)")
+        raise _FileError(f"{archive.path}: array {name!r} is corrupt (bad CRC-32)")
     return buf
 
 

@@ -426,3 +426,95 @@ def test_fast_crc32_equals_zlib():
         for start in (0, 1, 0x12345678, 0xFFFFFFFF):
             assert crc32(data, start) == zlib.crc32(data.tobytes(), start), (n, start)
     assert crc32(b"") == 0 and crc32(b"123456789") == 0xCBF43926   # the CRC-32 check value
+
+
+# ----------------------------------------------------------------------------- zip directory
+
+def _directory_as_zipfile_reads_it(path):
+    with open(path, "rb") as fh, zipfile.ZipFile(fh) as zf:
+        want = [(i.filename, i.flag_bits, i.compress_type, i.CRC, i.compress_size, i.file_size,
+                 i.header_offset) for i in zf.infolist()]
+    with open(path, "rb") as fh:
+        archive = modelio._Archive(str(path), fh, os.fstat(fh.fileno()).st_size)
+        got = [(m.filename, m.flag_bits, m.compress_type, m.CRC, m.compress_size, m.file_size,
+                m.header_offset) for m in archive.members]
+        archive.close()
+    return got, want
+
+
+@pytest.mark.parametrize("writer", ["save_arrays", "savez", "savez_compressed", "comment",
+                                    "zip64"])
+def test_zip_directory_is_read_as_zipfile_reads_it(tmp_path, writer, monkeypatch):
+    # the loader's own reader of the central directory (zipfile is not imported to load)
+    path = tmp_path / "m.npz"
+    arrays = _arrays()
+    if writer == "save_arrays":
+        save_arrays(path, arrays, {}, kind="K")
+    elif writer == "savez":
+        np.savez(path, **arrays)
+    elif writer == "savez_compressed":
+        np.savez_compressed(path, **arrays)
+    else:
+        if writer == "zip64":
+            # zip64 sizes, offsets and end records, as a file past 4 GiB would have them
+            monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 64)
+            monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 2)
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, a in arrays.items():
+                buf = io.BytesIO()
+                np.save(buf, a)
+                zf.writestr(name + ".npy", buf.getvalue())
+            if writer == "comment":
+                zf.comment = b"a comment after the directory"
+    got, want = _directory_as_zipfile_reads_it(path)
+    assert got == want and len(got) == len(arrays) + (writer == "save_arrays")   # metadata
+    if writer == "zip64":
+        assert b"PK\x06\x06" in path.read_bytes() and 0xFFFFFFFF not in [g[6] for g in got]
+    if writer != "save_arrays":
+        monkeypatch.undo()
+        with open(path, "rb") as fh:
+            archive = modelio._Archive(str(path), fh, os.fstat(fh.fileno()).st_size)
+            members = modelio._check_directory(str(path), archive.members,
+                                               archive.file_size)
+            for name, a in arrays.items():
+                header = modelio._read_header(archive, members[name], name)
+                np.testing.assert_array_equal(
+                    modelio._read_member(archive, members[name], name, header), a)
+            archive.close()
+
+
+def test_loading_reads_no_zip_directory_but_its_own(tmp_path, monkeypatch):
+    path = tmp_path / "m.npz"
+    save_arrays(path, _arrays(), {}, kind="K")
+
+    def no_zipfile(*args, **kwargs):
+        raise AssertionError("zipfile opened to load a stored archive")
+
+    monkeypatch.setattr(zipfile, "ZipFile", no_zipfile)
+    arrays, _ = load_arrays(path, kind="K")
+    np.testing.assert_array_equal(arrays["weights"], _arrays()["weights"])
+
+
+@pytest.mark.parametrize("damage", ["no end record", "directory moved", "entry overruns",
+                                    "spans disks", "member past the end", "bad entry"])
+def test_a_damaged_zip_directory_is_refused_naming_the_file(tmp_path, damage):
+    path = tmp_path / "m.npz"
+    save_arrays(path, _arrays(), {}, kind="K")
+    data = bytearray(path.read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    cd = data.find(b"PK\x01\x02")
+    if damage == "no end record":
+        data[end:end + 4] = b"PK\x00\x00"
+    elif damage == "directory moved":
+        data[end + 16:end + 20] = (cd - 1).to_bytes(4, "little")
+    elif damage == "entry overruns":
+        data[cd + 28:cd + 30] = (5000).to_bytes(2, "little")      # name length
+    elif damage == "spans disks":
+        data[end + 4:end + 6] = (1).to_bytes(2, "little")
+    elif damage == "member past the end":
+        data[cd + 42:cd + 46] = (len(data) - 10).to_bytes(4, "little")     # its offset
+    else:
+        data[cd:cd + 4] = b"PK\x01\x03"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"m\.npz: "):
+        load_arrays(path, kind="K")

@@ -11,6 +11,9 @@ import factorebm as fe
 # Not needed to tag: heavy optional libraries, numpy.ma (np.unique imports it: 40 ms), and
 # secrets (hmac, hashlib), which only saving a model uses.
 NOT_NEEDED = ("scipy", "networkx", "matplotlib", "dask", "numpy.ma", "secrets")
+# Not imported to tag unless the interpreter's start-up did: zipfile (pathlib, shutil,
+# urllib, ipaddress), which only saving and deflated members use.
+NOT_IMPORTED = ("zipfile", "pathlib")
 
 
 def modules_after(code):
@@ -53,6 +56,7 @@ def test_tagging_a_sentence_loads_nothing_heavy(model, tmp_path):
     loaded = modules_after(f"from factorebm.cli import main\n"
                            f"main(['tag', '--model', {str(model)!r}, {str(text)!r}])")
     assert not [m for m in loaded if m.split(".")[0] in NOT_NEEDED or m in NOT_NEEDED]
+    assert not (loaded - modules_after("")) & set(NOT_IMPORTED)
     # the factor-graph side and the learner are not needed to tag
     assert not loaded & {"factorebm.graph", "factorebm.inference", "factorebm._bp",
                          "factorebm.optimize", "factorebm.energies.graph"}
