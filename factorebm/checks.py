@@ -26,6 +26,19 @@ __all__ = ["available_cores", "check_threads", "threads_for", "check_beta", "che
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
+# What turns words into emission energies (factorebm.front_end), by SequenceTagger's
+# front_end: here, so that checking the name does not import the character branch.
+FRONT_ENDS = ("features", "features+chars")
+
+
+def check_front_end(name):
+    """``name`` if it is a known front end, else ValueError listing the choices."""
+    if not isinstance(name, str) or name not in FRONT_ENDS:
+        raise ValueError(f"unknown front_end {name!r}; use one of "
+                         f"{', '.join(repr(f) for f in FRONT_ENDS)}")
+    return name
+
+
 def available_cores():
     """Cores this process may use: the CPU affinity set (or ``os.cpu_count()``), lowered by a
     positive ``OMP_NUM_THREADS``."""

@@ -22,7 +22,7 @@ import sys
 import time
 
 from . import __version__, datasets
-from .front_end import FRONT_ENDS
+from .checks import FRONT_ENDS
 from .modelio import write_atomic
 from .tagger import (DECODES, OPTIMIZERS, TAGGER_LOSSES, SequenceTagger, comments_only,
                      tag_document)

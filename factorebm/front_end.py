@@ -24,13 +24,11 @@ import itertools
 import numpy as np
 
 from .charcnn import ACTIVATIONS, CharCNN, OpenMPLinear, StepScale, WordChars, matmul
-from .checks import check_count, threads_for
+from .checks import FRONT_ENDS, check_count, check_front_end, threads_for
 from .indexing import ranges
 from .modules import Context, ReLU, Select, Sequential, SparseLinear, Sum
 
 __all__ = ["FRONT_ENDS", "CHAR_DEFAULTS", "check_front_end", "CharEncoder", "CharFrontEnd"]
-
-FRONT_ENDS = ("features", "features+chars")
 
 # Settings of the character branch (SequenceTagger(chars={...}) replaces any of them).
 CHAR_DEFAULTS = {
@@ -50,14 +48,6 @@ _UNKNOWN, _BOW, _EOW, _BEFORE, _AFTER = range(5)
 _N_RESERVED = 5
 _N_PSEUDO = 2           # batch type 0: before the sentence, 1: after its end
 _MAX_CODEPOINT = 0x10FFFF
-
-
-def check_front_end(name):
-    """``name`` if it is a known front end, else ValueError listing the choices."""
-    if not isinstance(name, str) or name not in FRONT_ENDS:
-        raise ValueError(f"unknown front_end {name!r}; use one of "
-                         f"{', '.join(repr(f) for f in FRONT_ENDS)}")
-    return name
 
 
 class _BatchTypes(dict):

@@ -25,12 +25,11 @@ import numpy as np
 from . import chain, losses
 from ._heap import keep_large_blocks_mapped, release_free_heap
 from .features import FeatureExtractor
-from .checks import check_count, check_real, check_threads, threads_for
+from .checks import check_count, check_front_end, check_real, check_threads, threads_for
 from .constraints import constraint_mask, forbid_transitions, observed_transitions
 from .datasets.conllu import ConlluSyntaxError, read_document
 from .energies.chain import ChainEnergy, LinearChainEnergy   # not via .learning: no graphs
 from .estimator import Estimator
-from .front_end import CharFrontEnd, check_front_end
 from .modelio import load_arrays, save_arrays
 
 MODEL_KIND = "SequenceTagger"
@@ -577,6 +576,7 @@ class SequenceTagger(Estimator):
         if self.front_end == "features":
             model = LinearChainEnergy(fx.n_features_, len(labels), n_substates)
         else:
+            from .front_end import CharFrontEnd
             chars = CharFrontEnd.fit(sents, len(labels) * n_substates, **(self.chars or {}))
             model = ChainEnergy(chars.emission(fx.n_features_), len(labels), n_substates)
             X = (X, chars.encode(sents))
@@ -1079,6 +1079,7 @@ class SequenceTagger(Estimator):
                                      metadata.get("coef_dtype", "float64"))
             chars = None
             if check_front_end(tagger.front_end) != "features":
+                from .front_end import CharFrontEnd
                 chars = CharFrontEnd.from_config_and_arrays(
                     metadata["char_config"],
                     {k[len("chars."):]: v for k, v in arrays.items() if k.startswith("chars.")})
