@@ -1439,14 +1439,14 @@ class FeatureExtractor:
                                  f"{np.dtype(dtype).name}, got {a.ndim}-D {a.dtype}")
             return np.ascontiguousarray(a)
 
+        from ._conllu import utf8_length
+        from ._features import is_segment_table, type_ids_in_order
         names_buf = get("feature_names", np.uint8, 1)
         names_len = get("feature_name_lengths", np.int64, 1)
         n_features = names_len.shape[0]
-        try:
-            n_chars = len(names_buf.tobytes().decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ValueError("feature extractor arrays: feature_names is not valid UTF-8") \
-                from None
+        n_chars = utf8_length(names_buf)     # the names are decoded on first need only
+        if n_chars < 0:
+            raise ValueError("feature extractor arrays: feature_names is not valid UTF-8")
         if np.any(names_len < 0) or int(names_len.sum()) + max(n_features - 1, 0) != n_chars:
             raise ValueError("feature extractor arrays: feature_name_lengths do not match "
                              "the feature_names buffer")
@@ -1458,9 +1458,7 @@ class FeatureExtractor:
         if seg.shape != (n_types, n_groups + 1):
             raise ValueError(f"feature extractor arrays: type_seg has shape {seg.shape}, "
                              f"expected {(n_types, n_groups + 1)}")
-        flat = np.concatenate([seg[:, :-1].ravel(), seg[-1:, -1]])
-        if (flat[0] != 0 or np.any(np.diff(flat) < 0) or flat[-1] != ids.shape[0]
-                or not np.array_equal(seg[:-1, -1], seg[1:, 0])):
+        if not is_segment_table(seg, ids.shape[0]):
             raise ValueError("feature extractor arrays: type_seg is not a valid segment table "
                              "for type_ids")
         bounds = get("group_bounds", np.int64, 1)
@@ -1470,7 +1468,6 @@ class FeatureExtractor:
                              f"{n_features} features into {n_groups} groups")
         # Every id must lie in its group's column range and increase within its segment:
         # that is what makes the assembled rows sorted.
-        from ._features import type_ids_in_order
         if not type_ids_in_order(seg, ids, bounds):
             raise ValueError("feature extractor arrays: type_ids holds column ids outside "
                              "their group's range or out of order")

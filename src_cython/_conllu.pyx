@@ -91,6 +91,22 @@ def utf8_error_index(const uint8_t[::1] data):
     return utf8_error(&data[0], data.shape[0])
 
 
+def utf8_length(const uint8_t[::1] data):
+    """``len(bytes(data).decode("utf-8"))`` without decoding: the number of characters of
+    strict UTF-8 bytes, or -1 where Python's decoder would refuse them (a model's feature
+    names, a megabyte checked at every load)."""
+    cdef Py_ssize_t n = data.shape[0], i, count = 0
+    if n == 0:
+        return 0
+    with nogil:
+        if utf8_error(&data[0], n) >= 0:
+            count = -1
+        else:
+            for i in range(n):
+                count += (data[i] & 0xC0) != 0x80     # every byte but continuation bytes
+    return count
+
+
 cdef bint _is_space(const uint8_t* s, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """True when the (valid UTF-8) bytes s[a:b] are one or more characters for which
     ``str.isspace`` is true."""

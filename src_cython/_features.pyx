@@ -396,6 +396,30 @@ cdef extern from "_sparse_rows.h" nogil:
     void febm_add_rows(const double* const* rows, int64_t n, int64_t K, double* out)
 
 
+def is_segment_table(const intp_t[:, ::1] seg, intp_t n_ids):
+    """True when ``seg`` (n_types, G+1) splits ``n_ids`` ids into consecutive segments: read
+    row by row without each row's last column, then the last row's last column, its entries
+    go from 0 to ``n_ids`` without decreasing, and each row's last entry is the next row's
+    first (checked on every model load, so compiled)."""
+    cdef intp_t n_types = seg.shape[0], width = seg.shape[1], ty, g, prev = 0
+    cdef bint ok = n_types > 0 and width > 0 and seg[0, 0] == 0
+    if not ok:
+        return False
+    with nogil:
+        for ty in range(n_types):
+            for g in range(width - 1):
+                if seg[ty, g] < prev:
+                    ok = False
+                prev = seg[ty, g]
+            if ty + 1 < n_types and seg[ty, width - 1] != seg[ty + 1, 0]:
+                ok = False
+            if not ok:
+                break
+        if ok:
+            ok = seg[n_types - 1, width - 1] >= prev and seg[n_types - 1, width - 1] == n_ids
+    return ok
+
+
 def type_ids_in_order(const intp_t[:, ::1] seg, const int32_t[::1] type_ids,
                       const intp_t[::1] group_bounds):
     """True when every segment ``type_ids[seg[ty, g]:seg[ty, g + 1]]`` strictly increases

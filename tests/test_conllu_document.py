@@ -167,6 +167,8 @@ def test_utf8_check_equals_python_decoder(data):
     except UnicodeDecodeError as exc:
         expected = exc.start
     assert _conllu.utf8_error_index(data) == expected
+    # the character count a model load checks its feature names with, without decoding
+    assert _conllu.utf8_length(data) == (len(data.decode("utf-8")) if expected < 0 else -1)
 
 
 def test_whitespace_only_lines_are_blank_for_every_space_character():

@@ -611,3 +611,31 @@ def test_a_fitted_extractor_copies_with_its_own_lock():
         X, _ = twin.transform([["brandnew", "dog"], ["other"]])
         Y, _ = fx.transform([["brandnew", "dog"], ["other"]])
         assert np.array_equal(X.indices, Y.indices) and np.array_equal(X.indptr, Y.indptr)
+
+
+def _is_segment_table(seg, n_ids):
+    """What a model load asks of its type_seg, in numpy: the compiled check's reference."""
+    if seg.shape[0] == 0 or seg.shape[1] == 0:
+        return False
+    flat = np.concatenate([seg[:, :-1].ravel(), seg[-1:, -1]])
+    return bool(flat[0] == 0 and not np.any(np.diff(flat) < 0) and flat[-1] == n_ids
+                and np.array_equal(seg[:-1, -1], seg[1:, 0]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 4), st.integers(1, 4), st.data())
+def test_segment_table_check_equals_its_numpy_reference(n_types, width, data):
+    # mostly valid tables (cumulative lengths), then one entry nudged or the total changed
+    lengths = data.draw(st.lists(st.integers(0, 3), min_size=n_types * (width - 1),
+                                 max_size=n_types * (width - 1)))
+    flat = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
+    seg = np.zeros((n_types, width), dtype=np.int64)
+    for ty in range(n_types):
+        seg[ty] = flat[ty * (width - 1):ty * (width - 1) + width]
+    n_ids = int(flat[-1])
+    if n_types and data.draw(st.booleans()):
+        ty, g = data.draw(st.integers(0, n_types - 1)), data.draw(st.integers(0, width - 1))
+        seg[ty, g] += data.draw(st.sampled_from([-1, 1, 5]))
+    if data.draw(st.booleans()):
+        n_ids += data.draw(st.sampled_from([-1, 1]))
+    assert _features.is_segment_table(seg, n_ids) == _is_segment_table(seg, n_ids)
