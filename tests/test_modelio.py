@@ -518,3 +518,85 @@ def test_a_damaged_zip_directory_is_refused_naming_the_file(tmp_path, damage):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"m\.npz: "):
         load_arrays(path, kind="K")
+
+
+# ----------------------------------------------------------------------------- read-ahead
+
+def _owner(a):
+    """The object whose memory the array views."""
+    while isinstance(a, (np.ndarray, memoryview)):
+        a = a.base if isinstance(a, np.ndarray) else a.obj
+    return a
+
+
+def _big_arrays():
+    # one member past 1 MiB, which the read-ahead reads into an anonymous mapping
+    return {**_arrays(), "big": np.arange(200_000, dtype=np.float64)}
+
+
+def test_prefetched_members_are_the_ones_loaded(tmp_path):
+    import mmap
+    path = tmp_path / "m.npz"
+    save_arrays(path, _big_arrays(), {"a": 1}, kind="K")
+    plain, meta = load_arrays(path, kind="K")
+    modelio.prefetch(path)
+    read_ahead, meta2 = load_arrays(path, kind="K")
+    assert meta2 == meta and set(read_ahead) == set(plain)
+    for name, a in plain.items():
+        assert read_ahead[name].dtype == a.dtype and read_ahead[name].flags.writeable
+        np.testing.assert_array_equal(read_ahead[name], a)
+    assert isinstance(_owner(read_ahead["big"]), mmap.mmap)     # the read-ahead's buffer
+    assert not modelio._prefetched                              # taken once
+    again, _ = load_arrays(path, kind="K")                     # a later load reads itself
+    assert not isinstance(_owner(again["big"]), mmap.mmap)
+
+
+def test_a_file_replaced_after_the_read_ahead_is_read_again(tmp_path):
+    path = tmp_path / "m.npz"
+    save_arrays(path, _big_arrays(), {}, kind="K")
+    modelio.prefetch(path)
+    modelio._prefetched[str(path)].thread.join()
+    new = {**_big_arrays(), "big": np.arange(200_000, dtype=np.float64) * 2}
+    save_arrays(path, new, {}, kind="K")          # a new file (inode) at the same path
+    loaded, _ = load_arrays(path, kind="K")
+    np.testing.assert_array_equal(loaded["big"], new["big"])
+
+
+@pytest.mark.parametrize("damage", ["missing", "flip", "truncate", "not a zip"])
+def test_read_ahead_of_a_bad_file_changes_no_error(tmp_path, damage):
+    path = tmp_path / "m.npz"
+    save_arrays(path, _big_arrays(), {}, kind="K")
+    data = bytearray(path.read_bytes())
+    if damage == "missing":
+        path.unlink()
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0xFF            # inside the big member: a bad CRC-32
+        path.write_bytes(bytes(data))
+    elif damage == "truncate":
+        path.write_bytes(bytes(data[:len(data) // 2]))
+    else:
+        path.write_bytes(b"not a model")
+    errors = []
+    for read_ahead in (False, True):
+        if read_ahead:
+            modelio.prefetch(path)
+        with pytest.raises((ValueError, FileNotFoundError)) as info:
+            load_arrays(path, kind="K")
+        errors.append((info.type, str(info.value)))
+    assert errors[0] == errors[1] and "m.npz" in errors[0][1]
+    assert not modelio._prefetched
+
+
+def test_the_read_ahead_needs_no_numpy(tmp_path):
+    import subprocess
+    import sys
+    path = tmp_path / "m.npz"
+    save_arrays(path, _big_arrays(), {}, kind="K")
+    code = ("import sys\nfrom factorebm import modelio\n"
+            f"modelio.prefetch({str(path)!r})\n"
+            f"pending = modelio._prefetched[{str(path)!r}]\npending.thread.join()\n"
+            "assert pending.identity is not None and len(pending.members) == 9\n"
+            "assert 'numpy' not in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
