@@ -18,9 +18,6 @@ def run():
       (``OPENBLAS_THREAD_TIMEOUT``), each unless set already. Otherwise numpy's import starts
       a thread per core, which spin for about 2^28 cycles: on two cores, 70 ms of CPU time
       (twice the import's own) that tagging one sentence would share with them.
-    - For ``tag`` and ``evaluate``, the model file is read on a thread of its own
-      (:func:`factorebm.modelio.prefetch`) while the main one imports numpy and the tagger,
-      a tenth of a one-sentence run.
     - The teardown frees every module and object and joins the BLAS threads, tens of
       milliseconds once ``main`` has returned with its files written and closed. Exit
       handlers (:mod:`atexit`) still run. With other Python threads alive (a Dask
@@ -29,10 +26,6 @@ def run():
     if sys.argv[1:2] and sys.argv[1] in _TAGGING_COMMANDS:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")   # the library's minimum
-        model = _model_option(sys.argv[2:])
-        if model is not None:
-            from .modelio import prefetch
-            prefetch(model)
     from .cli import main
     status = main()
     if "threading" in sys.modules and sys.modules["threading"].active_count() > 1:
@@ -48,21 +41,6 @@ def run():
         sys.exit(status)
     run_exit_handlers()
     os._exit(status or 0)
-
-
-def _model_option(args):
-    """The path that ``--model PATH`` or ``--model=PATH`` gives in ``args`` (the last one, as
-    argparse keeps it), or None. Only a hint for the read-ahead: argparse still parses the
-    command line, and a path the load does not ask for is simply not used."""
-    model = None
-    for i, arg in enumerate(args):
-        if arg == "--":
-            break
-        if arg == "--model" and i + 1 < len(args):
-            model = args[i + 1]
-        elif arg.startswith("--model="):
-            model = arg[len("--model="):]
-    return model or None
 
 
 if __name__ == "__main__":

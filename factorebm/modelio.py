@@ -30,15 +30,16 @@ import os
 import re
 import stat
 import struct
-import threading
 import zlib
+
+import numpy as np
 
 try:
     import fcntl
 except ImportError:     # Windows: an open file cannot be removed there, which is the lock
     fcntl = None
 
-__all__ = ["save_arrays", "load_arrays", "prefetch", "write_atomic", "FORMAT_VERSION",
+__all__ = ["save_arrays", "load_arrays", "write_atomic", "FORMAT_VERSION",
            "MAX_COMPRESSION_RATIO"]
 
 FORMAT_VERSION = 1
@@ -96,7 +97,6 @@ def save_arrays(path, arrays, metadata, kind):
     An existing file keeps its permission bits; a symbolic link keeps pointing where it did,
     at the new contents.
     """
-    import numpy as np
     path = os.fspath(path)
     if not isinstance(kind, str) or not kind:
         raise ValueError(f"kind must be a non-empty string, got {kind!r}")
@@ -134,7 +134,6 @@ def save_arrays(path, arrays, metadata, kind):
 def _json_scalar(value):
     """A numpy scalar (np.int64, np.bool_, ...) as the Python number JSON writes: settings
     validated as integers must save, and load back as plain ints."""
-    import numpy as np
     if isinstance(value, np.generic) and value.dtype.kind in "biuf":
         return value.item()
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
@@ -277,7 +276,6 @@ def _write_npz(fh, arrays):
     ``np.load``), with each array's bytes written straight from its buffer: np.savez copies
     them in chunks of up to 16 MiB first, which showed in the peak memory of training."""
     import zipfile
-    import numpy as np
     fmt = np.lib.format
     with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, a in arrays.items():
@@ -376,8 +374,6 @@ def load_arrays(path, kind, required=()):
         (checked before anything is read, see the module docstring).
     """
     path = os.fspath(path)
-    with _prefetched_lock:      # taken whatever happens next: never left behind
-        pending = _prefetched.pop(path, None)
     try:
         fh = open(path, "rb")
     except FileNotFoundError:
@@ -390,9 +386,7 @@ def load_arrays(path, kind, required=()):
         try:
             if fh.read(4) != _ZIP_MAGIC:
                 raise _FileError(f"{path}: not a factorebm model file (not an .npz archive)")
-            status = os.fstat(fh.fileno())
-            archive = _Archive(path, fh, status.st_size,
-                               None if pending is None else pending.members_of(status))
+            archive = _Archive(path, fh, os.fstat(fh.fileno()).st_size)
             try:
                 arrays, metadata = _read_archive(archive, kind)
             finally:
@@ -431,14 +425,12 @@ class _Archive:
     shutil, urllib, ipaddress) cost a twentieth of ``factorebm tag``'s time on one sentence.
     A deflated member (``np.savez_compressed``) is read through zipfile, opened then."""
 
-    def __init__(self, path, fh, file_size, prefetched=None):
+    def __init__(self, path, fh, file_size):
         self.path = path
         self.fh = fh
         self.file_size = file_size
         self.members = self._directory()
         self._zip = None
-        # (data offset, size, CRC-32) -> the member's bytes, read and checked by prefetch
-        self.prefetched = prefetched
 
     def _directory(self):
         """The members of the central directory, in order; _FileError for a directory that
@@ -568,7 +560,6 @@ def _zip64_sizes(path, extra, file_size, compress_size, offset):
 
 def _read_archive(archive, kind):
     """The arrays and metadata of an open archive, every size checked before it is read."""
-    import numpy as np
     path = archive.path
     members = _check_directory(path, archive.members, archive.file_size)
     if _METADATA_KEY not in members:
@@ -647,7 +638,6 @@ def _read_header(archive, info, name):
     """``(dtype, shape, fortran_order, data_start)`` of a member's .npy header, read alone,
     once the shape times the item size is known to be exactly the member's size past the
     header (which ends at ``data_start``)."""
-    import numpy as np
     path = archive.path
     fmt = np.lib.format
     try:
@@ -697,7 +687,6 @@ def _read_member(archive, info, name, header):
     straight into the buffer that becomes the array's memory, and its CRC-32 checked: numpy's
     ``read_array`` reads a zip member in chunks of 256 Ki elements through zipfile, each chunk
     read, checked and copied twice, which took most of a model's loading time."""
-    import numpy as np
     path = archive.path
     dtype, shape, fortran, data_start = header
     try:
@@ -723,83 +712,6 @@ def _read_member(archive, info, name, header):
     return a.reshape(shape, order="F" if fortran else "C")
 
 
-# ----------------------------------------------------------------------------- read-ahead
-
-_prefetched = {}                # path -> _Prefetch, until load_arrays takes it
-_prefetched_lock = threading.Lock()
-
-
-def prefetch(path):
-    """Start reading the model file ``path`` on a thread of its own, for the next
-    :func:`load_arrays` of that path (``factorebm tag`` starts it before importing numpy,
-    which takes a core for most of a one-sentence run; the read and CRC-32 check take the
-    other). The thread needs no numpy and raises nothing: whatever it could not read, or a
-    file that changed since, is read again by :func:`load_arrays`, which also reports every
-    error."""
-    path = os.fspath(path)
-    with _prefetched_lock:
-        if path not in _prefetched:
-            _prefetched[path] = _Prefetch(path)
-
-
-class _Prefetch:
-    """One read-ahead: the stored members of a model file, each CRC-32 checked, keyed by
-    (data offset, size, CRC-32) as the directory declared them."""
-
-    def __init__(self, path):
-        self.path = path
-        self.members = {}
-        self.identity = None        # (device, inode, size, mtime) once every member is read
-        self.thread = threading.Thread(target=self._read, name="factorebm-prefetch",
-                                       daemon=True)
-        self.thread.start()
-
-    def members_of(self, status):
-        """The members read, once the thread is done, if they are those of the file
-        ``load_arrays`` has open (``status``, its ``os.fstat``); else None."""
-        self.thread.join()
-        same = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
-        return self.members if self.identity == same else None
-
-    def _read(self):
-        members = {}
-        try:
-            with open(self.path, "rb") as fh:
-                status = os.fstat(fh.fileno())
-                if fh.read(4) != _ZIP_MAGIC:
-                    return
-                archive = _Archive(self.path, fh, status.st_size)
-                # the loader's size checks first: nothing past the file's share is allocated
-                for name, info in _check_directory(self.path, archive.members,
-                                                   status.st_size).items():
-                    if info.compress_type != _STORED:
-                        continue
-                    offset = archive.data_offset(info, name)
-                    buf = _empty_buffer(info.file_size)
-                    fh.seek(offset)
-                    if fh.readinto(buf) != info.file_size or _crc32(buf) != info.CRC:
-                        return
-                    members[offset, info.file_size, info.CRC] = buf
-        except Exception:       # load_arrays reads the file again and says what is wrong
-            return
-        self.members = members
-        self.identity = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
-
-
-def _empty_buffer(n_bytes):
-    """A writable buffer of ``n_bytes`` without numpy: an anonymous mapping, which the
-    kernel fills with zero pages as they are first written (the read's copy, outside the
-    GIL), in huge pages where it can, like numpy's own large arrays."""
-    import mmap
-    if n_bytes < 1 << 20:
-        return bytearray(n_bytes)
-    # private: a shared anonymous mapping is shmem, which gets no transparent huge pages
-    buf = mmap.mmap(-1, n_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        buf.madvise(mmap.MADV_HUGEPAGE)
-    return buf
-
-
 def _crc32(buf):
     """zlib.crc32 of a uint8 array; with the carry-less multiply where the CPU has it
     (``_crc32``: 5x faster than zlib here, which took a quarter of a model's loading time)."""
@@ -808,16 +720,9 @@ def _crc32(buf):
 
 
 def _read_stored(archive, info, name):
-    """The bytes of a stored (uncompressed) member, as a uint8 buffer, CRC-32 checked (by
-    :func:`prefetch` when it read them)."""
-    import numpy as np
+    """The bytes of a stored (uncompressed) member, as a uint8 array, CRC-32 checked."""
     fh = archive.fh
-    offset = archive.data_offset(info, name)
-    if archive.prefetched is not None:
-        buf = archive.prefetched.pop((offset, info.file_size, info.CRC), None)
-        if buf is not None:
-            return buf
-    fh.seek(offset)
+    fh.seek(archive.data_offset(info, name))
     # np.empty, not bytearray: no zero-filling, and numpy asks for huge pages
     buf = np.empty(info.file_size, dtype=np.uint8)
     if fh.readinto(memoryview(buf)) != info.file_size:

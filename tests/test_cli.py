@@ -375,14 +375,3 @@ def test_tagging_commands_start_no_blas_threads_unless_told_otherwise(files):
     evaluate = ["evaluate", "--model", files["model"], files["dev"]]
     assert run_program(files, evaluate, unset + show).stderr.endswith("1 4\n")
     assert run_program(files, ["--version"], unset + show).stderr == "None None\n"
-
-
-@pytest.mark.parametrize("args, model", [
-    (["--model", "m.npz", "in.conllu"], "m.npz"),
-    (["in.conllu", "--model=a b.npz"], "a b.npz"),
-    (["--model", "a.npz", "--model", "b.npz"], "b.npz"),     # argparse keeps the last
-    (["--model"], None), (["--", "--model", "x"], None), (["in.conllu"], None),
-    (["--model="], None)])
-def test_the_read_ahead_finds_the_model_option(args, model):
-    from factorebm.__main__ import _model_option
-    assert _model_option(args) == model
