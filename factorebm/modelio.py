@@ -457,10 +457,10 @@ class _Archive:
             record64 = _END64.unpack_from(tail, locator - _END64.size)
             if record64[0] != b"PK\x06\x06":
                 raise _FileError(f"{path}: bad zip64 directory record")
-            disk, cd_disk, _, n_members, cd_size, cd_offset = record64[4:]
             _, record_disk, _, n_disks = _END64_LOCATOR.unpack_from(tail, locator)
             if record_disk or n_disks > 1:
-                disk = 1
+                raise _FileError(f"{path}: a zip archive spanning several disks")
+            disk, cd_disk, _, n_members, cd_size, cd_offset = record64[4:]
             cd_end = tail_start + locator - _END64.size
         if disk or cd_disk:
             raise _FileError(f"{path}: a zip archive spanning several disks")
@@ -595,11 +595,9 @@ def _read_archive(archive, kind):
 
 
 def _check_directory(path, infos, file_size):
-    """name -> member of every member, once its declared sizes are checked against the
-    file's size: no member may make the reader allocate more than its share of the file
-    (times MAX_COMPRESSION_RATIO when compressed)."""
-    if len(infos) > _MAX_MEMBERS:
-        raise _FileError(f"{path}: {len(infos)} archive members, more than any model has")
+    """name -> member of every member (:attr:`_Archive.members`, at most _MAX_MEMBERS), once
+    its declared sizes are checked against the file's size: no member may make the reader
+    allocate more than its share of the file (times MAX_COMPRESSION_RATIO when compressed)."""
     members = {}
     stored_total = 0
     for info in infos:

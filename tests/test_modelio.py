@@ -496,7 +496,8 @@ def test_loading_reads_no_zip_directory_but_its_own(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("damage", ["no end record", "directory moved", "entry overruns",
-                                    "spans disks", "member past the end", "bad entry"])
+                                    "spans disks", "member past the end", "bad entry",
+                                    "too many members"])
 def test_a_damaged_zip_directory_is_refused_naming_the_file(tmp_path, damage):
     path = tmp_path / "m.npz"
     save_arrays(path, _arrays(), {}, kind="K")
@@ -513,8 +514,11 @@ def test_a_damaged_zip_directory_is_refused_naming_the_file(tmp_path, damage):
         data[end + 4:end + 6] = (1).to_bytes(2, "little")
     elif damage == "member past the end":
         data[cd + 42:cd + 46] = (len(data) - 10).to_bytes(4, "little")     # its offset
+    elif damage == "too many members":
+        data[end + 10:end + 12] = (5000).to_bytes(2, "little")
     else:
         data[cd:cd + 4] = b"PK\x01\x03"
     path.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=r"m\.npz: "):
+    with pytest.raises(ValueError, match=r"m\.npz: " + (
+            "5000 archive members" if damage == "too many members" else "")):
         load_arrays(path, kind="K")
